@@ -1,0 +1,1 @@
+"""Face identity: detection, quality gates, encoding, templates and verification."""

@@ -1,0 +1,1 @@
+"""Active liveness: randomised challenges (head turn, blink, spoken digits) and AV consistency."""

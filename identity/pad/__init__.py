@@ -1,0 +1,1 @@
+"""Passive presentation-attack detection (MiniFASNet) on face frames."""

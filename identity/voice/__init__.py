@@ -1,0 +1,1 @@
+"""Voice identity: audio intake, speech detection, speaker embeddings and verification."""

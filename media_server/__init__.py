@@ -1,0 +1,1 @@
+"""The Kuzet service: API, WebRTC ingest, evidence store, database, workstation and CLI."""
