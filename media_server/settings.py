@@ -95,6 +95,66 @@ class MediaSettings(_Group):
         15, ge=1, le=300, description="A session with no media after this long ends as a technical failure."
     )
     loopback_only: bool = Field(False, description="Offer only 127.0.0.1 ICE candidates (tests).")
+    max_offer_bytes: int = Field(
+        64 * 1024, ge=1024, le=1024 * 1024, description="Largest SDP offer accepted by POST /whip."
+    )
+    max_sampled_frames: int = Field(
+        120, ge=4, le=2000, description="Sampled frames kept per session; beyond it, every other is dropped."
+    )
+    prompt_step_s: float = Field(3.0, ge=0.5, le=30, description="How long one liveness prompt is shown.")
+    outcome_linger_s: float = Field(
+        30, ge=1, le=600, description="How long a finished session waits for the client's DELETE."
+    )
+    record_preset: str = Field(
+        "veryfast",
+        pattern="^(ultrafast|superfast|veryfast|faster|fast|medium)$",
+        description="libx264 preset of the session recording (faster presets cost less CPU).",
+    )
+    record_crf: int = Field(26, ge=0, le=51, description="libx264 constant rate factor of the recording.")
+    record_queue_s: float = Field(
+        2.0, gt=0, le=30, description="Media the recorder thread may lag behind before frames are dropped."
+    )
+    feedback_dark_luma: float = Field(
+        40, ge=0, le=255, description="Mean luma (0-255) below which the client is told it is too dark."
+    )
+    feedback_bright_luma: float = Field(
+        235, ge=0, le=255, description="Mean luma (0-255) above which the client is told it is too bright."
+    )
+    feedback_min_face_px: int = Field(
+        48, ge=16, le=1024, description="Smallest face side (px, full frame) the live face hint looks for."
+    )
+    max_message_bytes: int = Field(
+        4096, ge=256, le=65536, description="Largest data-channel message accepted from a client."
+    )
+    max_events: int = Field(
+        500, ge=10, le=10000, description="Data-channel events kept per session (the rest are counted)."
+    )
+
+
+class SchedulesSettings(_Group):
+    """The scheduler tick: when sessions are created from rules and when a window counts as missed."""
+
+    horizon_min: int = Field(
+        60, ge=1, le=10080, description="Sessions are created for windows starting this many minutes ahead."
+    )
+    missed_grace_s: int = Field(
+        300, ge=0, le=86400, description="A window is booked as missed this long after it ends unattended."
+    )
+    tick_s: float = Field(60, ge=5, le=3600, description="How often the scheduler tick runs.")
+    on_demand_duration_min: int = Field(
+        30, ge=5, le=24 * 60, description="Length of an on-demand test window an officer requests."
+    )
+
+
+class WebhookSettings(_Group):
+    """Verdict and violation events POSTed (HMAC-SHA256 signed) to the case system."""
+
+    urls: list[str] = Field(default_factory=list, description="Receiver URLs; none = webhooks off.")
+    secret: SecretStr = Field(SecretStr(""), description="HMAC-SHA256 key for the X-Kuzet-Signature header.")
+    timeout_s: float = Field(5.0, gt=0, le=60, description="Timeout of one delivery attempt.")
+    max_attempts: int = Field(5, ge=1, le=20, description="Delivery attempts per URL before giving up.")
+    backoff_initial_s: float = Field(1.0, gt=0, le=60, description="Wait before the first retry; doubles.")
+    backoff_max_s: float = Field(60.0, gt=0, le=3600, description="Longest wait between two attempts.")
 
 
 class Settings(BaseSettings):
@@ -115,6 +175,8 @@ class Settings(BaseSettings):
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
+    schedules: SchedulesSettings = Field(default_factory=SchedulesSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     face: FaceSettings = Field(default_factory=FaceSettings)
     voice: VoiceSettings = Field(default_factory=VoiceSettings)
     pad: PadSettings = Field(default_factory=PadSettings)

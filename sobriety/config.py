@@ -1,4 +1,9 @@
-"""Sobriety settings: every threshold bounded and documented."""
+"""Sobriety settings: every threshold bounded and documented.
+
+Alcohol concentrations carry their unit in the field name: `_g_210l` is grams of ethanol per 210 litres
+of breath (the US evidential breath unit), `_mg_l` milligrams per litre of breath, `_permille` grams per
+litre of blood (per mille). See `sobriety/units.py` for the conversions and the partition ratio.
+"""
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -8,6 +13,164 @@ class SobrietySettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # --- signed reading: freshness and replay -------------------------------------------------------------
     nonce_max_age_s: int = Field(
         300, ge=10, le=86400, description="A signed reading older than this (by its timestamp) is stale."
+    )
+    clock_skew_s: int = Field(
+        30,
+        ge=0,
+        le=600,
+        description="Tolerated station clock drift: a reading timestamped up to this far in the future is "
+        "accepted, and the age limit is extended by the same amount.",
+    )
+    nonce_min_chars: int = Field(
+        16, ge=8, le=64, description="Shortest nonce accepted (hex/base64url characters; 16 hex = 64 bits)."
+    )
+
+    # --- device calibration and the blow ---------------------------------------------------------------
+    calibration_validity_days: int = Field(
+        180,
+        ge=1,
+        le=730,
+        description="A fuel-cell sensor calibrated longer ago than this is expired (manufacturers ask for "
+        "6-12 months; Dräger/Intoximeters service intervals are 6 months).",
+    )
+    blow_min_s: float = Field(
+        1.5, ge=0.5, le=10, description="Shortest valid blow (start to end); shorter ones are not deep-lung air."
+    )
+    blow_max_s: float = Field(30.0, ge=5, le=120, description="Longest plausible blow.")
+    photo_window_tolerance_s: float = Field(
+        0.5,
+        ge=0,
+        le=5,
+        description="A photo may be captured this long before blow start or after blow end and still count "
+        "as taken during the blow (camera/sensor timestamp jitter).",
+    )
+    photo_min_count: int = Field(3, ge=1, le=10, description="Fewest photos a breath test must carry.")
+    photo_max_count: int = Field(10, ge=1, le=32, description="Most photos one breath test may carry.")
+    max_brac_g_210l: float = Field(
+        0.60,
+        gt=0.1,
+        le=1.0,
+        description="Highest physiologically plausible breath reading (g/210L); above it the reading is "
+        "treated as a sensor fault (technical), not a violation.",
+    )
+
+    # --- reading policy (court order) -----------------------------------------------------------------
+    default_limit_g_210l: float = Field(
+        0.02,
+        ge=0.0,
+        le=0.08,
+        description="Limit used when an order names none: readings at or above it are positive. 0.02 g/210L "
+        "is the usual 'zero tolerance' cut-off of fuel-cell devices (above their noise floor).",
+    )
+    partition_ratio: float = Field(
+        2100.0,
+        ge=1800.0,
+        le=2500.0,
+        description="Blood/breath partition ratio (volumes of breath holding the ethanol of one volume of "
+        "blood). 2100:1 is the ratio that defines g/210L (US UVC, NHTSA) and is conservative for the "
+        "person (in vivo mean ~2300:1, Jones & Andersson 1996, J Forensic Sci 41:916).",
+    )
+    zero_threshold_g_210l: float = Field(
+        0.005,
+        ge=0.0,
+        le=0.02,
+        description="'Test to zero' ends when a reading falls below this (device resolution 0.005 g/210L).",
+    )
+
+    # --- retest state machine ---------------------------------------------------------------------------
+    test_window_s: int = Field(
+        900, ge=60, le=4 * 3600, description="How long after it falls due a scheduled test may be taken."
+    )
+    late_grace_s: int = Field(
+        900,
+        ge=0,
+        le=4 * 3600,
+        description="After the window closes a test is still accepted, marked late, for this long; after "
+        "that the test is missed.",
+    )
+    deprivation_s: int = Field(
+        900,
+        ge=900,
+        le=1200,
+        description="Wait after a positive screening before the confirmatory test (15-20 min deprivation "
+        "period lets mouth alcohol dissipate).",
+    )
+    confirmatory_window_s: int = Field(
+        900,
+        ge=120,
+        le=3600,
+        description="How long after the deprivation period the confirmatory test may be taken.",
+    )
+    test_to_zero_interval_s: int = Field(
+        1800, ge=600, le=4 * 3600, description="Interval between 'test to zero' retests after a confirmed positive."
+    )
+    test_to_zero_max_s: int = Field(
+        12 * 3600,
+        ge=3600,
+        le=48 * 3600,
+        description="'Test to zero' gives up (and flags) after this long without a reading below zero.",
+    )
+
+    # --- breath photos --------------------------------------------------------------------------------
+    photo_min_face_px: int = Field(
+        60, ge=20, le=400, description="Smallest face box side (pixels) a breath photo's face may have."
+    )
+    photo_min_brightness: float = Field(
+        40.0, ge=0, le=128, description="Darkest acceptable mean luma of the face box (0-255)."
+    )
+    photo_max_brightness: float = Field(
+        220.0, ge=128, le=255, description="Brightest acceptable mean luma of the face box (0-255)."
+    )
+    photo_min_sharpness: float = Field(
+        15.0,
+        ge=0,
+        le=1000,
+        description="Lowest variance of the Laplacian over the upper face (eyes/brow), below which the photo "
+        "is too blurred to judge.",
+    )
+    phash_max_hamming: int = Field(
+        12,
+        ge=0,
+        le=32,
+        description="64-bit DCT pHash distance at or below which two photos are near duplicates (measured "
+        "by benchmarks/breath_occlusion.py: re-encoded/resized/cropped copies vs different LFW photos).",
+    )
+    occluded_accept_distance: float = Field(
+        0.50,
+        ge=0.2,
+        le=0.8,
+        description="Face embedding distance (dlib ResNet, Euclidean) at or below which an occluded breath "
+        "photo matches the enrolled gallery (FAR 0.1% on occluded probes, occlusion_calibration.json).",
+    )
+    occluded_reject_distance: float = Field(
+        0.70,
+        ge=0.3,
+        le=1.2,
+        description="Distance above which an occluded breath photo is a clear mismatch (above ~99% of "
+        "genuine occluded distances); between accept and reject the photo is inconclusive.",
+    )
+    photo_min_matching: int = Field(
+        2, ge=1, le=10, description="Photos of one test that must match the gallery for identity to pass."
+    )
+    mouthpiece_min_fraction: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Fraction of mouth-region pixels that must differ from the person's own skin colour for "
+        "the mouthpiece to count as visible (heuristic; below it the photo goes to review).",
+    )
+    mouthpiece_skin_sigma: float = Field(
+        2.5,
+        ge=0.5,
+        le=10,
+        description="A mouth-region pixel differs from skin when its Lab colour is more than this many "
+        "standard deviations from the cheek/forehead colour.",
+    )
+    require_pad: bool = Field(
+        False,
+        description="When true a breath photo without an anti-spoofing result goes to review; when false "
+        "missing PAD is only recorded.",
     )

@@ -1,0 +1,101 @@
+"""Active-liveness settings: every threshold bounded and documented."""
+
+from typing import Self
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LivenessSettings(BaseModel):
+    """Challenge design and pass/fail thresholds (env: KUZET_LIVENESS__*).
+
+    The defaults come from the synthetic series in tests/unit/test_liveness_*.py and from literature
+    values (eye aspect ratio drops by half or more in a blink; a deliberate head turn is 20-45 degrees);
+    re-measure them on recorded check-ins before tightening them.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Challenge design
+    motion_steps: int = Field(2, ge=1, le=4, description="Head-turn/blink steps per challenge.")
+    include_read_digits: bool = Field(True, description="Add one 'read these digits aloud' step.")
+    digits_min_len: int = Field(4, ge=3, le=10, description="Shortest digit string to read aloud.")
+    digits_max_len: int = Field(6, ge=3, le=12, description="Longest digit string to read aloud.")
+    motion_window_s: float = Field(
+        4.0, ge=1.0, le=15.0, description="Time after a head-turn or blink prompt in which the response counts."
+    )
+    read_digits_window_s: float = Field(
+        7.0, ge=2.0, le=30.0, description="Time after the digits prompt in which speech is judged."
+    )
+    lead_in_s: float = Field(
+        1.5, ge=0.5, le=10.0, description="Planned time before the first prompt (collects the baseline)."
+    )
+    step_gap_s: float = Field(1.0, ge=0.0, le=10.0, description="Planned pause between one window and the next prompt.")
+
+    # Shared evidence requirements
+    baseline_s: float = Field(
+        1.0, ge=0.2, le=5.0, description="Frames this long before a prompt give the person's resting pose."
+    )
+    min_reaction_s: float = Field(
+        0.2, ge=0.0, le=1.0, description="Movement earlier than this after the prompt is not a response to it."
+    )
+    min_face_frames: int = Field(
+        3, ge=1, le=100, description="Fewer frames with a face in a response window than this: could not tell."
+    )
+
+    # Head turn
+    head_turn_min_deg: float = Field(
+        15.0, ge=5.0, le=60.0, description="Yaw change from the baseline (degrees) that counts as a head turn."
+    )
+    head_turn_review_deg: float = Field(
+        5.0, ge=0.0, le=20.0, description="A largest turn within this many degrees below the minimum: review."
+    )
+
+    # Blink
+    min_fps_blink: float = Field(
+        8.0, ge=2.0, le=60.0, description="Frame rate (with a face) needed in a blink window; blinks last 0.1-0.4 s."
+    )
+    blink_closed_ratio: float = Field(
+        0.7, ge=0.3, le=0.95, description="Eye aspect ratio at or below this fraction of the open-eye level: closed."
+    )
+    blink_reopen_ratio: float = Field(
+        0.85, ge=0.5, le=1.0, description="Eyes count as reopened at or above this fraction of the open-eye level."
+    )
+    blink_review_ratio: float = Field(
+        0.1, ge=0.0, le=0.3, description="Deepest dip within this much above the closed ratio: review."
+    )
+
+    # Audio-visual synchrony (reading digits)
+    av_resample_hz: float = Field(
+        25.0, ge=5.0, le=100.0, description="Common rate mouth opening and speech energy are resampled to."
+    )
+    av_max_lag_s: float = Field(
+        0.3, ge=0.0, le=1.0, description="Largest audio/video offset searched (capture and network skew)."
+    )
+    av_min_overlap_s: float = Field(
+        2.0, ge=0.5, le=30.0, description="Shortest stretch with both mouth and audio data to judge."
+    )
+    av_pass_corr: float = Field(
+        0.35, ge=0.0, le=1.0, description="Best-lag Pearson correlation of mouth opening and speech energy: pass."
+    )
+    av_fail_corr: float = Field(
+        0.15, ge=-1.0, le=1.0, description="Below this correlation: fail; between fail and pass: review."
+    )
+    av_min_mouth_std: float = Field(
+        0.02, ge=0.0, le=0.5, description="Mouth-opening std (ratio units) below this while speech is heard: "
+        "the mouth did not move (photo with a played recording).",
+    )
+    av_min_speech_cv: float = Field(
+        0.25, ge=0.0, le=5.0, description="Speech energy std/mean below this: no speech heard, could not tell."
+    )
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Self:
+        if self.digits_min_len > self.digits_max_len:
+            raise ValueError("digits_min_len must not exceed digits_max_len")
+        if self.blink_closed_ratio >= self.blink_reopen_ratio:
+            raise ValueError("blink_closed_ratio must be below blink_reopen_ratio")
+        if self.av_fail_corr > self.av_pass_corr:
+            raise ValueError("av_fail_corr must not exceed av_pass_corr")
+        if self.head_turn_review_deg >= self.head_turn_min_deg:
+            raise ValueError("head_turn_review_deg must be below head_turn_min_deg")
+        return self

@@ -1,0 +1,12 @@
+"""HTTP routers; `routers()` lists every one the app mounts."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+
+def routers() -> list[APIRouter]:
+    """Every router of the service, in mount order."""
+    from media_server.api import admin, workstation
+
+    return [admin.router, workstation.router]

@@ -1,0 +1,194 @@
+"""Accounts, supervised persons, devices and on-demand check-ins (admin and officer)."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from fastapi import APIRouter, Response
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+
+from media_server.api.deps import AdminDep, OfficerDep, ReaderDep, ServicesDep
+from media_server.auth import SESSION_COOKIE
+from media_server.db import audit
+from media_server.db.enums import DeviceKind, Role, SessionKind, SessionStatus
+from media_server.db.models import CheckSession, Device, Person, User
+from media_server.db.types import utcnow
+from media_server.errors import BadInput, Conflict, NotFoundError, Unauthorized
+from media_server.tokens import check_password, hash_password, new_secret_token, sign_token, token_hash
+
+router = APIRouter(prefix="/api/v1", tags=["admin"])
+
+LOGIN_TTL_S = 8 * 3600
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid", str_strip_whitespace=True)
+
+
+class LoginIn(_In):
+    username: str = Field(min_length=1, max_length=64)
+    password: str = Field(min_length=1, max_length=256)
+
+
+class LoginOut(BaseModel):
+    token: str
+    role: Role
+    expires_in_s: int
+
+
+@router.post("/auth/login", response_model=LoginOut)
+def login(body: LoginIn, services: ServicesDep, response: Response) -> LoginOut:
+    """Exchange a username and password for a bearer token (also set as an HttpOnly cookie)."""
+    with services.sessions.begin() as db:
+        user = db.scalars(select(User).where(User.username == body.username)).one_or_none()
+        if user is None or not user.active or not check_password(user.password_hash, body.password):
+            audit.append(db, actor=f"user:{body.username}", action="login_failed", subject_type="user", subject_id=None, details={})
+            raise Unauthorized("wrong username or password")
+        audit.append(db, actor=f"user:{user.username}", action="login", subject_type="user", subject_id=user.id, details={})
+        token = sign_token(services.keys.secret_key, user.id, user.role.value, LOGIN_TTL_S)
+        role = user.role
+    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", max_age=LOGIN_TTL_S)
+    return LoginOut(token=token, role=role, expires_in_s=LOGIN_TTL_S)
+
+
+class UserIn(_In):
+    username: str = Field(min_length=3, max_length=64, pattern=r"^[A-Za-z0-9_.@-]+$")
+    password: str = Field(min_length=10, max_length=256)
+    role: Role
+    person_id: str | None = None
+
+
+@router.post("/users", status_code=201)
+def create_user(body: UserIn, services: ServicesDep, who: AdminDep) -> dict[str, str]:
+    """Create an account (admin only). Passwords are stored as argon2id hashes."""
+    with services.sessions.begin() as db:
+        if body.person_id is not None and db.get(Person, body.person_id) is None:
+            raise NotFoundError("no such person")
+        user = User(username=body.username, password_hash=hash_password(body.password), role=body.role, person_id=body.person_id)
+        db.add(user)
+        try:
+            db.flush()
+        except DbIntegrityError as exc:
+            raise Conflict(f"username {body.username!r} is taken") from exc
+        audit.append(db, actor=who.actor, action="user_created", subject_type="user", subject_id=user.id, details={"role": body.role.value})
+        return {"id": user.id, "username": user.username, "role": user.role.value}
+
+
+class PersonIn(_In):
+    external_ref: str = Field(min_length=1, max_length=64, description="Case number or registry id.")
+    display_name: str = Field(min_length=1, max_length=200)
+    timezone: str = Field("Asia/Almaty", max_length=64)
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError) as exc:
+            raise ValueError(f"unknown time zone {value!r}") from exc
+        return value
+
+
+def person_view(p: Person) -> dict[str, Any]:
+    """The public fields of a person."""
+    return {"id": p.id, "external_ref": p.external_ref, "display_name": p.display_name, "timezone": p.timezone,
+            "erased": p.erased_at is not None}
+
+
+@router.post("/persons", status_code=201)
+def create_person(body: PersonIn, services: ServicesDep, who: OfficerDep) -> dict[str, Any]:
+    """Register a person under supervision."""
+    with services.sessions.begin() as db:
+        person = Person(external_ref=body.external_ref, display_name=body.display_name, timezone=body.timezone)
+        db.add(person)
+        try:
+            db.flush()
+        except DbIntegrityError as exc:
+            raise Conflict(f"a person with external_ref {body.external_ref!r} exists") from exc
+        audit.append(db, actor=who.actor, action="person_created", subject_type="person", subject_id=person.id, details={})
+        return person_view(person)
+
+
+@router.get("/persons/{person_id}")
+def get_person(person_id: str, services: ServicesDep, who: ReaderDep) -> dict[str, Any]:
+    """One person."""
+    with services.sessions() as db:
+        person = db.get(Person, person_id)
+        if person is None:
+            raise NotFoundError("no such person")
+        return person_view(person)
+
+
+class DeviceIn(_In):
+    serial: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
+    kind: DeviceKind
+    person_id: str | None = None
+    public_key_b64: str | None = Field(None, description="Breathalyzer: raw Ed25519 public key, base64.")
+
+    @field_validator("public_key_b64")
+    @classmethod
+    def _ed25519(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            raw = base64.b64decode(value, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError("public_key_b64 is not base64") from exc
+        if len(raw) != 32:
+            raise ValueError("an Ed25519 public key is exactly 32 bytes")
+        return value
+
+
+@router.post("/devices", status_code=201)
+def register_device(body: DeviceIn, services: ServicesDep, who: AdminDep) -> dict[str, Any]:
+    """Register a home station. A breathalyzer needs its public key; an AV station gets a device key, shown once."""
+    if body.kind is DeviceKind.BREATHALYZER and body.public_key_b64 is None:
+        raise BadInput("a breathalyzer must be registered with its Ed25519 public key")
+    device_key = new_secret_token("dk") if body.kind is DeviceKind.AV_STATION else None
+    with services.sessions.begin() as db:
+        if body.person_id is not None and db.get(Person, body.person_id) is None:
+            raise NotFoundError("no such person")
+        device = Device(serial=body.serial, kind=body.kind, person_id=body.person_id, public_key_b64=body.public_key_b64,
+                        key_hash=token_hash(device_key) if device_key else None)
+        db.add(device)
+        try:
+            db.flush()
+        except DbIntegrityError as exc:
+            raise Conflict(f"device {body.serial!r} is already registered") from exc
+        audit.append(db, actor=who.actor, action="device_registered", subject_type="device", subject_id=device.id,
+                     details={"kind": body.kind.value, "serial": body.serial})
+        out: dict[str, Any] = {"id": device.id, "serial": device.serial, "kind": device.kind.value}
+    if device_key:
+        out["device_key"] = device_key
+    return out
+
+
+class CheckinIn(_In):
+    kind: SessionKind = SessionKind.CHECKIN
+    window_minutes: int = Field(30, ge=1, le=24 * 60, description="How long the one-time link stays valid.")
+
+
+@router.post("/persons/{person_id}/checkins", status_code=201)
+def request_checkin(person_id: str, body: CheckinIn, services: ServicesDep, who: OfficerDep) -> dict[str, Any]:
+    """An on-demand test: opens a window now and returns the one-time check-in link (shown once)."""
+    token = new_secret_token("ck")
+    now = utcnow()
+    with services.sessions.begin() as db:
+        person = db.get(Person, person_id)
+        if person is None or person.erased_at is not None:
+            raise NotFoundError("no such person")
+        row = CheckSession(person_id=person_id, kind=body.kind, status=SessionStatus.SCHEDULED, window_start=now,
+                           window_end=now + timedelta(minutes=body.window_minutes), token_hash=token_hash(token),
+                           meta={"requested_by": who.user_id, "on_demand": True})
+        db.add(row)
+        db.flush()
+        audit.append(db, actor=who.actor, action="checkin_requested", subject_type="session", subject_id=row.id,
+                     details={"window_minutes": body.window_minutes})
+        return {"session_id": row.id, "token": token, "url": f"/checkin/{token}",
+                "window_end": row.window_end.isoformat()}

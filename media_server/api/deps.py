@@ -1,0 +1,24 @@
+"""Annotated dependencies shared by the routers."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import Depends, Request
+
+from media_server.auth import Principal, require
+from media_server.db.enums import Role
+
+
+def get_services(request: Request) -> Any:
+    """The app's long-lived resources (media_server.app.Services)."""
+    return request.app.state.services
+
+
+ServicesDep = Annotated[Any, Depends(get_services)]
+AdminDep = Annotated[Principal, Depends(require(Role.ADMIN))]
+OfficerDep = Annotated[Principal, Depends(require(Role.ADMIN, Role.OFFICER))]
+ReviewerDep = Annotated[Principal, Depends(require(Role.REVIEWER, Role.OFFICER, Role.ADMIN))]
+DeciderDep = Annotated[Principal, Depends(require(Role.REVIEWER))]
+ReaderDep = Annotated[Principal, Depends(require(Role.REVIEWER, Role.OFFICER, Role.ADMIN, Role.AUDITOR))]
+AuditorDep = Annotated[Principal, Depends(require(Role.AUDITOR, Role.ADMIN))]

@@ -1,0 +1,66 @@
+"""WHIP (RFC 9725): POST an SDP offer, get the answer and a session resource; DELETE ends it."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request
+from fastapi.responses import JSONResponse, Response
+
+from media_server.webrtc.ingest import SDP_MEDIA_TYPE, WhipIngest
+
+router = APIRouter(tags=["whip"])
+
+
+def get_ingest(request: Request) -> WhipIngest | None:
+    """The app's WHIP ingest (set up by `media_server.webrtc.ingest.install` or a test)."""
+    return getattr(request.app.state, "whip_ingest", None)
+
+
+def _unavailable() -> JSONResponse:
+    return JSONResponse(
+        {"error": "unavailable", "message": "media ingest is not running"}, status_code=503
+    )
+
+
+@router.post("/whip", status_code=201, response_class=Response)
+async def whip_post(
+    request: Request,
+    content_type: Annotated[str | None, Header()] = None,
+    authorization: Annotated[str | None, Header()] = None,
+) -> Response:
+    """Open a session: body is the SDP offer (non-trickle, all candidates included)."""
+    ingest = get_ingest(request)
+    if ingest is None:
+        return _unavailable()
+    body = await request.body()
+    resource_id, answer = await ingest.open(content_type, authorization, body)
+    location = f"/whip/{resource_id}"
+    return Response(
+        content=answer,
+        status_code=201,
+        media_type=SDP_MEDIA_TYPE,
+        headers={"Location": location, "ETag": f'"{resource_id}"', "Cache-Control": "no-store"},
+    )
+
+
+@router.delete("/whip/{resource_id}")
+async def whip_delete(resource_id: str, request: Request) -> Response:
+    """End the session; its capture is still processed."""
+    ingest = get_ingest(request)
+    if ingest is None:
+        return _unavailable()
+    ingest.delete(resource_id)
+    return Response(status_code=200)
+
+
+@router.patch("/whip/{resource_id}")
+async def whip_patch(resource_id: str) -> Response:
+    """Trickle ICE and ICE restarts are not supported: offers carry every candidate."""
+    return Response(status_code=405, headers={"Allow": "DELETE"})
+
+
+@router.options("/whip")
+async def whip_options() -> Response:
+    """What the endpoint accepts (RFC 9725 allows OPTIONS for discovery)."""
+    return Response(status_code=204, headers={"Allow": "POST, OPTIONS", "Accept-Post": SDP_MEDIA_TYPE})

@@ -1,0 +1,209 @@
+"""FastAPI app factory: the one composition root of the service."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from sqlalchemy import Engine, text
+from sqlalchemy.orm import Session, sessionmaker
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from media_server import logs
+from media_server.errors import KuzetError, status_for
+from media_server.evidence import build_store
+from media_server.evidence.port import EvidenceStore
+from media_server.keys import ServiceKeys, load_or_create
+from media_server.settings import Settings
+from media_server.workers import WorkerPool
+
+log = logging.getLogger("kuzet")
+
+
+@dataclass
+class Metrics:
+    """Per-app Prometheus registry (no module-level globals, so tests can build many apps)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "kuzet_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=self.registry
+        )
+        self.latency = Histogram(
+            "kuzet_http_request_seconds", "HTTP request latency", ["method", "route"], registry=self.registry
+        )
+        self.verdicts = Counter("kuzet_verdicts_total", "Verdicts written", ["decision"], registry=self.registry)
+        self.spooled = Counter("kuzet_evidence_spooled_total", "Artifacts spooled locally", registry=self.registry)
+
+
+@dataclass
+class Services:
+    """Long-lived resources built in the lifespan and injected into handlers."""
+
+    settings: Settings
+    keys: ServiceKeys
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: EvidenceStore
+    workers: WorkerPool
+    metrics: Metrics
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+def build_services(settings: Settings) -> Services:
+    """Build every resource (database migrated to head, evidence store, worker pool)."""
+    from media_server.db.engine import make_engine, make_session_factory
+    from media_server.db.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    return Services(
+        settings=settings,
+        keys=load_or_create(settings),
+        engine=engine,
+        sessions=make_session_factory(engine),
+        store=build_store(settings),
+        workers=WorkerPool(settings),
+        metrics=Metrics(),
+    )
+
+
+async def _flush_spool_forever(services: Services) -> None:
+    while True:
+        await asyncio.sleep(services.settings.evidence.spool_retry_s)
+        try:
+            n = await asyncio.to_thread(services.store.flush_spool)
+            if n:
+                log.info("spooled artifacts uploaded", extra={"count": n})
+        except Exception:
+            log.exception("spool flush failed; will retry")
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """The ASGI app. Resources are created in the lifespan, so importing this is cheap."""
+    settings = settings or Settings()
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        logs.configure(settings.log_level)
+        services = await asyncio.to_thread(build_services, settings)
+        app.state.services = services
+        services.background.append(asyncio.create_task(_flush_spool_forever(services)))
+        for hook in app.state.startup_hooks:
+            await hook(services)
+        log.info("kuzet ready", extra={"database": services.engine.url.get_backend_name()})
+        try:
+            yield
+        finally:
+            for task in services.background:
+                task.cancel()
+            for hook in app.state.shutdown_hooks:
+                await hook(services)
+            services.workers.shutdown()
+            services.engine.dispose()
+
+    app = FastAPI(
+        title="Kuzet",
+        version="0.1.0",
+        description="Remote identity-and-sobriety checks for probation supervision.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.startup_hooks = []
+    app.state.shutdown_hooks = []
+    _install_error_handlers(app)
+    _install_middleware(app, settings)
+    _install_probes(app)
+    _include_routers(app)
+    return app
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"error": code, "message": message}, status_code=status)
+
+
+def _install_error_handlers(app: FastAPI) -> None:
+    @app.exception_handler(KuzetError)
+    async def domain_error(_: Request, exc: KuzetError) -> JSONResponse:
+        return _error(status_for(exc), exc.code, str(exc))
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        problems = [
+            f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}" for e in exc.errors()
+        ]
+        return _error(422, "validation_error", "; ".join(problems) or "invalid request")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return JSONResponse(
+            {"error": "http_error", "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+        )
+
+
+def _install_middleware(app: FastAPI, settings: Settings) -> None:
+    limit = settings.evidence.max_upload_bytes
+
+    @app.middleware("http")
+    async def guard_and_measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        length = request.headers.get("content-length")
+        if length is not None:
+            if not length.isdigit():
+                return _error(400, "bad_input", "Content-Length is not a number")
+            if int(length) > limit:
+                return _error(413, "too_large", f"upload exceeds the {limit} byte limit")
+        start = time.perf_counter()
+        response = await call_next(request)
+        services: Services | None = getattr(request.app.state, "services", None)
+        if services is not None:
+            route = getattr(request.scope.get("route"), "path", "unmatched")
+            services.metrics.requests.labels(request.method, route, str(response.status_code)).inc()
+            services.metrics.latency.labels(request.method, route).observe(time.perf_counter() - start)
+        return response
+
+
+def _install_probes(app: FastAPI) -> None:
+    @app.get("/healthz", tags=["ops"])
+    async def healthz() -> dict[str, str]:
+        """Liveness: the process is up."""
+        return {"status": "ok"}
+
+    @app.get("/readyz", tags=["ops"])
+    async def readyz(request: Request) -> JSONResponse:
+        """Readiness: the database answers and the evidence store (or its spool) accepts writes."""
+        services: Services = request.app.state.services
+
+        def probe() -> dict[str, str]:
+            with services.engine.connect() as conn:
+                conn.execute(text("SELECT 1"))
+            return {"database": "ok", "evidence_store": "ok" if services.store.healthy() else "spooling"}
+
+        try:
+            checks = await asyncio.to_thread(probe)
+        except Exception as exc:
+            return JSONResponse({"status": "unavailable", "reason": type(exc).__name__}, status_code=503)
+        # An S3 outage degrades to the local spool: still ready, nothing is lost.
+        return JSONResponse({"status": "ready", **checks})
+
+    @app.get("/metrics", tags=["ops"], include_in_schema=False)
+    async def metrics(request: Request) -> Response:
+        services: Services = request.app.state.services
+        return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+def _include_routers(app: FastAPI) -> None:
+    from media_server.api import routers
+
+    for router in routers():
+        app.include_router(router)

@@ -1,0 +1,138 @@
+"""Who is calling: staff logins with roles, one-time check-in tokens and AV-station device keys.
+
+Every endpoint declares the roles it admits with `require(...)`; the user's role is read from the
+database on each request, so a deactivated account stops working at once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy import select, update
+from sqlalchemy.orm import Session
+
+from media_server.db.enums import DeviceKind, Role, SessionKind, SessionStatus
+from media_server.db.models import CheckSession, Device, User
+from media_server.db.types import utcnow
+from media_server.errors import Forbidden, Unauthorized
+from media_server.tokens import token_hash, verify_token
+
+SESSION_COOKIE = "kuzet_session"
+
+
+@dataclass(frozen=True)
+class Principal:
+    """An authenticated staff or person account."""
+
+    user_id: str
+    username: str
+    role: Role
+    person_id: str | None
+
+    @property
+    def actor(self) -> str:
+        """How the audit log names this caller."""
+        return f"user:{self.username}"
+
+
+def services_of(request: Request) -> Any:
+    """The app's `Services` (typed as Any here to keep this module free of an import cycle)."""
+    return request.app.state.services
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None."""
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    return value.strip() or None if scheme.lower() == "bearer" else None
+
+
+def principal_from_request(request: Request) -> Principal:
+    """The caller of a staff/person request (bearer header or the workstation cookie)."""
+    token = bearer(request.headers.get("authorization")) or request.cookies.get(SESSION_COOKIE)
+    if not token:
+        raise Unauthorized("log in first: no credential was sent")
+    services = services_of(request)
+    claims = verify_token(services.keys.secret_key, token)
+    with services.sessions() as db:
+        user = db.get(User, claims.user_id)
+        if user is None or not user.active:
+            raise Unauthorized("this account does not exist or is deactivated")
+        return Principal(user_id=user.id, username=user.username, role=user.role, person_id=user.person_id)
+
+
+def require(*roles: Role) -> Callable[[Request], Principal]:
+    """A FastAPI dependency admitting only `roles` (401 without a login, 403 for another role)."""
+    allowed = frozenset(roles)
+
+    def dependency(request: Request) -> Principal:
+        principal = principal_from_request(request)
+        if principal.role not in allowed:
+            raise Forbidden(
+                f"role {principal.role.value!r} may not do this; needs one of: "
+                + ", ".join(sorted(r.value for r in allowed))
+            )
+        request.state.principal = principal
+        return principal
+
+    return dependency
+
+
+@dataclass(frozen=True)
+class WhipPrincipal:
+    """Who is opening a WHIP session: a person with a one-time link, or an AV station with its key."""
+
+    session_id: str
+    person_id: str
+    kind: str
+    device_id: str | None
+    challenge: dict[str, Any] | None
+
+
+def authenticate_whip(db: Session, authorization: str | None, max_session_s: float) -> WhipPrincipal:
+    """Spend a one-time check-in token, or open a station session for a device key; raises Unauthorized."""
+    token = bearer(authorization)
+    if token is None:
+        raise Unauthorized("a Bearer credential (check-in token or device key) is required")
+    digest = token_hash(token)
+    now = utcnow()
+    if token.startswith("dk_"):
+        device = db.scalars(select(Device).where(Device.key_hash == digest)).one_or_none()
+        if device is None or not device.active or device.kind is not DeviceKind.AV_STATION:
+            raise Unauthorized("unknown or deactivated device key")
+        if device.person_id is None:
+            raise Unauthorized("this station is not assigned to a person")
+        row = CheckSession(
+            person_id=device.person_id,
+            kind=SessionKind.STATION,
+            status=SessionStatus.ACTIVE,
+            window_start=now,
+            window_end=now + timedelta(seconds=max_session_s),
+            started_at=now,
+            device_id=device.id,
+            meta={},
+        )
+        db.add(row)
+        db.flush()
+        return WhipPrincipal(row.id, row.person_id, "station", device.id, None)
+    row = db.scalars(select(CheckSession).where(CheckSession.token_hash == digest)).one_or_none()
+    if row is None:
+        raise Unauthorized("unknown check-in link")
+    if now < row.window_start:
+        raise Unauthorized("this check-in is not open yet")
+    if now > row.window_end:
+        raise Unauthorized("this check-in link has expired")
+    # Spend the token atomically: of two racing requests exactly one updates the row.
+    spent = db.execute(
+        update(CheckSession)
+        .where(CheckSession.id == row.id, CheckSession.token_used_at.is_(None))
+        .values(token_used_at=now, status=SessionStatus.ACTIVE, started_at=now)
+    )
+    if spent.rowcount != 1:  # type: ignore[attr-defined]
+        raise Unauthorized("this check-in link was already used")
+    return WhipPrincipal(row.id, row.person_id, row.kind.value, row.device_id, row.challenge)

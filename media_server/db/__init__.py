@@ -1,0 +1,1 @@
+"""Database layer: SQLAlchemy models, engines, Alembic migrations and the audit log."""

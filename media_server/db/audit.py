@@ -1,0 +1,236 @@
+"""The hash-chained, append-only audit log.
+
+Each row's `row_hash` is SHA-256 over a canonical JSON of its content (ts, actor, action,
+subject_type, subject_id, details) and `prev_hash`, the previous row's `row_hash` (64 zeros for
+the first row). Changing, inserting or deleting a row breaks the chain at that row or the next one;
+`verify_chain` finds the first break. Removing rows from the end leaves a shorter valid chain: compare
+the head with one recorded elsewhere (`head()`, e.g. in a signed evidence manifest) to catch that.
+
+Appends are serialised so the chain never forks: PostgreSQL takes a transaction-scoped advisory
+lock, SQLite takes its single write lock before the head is read; `prev_hash` is also UNIQUE.
+Both locks are held until the caller's transaction ends, so commit promptly after appending.
+PostgreSQL must run at READ COMMITTED (its default) for the head read to see the last commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import Text, cast, select, text
+from sqlalchemy.orm import Session
+
+from media_server.db.models import GENESIS_HASH, AuditEntry
+from media_server.db.types import utcnow
+
+# pg_advisory_xact_lock key for audit appends ("kuzet" + 1); any constant shared by all writers.
+AUDIT_LOCK_KEY = 0x6B757A6574_0001
+# Rows fetched per round trip while verifying.
+VERIFY_BATCH_ROWS = 1000
+
+
+def canonical_json(value: Any) -> str:
+    """Deterministic JSON: sorted keys, no whitespace, ASCII only, no NaN/Infinity."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False)
+
+
+def _iso_utc(ts: datetime) -> str:
+    if ts.tzinfo is None:
+        raise ValueError("audit timestamps must be timezone-aware")
+    return ts.astimezone(UTC).isoformat(timespec="microseconds")
+
+
+def compute_row_hash(
+    *,
+    ts: datetime,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: str | None,
+    details: Mapping[str, Any],
+    prev_hash: str,
+) -> str:
+    """SHA-256 (hex) of the canonical JSON of one row's content and its predecessor's hash."""
+    payload = {
+        "ts": _iso_utc(ts),
+        "actor": actor,
+        "action": action,
+        "subject_type": subject_type,
+        "subject_id": subject_id,
+        "details": details,
+        "prev_hash": prev_hash,
+    }
+    return hashlib.sha256(canonical_json(payload).encode("ascii")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditHead:
+    """The last row of the chain: anchor it elsewhere to detect truncation of the tail."""
+
+    id: int
+    row_hash: str
+
+
+class ChainProblem(StrEnum):
+    """Why verification stopped at a row."""
+
+    ROW_HASH_MISMATCH = "row_hash_mismatch"  # the row's content no longer matches its hash
+    PREV_HASH_MISMATCH = "prev_hash_mismatch"  # a row before it was removed, inserted or rewritten
+    HEAD_MISMATCH = "head_mismatch"  # the chain is shorter than, or differs from, an anchored head
+    UNREADABLE = "unreadable"  # the row's stored values cannot be hashed (e.g. a naive ts)
+
+
+@dataclass(frozen=True, slots=True)
+class ChainReport:
+    """The result of `verify_chain`: ok, rows checked, and the first bad row with the reason."""
+
+    ok: bool
+    rows_checked: int
+    head: AuditHead | None
+    first_bad_id: int | None = None
+    problem: ChainProblem | None = None
+    reason: str | None = None
+
+
+def _take_write_lock(session: Session) -> None:
+    bind = session.connection()
+    if bind.dialect.name == "postgresql":
+        bind.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": AUDIT_LOCK_KEY})
+    elif bind.dialect.name == "sqlite":
+        # A write statement that touches no row takes SQLite's write lock now (like BEGIN IMMEDIATE,
+        # but valid mid-transaction), so the head read below cannot go stale before our INSERT.
+        bind.execute(text("DELETE FROM audit_log WHERE 1 = 0"))
+
+
+def head(session: Session) -> AuditHead | None:
+    """The newest row's id and hash (None for an empty log)."""
+    row = session.execute(
+        select(AuditEntry.id, AuditEntry.row_hash).order_by(AuditEntry.id.desc()).limit(1)
+    ).first()
+    return AuditHead(row.id, row.row_hash) if row else None
+
+
+def append(
+    session: Session,
+    actor: str,
+    action: str,
+    subject_type: str,
+    subject_id: str | None,
+    details: Mapping[str, Any] | None = None,
+) -> AuditEntry:
+    """Append one entry in the caller's transaction (flushed, not committed) and return it.
+
+    `details` must be JSON-serialisable; it is stored in its JSON round-tripped form (tuples become
+    lists, keys strings) so the stored value hashes the same when read back. Keep personal data
+    out of it: the log is never erased.
+    """
+    try:
+        stored_details: dict[str, Any] = json.loads(json.dumps(dict(details or {}), allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"audit details are not plain JSON: {exc}") from exc
+    _take_write_lock(session)
+    last = head(session)
+    prev_hash = last.row_hash if last else GENESIS_HASH
+    # Taken after the lock so timestamps follow chain order.
+    ts = utcnow()
+    entry = AuditEntry(
+        ts=ts,
+        actor=actor,
+        action=action,
+        subject_type=subject_type,
+        subject_id=subject_id,
+        details=stored_details,
+        prev_hash=prev_hash,
+        row_hash=compute_row_hash(
+            ts=ts,
+            actor=actor,
+            action=action,
+            subject_type=subject_type,
+            subject_id=subject_id,
+            details=stored_details,
+            prev_hash=prev_hash,
+        ),
+    )
+    session.add(entry)
+    session.flush()
+    return entry
+
+
+def verify_chain(session: Session, *, expected_head: AuditHead | None = None) -> ChainReport:
+    """Recompute every row's hash in id order and check each links to its predecessor.
+
+    With `expected_head` (a head recorded earlier), also report a chain that no longer contains it.
+    """
+    # details are read as their stored text and parsed here, so a corrupted value is reported
+    # against its row instead of failing the whole query.
+    query = select(
+        AuditEntry.id,
+        AuditEntry.ts,
+        AuditEntry.actor,
+        AuditEntry.action,
+        AuditEntry.subject_type,
+        AuditEntry.subject_id,
+        cast(AuditEntry.details, Text).label("details_json"),
+        AuditEntry.prev_hash,
+        AuditEntry.row_hash,
+    ).order_by(AuditEntry.id)
+    prev_hash = GENESIS_HASH
+    checked = 0
+    last: AuditHead | None = None
+    anchor_seen = expected_head is None
+
+    def broken(row_id: int | None, problem: ChainProblem, reason: str) -> ChainReport:
+        return ChainReport(
+            ok=False, rows_checked=checked, head=last, first_bad_id=row_id, problem=problem, reason=reason
+        )
+
+    rows = session.execute(query.execution_options(yield_per=VERIFY_BATCH_ROWS))
+    try:
+        for row in rows:
+            checked += 1
+            if row.prev_hash != prev_hash:
+                return broken(
+                    row.id,
+                    ChainProblem.PREV_HASH_MISMATCH,
+                    f"row {row.id} names predecessor {row.prev_hash[:12]}..., but the row before it "
+                    f"hashes to {prev_hash[:12]}...: a row was removed, inserted or rewritten before it",
+                )
+            try:
+                recomputed = compute_row_hash(
+                    ts=row.ts,
+                    actor=row.actor,
+                    action=row.action,
+                    subject_type=row.subject_type,
+                    subject_id=row.subject_id,
+                    details=json.loads(row.details_json),
+                    prev_hash=row.prev_hash,
+                )
+            except (TypeError, ValueError) as exc:
+                return broken(row.id, ChainProblem.UNREADABLE, f"row {row.id} cannot be hashed: {exc}")
+            if recomputed != row.row_hash:
+                return broken(
+                    row.id,
+                    ChainProblem.ROW_HASH_MISMATCH,
+                    f"row {row.id}: content does not match its stored hash (altered after it was written)",
+                )
+            prev_hash = row.row_hash
+            last = AuditHead(row.id, row.row_hash)
+            if last == expected_head:
+                anchor_seen = True
+    except (TypeError, ValueError) as exc:  # a stored value the column type cannot even decode
+        after = f"after row {last.id}" if last else "at the start"
+        return broken(None, ChainProblem.UNREADABLE, f"a row {after} cannot be read: {exc}")
+    finally:
+        rows.close()
+    if expected_head is not None and not anchor_seen:
+        return broken(
+            expected_head.id,
+            ChainProblem.HEAD_MISMATCH,
+            f"anchored head row {expected_head.id} ({expected_head.row_hash[:12]}...) is not in the chain",
+        )
+    return ChainReport(ok=True, rows_checked=checked, head=last)

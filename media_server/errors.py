@@ -1,0 +1,62 @@
+"""Domain errors the API maps to HTTP. Raised by service code; carries no HTTP types itself."""
+
+from __future__ import annotations
+
+
+class KuzetError(Exception):
+    """Base for errors a client caused; `code` is stable, the message says what to do."""
+
+    code = "bad_request"
+
+
+class BadInput(KuzetError):
+    code = "bad_input"
+
+
+class NotFoundError(KuzetError):
+    code = "not_found"
+
+
+class Unauthorized(KuzetError):
+    code = "unauthorized"
+
+
+class Forbidden(KuzetError):
+    code = "forbidden"
+
+
+class Conflict(KuzetError):
+    code = "conflict"
+
+
+class TooLarge(KuzetError):
+    code = "too_large"
+
+
+class UnsupportedMediaType(KuzetError):
+    code = "unsupported_media_type"
+
+
+class Gone(KuzetError):
+    code = "gone"
+
+
+HTTP_STATUS: dict[type[KuzetError], int] = {
+    BadInput: 400,
+    Unauthorized: 401,
+    Forbidden: 403,
+    NotFoundError: 404,
+    Conflict: 409,
+    Gone: 410,
+    TooLarge: 413,
+    UnsupportedMediaType: 415,
+    KuzetError: 400,
+}
+
+
+def status_for(exc: KuzetError) -> int:
+    """HTTP status for a domain error (most specific class wins)."""
+    for cls in type(exc).__mro__:
+        if cls in HTTP_STATUS:
+            return HTTP_STATUS[cls]  # type: ignore[index]
+    return 400

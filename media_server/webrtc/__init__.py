@@ -1,0 +1,1 @@
+"""WebRTC ingest: WHIP sessions on aiortc, their capture, and the hand-off to the session pipeline."""

@@ -1,0 +1,94 @@
+"""Who may open a WHIP session. The lead's `media_server.auth.authenticate_whip` is the real one;
+`WhipAuthenticator` is the port, so tests can use a fake."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+from media_server.errors import Unauthorized
+
+
+@dataclass(frozen=True, slots=True)
+class WhipPrincipal:
+    """The session a credential opens: a phone check-in (one-time token) or an AV station (device key)."""
+
+    session_id: str
+    person_id: str
+    kind: Literal["checkin", "station"]
+    device_id: str | None = None
+    challenge: dict[str, Any] | None = None
+
+
+class WhipAuthenticator(Protocol):
+    """Turns an Authorization header into a principal; raises Unauthorized for a missing, bad,
+    expired or reused credential."""
+
+    async def authenticate(self, authorization: str | None) -> WhipPrincipal: ...
+
+
+def bearer_token(authorization: str | None) -> str:
+    """The token of a `Bearer` Authorization header; Unauthorized when absent or malformed."""
+    if not authorization:
+        raise Unauthorized("missing Authorization: Bearer credential")
+    scheme, _, token = authorization.partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > 4096:
+        raise Unauthorized("Authorization must be 'Bearer <token>'")
+    return token
+
+
+class ServicesAuthenticator:
+    """Adapter to the lead's `media_server.auth.authenticate_whip(services, header)`."""
+
+    def __init__(self, services: Any) -> None:
+        self._services = services
+
+    async def authenticate(self, authorization: str | None) -> WhipPrincipal:
+        from media_server import auth  # type: ignore[attr-defined]  # written by the lead
+
+        # It reads the database (token lookup, single use): keep it off the event loop.
+        result = await asyncio.to_thread(auth.authenticate_whip, self._services, authorization)
+        return WhipPrincipal(
+            session_id=str(result.session_id),
+            person_id=str(result.person_id),
+            kind=result.kind,
+            device_id=result.device_id,
+            challenge=result.challenge,
+        )
+
+
+class OneTimeTokens:
+    """In-memory authenticator: each issued token opens exactly one session (tests, benchmarks)."""
+
+    def __init__(self) -> None:
+        self._issued: dict[str, WhipPrincipal] = {}
+        self.used: set[str] = set()
+
+    def issue(
+        self,
+        person_id: str = "person-test",
+        *,
+        kind: Literal["checkin", "station"] = "checkin",
+        challenge: dict[str, Any] | None = None,
+    ) -> str:
+        """A fresh token for a new session of `person_id`."""
+        token = secrets.token_urlsafe(24)
+        self._issued[token] = WhipPrincipal(
+            session_id=secrets.token_hex(8),
+            person_id=person_id,
+            kind=kind,
+            device_id="station-test" if kind == "station" else None,
+            challenge=challenge,
+        )
+        return token
+
+    async def authenticate(self, authorization: str | None) -> WhipPrincipal:
+        token = bearer_token(authorization)
+        principal = self._issued.pop(token, None)
+        if principal is None:
+            raise Unauthorized("credential already used" if token in self.used else "unknown credential")
+        self.used.add(token)
+        return principal

@@ -1,0 +1,171 @@
+"""Test and benchmark support for WHIP: fakes of our own ports, test media, a real server thread.
+
+Nothing here is imported by the service itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+import subprocess
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+
+from media_server.errors import KuzetError, status_for
+from media_server.settings import Settings
+from media_server.webrtc.capture import SessionCapture, SessionSink
+from media_server.webrtc.credentials import WhipAuthenticator
+from media_server.webrtc.ingest import WhipIngest
+
+SERVER_START_TIMEOUT_S = 10.0
+
+
+@dataclass
+class RecordedCapture:
+    """A capture as the fake sink saw it, with the recording's size read while the file existed."""
+
+    capture: SessionCapture
+    recording_bytes: int
+    recording_streams: list[str] = field(default_factory=list)
+
+
+class FakeSink:
+    """Keeps every capture; thread-safe to wait on from another event loop (the test's)."""
+
+    def __init__(self, outcome: dict[str, Any] | None = None) -> None:
+        self.outcome = outcome if outcome is not None else {"decision": "review", "reasons": ["fake_sink"]}
+        self.captures: list[RecordedCapture] = []
+        self._cond = threading.Condition()
+
+    async def finish(self, capture: SessionCapture) -> dict[str, Any] | None:
+        size = capture.recording_path.stat().st_size if capture.recording_path else 0
+        streams = _probe_streams(capture.recording_path) if capture.recording_path else []
+        with self._cond:
+            self.captures.append(RecordedCapture(capture, size, streams))
+            self._cond.notify_all()
+        return self.outcome
+
+    def wait(self, count: int = 1, timeout_s: float = 30.0) -> list[RecordedCapture]:
+        """Block until `count` captures arrived (call via asyncio.to_thread from async code)."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: len(self.captures) >= count, timeout_s):
+                raise TimeoutError(f"sink saw {len(self.captures)} of {count} captures in {timeout_s}s")
+            return list(self.captures)
+
+
+def _probe_streams(path: Path) -> list[str]:
+    import av
+
+    with av.open(str(path)) as container:
+        return [f"{s.type}:{s.codec_context.name}" for s in container.streams]
+
+
+def build_whip_app(settings: Settings, authenticator: WhipAuthenticator, sink: SessionSink) -> FastAPI:
+    """A small app with the WHIP and check-in routers and the domain error mapping, without the
+    database or evidence store (create_app + `ingest.install` is the production wiring)."""
+    from media_server.api.checkin_page import router as checkin_router
+    from media_server.api.whip import router as whip_router
+
+    ingest = WhipIngest(settings, authenticator, sink)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await ingest.close_all()
+
+    app = FastAPI(lifespan=lifespan)
+    app.state.settings = settings
+    app.state.whip_ingest = ingest
+
+    @app.exception_handler(KuzetError)
+    async def domain_error(_: Request, exc: KuzetError) -> JSONResponse:
+        return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=status_for(exc))
+
+    app.include_router(whip_router)
+    app.include_router(checkin_router)
+    return app
+
+
+class ServerThread:
+    """uvicorn serving `app` on 127.0.0.1:<free port> in a background thread (a real UDP/TCP path)."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+        )
+        self._thread = threading.Thread(target=self._server.run, name="uvicorn-test", daemon=True)
+        self.url = ""
+
+    def __enter__(self) -> ServerThread:
+        self._thread.start()
+        deadline = time.monotonic() + SERVER_START_TIMEOUT_S
+        while not self._server.started:
+            if time.monotonic() > deadline or not self._thread.is_alive():
+                raise RuntimeError("uvicorn did not start")
+            time.sleep(0.02)
+        port = self._server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(timeout=60)
+
+
+@contextlib.contextmanager
+def serve(app: Any) -> Iterator[ServerThread]:
+    """Context manager form of ServerThread."""
+    with ServerThread(app) as server:
+        yield server
+
+
+@dataclass(frozen=True, slots=True)
+class TestMedia:
+    """A face video (y4m, 640x480 @30) and a speech recording (wav) for fake cameras and players."""
+
+    __test__ = False  # not a pytest class
+    video_y4m: Path
+    speech_wav: Path
+
+
+def make_test_media(directory: Path, *, seconds: float = 4.0, text: str | None = None) -> TestMedia:
+    """Astronaut face (skimage, public domain) -> y4m via ffmpeg; espeak-ng speech -> 48 kHz wav."""
+    import numpy as np
+    from PIL import Image
+    from skimage import data
+
+    directory.mkdir(parents=True, exist_ok=True)
+    face = Image.fromarray(data.astronaut()).resize((480, 480))
+    canvas = Image.new("RGB", (640, 480), (128, 128, 128))
+    canvas.paste(face, (80, 0))
+    png = directory / "face.png"
+    canvas.save(png)
+    y4m = directory / "face.y4m"
+    _run(["ffmpeg", "-v", "error", "-y", "-loop", "1", "-framerate", "30", "-i", str(png), "-t", str(seconds),
+          "-pix_fmt", "yuv420p", str(y4m)])
+    raw = directory / "speech-raw.wav"
+    speech = text or "Three seven one nine four. This is a check-in test recording for Kuzet."
+    if shutil.which("espeak-ng"):
+        _run(["espeak-ng", "-v", "en", "-s", "150", "-w", str(raw), speech])
+    else:  # a tone keeps the media path testable where espeak-ng is missing
+        import soundfile as sf
+
+        t = np.arange(int(16000 * seconds)) / 16000
+        sf.write(raw, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    wav = directory / "speech.wav"
+    _run(["ffmpeg", "-v", "error", "-y", "-i", str(raw), "-ar", "48000", "-ac", "1", "-sample_fmt", "s16",
+          str(wav)])
+    return TestMedia(video_y4m=y4m, speech_wav=wav)
+
+
+def _run(cmd: list[str]) -> None:
+    subprocess.run(cmd, check=True, capture_output=True, timeout=60)

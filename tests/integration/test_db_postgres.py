@@ -1,0 +1,251 @@
+"""The schema and the audit log on a real PostgreSQL: a fresh database per module, dropped at the end.
+
+Admin URL from KUZET_TEST_PG_ADMIN_URL (default: postgres with trust auth on 127.0.0.1:5432).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Iterator
+from datetime import UTC, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from click.testing import CliRunner
+from sqlalchemy import Engine, create_engine, inspect, select, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session, sessionmaker
+
+from media_server.cli import main
+from media_server.db import audit
+from media_server.db.engine import make_engine, make_session_factory
+from media_server.db.migrate import current, downgrade, head_revision, upgrade
+from media_server.db.models import GENESIS_HASH, AuditEntry, Base, Person
+
+pytestmark = pytest.mark.integration
+
+ADMIN_URL = os.environ.get("KUZET_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+ALL_TABLES = {
+    "persons",
+    "users",
+    "enrolments",
+    "devices",
+    "schedules",
+    "sessions",
+    "artifacts",
+    "check_results",
+    "verdicts",
+    "reviews",
+    "breath_nonces",
+    "photo_fingerprints",
+    "erasures",
+    "audit_log",
+}
+
+
+@pytest.fixture(scope="module")
+def pg_url() -> Iterator[str]:
+    name = f"kuzet_test_{secrets.token_hex(6)}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except DBAPIError as exc:
+        admin.dispose()
+        pytest.fail(f"PostgreSQL at {ADMIN_URL} is required for integration tests: {exc}")
+    url = make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    try:
+        yield url
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(scope="module")
+def engine(pg_url: str) -> Iterator[Engine]:
+    assert current(pg_url) is None  # really fresh
+    upgrade(pg_url)
+    eng = make_engine(pg_url)
+    yield eng
+    eng.dispose()
+
+
+@pytest.fixture()
+def factory(engine: Engine) -> Iterator[sessionmaker[Session]]:
+    yield make_session_factory(engine)
+    _reset_audit_log(engine)
+
+
+def _reset_audit_log(engine: Engine) -> None:
+    # Tests start from an empty log; as superuser we can switch the triggers off to clean up.
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE audit_log DISABLE TRIGGER USER"))
+        conn.execute(text("DELETE FROM audit_log"))
+        conn.execute(text("ALTER TABLE audit_log ENABLE TRIGGER USER"))
+
+
+def _append_n(factory: sessionmaker[Session], n: int) -> list[AuditEntry]:
+    entries = []
+    for i in range(n):
+        with factory.begin() as session:
+            entries.append(
+                audit.append(
+                    session,
+                    "reviewer:7",
+                    "verdict_viewed",
+                    "verdict",
+                    f"v-{i}",
+                    {"i": i, "score": 0.1 + i / 3, "big": 1e16, "nested": {"z": [True, None], "a": "қ"}},
+                )
+            )
+    return entries
+
+
+def test_migrations_from_empty_create_every_table(engine: Engine, pg_url: str) -> None:
+    assert current(pg_url) == head_revision()
+    assert ALL_TABLES <= set(inspect(engine).get_table_names())
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), Base.metadata)
+        triggers = set(
+            conn.execute(
+                text(
+                    "SELECT tgname FROM pg_trigger WHERE tgrelid = 'audit_log'::regclass AND NOT tgisinternal"
+                )
+            ).scalars()
+        )
+    assert diff == []
+    assert triggers == {"audit_log_append_only", "audit_log_no_truncate"}
+
+
+def test_timestamps_come_back_utc_whatever_the_session_zone(factory: sessionmaker[Session]) -> None:
+    with factory.begin() as session:
+        session.execute(text("SET LOCAL TIME ZONE 'Asia/Almaty'"))
+        person = Person(external_ref=f"PG-{secrets.token_hex(4)}", display_name="pg")
+        session.add(person)
+        session.flush()
+        session.expire(person)
+        raw = session.execute(
+            text("SELECT created_at FROM persons WHERE id = :id"), {"id": person.id}
+        ).scalar_one()
+        assert raw.utcoffset() == timedelta(hours=5)  # the driver returns the session's zone...
+        assert person.created_at.tzinfo is UTC and person.created_at == raw  # ...the model returns UTC
+
+
+def test_append_and_verify(factory: sessionmaker[Session]) -> None:
+    entries = _append_n(factory, 5)
+    assert entries[0].prev_hash == GENESIS_HASH
+    with factory() as session:
+        report = audit.verify_chain(session)
+    assert report.ok and report.rows_checked == 5
+    assert report.head == audit.AuditHead(entries[-1].id, entries[-1].row_hash)
+
+
+@pytest.mark.parametrize(
+    "sql",
+    [
+        "UPDATE audit_log SET details = '{}' WHERE id = :id",
+        "DELETE FROM audit_log WHERE id = :id",
+        "TRUNCATE audit_log",
+    ],
+)
+def test_trigger_refuses_edits(factory: sessionmaker[Session], engine: Engine, sql: str) -> None:
+    entries = _append_n(factory, 2)
+    with pytest.raises(DBAPIError, match="append-only"), engine.begin() as conn:
+        conn.execute(text(sql), {"id": entries[0].id} if ":id" in sql else {})
+    with factory() as session:
+        report = audit.verify_chain(session)
+    assert report.ok and report.rows_checked == 2
+
+
+def test_tamper_with_trigger_dropped_is_detected(
+    factory: sessionmaker[Session], engine: Engine, pg_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    entries = _append_n(factory, 6)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TRIGGER audit_log_append_only ON audit_log"))
+        conn.execute(
+            text("UPDATE audit_log SET details = CAST(:d AS json) WHERE id = :id"),
+            {"d": '{"i": 99}', "id": entries[2].id},
+        )
+    try:
+        with factory() as session:
+            report = audit.verify_chain(session)
+        assert not report.ok and report.first_bad_id == entries[2].id
+        assert report.problem is audit.ChainProblem.ROW_HASH_MISMATCH
+
+        monkeypatch.setenv("KUZET_DATABASE__URL", pg_url)
+        result = CliRunner().invoke(main, ["audit", "verify"])
+        assert result.exit_code == 1
+        assert f"BROKEN at row {entries[2].id}" in result.output
+    finally:
+        with engine.begin() as conn:
+            conn.execute(
+                text(
+                    "CREATE TRIGGER audit_log_append_only BEFORE UPDATE OR DELETE ON audit_log "
+                    "FOR EACH ROW EXECUTE FUNCTION audit_log_append_only()"
+                )
+            )
+
+
+def test_dba_bypass_deleting_a_middle_row_is_detected(factory: sessionmaker[Session], engine: Engine) -> None:
+    entries = _append_n(factory, 5)
+    with engine.begin() as conn:
+        # What a superuser can do without touching the trigger definitions.
+        conn.execute(text("SET LOCAL session_replication_role = replica"))
+        conn.execute(text("DELETE FROM audit_log WHERE id = :id"), {"id": entries[1].id})
+    with factory() as session:
+        report = audit.verify_chain(session)
+    assert not report.ok and report.first_bad_id == entries[2].id
+    assert report.problem is audit.ChainProblem.PREV_HASH_MISMATCH
+
+
+def test_concurrent_appends_are_serialised_by_the_advisory_lock(factory: sessionmaker[Session]) -> None:
+    threads_n, per_thread = 6, 10
+    errors: list[BaseException] = []
+    start = threading.Barrier(threads_n)
+
+    def worker(k: int) -> None:
+        try:
+            start.wait()
+            for i in range(per_thread):
+                with factory.begin() as session:
+                    session.execute(select(AuditEntry.id).limit(1)).all()
+                    audit.append(session, f"worker:{k}", "tick", "test", str(i), {"k": k, "i": i})
+        except BaseException as exc:  # collected and asserted below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(threads_n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []
+    with factory() as session:
+        report = audit.verify_chain(session)
+    assert report.ok and report.rows_checked == threads_n * per_thread
+
+
+def test_cli_db_upgrade_and_verify_ok(engine: Engine, pg_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    factory = make_session_factory(engine)
+    _append_n(factory, 2)
+    monkeypatch.setenv("KUZET_DATABASE__URL", pg_url)
+    runner = CliRunner()
+    up = runner.invoke(main, ["db", "upgrade"])
+    assert up.exit_code == 0 and "revision 0001" in up.output, up.output
+    result = runner.invoke(main, ["audit", "verify"])
+    assert result.exit_code == 0 and "2 rows checked" in result.output, result.output
+    _reset_audit_log(engine)
+
+
+def test_downgrade_to_base_and_back(engine: Engine, pg_url: str) -> None:
+    downgrade(pg_url, "base")
+    assert current(pg_url) is None
+    assert set(inspect(engine).get_table_names()) & ALL_TABLES == set()
+    upgrade(pg_url)
+    assert current(pg_url) == head_revision()
+    assert ALL_TABLES <= set(inspect(engine).get_table_names())

@@ -1,0 +1,274 @@
+"""Schedules: windows in the person's zone, deterministic random tests, the tick on a migrated SQLite."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, time, timedelta
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pytest
+from pydantic import ValidationError
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from media_server.db import audit
+from media_server.db.engine import make_engine, make_session_factory
+from media_server.db.enums import Decision, SessionKind, SessionStatus
+from media_server.db.migrate import upgrade
+from media_server.db.models import AuditEntry, CheckSession, Person, Schedule, Verdict
+from media_server.schedules import (
+    due_windows,
+    mark_missed,
+    materialise_sessions,
+    parse_rule,
+    request_on_demand,
+    windows_between,
+)
+from media_server.tokens import token_hash
+
+ALMATY = ZoneInfo("Asia/Almaty")
+DAILY: dict[str, Any] = {"type": "daily", "start": "09:00", "end": "10:00", "days": [0, 1, 2, 3, 4]}
+RANDOM: dict[str, Any] = {
+    "type": "random",
+    "per_week": 4,
+    "earliest": "08:00",
+    "latest": "21:00",
+    "duration_min": 30,
+}
+KEY = b"k" * 32
+MONDAY = date(2026, 11, 23)
+
+
+def test_almaty_is_utc_plus_5() -> None:
+    # Kazakhstan moved to a single zone, UTC+5, on 2024-03-01 (tzdata 2024a); older data says +6.
+    assert datetime(2026, 6, 1, 12, tzinfo=ALMATY).utcoffset() == timedelta(hours=5)
+    assert datetime(2026, 1, 1, 12, tzinfo=ALMATY).utcoffset() == timedelta(hours=5)
+
+
+def test_daily_window_in_almaty_is_five_hours_ahead_of_utc() -> None:
+    [window] = due_windows(DAILY, "Asia/Almaty", MONDAY)
+    assert window.start == datetime(2026, 11, 23, 4, 0, tzinfo=UTC)
+    assert window.end == datetime(2026, 11, 23, 5, 0, tzinfo=UTC)
+    assert due_windows(DAILY, ALMATY, MONDAY + timedelta(days=5)) == []  # Saturday is not listed
+
+
+def test_daily_window_past_midnight_ends_the_next_day() -> None:
+    [window] = due_windows({"type": "daily", "start": "23:30", "end": "00:30"}, ALMATY, MONDAY)
+    assert window.start == datetime(2026, 11, 23, 18, 30, tzinfo=UTC)
+    assert window.end == datetime(2026, 11, 23, 19, 30, tzinfo=UTC)
+    # Still open just after local midnight, so a range starting then finds it.
+    found = windows_between(
+        {"type": "daily", "start": "23:30", "end": "00:30"},
+        ALMATY,
+        datetime(2026, 11, 23, 19, 10, tzinfo=UTC),
+        datetime(2026, 11, 23, 19, 20, tzinfo=UTC),
+    )
+    assert found == [window]
+
+
+def _week(
+    rule: dict[str, Any], monday: date, schedule_id: str, key: bytes
+) -> list[tuple[datetime, datetime]]:
+    return [
+        w
+        for d in range(7)
+        for w in due_windows(rule, ALMATY, monday + timedelta(days=d), schedule_id=schedule_id, seed_key=key)
+    ]
+
+
+def test_random_windows_are_deterministic_bounded_and_counted_per_week() -> None:
+    for weeks in range(6):
+        monday = MONDAY + timedelta(weeks=weeks)
+        windows = _week(RANDOM, monday, "sched-1", KEY)
+        assert windows == _week(RANDOM, monday, "sched-1", KEY)  # the server recomputes the same
+        assert len(windows) == 4
+        for start, end in windows:
+            assert end - start == timedelta(minutes=30)
+            local_start, local_end = start.astimezone(ALMATY), end.astimezone(ALMATY)
+            assert local_start.date() == local_end.date()
+            assert time(8, 0) <= local_start.time() and local_end.time() <= time(21, 0)
+            assert monday <= local_start.date() < monday + timedelta(days=7)
+        ordered = sorted(windows)
+        assert all(a[1] <= b[0] for a, b in zip(ordered, ordered[1:], strict=False))  # never overlap
+
+
+def test_random_windows_depend_on_schedule_week_and_secret() -> None:
+    base = _week(RANDOM, MONDAY, "sched-1", KEY)
+    assert base != _week(RANDOM, MONDAY, "sched-2", KEY)
+    assert base != _week(RANDOM, MONDAY, "sched-1", b"another secret")
+    next_week = [
+        (s - timedelta(weeks=1), e - timedelta(weeks=1))
+        for s, e in _week(RANDOM, MONDAY + timedelta(weeks=1), "sched-1", KEY)
+    ]
+    assert base != next_week
+
+
+def test_many_random_tests_on_few_days_stack_without_overlap() -> None:
+    rule = {
+        "type": "random",
+        "per_week": 6,
+        "earliest": "18:00",
+        "latest": "21:00",
+        "duration_min": 60,
+        "days": [5, 6],
+    }
+    windows = sorted(_week(rule, MONDAY, "s", KEY))
+    assert len(windows) == 6
+    assert {w[0].astimezone(ALMATY).weekday() for w in windows} == {5, 6}
+    assert all(a[1] <= b[0] for a, b in zip(windows, windows[1:], strict=False))
+
+
+def test_rules_that_cannot_fit_are_refused() -> None:
+    with pytest.raises(ValidationError):
+        parse_rule(
+            {"type": "random", "per_week": 8, "earliest": "08:00", "latest": "09:00", "duration_min": 45}
+        )
+    with pytest.raises(ValidationError):
+        parse_rule({"type": "daily", "start": "25:00", "end": "10:00"})
+    with pytest.raises(ValidationError):
+        parse_rule({"type": "weekly"})
+
+
+# -- the tick on a real migrated database ---------------------------------------------------------
+
+
+@pytest.fixture()
+def factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
+    url = f"sqlite:///{tmp_path / 'kuzet.db'}"
+    upgrade(url)
+    engine = make_engine(url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def _person_with_schedule(db: Session, rule: dict[str, Any], created_at: datetime) -> Schedule:
+    person = Person(external_ref="case-1", display_name="Test Person", timezone="Asia/Almaty")
+    db.add(person)
+    db.flush()
+    schedule = Schedule(
+        person_id=person.id,
+        kind=SessionKind.CHECKIN,
+        rule=rule,
+        timezone="Asia/Almaty",
+        created_at=created_at,
+    )
+    db.add(schedule)
+    db.commit()
+    return schedule
+
+
+def test_tick_creates_sessions_once_with_hashed_tokens(factory: sessionmaker[Session]) -> None:
+    created = datetime(2026, 11, 22, tzinfo=UTC)
+    now = datetime(2026, 11, 23, 3, 30, tzinfo=UTC)  # 08:30 in Almaty
+    with factory() as db:
+        schedule = _person_with_schedule(db, DAILY, created)
+        issued = materialise_sessions(db, now, horizon=timedelta(hours=1), seed_key=KEY)
+        assert [(i.window_start, i.window_end) for i in issued] == [
+            (datetime(2026, 11, 23, 4, tzinfo=UTC), datetime(2026, 11, 23, 5, tzinfo=UTC))
+        ]
+        assert (
+            materialise_sessions(db, now + timedelta(minutes=5), horizon=timedelta(hours=1), seed_key=KEY)
+            == []
+        )
+        rows = db.scalars(select(CheckSession)).all()
+        assert len(rows) == 1
+        assert rows[0].status is SessionStatus.SCHEDULED
+        assert rows[0].token_hash == token_hash(issued[0].token) != issued[0].token
+        assert rows[0].meta["schedule_id"] == schedule.id
+        [entry] = db.scalars(select(AuditEntry).where(AuditEntry.action == "session.scheduled")).all()
+        assert entry.subject_id == rows[0].id
+        assert audit.verify_chain(db).ok
+
+
+def test_tick_skips_windows_already_over_and_before_the_schedule(factory: sessionmaker[Session]) -> None:
+    with factory() as db:
+        _person_with_schedule(db, DAILY, datetime(2026, 11, 23, 4, 30, tzinfo=UTC))
+        # The schedule was created during today's window, and tomorrow's is outside the horizon.
+        assert (
+            materialise_sessions(
+                db, datetime(2026, 11, 23, 4, 40, tzinfo=UTC), horizon=timedelta(hours=2), seed_key=KEY
+            )
+            == []
+        )
+        issued = materialise_sessions(
+            db, datetime(2026, 11, 24, 4, 10, tzinfo=UTC), horizon=timedelta(hours=2), seed_key=KEY
+        )
+        assert len(issued) == 1  # tomorrow's window, already open, is still offered
+
+
+def _session(db: Session, person_id: str, status: SessionStatus, end: datetime, **kw: object) -> CheckSession:
+    row = CheckSession(
+        person_id=person_id,
+        kind=SessionKind.CHECKIN,
+        status=status,
+        window_start=end - timedelta(hours=1),
+        window_end=end,
+        **kw,
+    )
+    db.add(row)
+    db.commit()
+    return row
+
+
+def test_missed_window_is_a_violation_and_technical_failure_is_not(factory: sessionmaker[Session]) -> None:
+    end = datetime(2026, 11, 23, 5, tzinfo=UTC)
+    with factory() as db:
+        schedule = _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC))
+        pid = schedule.person_id
+        missed = _session(db, pid, SessionStatus.SCHEDULED, end, token_hash="a" * 64)
+        technical = _session(
+            db, pid, SessionStatus.TECHNICAL_FAILURE, end, started_at=end - timedelta(minutes=30)
+        )
+        started = _session(db, pid, SessionStatus.SCHEDULED, end, token_used_at=end - timedelta(minutes=10))
+        completed = _session(db, pid, SessionStatus.COMPLETED, end)
+
+        assert mark_missed(db, end + timedelta(minutes=4), grace=timedelta(minutes=5)) == []  # within grace
+        closed = {
+            c.session_id: c for c in mark_missed(db, end + timedelta(minutes=6), grace=timedelta(minutes=5))
+        }
+        assert set(closed) == {missed.id, technical.id}
+        assert closed[missed.id].decision is Decision.FAIL
+        assert closed[technical.id].decision is Decision.REVIEW
+
+        db.expire_all()
+        assert db.get(CheckSession, missed.id).status is SessionStatus.MISSED  # type: ignore[union-attr]
+        assert db.get(CheckSession, missed.id).token_hash is None  # type: ignore[union-attr]
+        assert db.get(CheckSession, technical.id).status is SessionStatus.TECHNICAL_FAILURE  # type: ignore[union-attr]
+        assert db.get(CheckSession, started.id).status is SessionStatus.SCHEDULED  # type: ignore[union-attr]
+        assert db.get(CheckSession, completed.id).status is SessionStatus.COMPLETED  # type: ignore[union-attr]
+
+        [fail] = db.scalars(select(Verdict).where(Verdict.session_id == missed.id)).all()
+        assert fail.decision is Decision.FAIL and fail.reasons[0].startswith("missed")
+        assert not fail.retake_offered
+        [review] = db.scalars(select(Verdict).where(Verdict.session_id == technical.id)).all()
+        assert review.decision is Decision.REVIEW and review.retake_offered
+
+        # A second tick changes nothing.
+        assert mark_missed(db, end + timedelta(hours=1), grace=timedelta(minutes=5)) == []
+        actions = db.scalars(select(AuditEntry.action).order_by(AuditEntry.id)).all()
+        assert actions.count("session.missed") == 1 and actions.count("session.technical_review") == 1
+        assert audit.verify_chain(db).ok
+
+
+def test_on_demand_window_opens_now(factory: sessionmaker[Session]) -> None:
+    now = datetime(2026, 11, 23, 10, 7, tzinfo=UTC)
+    with factory() as db:
+        schedule = _person_with_schedule(db, {"type": "on_demand"}, datetime(2026, 11, 1, tzinfo=UTC))
+        assert materialise_sessions(db, now, horizon=timedelta(days=7), seed_key=KEY) == []
+        issued = request_on_demand(
+            db,
+            person_id=schedule.person_id,
+            kind=SessionKind.BREATH,
+            now=now,
+            duration=timedelta(minutes=30),
+            requested_by="officer:7",
+        )
+        assert (issued.window_start, issued.window_end) == (now, now + timedelta(minutes=30))
+        row = db.get(CheckSession, issued.session_id)
+        assert (
+            row is not None and row.kind is SessionKind.BREATH and row.token_hash == token_hash(issued.token)
+        )
+        [entry] = db.scalars(select(AuditEntry).where(AuditEntry.action == "session.on_demand")).all()
+        assert entry.actor == "officer:7"
