@@ -1,4 +1,4 @@
-"""Breath photos: face scores under a synthetic mouthpiece, pHash near-duplicates, time per test; prints figures.
+"""Breath photos: face scores under a mouthpiece, pHash near duplicates, time per test; prints figures.
 
     .venv/bin/python benchmarks/breath_occlusion.py [--write] [--runs 20] [--max-pairs 200]
 
@@ -24,9 +24,9 @@ import argparse
 import csv
 import hashlib
 import json
-import statistics
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -44,6 +44,7 @@ from sobriety.occlusion import mouthpiece_fraction, occlude_mouth  # noqa: E402
 from sobriety.photos import (  # noqa: E402
     PHASH_CROPS,
     BreathPhoto,
+    FaceObservation,
     InMemoryPhotoIndex,
     analyse_breath_photos,
     hamming,
@@ -76,7 +77,7 @@ def person_of(rel: str) -> str:
     return rel.split("/")[1]
 
 
-def largest(faces: list) -> object | None:
+def largest(faces: list[FaceObservation]) -> FaceObservation | None:
     return max(faces, key=lambda f: f.box.width * f.box.height) if faces else None
 
 
@@ -108,27 +109,44 @@ def eer(genuine: np.ndarray, n_genuine: int, impostor: np.ndarray) -> tuple[floa
 def report(name: str, genuine: np.ndarray, n_genuine: int, impostor: np.ndarray) -> dict[str, float]:
     t01, t1 = threshold_at_far(impostor, 1e-3), threshold_at_far(impostor, 1e-2)
     e, et = eer(genuine, n_genuine, impostor)
-    row = {"tar_far_0.1%": tar(genuine, n_genuine, t01), "thr_far_0.1%": t01,
-           "tar_far_1%": tar(genuine, n_genuine, t1), "thr_far_1%": t1, "eer": e, "thr_eer": et}
-    print(f"  {name:28s} TAR@FAR0.1% {row['tar_far_0.1%']:6.1%} (t={t01:.3f})  TAR@FAR1% {row['tar_far_1%']:6.1%} "
-          f"(t={t1:.3f})  EER {e:5.1%} (t={et:.3f})  genuine n={n_genuine} impostor n={len(impostor)}")
+    row = {
+        "tar_far_0.1%": tar(genuine, n_genuine, t01),
+        "thr_far_0.1%": t01,
+        "tar_far_1%": tar(genuine, n_genuine, t1),
+        "thr_far_1%": t1,
+        "eer": e,
+        "thr_eer": et,
+    }
+    print(
+        f"  {name:28s} TAR@FAR0.1% {row['tar_far_0.1%']:6.1%} (t={t01:.3f})  "
+        f"TAR@FAR1% {row['tar_far_1%']:6.1%} "
+        f"(t={t1:.3f})  EER {e:5.1%} (t={et:.3f})  genuine n={n_genuine} impostor n={len(impostor)}"
+    )
     return row
 
 
 def phash_study(paths: dict[str, np.ndarray]) -> dict[str, object]:
     def jpeg(im: np.ndarray, q: int) -> np.ndarray:
-        return cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, q])[1], cv2.IMREAD_UNCHANGED)
+        out = np.asarray(
+            cv2.imdecode(cv2.imencode(".jpg", im, [cv2.IMWRITE_JPEG_QUALITY, q])[1], cv2.IMREAD_UNCHANGED)
+        )
+        return out
 
     def area(im: np.ndarray, f: float) -> np.ndarray:
-        return cv2.resize(im, None, fx=f, fy=f, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC)
+        out: np.ndarray = cv2.resize(
+            im, None, fx=f, fy=f, interpolation=cv2.INTER_AREA if f < 1 else cv2.INTER_CUBIC
+        )
+        return out
 
-    variants = {
+    variants: dict[str, Callable[[np.ndarray], np.ndarray]] = {
         "jpeg_q50": lambda im: jpeg(im, 50),
         "resize_0.5": lambda im: area(im, 0.5),
         "resize_1.5": lambda im: area(im, 1.5),
         "crop_4%": lambda im: _crop(im, 0.04),
         "crop_8%": lambda im: _crop(im, 0.08),
-        "crop_6%_left_top": lambda im: np.ascontiguousarray(im[int(0.06 * im.shape[0]) :, int(0.06 * im.shape[1]) :]),
+        "crop_6%_left_top": lambda im: np.ascontiguousarray(
+            im[int(0.06 * im.shape[0]) :, int(0.06 * im.shape[1]) :]
+        ),
         "crop_5%_right": lambda im: np.ascontiguousarray(im[:, : im.shape[1] - int(0.05 * im.shape[1])]),
         "crop4_resize0.7_q60": lambda im: jpeg(area(_crop(im, 0.04), 0.7), 60),
     }
@@ -143,36 +161,57 @@ def phash_study(paths: dict[str, np.ndarray]) -> dict[str, object]:
             near1[name].append(hamming(single[k], phash(copy)))
             nears[name].append(set_distance(sets[k], phash_set(copy)))
     keys = sorted(paths)
-    same1, diff1, sames, diffs = [], [], [], []
+    same1: list[int] = []
+    diff1: list[int] = []
+    sames: list[int] = []
+    diffs: list[int] = []
     for i, a in enumerate(keys):
         for b in keys[i + 1 :]:
             is_same = person_of(a) == person_of(b)
             (same1 if is_same else diff1).append(hamming(single[a], single[b]))
             (sames if is_same else diffs).append(set_distance(sets[a], sets[b]))
-    print(f"\npHash (64-bit DCT) on {len(keys)} LFW images: one global hash | whole vs crops (sobriety.photos.set_distance, "
-          f"{len(PHASH_CROPS)} hashes per photo)")
+    print(
+        f"\npHash (64-bit DCT) on {len(keys)} LFW images: one global hash | whole vs crops "
+        "(sobriety.photos.set_distance, "
+        f"{len(PHASH_CROPS)} hashes per photo)"
+    )
     for name in variants:
         a1, a2 = np.array(near1[name]), np.array(nears[name])
-        print(f"  near-duplicate {name:20s} median {np.median(a1):4.1f} max {a1.max():3d} | "
-              f"median {np.median(a2):4.1f} p95 {np.percentile(a2, 95):4.1f} max {a2.max():3d}")
+        print(
+            f"  near-duplicate {name:20s} median {np.median(a1):4.1f} max {a1.max():3d} | "
+            f"median {np.median(a2):4.1f} p95 {np.percentile(a2, 95):4.1f} max {a2.max():3d}"
+        )
     for label, x1, x2 in (("different photo, same person", same1, sames), ("different person", diff1, diffs)):
         b1, b2 = np.array(x1), np.array(x2)
-        print(f"  {label:35s} n={len(b2):5d} min {b1.min():3d} median {np.median(b1):4.1f} | min {b2.min():3d} "
-              f"p0.1 {np.percentile(b2, 0.1):4.1f} p1 {np.percentile(b2, 1):4.1f} median {np.median(b2):4.1f}")
+        print(
+            f"  {label:35s} n={len(b2):5d} min {b1.min():3d} median {np.median(b1):4.1f} | min {b2.min():3d} "
+            f"p0.1 {np.percentile(b2, 0.1):4.1f} p1 {np.percentile(b2, 1):4.1f} median {np.median(b2):4.1f}"
+        )
     all_near = np.array([d for v in nears.values() for d in v])
     same_a, diff_a = np.array(sames), np.array(diffs)
     print("  crops-set threshold  near-dup recall  same-person FMR  other-person FMR")
     for t in range(2, 18, 2):
-        print(f"  {t:19d}  {np.mean(all_near <= t):15.1%}  {np.mean(same_a <= t):15.2%}  {np.mean(diff_a <= t):16.3%}")
+        print(
+            f"  {t:19d}  {np.mean(all_near <= t):15.1%}  {np.mean(same_a <= t):15.2%}  "
+            f"{np.mean(diff_a <= t):16.3%}"
+        )
     # Policy: the largest threshold that no different photo (same person or not) reaches.
     chosen = int(min(same_a.min(), diff_a.min()) - 1)
-    print(f"  chosen threshold {chosen}: near-dup recall {np.mean(all_near <= chosen):.1%} (per variant: "
-          + ", ".join(f"{n} {np.mean(np.array(v) <= chosen):.0%}" for n, v in nears.items())
-          + f"), same-person FMR {np.mean(same_a <= chosen):.2%}, other-person FMR {np.mean(diff_a <= chosen):.3%}")
-    return {"phash_max_hamming": chosen, "crops": [list(c) for c in PHASH_CROPS],
-            "near_dup_recall": float(np.mean(all_near <= chosen)),
-            "near_dup_recall_per_variant": {n: float(np.mean(np.array(v) <= chosen)) for n, v in nears.items()},
-            "same_person_min": int(same_a.min()), "other_person_min": int(diff_a.min()), "n_images": len(keys)}
+    print(
+        f"  chosen threshold {chosen}: near-dup recall {np.mean(all_near <= chosen):.1%} (per variant: "
+        + ", ".join(f"{n} {np.mean(np.array(v) <= chosen):.0%}" for n, v in nears.items())
+        + f"), same-person FMR {np.mean(same_a <= chosen):.2%}, "
+        f"other-person FMR {np.mean(diff_a <= chosen):.3%}"
+    )
+    return {
+        "phash_max_hamming": chosen,
+        "crops": [list(c) for c in PHASH_CROPS],
+        "near_dup_recall": float(np.mean(all_near <= chosen)),
+        "near_dup_recall_per_variant": {n: float(np.mean(np.array(v) <= chosen)) for n, v in nears.items()},
+        "same_person_min": int(same_a.min()),
+        "other_person_min": int(diff_a.min()),
+        "n_images": len(keys),
+    }
 
 
 def _crop(im: np.ndarray, frac: float) -> np.ndarray:
@@ -188,12 +227,17 @@ def on_canvas(rgb: np.ndarray) -> np.ndarray:
     return canvas
 
 
-def time_breath_test(port: DlibFacePort, images: dict[str, np.ndarray], faces: dict, runs: int,
-                     settings: SobrietySettings) -> None:
+def time_breath_test(
+    port: DlibFacePort,
+    images: dict[str, np.ndarray],
+    faces: dict[str, FaceObservation | None],
+    runs: int,
+    settings: SobrietySettings,
+) -> None:
+    found = {k: f for k, f in faces.items() if f is not None}
     people: dict[str, list[str]] = {}
-    for k in sorted(images):
-        if faces.get(k) is not None:
-            people.setdefault(person_of(k), []).append(k)
+    for k in sorted(found):
+        people.setdefault(person_of(k), []).append(k)
     multi = [v for v in people.values() if len(v) >= 2]
     key = Ed25519PrivateKey.generate()
     devices = InMemoryDeviceRegistry()
@@ -203,19 +247,29 @@ def time_breath_test(port: DlibFacePort, images: dict[str, np.ndarray], faces: d
     times = []
     for run in range(runs):
         enrol, probe = multi[run % len(multi)][:2]
-        gallery = [port.embed(images[enrol], faces[enrol])]
+        gallery = [port.embed(images[enrol], found[enrol])]
         jpegs = []
         for j in range(3):
-            occ, _ = occlude_mouth(images[probe], faces[probe].box, faces[probe].landmarks, rng)
+            occ, _ = occlude_mouth(images[probe], found[probe].box, found[probe].landmarks, rng)
             shifted = np.roll(on_canvas(occ), 3 * j, axis=1)  # the person moves a little between shots
-            jpegs.append(cv2.imencode(".jpg", cv2.cvtColor(shifted, cv2.COLOR_RGB2BGR),
-                                      [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes())
+            jpegs.append(
+                cv2.imencode(
+                    ".jpg", cv2.cvtColor(shifted, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90]
+                )[1].tobytes()
+            )
         now = datetime.now(UTC)
         start = now - timedelta(seconds=6)
-        reading = build_reading(serial="SIM-1", person_id="p1", brac=0.0, unit="g/210L",
-                                calibrated_on=date.today() - timedelta(days=10), blow_start=start,
-                                blow_end=start + timedelta(seconds=4),
-                                photo_times=[start + timedelta(seconds=1 + j) for j in range(3)], timestamp=now)
+        reading = build_reading(
+            serial="SIM-1",
+            person_id="p1",
+            brac=0.0,
+            unit="g/210L",
+            calibrated_on=date.today() - timedelta(days=10),
+            blow_start=start,
+            blow_end=start + timedelta(seconds=4),
+            photo_times=[start + timedelta(seconds=1 + j) for j in range(3)],
+            timestamp=now,
+        )
         body, sig = sign_reading(reading, key)
         t0 = time.perf_counter()
         adm = admit_submission(body, sig, devices, ledger, now, settings)
@@ -226,9 +280,15 @@ def time_breath_test(port: DlibFacePort, images: dict[str, np.ndarray], faces: d
         judge_breath_photos(analyses, index, f"t{run}", settings)
         times.append(time.perf_counter() - t0)
     arr = np.array(times) * 1000
-    print(f"\nTime to decide one breath test (signature + reading + 3 photos 640x480 JPEG: decode, HOG face, "
-          f"68 landmarks, embedding, quality, mouthpiece, pHash, index), HOG upsample 0, {runs} runs, one process:")
-    print(f"  p50 {np.percentile(arr, 50):.0f} ms   p95 {np.percentile(arr, 95):.0f} ms   max {arr.max():.0f} ms")
+    print(
+        f"\nTime to decide one breath test (signature + reading + 3 photos 640x480 JPEG: decode, HOG face, "
+        f"68 landmarks, embedding, quality, mouthpiece, pHash, index), HOG upsample 0, {runs} runs, "
+        "one process:"
+    )
+    print(
+        f"  p50 {np.percentile(arr, 50):.0f} ms   p95 {np.percentile(arr, 95):.0f} ms   "
+        f"max {arr.max():.0f} ms"
+    )
 
 
 def main() -> None:
@@ -247,8 +307,10 @@ def main() -> None:
 
     t0 = time.perf_counter()
     port = DlibFacePort(ROOT / "var" / "models")
-    print(f"engine: dlib HOG(upsample 1) + 68 landmarks + {port.model.name if port.model else '?'}; "
-          f"load {time.perf_counter() - t0:.1f} s; {len(pairs)} pairs, {len(rels)} images")
+    print(
+        f"engine: dlib HOG(upsample 1) + 68 landmarks + {port.model.name if port.model else '?'}; "
+        f"load {time.perf_counter() - t0:.1f} s; {len(pairs)} pairs, {len(rels)} images"
+    )
 
     faces, occ_faces, emb, occ_emb = {}, {}, {}, {}
     frac_bare, frac_occ = [], []
@@ -265,17 +327,23 @@ def main() -> None:
         occ_faces[r] = of
         if of is not None:
             occ_emb[r] = port.embed(occ, of)
-        frac_bare.append(mouthpiece_fraction(images[r], face.box, face.landmarks, settings.mouthpiece_skin_sigma))
+        frac_bare.append(
+            mouthpiece_fraction(images[r], face.box, face.landmarks, settings.mouthpiece_skin_sigma)
+        )
         if of is not None:
             frac_occ.append(mouthpiece_fraction(occ, of.box, of.landmarks, settings.mouthpiece_skin_sigma))
     n_face = sum(f is not None for f in faces.values())
     n_occ = sum(f is not None for f in occ_faces.values())
-    print(f"faces found: unoccluded {n_face}/{len(rels)}, occluded {n_occ}/{n_face} "
-          f"({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"faces found: unoccluded {n_face}/{len(rels)}, occluded {n_occ}/{n_face} "
+        f"({time.perf_counter() - t0:.0f} s)"
+    )
 
     same_pairs = [(a, b) for a, b, s in pairs if s]
     g_bare = np.array([np.linalg.norm(emb[a] - emb[b]) for a, b in same_pairs if a in emb and b in emb])
-    g_occ = np.array([np.linalg.norm(emb[a] - occ_emb[b]) for a, b in same_pairs if a in emb and b in occ_emb])
+    g_occ = np.array(
+        [np.linalg.norm(emb[a] - occ_emb[b]) for a, b in same_pairs if a in emb and b in occ_emb]
+    )
     keys = sorted(emb)
     gal = np.stack([emb[k] for k in keys])
     pid = np.array([person_of(k) for k in keys])
@@ -293,30 +361,45 @@ def main() -> None:
     bare = report("unoccluded probe", g_bare, n_gen, i_bare)
     occd = report("mouthpiece-occluded probe", g_occ, n_gen, i_occ)
     t_std = bare["thr_far_0.1%"]
-    print(f"  occluded probe at the unoccluded FAR-0.1% threshold {t_std:.3f}: TAR {tar(g_occ, n_gen, t_std):.1%}, "
-          f"FAR {float((i_occ <= t_std).mean()):.3%}")
-    print(f"  genuine distance median: unoccluded {np.median(g_bare):.3f}, occluded {np.median(g_occ):.3f}; "
-          f"impostor median: {np.median(i_bare):.3f} -> {np.median(i_occ):.3f}")
+    print(
+        f"  occluded probe at the unoccluded FAR-0.1% threshold {t_std:.3f}: "
+        f"TAR {tar(g_occ, n_gen, t_std):.1%}, "
+        f"FAR {float((i_occ <= t_std).mean()):.3%}"
+    )
+    print(
+        f"  genuine distance median: unoccluded {np.median(g_bare):.3f}, occluded {np.median(g_occ):.3f}; "
+        f"impostor median: {np.median(i_bare):.3f} -> {np.median(i_occ):.3f}"
+    )
     accept = float(np.floor(occd["thr_far_0.1%"] * 100) / 100)
     reject = float(np.ceil(max(np.percentile(g_occ, 99), accept + 0.05) * 100) / 100)
-    print(f"  policy: accept <= {accept:.2f} (FAR-0.1% on occluded probes, rounded down), "
-          f"reject > {reject:.2f} (>= p99 of occluded genuine distances); TAR at accept "
-          f"{tar(g_occ, n_gen, accept):.1%}, genuine above reject {float((g_occ > reject).sum())}/{len(g_occ)}, "
-          f"impostors at or below reject {float((i_occ <= reject).mean()):.2%}")
+    print(
+        f"  policy: accept <= {accept:.2f} (FAR-0.1% on occluded probes, rounded down), "
+        f"reject > {reject:.2f} (>= p99 of occluded genuine distances); TAR at accept "
+        f"{tar(g_occ, n_gen, accept):.1%}, genuine above reject {int((g_occ > reject).sum())}/{len(g_occ)}, "
+        f"impostors at or below reject {float((i_occ <= reject).mean()):.2%}"
+    )
 
     fb, fo = np.array(frac_bare), np.array(frac_occ)
     fb, fo = fb[np.isfinite(fb)], fo[np.isfinite(fo)]
     print("\nMouthpiece visibility heuristic (fraction of lower-face pixels unlike cheek skin)")
-    print(f"  bare faces      median {np.median(fb):.2f}  p90 {np.percentile(fb, 90):.2f}  p95 {np.percentile(fb, 95):.2f}")
-    print(f"  synthetic piece median {np.median(fo):.2f}  p5 {np.percentile(fo, 5):.2f}  p10 {np.percentile(fo, 10):.2f}")
+    print(
+        f"  bare faces      median {np.median(fb):.2f}  p90 {np.percentile(fb, 90):.2f}  "
+        f"p95 {np.percentile(fb, 95):.2f}"
+    )
+    print(
+        f"  synthetic piece median {np.median(fo):.2f}  p5 {np.percentile(fo, 5):.2f}  "
+        f"p10 {np.percentile(fo, 10):.2f}"
+    )
     best_t, best_err = 0.0, 2.0
     for t in np.linspace(0.05, 0.95, 91):
         err = float(np.mean(fb >= t) + np.mean(fo < t))
         if err < best_err:
             best_t, best_err = float(t), err
     best_t = round(best_t, 2)
-    print(f"  threshold {best_t:.2f}: bare faces called 'visible' {np.mean(fb >= best_t):.1%}, occluded called "
-          f"'not visible' {np.mean(fo < best_t):.1%} (synthetic occluder: optimistic)")
+    print(
+        f"  threshold {best_t:.2f}: bare faces called 'visible' {np.mean(fb >= best_t):.1%}, occluded called "
+        f"'not visible' {np.mean(fo < best_t):.1%} (synthetic occluder: optimistic)"
+    )
 
     ph = phash_study(images)
     # Station photos (640x480, face ~200 px) need no upsampling; LFW's 250x250 images above did.
@@ -327,8 +410,12 @@ def main() -> None:
             "generated_by": "benchmarks/breath_occlusion.py",
             "date": date.today().isoformat(),
             "data": "LFW View-2 fold-1 dev pairs (../shared/data/faces/lfw-dev-pairs.csv)",
-            "engine": {"detector": "dlib HOG, upsample 1", "landmarks": "dlib 68",
-                       "embedding": port.model.to_dict() if port.model else None, "distance": "euclidean"},
+            "engine": {
+                "detector": "dlib HOG, upsample 1",
+                "landmarks": "dlib 68",
+                "embedding": port.model.to_dict() if port.model else None,
+                "distance": "euclidean",
+            },
             "faces_found": {"unoccluded": n_face, "occluded": n_occ, "images": len(rels)},
             "unoccluded": bare,
             "occluded_probe": occd,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
 from pathlib import Path
 
 import click
@@ -157,6 +158,48 @@ def station() -> None:
     """Home station clients (AV station, breathalyzer simulator)."""
 
 
+@station.command("run")
+@click.option("--url", required=True, help="WHIP endpoint (https://host/whip) or the service base URL.")
+@click.option("--device-key", required=True, envvar="KUZET_STATION_DEVICE_KEY", help="The AV station's device key.")
+@click.option("--video", default=None, help="Video file, or a device with --video-format (e.g. /dev/video0).")
+@click.option("--audio", default=None, help="Audio file, or a device with --audio-format (e.g. default).")
+@click.option("--video-format", default=None, help="FFmpeg input format of a video device (v4l2).")
+@click.option("--audio-format", default=None, help="FFmpeg input format of an audio device (pulse, alsa).")
+@click.option("--duration", "duration_s", type=float, default=180.0, show_default=True,
+              help="Give up waiting for the outcome after this many seconds.")
+@click.option("--lat", type=float, default=None, help="Station latitude (WGS84 degrees).")
+@click.option("--lon", type=float, default=None, help="Station longitude (WGS84 degrees).")
+@click.option("--accuracy-m", type=float, default=50.0, show_default=True, help="Location accuracy, metres.")
+@click.option("--ice-server", "ice_servers", multiple=True,
+              help="STUN/TURN URL (repeat); default: the KUZET_MEDIA__ICE_SERVERS setting.")
+def station_run(url: str, device_key: str, video: str | None, audio: str | None, video_format: str | None,
+                audio_format: str | None, duration_s: float, lat: float | None, lon: float | None,
+                accuracy_m: float, ice_servers: tuple[str, ...]) -> None:
+    """Run one AV-station check-in over WHIP, log the prompts, print the outcome as JSON."""
+    import asyncio
+    import logging
+
+    from media_server.station_client import StationLocation, WhipError, run_station
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    settings = Settings()
+    location = StationLocation(lat, lon, accuracy_m) if lat is not None and lon is not None else None
+    try:
+        outcome = asyncio.run(run_station(
+            url, device_key, video=video, audio=audio, video_format=video_format, audio_format=audio_format,
+            duration_s=duration_s, location=location,
+            ice_servers=list(ice_servers) or settings.media.ice_servers,
+            loopback_only=settings.media.loopback_only,
+        ))
+    except (WhipError, ValueError, OSError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    if outcome is None:
+        click.echo(f"no outcome within {duration_s:g} s", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(outcome, indent=2, ensure_ascii=False))
+
+
 @station.command("keygen")
 @click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
               help="Where to write the Ed25519 private key (PKCS#8 PEM, mode 0600).")
@@ -174,22 +217,24 @@ def station_keygen(out: Path) -> None:
 
 @station.command("simulate")
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="Service base URL.")
-@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+@click.option("--key", "key_file", required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
               help="The station's Ed25519 private key (from `kuzet station keygen`).")
 @click.option("--serial", required=True, help="Registered device serial.")
 @click.option("--person", required=True, help="Person id the reading is for.")
 @click.option("--brac", type=float, required=True, help="Breath alcohol value, in --unit.")
 @click.option("--unit", type=click.Choice(["g/210L", "mg/L"]), default="g/210L", show_default=True)
-@click.option("--photos", "photos", type=click.Path(exists=True, dir_okay=False, path_type=Path), multiple=True,
-              required=True, help="JPEG photos taken during the blow (repeat, or list after one --photos).")
+@click.option("--photos", "photos", multiple=True, required=True,
+              type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JPEG photos taken during the blow (repeat, or list after one --photos).")
 @click.option("--calibrated-on", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="Sensor calibration date (default: 30 days ago).")
 @click.option("--replay-nonce", default=None, help="Send this nonce instead of a fresh one (replay demo).")
-@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True, help="HTTP timeout, seconds.")
+@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
+              help="HTTP timeout, seconds.")
 @click.argument("more_photos", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
 def station_simulate(url: str, key_file: Path, serial: str, person: str, brac: float, unit: str,
-                     photos: tuple[Path, ...], calibrated_on: Any, replay_nonce: str | None, timeout_s: float,
-                     more_photos: tuple[Path, ...]) -> None:
+                     photos: tuple[Path, ...], calibrated_on: datetime | None, replay_nonce: str | None,
+                     timeout_s: float, more_photos: tuple[Path, ...]) -> None:
     """Send one signed breath test to POST /api/v1/breath-tests and print the JSON response."""
     import httpx
 
@@ -197,7 +242,8 @@ def station_simulate(url: str, key_file: Path, serial: str, person: str, brac: f
 
     files_in = [*photos, *more_photos]
     reading = simulated_reading(serial=serial, person_id=person, brac=brac, unit=unit, n_photos=len(files_in),
-                                calibrated_on=calibrated_on.date() if calibrated_on else None, nonce=replay_nonce)
+                                calibrated_on=calibrated_on.date() if calibrated_on else None,
+                                nonce=replay_nonce)
     body, signature = sign_reading(reading, load_key(key_file))
     data, files = multipart_parts(body, signature, [p.read_bytes() for p in files_in])
     try:

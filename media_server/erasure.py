@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, cast
 
-from sqlalchemy import CursorResult, Executable, delete, func, select, update
+from sqlalchemy import CursorResult, Executable, delete, func, null, select, update
 from sqlalchemy.orm import Session
 
 from media_server.db import audit
@@ -211,7 +211,7 @@ def erase_person(
             db,
             update(CheckSession)
             .where(CheckSession.person_id == person_id, CheckSession.location.is_not(None))
-            .values(location=None),
+            .values(location=null()),
         )
         counts["logins_deactivated"] = _run(
             db, update(User).where(User.person_id == person_id, User.active.is_(True)).values(active=False)

@@ -420,7 +420,7 @@ How to verify
   1. Trust the key: the SHA-256 of the raw public key must equal the fingerprint the service
      operator publishes (`kuzet evidence pubkey`). This package's key fingerprint:
        {fingerprint(pub_b64)}
-  2. With the Kuzet tool:  kuzet evidence verify PACKAGE.zip --pubkey {pub_b64}
+  2. With the Kuzet tool:  kuzet evidence verify PACKAGE.zip --pubkey PUBLISHED_KEY_BASE64
   3. Without it (OpenSSL 3):
        base64 -d manifest.sig > manifest.sig.bin
        openssl pkeyutl -verify -pubin -inkey key.pem -rawin -in manifest.json -sigfile manifest.sig.bin

@@ -20,12 +20,17 @@ REVIEW verdict with a retake offered. Every created or closed session is written
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import hashlib
 import hmac
+import importlib.resources
 import json
+import logging
 import math
 import random
 import uuid
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from enum import StrEnum
@@ -35,13 +40,17 @@ from zoneinfo import ZoneInfo
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, field_validator, model_validator
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from media_server.db import audit
 from media_server.db.enums import Decision, SessionKind, SessionStatus
 from media_server.db.models import CheckSession, Person, Schedule, Verdict
+from media_server.settings import SchedulesSettings
 from media_server.tokens import new_secret_token, token_hash
 from media_server.verdict import POLICY_VERSION
+from media_server.webhooks import WebhookEvent, WebhookNotifier, verdict_event, violation_event
+
+log = logging.getLogger(__name__)
 
 # Token prefix of check-in links ("ck_..."), see media_server.tokens.new_secret_token.
 CHECKIN_TOKEN_PREFIX = "ck"
@@ -170,8 +179,26 @@ def derive_seed_key(service_secret: bytes) -> bytes:
     return hmac.new(service_secret, _SEED_LABEL, hashlib.sha256).digest()
 
 
+@functools.lru_cache(maxsize=64)
+def zone(name: str) -> ZoneInfo:
+    """The zone `name`, from the `tzdata` package when installed, else from the system's zoneinfo.
+
+    zoneinfo itself prefers the system's files, which can be older than 2024a and still put
+    Kazakhstan at UTC+6; the pinned package gives every node the same rules.
+    """
+    if "/" in name and ".." not in name:
+        try:
+            area, _, city = name.rpartition("/")
+            ref = importlib.resources.files("tzdata.zoneinfo").joinpath(*area.split("/"), city)
+            with ref.open("rb") as src:
+                return ZoneInfo.from_file(src, key=name)
+        except (ModuleNotFoundError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
+            pass
+    return ZoneInfo(name)
+
+
 def _zone(tz: ZoneInfo | str) -> ZoneInfo:
-    return tz if isinstance(tz, ZoneInfo) else ZoneInfo(tz)
+    return tz if isinstance(tz, ZoneInfo) else zone(tz)
 
 
 def _local_to_utc(day: date, minute_of_day: int, tz: ZoneInfo) -> datetime:
@@ -540,3 +567,93 @@ def mark_missed(db: Session, now: datetime, *, grace: timedelta) -> list[ClosedS
             )
         )
     return closed
+
+
+# -- the periodic task ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TickReport:
+    """What one scheduler tick did."""
+
+    issued: list[IssuedSession]
+    closed: list[ClosedSession]
+
+
+def closed_session_events(closed: ClosedSession) -> list[WebhookEvent]:
+    """Webhook events for a closed window: its verdict, and a violation when it was missed."""
+    events = [
+        verdict_event(
+            session_id=closed.session_id,
+            person_id=closed.person_id,
+            kind=closed.kind.value,
+            decision=closed.decision.value,
+            reasons=[closed.reason],
+            verdict_id=closed.verdict_id,
+            retake_offered=closed.decision is Decision.REVIEW,
+        )
+    ]
+    if closed.decision is Decision.FAIL:
+        events.append(
+            violation_event(
+                session_id=closed.session_id,
+                person_id=closed.person_id,
+                kind=closed.kind.value,
+                reason=closed.reason,
+                verdict_id=closed.verdict_id,
+                source="missed",
+            )
+        )
+    return events
+
+
+def _tick_sync(
+    factory: sessionmaker[Session], now: datetime, settings: SchedulesSettings, seed_key: bytes
+) -> TickReport:
+    with factory() as db:
+        issued = materialise_sessions(
+            db, now, horizon=timedelta(minutes=settings.horizon_min), seed_key=seed_key
+        )
+        closed = mark_missed(db, now, grace=timedelta(seconds=settings.missed_grace_s))
+    return TickReport(issued, closed)
+
+
+async def tick_once(
+    factory: sessionmaker[Session],
+    settings: SchedulesSettings,
+    *,
+    seed_key: bytes,
+    deliver: Callable[[IssuedSession], Awaitable[None]],
+    notifier: WebhookNotifier | None = None,
+    now: datetime | None = None,
+) -> TickReport:
+    """One tick: database work in a worker thread, then each new link to `deliver` and events to webhooks."""
+    report = await asyncio.to_thread(_tick_sync, factory, now or datetime.now(UTC), settings, seed_key)
+    for issued in report.issued:
+        try:
+            await deliver(issued)
+        except Exception:
+            # The session exists; an officer can resend its link. Keep delivering the others.
+            log.exception("check-in link delivery failed", extra={"session_id": issued.session_id})
+    if notifier is not None:
+        for closed in report.closed:
+            for event in closed_session_events(closed):
+                notifier.submit(event)
+    return report
+
+
+async def run_scheduler(
+    factory: sessionmaker[Session],
+    settings: SchedulesSettings,
+    *,
+    seed_key: bytes,
+    deliver: Callable[[IssuedSession], Awaitable[None]],
+    notifier: WebhookNotifier | None = None,
+) -> None:
+    """Tick every `settings.tick_s` until cancelled (start it as a task in the app lifespan)."""
+    while True:
+        try:
+            await tick_once(factory, settings, seed_key=seed_key, deliver=deliver, notifier=notifier)
+        except Exception:
+            log.exception("scheduler tick failed; will retry")
+        await asyncio.sleep(settings.tick_s)

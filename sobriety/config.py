@@ -37,7 +37,10 @@ class SobrietySettings(BaseModel):
         "6-12 months; Dräger/Intoximeters service intervals are 6 months).",
     )
     blow_min_s: float = Field(
-        1.5, ge=0.5, le=10, description="Shortest valid blow (start to end); shorter ones are not deep-lung air."
+        1.5,
+        ge=0.5,
+        le=10,
+        description="Shortest valid blow (start to end); shorter ones are not deep-lung air.",
     )
     blow_max_s: float = Field(30.0, ge=5, le=120, description="Longest plausible blow.")
     photo_window_tolerance_s: float = Field(
@@ -105,7 +108,10 @@ class SobrietySettings(BaseModel):
         description="How long after the deprivation period the confirmatory test may be taken.",
     )
     test_to_zero_interval_s: int = Field(
-        1800, ge=600, le=4 * 3600, description="Interval between 'test to zero' retests after a confirmed positive."
+        1800,
+        ge=600,
+        le=4 * 3600,
+        description="Interval between 'test to zero' retests after a confirmed positive.",
     )
     test_to_zero_max_s: int = Field(
         12 * 3600,

@@ -28,7 +28,9 @@ LANDMARK_MODEL = "dlib_shape_predictor_68"
 class DlibFacePort:
     """FacePort with dlib: HOG detection (`upsample` times), 68 landmarks, 128-d embeddings (Euclidean)."""
 
-    def __init__(self, models_dir: Path, upsample: int = 1, num_jitters: int = 1, pad: Any | None = None) -> None:
+    def __init__(
+        self, models_dir: Path, upsample: int = 1, num_jitters: int = 1, pad: Any | None = None
+    ) -> None:
         _, enc_entry = verified_path(ENCODER_MODEL, models_dir)
         verified_path(LANDMARK_MODEL, models_dir)
         import face_recognition.api as fr  # heavy: loads every dlib model
@@ -51,7 +53,9 @@ class DlibFacePort:
             shape = self._fr.pose_predictor_68_point(rgb, rect)
             pts = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
             h, w = rgb.shape[:2]
-            box = FaceBox(max(0, rect.left()), max(0, rect.top()), min(w, rect.right()), min(h, rect.bottom()))
+            box = FaceBox(
+                max(0, rect.left()), max(0, rect.top()), min(w, rect.right()), min(h, rect.bottom())
+            )
             out.append(FaceObservation(box, pts))
         return out
 
@@ -65,7 +69,9 @@ class DlibFacePort:
             shape = dlib.full_object_detection(rect, [dlib.point(int(x), int(y)) for x, y in face.landmarks])
         else:
             shape = self._fr.pose_predictor_68_point(rgb, rect)
-        return np.array(self._fr.face_encoder.compute_face_descriptor(rgb, shape, self._jitters), dtype=np.float64)
+        return np.array(
+            self._fr.face_encoder.compute_face_descriptor(rgb, shape, self._jitters), dtype=np.float64
+        )
 
     def distance(self, gallery: Sequence[npt.NDArray[np.float64]], rgb: RGB, face: FaceObservation) -> float:
         """Smallest Euclidean distance from this face's embedding to the gallery embeddings."""

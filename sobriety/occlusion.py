@@ -85,8 +85,13 @@ def mouth_geometry(face: FaceBox, landmarks: Landmarks | None) -> tuple[float, f
         width = float(np.linalg.norm(landmarks[54] - landmarks[48]))
         return cx, cy, max(width, 1.0), float(landmarks[33, 1]), float(landmarks[8, 1])
     cx = face.left + face.width / 2
-    return (cx, face.top + _MOUTH_CENTRE_FRAC * face.height, _MOUTH_WIDTH_FRAC * face.width,
-            face.top + _NOSE_BOTTOM_FRAC * face.height, float(face.bottom))
+    return (
+        cx,
+        face.top + _MOUTH_CENTRE_FRAC * face.height,
+        _MOUTH_WIDTH_FRAC * face.width,
+        face.top + _NOSE_BOTTOM_FRAC * face.height,
+        float(face.bottom),
+    )
 
 
 def mouth_region(face: FaceBox, landmarks: Landmarks | None, shape: tuple[int, ...]) -> Region:
@@ -94,7 +99,9 @@ def mouth_region(face: FaceBox, landmarks: Landmarks | None, shape: tuple[int, .
     cx, _cy, mw, nose_y, chin_y = mouth_geometry(face, landmarks)
     half = 1.1 * mw
     pad = 0.08 * (chin_y - nose_y)
-    return _clip(Region(int(cx - half), int(nose_y + pad), int(cx + half) + 1, int(chin_y + 3 * pad) + 1), shape)
+    return _clip(
+        Region(int(cx - half), int(nose_y + pad), int(cx + half) + 1, int(chin_y + 3 * pad) + 1), shape
+    )
 
 
 def lips_region(face: FaceBox, landmarks: Landmarks | None, shape: tuple[int, ...]) -> Region:
@@ -137,7 +144,9 @@ def occlude_mouth(
     hand = tuple(int(v) for v in np.clip(tone * rng.uniform(0.8, 0.95), 0, 255))
     side = 1 if rng.random() < 0.5 else -1
     hx = int(cx + side * bw * 0.55)
-    cv2.ellipse(layer, (hx, int(chin_y)), (max(1, int(mw * 0.35)), max(1, int(mw * 0.55))), 0, 0, 360, hand, -1)
+    cv2.ellipse(
+        layer, (hx, int(chin_y)), (max(1, int(mw * 0.35)), max(1, int(mw * 0.55))), 0, 0, 360, hand, -1
+    )
 
     out = rgb.copy()
     m = region.mask(rgb.shape)

@@ -214,42 +214,96 @@ def photo_quality(rgb: RGB, face: FaceObservation, settings: SobrietySettings) -
     h, w = rgb.shape[:2]
     side = min(b.width, b.height)
     if side < settings.photo_min_face_px:
-        return CheckResult(CheckKind.FACE_QUALITY, Outcome.INCONCLUSIVE, "face_too_small",
-                           f"Face is {side} px; at least {settings.photo_min_face_px} px are needed.",
-                           score=float(side), threshold=float(settings.photo_min_face_px))
+        return CheckResult(
+            CheckKind.FACE_QUALITY,
+            Outcome.INCONCLUSIVE,
+            "face_too_small",
+            f"Face is {side} px; at least {settings.photo_min_face_px} px are needed.",
+            score=float(side),
+            threshold=float(settings.photo_min_face_px),
+        )
     crop = rgb[max(0, b.top) : min(h, b.bottom), max(0, b.left) : min(w, b.right)]
     if crop.size == 0:
-        return CheckResult(CheckKind.FACE_QUALITY, Outcome.INCONCLUSIVE, "face_off_image", "Face is off the image.")
+        return CheckResult(
+            CheckKind.FACE_QUALITY, Outcome.INCONCLUSIVE, "face_off_image", "Face is off the image."
+        )
     grey = cv2.cvtColor(np.ascontiguousarray(crop), cv2.COLOR_RGB2GRAY)
     luma = float(grey.mean())
     if luma < settings.photo_min_brightness:
-        return CheckResult(CheckKind.FACE_QUALITY, Outcome.INCONCLUSIVE, "too_dark", "Face is too dark.",
-                           score=luma, threshold=settings.photo_min_brightness)
+        return CheckResult(
+            CheckKind.FACE_QUALITY,
+            Outcome.INCONCLUSIVE,
+            "too_dark",
+            "Face is too dark.",
+            score=luma,
+            threshold=settings.photo_min_brightness,
+        )
     if luma > settings.photo_max_brightness:
-        return CheckResult(CheckKind.FACE_QUALITY, Outcome.INCONCLUSIVE, "too_bright", "Face is overexposed.",
-                           score=luma, threshold=settings.photo_max_brightness)
+        return CheckResult(
+            CheckKind.FACE_QUALITY,
+            Outcome.INCONCLUSIVE,
+            "too_bright",
+            "Face is overexposed.",
+            score=luma,
+            threshold=settings.photo_max_brightness,
+        )
     # The mouthpiece covers the lower face, so sharpness is measured on the upper half (eyes, brows).
     upper = grey[: max(1, grey.shape[0] // 2)]
     sharp = float(cv2.Laplacian(upper, cv2.CV_64F).var())
     if sharp < settings.photo_min_sharpness:
-        return CheckResult(CheckKind.FACE_QUALITY, Outcome.INCONCLUSIVE, "too_blurred", "Face is blurred.",
-                           score=sharp, threshold=settings.photo_min_sharpness)
-    return CheckResult(CheckKind.FACE_QUALITY, Outcome.PASS, "quality_ok", "Photo quality is sufficient.",
-                       score=sharp, details={"luma": luma, "face_px": side})
+        return CheckResult(
+            CheckKind.FACE_QUALITY,
+            Outcome.INCONCLUSIVE,
+            "too_blurred",
+            "Face is blurred.",
+            score=sharp,
+            threshold=settings.photo_min_sharpness,
+        )
+    return CheckResult(
+        CheckKind.FACE_QUALITY,
+        Outcome.PASS,
+        "quality_ok",
+        "Photo quality is sufficient.",
+        score=sharp,
+        details={"luma": luma, "face_px": side},
+    )
 
 
 def identity_check(distance: float, model: ModelStamp | None, settings: SobrietySettings) -> CheckResult:
     """Occluded-probe identity from an embedding distance: PASS <= accept < INCONCLUSIVE <= reject < FAIL."""
     details = {"score_unit": "embedding distance", "reject_distance": settings.occluded_reject_distance}
     if distance <= settings.occluded_accept_distance:
-        return CheckResult(CheckKind.FACE, Outcome.PASS, "match", "Face matches the enrolled person.",
-                           score=distance, threshold=settings.occluded_accept_distance, model=model, details=details)
+        return CheckResult(
+            CheckKind.FACE,
+            Outcome.PASS,
+            "match",
+            "Face matches the enrolled person.",
+            score=distance,
+            threshold=settings.occluded_accept_distance,
+            model=model,
+            details=details,
+        )
     if distance > settings.occluded_reject_distance:
-        return CheckResult(CheckKind.FACE, Outcome.FAIL, "mismatch", "Face does not match the enrolled person.",
-                           score=distance, threshold=settings.occluded_reject_distance, model=model, details=details)
-    return CheckResult(CheckKind.FACE, Outcome.INCONCLUSIVE, "uncertain_match",
-                       "Face match is uncertain with the mouthpiece covering the lower face.",
-                       score=distance, threshold=settings.occluded_accept_distance, model=model, details=details)
+        return CheckResult(
+            CheckKind.FACE,
+            Outcome.FAIL,
+            "mismatch",
+            "Face does not match the enrolled person.",
+            score=distance,
+            threshold=settings.occluded_reject_distance,
+            model=model,
+            details=details,
+        )
+    return CheckResult(
+        CheckKind.FACE,
+        Outcome.INCONCLUSIVE,
+        "uncertain_match",
+        "Face match is uncertain with the mouthpiece covering the lower face.",
+        score=distance,
+        threshold=settings.occluded_accept_distance,
+        model=model,
+        details=details,
+    )
 
 
 def mouthpiece_check(rgb: RGB, face: FaceObservation, settings: SobrietySettings) -> CheckResult:
@@ -257,15 +311,31 @@ def mouthpiece_check(rgb: RGB, face: FaceObservation, settings: SobrietySettings
     frac = mouthpiece_fraction(rgb, face.box, face.landmarks, settings.mouthpiece_skin_sigma)
     details = {"score_unit": "fraction of lower-face pixels unlike skin", "method": "heuristic"}
     if not np.isfinite(frac):
-        return _photo(Outcome.INCONCLUSIVE, "mouthpiece_unknown", "Could not judge whether the mouthpiece is "
-                      "visible.", **details)
+        return _photo(
+            Outcome.INCONCLUSIVE,
+            "mouthpiece_unknown",
+            "Could not judge whether the mouthpiece is visible.",
+            **details,
+        )
     if frac >= settings.mouthpiece_min_fraction:
-        return CheckResult(CheckKind.BREATH_PHOTO, Outcome.PASS, "mouthpiece_visible",
-                           "Something that is not skin covers the mouth (mouthpiece likely visible).",
-                           score=frac, threshold=settings.mouthpiece_min_fraction, details=details)
-    return CheckResult(CheckKind.BREATH_PHOTO, Outcome.INCONCLUSIVE, "mouthpiece_not_visible",
-                       "No mouthpiece is visible over the mouth.", score=frac,
-                       threshold=settings.mouthpiece_min_fraction, details=details)
+        return CheckResult(
+            CheckKind.BREATH_PHOTO,
+            Outcome.PASS,
+            "mouthpiece_visible",
+            "Something that is not skin covers the mouth (mouthpiece likely visible).",
+            score=frac,
+            threshold=settings.mouthpiece_min_fraction,
+            details=details,
+        )
+    return CheckResult(
+        CheckKind.BREATH_PHOTO,
+        Outcome.INCONCLUSIVE,
+        "mouthpiece_not_visible",
+        "No mouthpiece is visible over the mouth.",
+        score=frac,
+        threshold=settings.mouthpiece_min_fraction,
+        details=details,
+    )
 
 
 def analyse_breath_photo(
@@ -283,8 +353,14 @@ def analyse_breath_photo(
         checks.append(_photo(Outcome.INCONCLUSIVE, "no_face", "No face found in the photo."))
         return PhotoAnalysis(photo.photo_id, photo.sha256, value, checks)
     if len(faces) > 1:
-        checks.append(_photo(Outcome.INCONCLUSIVE, "several_faces", f"{len(faces)} faces in the photo; exactly "
-                             "one person must take the test.", faces=len(faces)))
+        checks.append(
+            _photo(
+                Outcome.INCONCLUSIVE,
+                "several_faces",
+                f"{len(faces)} faces in the photo; exactly one person must take the test.",
+                faces=len(faces),
+            )
+        )
         return PhotoAnalysis(photo.photo_id, photo.sha256, value, checks)
     obs = faces[0]
     checks.append(_photo(Outcome.PASS, "one_face", "Exactly one face."))
@@ -316,73 +392,148 @@ def analyse_breath_photos(
     return [analyse_breath_photo(p, gallery, face, settings) for p in photos]
 
 
-def _reuse_check(analyses: Sequence[PhotoAnalysis], index: PhotoIndex, settings: SobrietySettings) -> CheckResult:
+def _reuse_check(
+    analyses: Sequence[PhotoAnalysis], index: PhotoIndex, settings: SobrietySettings
+) -> CheckResult:
     exact: list[dict[str, Any]] = []
     near: list[dict[str, Any]] = []
     for a in analyses:
         for m in index.find(a.phash, a.sha256, settings.phash_max_hamming):
-            row = {"photo_id": a.photo_id, "earlier_photo_id": m.photo_id, "earlier_test_id": m.test_id,
-                   "distance": m.distance}
+            row = {
+                "photo_id": a.photo_id,
+                "earlier_photo_id": m.photo_id,
+                "earlier_test_id": m.test_id,
+                "distance": m.distance,
+            }
             (exact if m.exact else near).append(row)
     digests = [a.sha256 for a in analyses]
     twins = len(digests) - len(set(digests))
     details: dict[str, Any] = {"score_unit": "pHash Hamming distance (64 bits)", "exact": exact, "near": near}
     if exact:
-        return CheckResult(CheckKind.PHOTO_REUSE, Outcome.FAIL, "photo_reused",
-                           "A photo file identical to one from an earlier test was submitted.",
-                           threshold=float(settings.phash_max_hamming), details=details)
+        return CheckResult(
+            CheckKind.PHOTO_REUSE,
+            Outcome.FAIL,
+            "photo_reused",
+            "A photo file identical to one from an earlier test was submitted.",
+            threshold=float(settings.phash_max_hamming),
+            details=details,
+        )
     if near:
-        return CheckResult(CheckKind.PHOTO_REUSE, Outcome.INCONCLUSIVE, "photo_near_duplicate",
-                           "A photo is a near-duplicate of one from an earlier test.",
-                           score=float(min(r["distance"] for r in near)),
-                           threshold=float(settings.phash_max_hamming), details=details)
+        return CheckResult(
+            CheckKind.PHOTO_REUSE,
+            Outcome.INCONCLUSIVE,
+            "photo_near_duplicate",
+            "A photo is a near-duplicate of one from an earlier test.",
+            score=float(min(r["distance"] for r in near)),
+            threshold=float(settings.phash_max_hamming),
+            details=details,
+        )
     if twins:
-        return CheckResult(CheckKind.PHOTO_REUSE, Outcome.INCONCLUSIVE, "identical_photos",
-                           "The same photo file appears more than once in this test.", details=details)
-    return CheckResult(CheckKind.PHOTO_REUSE, Outcome.PASS, "photos_new", "No photo was seen before.",
-                       threshold=float(settings.phash_max_hamming), details=details)
+        return CheckResult(
+            CheckKind.PHOTO_REUSE,
+            Outcome.INCONCLUSIVE,
+            "identical_photos",
+            "The same photo file appears more than once in this test.",
+            details=details,
+        )
+    return CheckResult(
+        CheckKind.PHOTO_REUSE,
+        Outcome.PASS,
+        "photos_new",
+        "No photo was seen before.",
+        threshold=float(settings.phash_max_hamming),
+        details=details,
+    )
 
 
 def _identity_summary(analyses: Sequence[PhotoAnalysis], settings: SobrietySettings) -> CheckResult:
     judged = [a.identity for a in analyses if a.identity is not None]
     matches = sum(1 for c in judged if c.outcome is Outcome.PASS)
     mismatches = sum(1 for c in judged if c.outcome is Outcome.FAIL)
-    problems = [c.code for a in analyses for c in a.checks if not c.passed and c.kind is not CheckKind.PHOTO_REUSE]
+    problems = [
+        c.code for a in analyses for c in a.checks if not c.passed and c.kind is not CheckKind.PHOTO_REUSE
+    ]
     model = judged[0].model if judged else None
     details = {
-        "photos": len(analyses), "judged": len(judged), "matches": matches, "mismatches": mismatches,
-        "distances": [c.score for c in judged], "problems": problems,
-        "accept_distance": settings.occluded_accept_distance, "reject_distance": settings.occluded_reject_distance,
+        "photos": len(analyses),
+        "judged": len(judged),
+        "matches": matches,
+        "mismatches": mismatches,
+        "distances": [c.score for c in judged],
+        "problems": problems,
+        "accept_distance": settings.occluded_accept_distance,
+        "reject_distance": settings.occluded_reject_distance,
     }
     best = min((c.score for c in judged if c.score is not None), default=None)
     if matches >= settings.photo_min_matching and mismatches == 0:
-        return CheckResult(CheckKind.FACE, Outcome.PASS, "identity_confirmed",
-                           f"{matches} of {len(analyses)} breath photos match the enrolled person.",
-                           score=best, threshold=settings.occluded_accept_distance, model=model, details=details)
+        return CheckResult(
+            CheckKind.FACE,
+            Outcome.PASS,
+            "identity_confirmed",
+            f"{matches} of {len(analyses)} breath photos match the enrolled person.",
+            score=best,
+            threshold=settings.occluded_accept_distance,
+            model=model,
+            details=details,
+        )
     if engine := [a for a in analyses if any(c.outcome is Outcome.TECHNICAL for c in a.checks)]:
         if len(engine) == len(analyses):
-            return CheckResult(CheckKind.FACE, Outcome.TECHNICAL, "engine_error",
-                               "The face engine could not check the photos.", model=model, details=details)
+            return CheckResult(
+                CheckKind.FACE,
+                Outcome.TECHNICAL,
+                "engine_error",
+                "The face engine could not check the photos.",
+                model=model,
+                details=details,
+            )
     if mismatches >= settings.photo_min_matching and matches == 0 and mismatches == len(judged):
-        return CheckResult(CheckKind.FACE, Outcome.FAIL, "different_person",
-                           f"{mismatches} breath photos clearly show someone other than the enrolled person.",
-                           score=best, threshold=settings.occluded_reject_distance, model=model, details=details)
-    return CheckResult(CheckKind.FACE, Outcome.INCONCLUSIVE, "identity_unclear",
-                       f"Identity could not be confirmed: {matches} matching, {mismatches} not matching, "
-                       f"problems: {', '.join(sorted(set(problems))) or 'none'}.",
-                       score=best, threshold=settings.occluded_accept_distance, model=model, details=details)
+        return CheckResult(
+            CheckKind.FACE,
+            Outcome.FAIL,
+            "different_person",
+            f"{mismatches} breath photos clearly show someone other than the enrolled person.",
+            score=best,
+            threshold=settings.occluded_reject_distance,
+            model=model,
+            details=details,
+        )
+    return CheckResult(
+        CheckKind.FACE,
+        Outcome.INCONCLUSIVE,
+        "identity_unclear",
+        f"Identity could not be confirmed: {matches} matching, {mismatches} not matching, "
+        f"problems: {', '.join(sorted(set(problems))) or 'none'}.",
+        score=best,
+        threshold=settings.occluded_accept_distance,
+        model=model,
+        details=details,
+    )
 
 
 def _mouthpiece_summary(analyses: Sequence[PhotoAnalysis], settings: SobrietySettings) -> CheckResult:
     judged = [a.mouthpiece for a in analyses if a.mouthpiece is not None]
     visible = sum(1 for c in judged if c.passed)
-    details = {"visible": visible, "judged": len(judged), "method": "heuristic",
-               "fractions": [c.score for c in judged]}
+    details = {
+        "visible": visible,
+        "judged": len(judged),
+        "method": "heuristic",
+        "fractions": [c.score for c in judged],
+    }
     if judged and visible >= min(settings.photo_min_matching, len(judged)) and visible * 2 > len(judged):
-        return CheckResult(CheckKind.BREATH_PHOTO, Outcome.PASS, "mouthpiece_visible",
-                           f"Mouthpiece visible in {visible} of {len(judged)} judged photos.", details=details)
-    return CheckResult(CheckKind.BREATH_PHOTO, Outcome.INCONCLUSIVE, "mouthpiece_not_visible",
-                       f"Mouthpiece visible in only {visible} of {len(judged)} judged photos.", details=details)
+        return CheckResult(
+            CheckKind.BREATH_PHOTO,
+            Outcome.PASS,
+            "mouthpiece_visible",
+            f"Mouthpiece visible in {visible} of {len(judged)} judged photos.",
+            details=details,
+        )
+    return CheckResult(
+        CheckKind.BREATH_PHOTO,
+        Outcome.INCONCLUSIVE,
+        "mouthpiece_not_visible",
+        f"Mouthpiece visible in only {visible} of {len(judged)} judged photos.",
+        details=details,
+    )
 
 
 def _pad_summary(analyses: Sequence[PhotoAnalysis], settings: SobrietySettings) -> CheckResult | None:
@@ -390,21 +541,42 @@ def _pad_summary(analyses: Sequence[PhotoAnalysis], settings: SobrietySettings) 
     if not results:
         if not settings.require_pad:
             return None  # no PAD model: nothing was judged, so no check is claimed
-        return CheckResult(CheckKind.PAD, Outcome.INCONCLUSIVE, "pad_unavailable",
-                           "No anti-spoofing result for the breath photos; anti-spoofing is required.",
-                           details={"available": False})
+        return CheckResult(
+            CheckKind.PAD,
+            Outcome.INCONCLUSIVE,
+            "pad_unavailable",
+            "No anti-spoofing result for the breath photos; anti-spoofing is required.",
+            details={"available": False},
+        )
     attacks = [c for c in results if c.outcome is Outcome.FAIL]
     model = results[0].model
     if attacks:
         # A single-frame passive PAD is not proof: a suspected attack goes to review with the scores.
-        return CheckResult(CheckKind.PAD, Outcome.INCONCLUSIVE, "pad_attack_suspected",
-                           f"Anti-spoofing flagged {len(attacks)} of {len(results)} photos.", model=model,
-                           details={"scores": [c.score for c in results]})
+        return CheckResult(
+            CheckKind.PAD,
+            Outcome.INCONCLUSIVE,
+            "pad_attack_suspected",
+            f"Anti-spoofing flagged {len(attacks)} of {len(results)} photos.",
+            model=model,
+            details={"scores": [c.score for c in results]},
+        )
     if any(not c.passed for c in results):
-        return CheckResult(CheckKind.PAD, Outcome.INCONCLUSIVE, "pad_uncertain", "Anti-spoofing was uncertain.",
-                           model=model, details={"scores": [c.score for c in results]})
-    return CheckResult(CheckKind.PAD, Outcome.PASS, "pad_live", "Anti-spoofing found no attack.", model=model,
-                       details={"scores": [c.score for c in results]})
+        return CheckResult(
+            CheckKind.PAD,
+            Outcome.INCONCLUSIVE,
+            "pad_uncertain",
+            "Anti-spoofing was uncertain.",
+            model=model,
+            details={"scores": [c.score for c in results]},
+        )
+    return CheckResult(
+        CheckKind.PAD,
+        Outcome.PASS,
+        "pad_live",
+        "Anti-spoofing found no attack.",
+        model=model,
+        details={"scores": [c.score for c in results]},
+    )
 
 
 def judge_breath_photos(

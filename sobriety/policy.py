@@ -77,20 +77,38 @@ def evaluate_reading(
     # A zero reading is negative even under an absolute-zero (limit 0) order.
     if value < limit - _FLOAT_TOLERANCE or value <= 0.0:
         code = "returned_to_zero" if stage is TestStage.TEST_TO_ZERO else "below_limit"
-        return CheckResult(CheckKind.BREATH_READING, Outcome.PASS, code,
-                           f"Reading {value:.3f} {order.unit.value} is below the limit {limit:.3f}.",
-                           score=value, threshold=limit, details=details)
+        return CheckResult(
+            CheckKind.BREATH_READING,
+            Outcome.PASS,
+            code,
+            f"Reading {value:.3f} {order.unit.value} is below the limit {limit:.3f}.",
+            score=value,
+            threshold=limit,
+            details=details,
+        )
     if stage is TestStage.SCREENING:
-        return CheckResult(CheckKind.BREATH_READING, Outcome.INCONCLUSIVE, "screening_positive",
-                           f"Screening reading {value:.3f} {order.unit.value} is at or above the limit "
-                           f"{limit:.3f}; a confirmatory test is required after "
-                           f"{settings.deprivation_s // 60} minutes.",
-                           score=value, threshold=limit, details=details)
+        return CheckResult(
+            CheckKind.BREATH_READING,
+            Outcome.INCONCLUSIVE,
+            "screening_positive",
+            f"Screening reading {value:.3f} {order.unit.value} is at or above the limit "
+            f"{limit:.3f}; a confirmatory test is required after "
+            f"{settings.deprivation_s // 60} minutes.",
+            score=value,
+            threshold=limit,
+            details=details,
+        )
     code = "still_positive" if stage is TestStage.TEST_TO_ZERO else "confirmed_positive"
-    return CheckResult(CheckKind.BREATH_READING, Outcome.FAIL, code,
-                       f"{stage.value.replace('_', ' ').capitalize()} reading {value:.3f} {order.unit.value} "
-                       f"is at or above the limit {limit:.3f}.",
-                       score=value, threshold=limit, details=details)
+    return CheckResult(
+        CheckKind.BREATH_READING,
+        Outcome.FAIL,
+        code,
+        f"{stage.value.replace('_', ' ').capitalize()} reading {value:.3f} {order.unit.value} "
+        f"is at or above the limit {limit:.3f}.",
+        score=value,
+        threshold=limit,
+        details=details,
+    )
 
 
 class RetestState(StrEnum):
@@ -188,7 +206,9 @@ def event_for(check: CheckResult, at: datetime) -> RetestEvent:
     if check.outcome is Outcome.PASS:
         return RetestEvent(EventKind.NEGATIVE, at)
     if check.outcome in (Outcome.FAIL, Outcome.INCONCLUSIVE) and check.code in (
-        "screening_positive", "confirmed_positive", "still_positive"
+        "screening_positive",
+        "confirmed_positive",
+        "still_positive",
     ):
         return RetestEvent(EventKind.POSITIVE, at)
     return RetestEvent(EventKind.REJECTED, at)
@@ -200,8 +220,12 @@ def _advance(ep: Episode, now: datetime, s: SobrietySettings) -> tuple[Episode, 
     if ep.state is RetestState.DUE and now > ep.window_end + timedelta(seconds=s.late_grace_s):
         ep = replace(ep, state=RetestState.MISSED)
         actions += [
-            Action(ActionKind.RECORD_RESULT, "missed_test", "The scheduled breath test was not taken.",
-                   outcome=Outcome.INCONCLUSIVE),
+            Action(
+                ActionKind.RECORD_RESULT,
+                "missed_test",
+                "The scheduled breath test was not taken.",
+                outcome=Outcome.INCONCLUSIVE,
+            ),
             Action(ActionKind.NOTIFY_OFFICER, "missed_test", "Scheduled breath test missed."),
         ]
     if ep.state is RetestState.DEPRIVATION and now >= ep.due_at:
@@ -209,14 +233,23 @@ def _advance(ep: Episode, now: datetime, s: SobrietySettings) -> tuple[Episode, 
     if ep.state is RetestState.CONFIRMATORY_DUE and now > ep.window_end:
         ep = replace(ep, state=RetestState.UNCONFIRMED)
         actions += [
-            Action(ActionKind.RECORD_RESULT, "confirmatory_missed",
-                   "Positive screening was not followed by a confirmatory test.", outcome=Outcome.INCONCLUSIVE),
+            Action(
+                ActionKind.RECORD_RESULT,
+                "confirmatory_missed",
+                "Positive screening was not followed by a confirmatory test.",
+                outcome=Outcome.INCONCLUSIVE,
+            ),
             Action(ActionKind.NOTIFY_OFFICER, "confirmatory_missed", "Confirmatory breath test missed."),
         ]
     if ep.state is RetestState.TEST_TO_ZERO and now > ep.window_end:
         ep = replace(ep, state=RetestState.POSITIVE)
-        actions.append(Action(ActionKind.NOTIFY_OFFICER, "test_to_zero_incomplete",
-                              "No reading below zero before the test-to-zero limit."))
+        actions.append(
+            Action(
+                ActionKind.NOTIFY_OFFICER,
+                "test_to_zero_incomplete",
+                "No reading below zero before the test-to-zero limit.",
+            )
+        )
     return ep, actions
 
 
@@ -234,53 +267,108 @@ def next_state(
     if event.kind is EventKind.TICK:
         return ep, actions
     if ep.state.closed:
-        return ep, actions + [Action(ActionKind.IGNORE_READING, "episode_closed",
-                                     f"Episode already {ep.state.value}; reading kept as evidence only.")]
+        return ep, actions + [
+            Action(
+                ActionKind.IGNORE_READING,
+                "episode_closed",
+                f"Episode already {ep.state.value}; reading kept as evidence only.",
+            )
+        ]
     if event.kind is EventKind.REJECTED:
-        return ep, actions + [Action(ActionKind.REQUEST_TEST, "retake", "Submission rejected; please retest.",
-                                     at=now, stage=expected_stage(ep))]
+        return ep, actions + [
+            Action(
+                ActionKind.REQUEST_TEST,
+                "retake",
+                "Submission rejected; please retest.",
+                at=now,
+                stage=expected_stage(ep),
+            )
+        ]
 
     positive = event.kind is EventKind.POSITIVE
     t = event.at
     if ep.state is RetestState.DUE:
         if t < ep.due_at:
-            return ep, actions + [Action(ActionKind.IGNORE_READING, "not_due",
-                                         "Reading taken before the test window opened.")]
+            return ep, actions + [
+                Action(ActionKind.IGNORE_READING, "not_due", "Reading taken before the test window opened.")
+            ]
         late = t > ep.window_end
         if late:
-            actions.append(Action(ActionKind.NOTIFY_OFFICER, "late_test", "Breath test taken after its window."))
+            actions.append(
+                Action(ActionKind.NOTIFY_OFFICER, "late_test", "Breath test taken after its window.")
+            )
         if not positive:
             return replace(ep, state=RetestState.NEGATIVE, late=late), actions + [
-                Action(ActionKind.RECORD_RESULT, "negative_late" if late else "negative",
-                       "Screening test negative.", outcome=Outcome.PASS)
+                Action(
+                    ActionKind.RECORD_RESULT,
+                    "negative_late" if late else "negative",
+                    "Screening test negative.",
+                    outcome=Outcome.PASS,
+                )
             ]
         due = t + timedelta(seconds=s.deprivation_s)
-        ep = replace(ep, state=RetestState.DEPRIVATION, positive_at=t, due_at=due,
-                     window_end=due + timedelta(seconds=s.confirmatory_window_s), late=late)
-        return ep, actions + [Action(ActionKind.REQUEST_TEST, "confirmatory_required",
-                                     f"Positive screening: confirmatory test due in {s.deprivation_s // 60} min.",
-                                     at=due, stage=TestStage.CONFIRMATORY)]
+        ep = replace(
+            ep,
+            state=RetestState.DEPRIVATION,
+            positive_at=t,
+            due_at=due,
+            window_end=due + timedelta(seconds=s.confirmatory_window_s),
+            late=late,
+        )
+        return ep, actions + [
+            Action(
+                ActionKind.REQUEST_TEST,
+                "confirmatory_required",
+                f"Positive screening: confirmatory test due in {s.deprivation_s // 60} min.",
+                at=due,
+                stage=TestStage.CONFIRMATORY,
+            )
+        ]
 
     if ep.state is RetestState.DEPRIVATION:
-        return ep, actions + [Action(ActionKind.IGNORE_READING, "deprivation_not_over",
-                                     "Confirmatory test taken before the deprivation period ended; retest later.",
-                                     at=ep.due_at, stage=TestStage.CONFIRMATORY)]
+        return ep, actions + [
+            Action(
+                ActionKind.IGNORE_READING,
+                "deprivation_not_over",
+                "Confirmatory test taken before the deprivation period ended; retest later.",
+                at=ep.due_at,
+                stage=TestStage.CONFIRMATORY,
+            )
+        ]
 
     if ep.state is RetestState.CONFIRMATORY_DUE:
         if not positive:
             return replace(ep, state=RetestState.NEGATIVE), actions + [
-                Action(ActionKind.RECORD_RESULT, "screening_not_confirmed",
-                       "Confirmatory test negative; the positive screening is not confirmed.", outcome=Outcome.PASS)
+                Action(
+                    ActionKind.RECORD_RESULT,
+                    "screening_not_confirmed",
+                    "Confirmatory test negative; the positive screening is not confirmed.",
+                    outcome=Outcome.PASS,
+                )
             ]
         due = t + timedelta(seconds=s.test_to_zero_interval_s)
-        ep = replace(ep, state=RetestState.TEST_TO_ZERO, confirmed_at=t, due_at=due,
-                     window_end=t + timedelta(seconds=s.test_to_zero_max_s))
+        ep = replace(
+            ep,
+            state=RetestState.TEST_TO_ZERO,
+            confirmed_at=t,
+            due_at=due,
+            window_end=t + timedelta(seconds=s.test_to_zero_max_s),
+        )
         return ep, actions + [
-            Action(ActionKind.RECORD_RESULT, "confirmed_positive", "Confirmatory test positive.",
-                   outcome=Outcome.FAIL),
+            Action(
+                ActionKind.RECORD_RESULT,
+                "confirmed_positive",
+                "Confirmatory test positive.",
+                outcome=Outcome.FAIL,
+            ),
             Action(ActionKind.NOTIFY_OFFICER, "confirmed_positive", "Confirmed positive breath test."),
-            Action(ActionKind.REQUEST_TEST, "test_to_zero", "Retest to document the return to zero.",
-                   at=due, stage=TestStage.TEST_TO_ZERO),
+            Action(
+                ActionKind.REQUEST_TEST,
+                "test_to_zero",
+                "Retest to document the return to zero.",
+                at=due,
+                stage=TestStage.TEST_TO_ZERO,
+            ),
         ]
 
     # TEST_TO_ZERO: any reading counts, early or not.
@@ -290,8 +378,13 @@ def next_state(
         ]
     due = t + timedelta(seconds=s.test_to_zero_interval_s)
     return replace(ep, due_at=due), actions + [
-        Action(ActionKind.REQUEST_TEST, "test_to_zero", "Still positive; retest later.", at=due,
-               stage=TestStage.TEST_TO_ZERO)
+        Action(
+            ActionKind.REQUEST_TEST,
+            "test_to_zero",
+            "Still positive; retest later.",
+            at=due,
+            stage=TestStage.TEST_TO_ZERO,
+        )
     ]
 
 

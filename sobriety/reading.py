@@ -23,7 +23,15 @@ from typing import Annotated, Any, Protocol
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+)
 
 from identity.checks import CheckKind, CheckResult, Outcome
 from sobriety.config import SobrietySettings
@@ -68,12 +76,21 @@ class BreathReading(BaseModel):
 
 @dataclass(frozen=True, slots=True)
 class RegisteredDevice:
-    """A station registered by an admin: serial, base64 raw 32-byte Ed25519 public key, status."""
+    """A station registered by an admin: serial, base64 raw 32-byte Ed25519 public key, status.
+
+    `device_id` is the service's id for the device (the nonce ledger's key); it defaults to the serial.
+    """
 
     serial: str
     public_key_b64: str
     active: bool = True
     calibrated_on: date | None = None
+    device_id: str | None = None
+
+    @property
+    def ledger_id(self) -> str:
+        """The key nonces are remembered under."""
+        return self.device_id or self.serial
 
 
 class DeviceRegistry(Protocol):
@@ -234,13 +251,20 @@ def admit_submission(
     if obj is None:
         return Admission(
             None,
-            [_sig(Outcome.FAIL, "not_canonical", "Reading is not canonical JSON (sorted keys, no spaces, UTF-8).")],
+            [
+                _sig(
+                    Outcome.FAIL,
+                    "not_canonical",
+                    "Reading is not canonical JSON (sorted keys, no spaces, UTF-8).",
+                )
+            ],
         )
     serial = obj.get("device_serial")
     device = devices.get_device(serial) if isinstance(serial, str) else None
     if device is None:
         return Admission(
-            None, [_sig(Outcome.FAIL, "unknown_device", f"Device {serial!r} is not registered.", serial=serial)]
+            None,
+            [_sig(Outcome.FAIL, "unknown_device", f"Device {serial!r} is not registered.", serial=serial)],
         )
     if not device.active:
         return Admission(
@@ -249,9 +273,18 @@ def admit_submission(
     if not verify_signature(reading_bytes, signature_b64, device.public_key_b64):
         return Admission(
             None,
-            [_sig(Outcome.FAIL, "bad_signature", "Signature does not verify with the device's key.", serial=serial)],
+            [
+                _sig(
+                    Outcome.FAIL,
+                    "bad_signature",
+                    "Signature does not verify with the device's key.",
+                    serial=serial,
+                )
+            ],
         )
-    checks = [_sig(Outcome.PASS, "signature_valid", "Signature verifies with the registered key.", serial=serial)]
+    checks = [
+        _sig(Outcome.PASS, "signature_valid", "Signature verifies with the registered key.", serial=serial)
+    ]
     try:
         reading = BreathReading.model_validate_json(reading_bytes)
     except ValidationError as exc:
@@ -263,23 +296,39 @@ def admit_submission(
     age_s = (now - reading.timestamp).total_seconds()
     if reading.timestamp > now + skew:
         checks.append(
-            _sig(Outcome.TECHNICAL, "future_timestamp", "Reading is timestamped in the future; check the "
-                 "station clock.", age_s=age_s)
+            _sig(
+                Outcome.TECHNICAL,
+                "future_timestamp",
+                "Reading is timestamped in the future; check the station clock.",
+                age_s=age_s,
+            )
         )
         return Admission(None, checks)
     if now - reading.timestamp > timedelta(seconds=settings.nonce_max_age_s) + skew:
         checks.append(
-            _sig(Outcome.TECHNICAL, "stale_reading", f"Reading is {age_s:.0f} s old (limit "
-                 f"{settings.nonce_max_age_s} s); take a new test.", age_s=age_s)
+            _sig(
+                Outcome.TECHNICAL,
+                "stale_reading",
+                f"Reading is {age_s:.0f} s old (limit {settings.nonce_max_age_s} s); take a new test.",
+                age_s=age_s,
+            )
         )
         return Admission(None, checks)
     if len(reading.nonce) < settings.nonce_min_chars:
-        checks.append(_sig(Outcome.FAIL, "weak_nonce", f"Nonce shorter than {settings.nonce_min_chars} chars."))
-        return Admission(None, checks)
-    if ledger.seen(device.serial, reading.nonce) or not ledger.remember(device.serial, reading.nonce, now):
         checks.append(
-            _sig(Outcome.FAIL, "replayed_nonce", "This reading's nonce was used before (replay).",
-                 nonce=reading.nonce)
+            _sig(Outcome.FAIL, "weak_nonce", f"Nonce shorter than {settings.nonce_min_chars} chars.")
+        )
+        return Admission(None, checks)
+    if ledger.seen(device.ledger_id, reading.nonce) or not ledger.remember(
+        device.ledger_id, reading.nonce, now
+    ):
+        checks.append(
+            _sig(
+                Outcome.FAIL,
+                "replayed_nonce",
+                "This reading's nonce was used before (replay).",
+                nonce=reading.nonce,
+            )
         )
         return Admission(None, checks)
     checks.append(_sig(Outcome.PASS, "fresh", "Reading is fresh and its nonce is new.", age_s=age_s))
@@ -312,30 +361,60 @@ def validate_reading(
     test_day = reading.timestamp.date()
     expires_on = calibrated_on + timedelta(days=settings.calibration_validity_days)
     if calibrated_on > now.date() + timedelta(days=1):
-        out.append(_reading(Outcome.TECHNICAL, "calibration_in_future", "Calibration date is in the future.",
-                            calibrated_on=calibrated_on.isoformat()))
+        out.append(
+            _reading(
+                Outcome.TECHNICAL,
+                "calibration_in_future",
+                "Calibration date is in the future.",
+                calibrated_on=calibrated_on.isoformat(),
+            )
+        )
     elif test_day > expires_on:
         out.append(
-            _reading(Outcome.TECHNICAL, "calibration_expired",
-                     f"Sensor calibration expired on {expires_on.isoformat()}; the device needs service.",
-                     calibrated_on=calibrated_on.isoformat(), expires_on=expires_on.isoformat())
+            _reading(
+                Outcome.TECHNICAL,
+                "calibration_expired",
+                f"Sensor calibration expired on {expires_on.isoformat()}; the device needs service.",
+                calibrated_on=calibrated_on.isoformat(),
+                expires_on=expires_on.isoformat(),
+            )
         )
     else:
-        out.append(_reading(Outcome.PASS, "calibration_valid", "Sensor calibration is current.",
-                            calibrated_on=calibrated_on.isoformat(), expires_on=expires_on.isoformat(),
-                            registry_calibrated_on=registry_calibrated_on.isoformat()
-                            if registry_calibrated_on else None))
+        out.append(
+            _reading(
+                Outcome.PASS,
+                "calibration_valid",
+                "Sensor calibration is current.",
+                calibrated_on=calibrated_on.isoformat(),
+                expires_on=expires_on.isoformat(),
+                registry_calibrated_on=registry_calibrated_on.isoformat() if registry_calibrated_on else None,
+            )
+        )
 
     blow_s = (reading.blow_end - reading.blow_start).total_seconds()
     skew = timedelta(seconds=settings.clock_skew_s)
     if blow_s < settings.blow_min_s:
-        out.append(_reading(Outcome.TECHNICAL, "blow_too_short",
-                            f"Blow lasted {blow_s:.1f} s (minimum {settings.blow_min_s} s).", blow_s=blow_s))
+        out.append(
+            _reading(
+                Outcome.TECHNICAL,
+                "blow_too_short",
+                f"Blow lasted {blow_s:.1f} s (minimum {settings.blow_min_s} s).",
+                blow_s=blow_s,
+            )
+        )
     elif blow_s > settings.blow_max_s:
-        out.append(_reading(Outcome.TECHNICAL, "blow_too_long",
-                            f"Blow lasted {blow_s:.1f} s (maximum {settings.blow_max_s} s).", blow_s=blow_s))
+        out.append(
+            _reading(
+                Outcome.TECHNICAL,
+                "blow_too_long",
+                f"Blow lasted {blow_s:.1f} s (maximum {settings.blow_max_s} s).",
+                blow_s=blow_s,
+            )
+        )
     elif reading.blow_end > reading.timestamp + skew:
-        out.append(_reading(Outcome.TECHNICAL, "blow_after_signing", "Blow ends after the reading was signed."))
+        out.append(
+            _reading(Outcome.TECHNICAL, "blow_after_signing", "Blow ends after the reading was signed.")
+        )
     else:
         out.append(_reading(Outcome.PASS, "blow_valid", "Blow timing is valid.", blow_s=blow_s))
 
@@ -344,34 +423,64 @@ def validate_reading(
     lo, hi = reading.blow_start - tol, reading.blow_end + tol
     outside = [i for i, t in enumerate(reading.photo_times) if not lo <= t <= hi]
     if n_times != photo_count:
-        out.append(_reading(Outcome.TECHNICAL, "photo_count_mismatch",
-                            f"Reading lists {n_times} photo times but {photo_count} photos were uploaded."))
+        out.append(
+            _reading(
+                Outcome.TECHNICAL,
+                "photo_count_mismatch",
+                f"Reading lists {n_times} photo times but {photo_count} photos were uploaded.",
+            )
+        )
     elif photo_count < settings.photo_min_count:
-        out.append(_reading(Outcome.TECHNICAL, "too_few_photos",
-                            f"{photo_count} photos; at least {settings.photo_min_count} are required."))
+        out.append(
+            _reading(
+                Outcome.TECHNICAL,
+                "too_few_photos",
+                f"{photo_count} photos; at least {settings.photo_min_count} are required.",
+            )
+        )
     elif photo_count > settings.photo_max_count:
-        out.append(_reading(Outcome.TECHNICAL, "too_many_photos",
-                            f"{photo_count} photos; at most {settings.photo_max_count} are accepted."))
+        out.append(
+            _reading(
+                Outcome.TECHNICAL,
+                "too_many_photos",
+                f"{photo_count} photos; at most {settings.photo_max_count} are accepted.",
+            )
+        )
     elif outside:
         out.append(
-            _reading(Outcome.TECHNICAL, "photo_outside_blow",
-                     f"Photo(s) {outside} were taken outside the blow window; the photos must show the blow.",
-                     outside=outside, blow_start=reading.blow_start.isoformat(),
-                     blow_end=reading.blow_end.isoformat(), tolerance_s=settings.photo_window_tolerance_s)
+            _reading(
+                Outcome.TECHNICAL,
+                "photo_outside_blow",
+                f"Photo(s) {outside} were taken outside the blow window; the photos must show the blow.",
+                outside=outside,
+                blow_start=reading.blow_start.isoformat(),
+                blow_end=reading.blow_end.isoformat(),
+                tolerance_s=settings.photo_window_tolerance_s,
+            )
         )
     else:
         out.append(_reading(Outcome.PASS, "photos_in_blow", "Every photo was taken during the blow."))
 
     g_210l = convert(reading.brac, reading.unit, AlcoholUnit.G_210L, ratio)
     if g_210l > settings.max_brac_g_210l:
-        out.append(_reading(Outcome.TECHNICAL, "reading_implausible",
-                            f"Reading {reading.brac} {reading.unit.value} is beyond the plausible range; "
-                            "sensor fault suspected.", brac_g_210l=g_210l))
+        out.append(
+            _reading(
+                Outcome.TECHNICAL,
+                "reading_implausible",
+                f"Reading {reading.brac} {reading.unit.value} is beyond the plausible range; "
+                "sensor fault suspected.",
+                brac_g_210l=g_210l,
+            )
+        )
     else:
         out.append(
             _reading(
-                Outcome.PASS, "reading_valid", "Reading is within the plausible range.",
-                brac=reading.brac, unit=reading.unit.value, partition_ratio=ratio,
+                Outcome.PASS,
+                "reading_valid",
+                "Reading is within the plausible range.",
+                brac=reading.brac,
+                unit=reading.unit.value,
+                partition_ratio=ratio,
                 converted={u.value: convert(reading.brac, reading.unit, u, ratio) for u in AlcoholUnit},
             )
         )

@@ -49,7 +49,9 @@ def public_key_b64(key: Ed25519PrivateKey) -> str:
 
 def save_key(key: Ed25519PrivateKey, path: Path) -> None:
     """Write the private key as unencrypted PKCS#8 PEM, readable by the owner only."""
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:
         f.write(pem)
@@ -113,9 +115,18 @@ def simulated_reading(
     start = end - timedelta(seconds=blow_s)
     step = blow_s / (n_photos + 1)
     times = [start + timedelta(seconds=step * (i + 1)) for i in range(n_photos)]
-    return build_reading(serial=serial, person_id=person_id, brac=brac, unit=unit,
-                         calibrated_on=calibrated_on or (now.date() - timedelta(days=30)),
-                         blow_start=start, blow_end=end, photo_times=times, timestamp=now, nonce=nonce)
+    return build_reading(
+        serial=serial,
+        person_id=person_id,
+        brac=brac,
+        unit=unit,
+        calibrated_on=calibrated_on or (now.date() - timedelta(days=30)),
+        blow_start=start,
+        blow_end=end,
+        photo_times=times,
+        timestamp=now,
+        nonce=nonce,
+    )
 
 
 def sign_reading(reading: dict[str, Any], key: Ed25519PrivateKey) -> tuple[bytes, str]:

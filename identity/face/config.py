@@ -1,13 +1,170 @@
 """Face settings: every threshold bounded and documented."""
 
-from pydantic import BaseModel, ConfigDict, Field
+from enum import StrEnum
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class LandmarkModel(StrEnum):
+    """Which dlib shape predictor aligns the face chip before encoding. Stored values are stable."""
+
+    POINTS_68 = "68"
+    POINTS_5 = "5"
 
 
 class FaceSettings(BaseModel):
-    """Face pipeline settings (env: KUZET_FACE__*)."""
+    """Face pipeline settings (env: KUZET_FACE__*).
+
+    Distances are cosine distances between L2-normalised 128-d dlib embeddings (0 = identical, 2 =
+    opposite). Pixel sizes are in pixels of the original (not downscaled) image.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
-    target_fmr: float = Field(
-        1e-3, gt=0, lt=0.1, description="Target false-match rate the verification threshold is set for."
+    # --- decoding (light, API-process safe) ---
+    max_image_pixels: int = Field(
+        40_000_000,
+        ge=10_000,
+        le=200_000_000,
+        description="Largest width*height accepted when decoding; larger images (decompression bombs) are "
+        "refused before their pixels are read.",
     )
+    max_image_bytes: int = Field(
+        30 * 1024 * 1024, ge=1024, le=512 * 1024 * 1024, description="Largest encoded image accepted (bytes)."
+    )
+
+    # --- detection ---
+    detect_max_side_px: int = Field(
+        320,
+        ge=120,
+        le=4096,
+        description="Fast pass: the frame is downscaled so its longest side is at most this before HOG "
+        "detection; boxes are scaled back. Faces under ~80 px at this scale are found by the fallback pass.",
+    )
+    hog_upsample: int = Field(
+        1,
+        ge=0,
+        le=2,
+        description="Fallback pass: HOG upsampling of the full-resolution frame when the fast pass finds "
+        "nothing (1 finds faces down to ~40 px).",
+    )
+    cnn_fallback: bool = Field(
+        True, description="Run dlib's CNN (MMOD) detector when both HOG passes find no face."
+    )
+    cnn_max_side_px: int = Field(
+        400,
+        ge=100,
+        le=2000,
+        description="The CNN fallback runs on a copy downscaled to this longest side (bounds its CPU cost).",
+    )
+    landmark_model: LandmarkModel = Field(
+        LandmarkModel.POINTS_68,
+        description="Shape predictor used to align the chip for encoding (68 points are always computed "
+        "for liveness; '5' aligns with the small model like plain face_recognition).",
+    )
+
+    # --- quality gates ---
+    min_face_px: int = Field(
+        80, ge=20, le=1000, description="Smallest accepted face box side; smaller -> 'move closer'."
+    )
+    other_face_min_ratio: float = Field(
+        0.35,
+        ge=0.05,
+        le=1.0,
+        description="A second face at least this fraction of the main face's width makes the frame "
+        "'several faces'; smaller background faces are reported but tolerated.",
+    )
+    min_sharpness: float = Field(
+        25.0,
+        ge=0.0,
+        le=5000.0,
+        description="Minimum variance of the Laplacian of the 150x150 grey aligned face chip "
+        "(grey levels^2); below -> 'hold still / clean the lens'.",
+    )
+    min_brightness: float = Field(
+        45.0, ge=0.0, le=254.0, description="Minimum mean grey level (0-255) of the face; below -> 'too dark'."
+    )
+    max_brightness: float = Field(
+        220.0, ge=1.0, le=255.0, description="Maximum mean grey level (0-255) of the face; above -> 'too bright'."
+    )
+    max_saturated_fraction: float = Field(
+        0.25,
+        ge=0.0,
+        le=1.0,
+        description="Largest fraction of face pixels clipped at >= 250 grey; above -> 'too bright'.",
+    )
+    max_yaw: float = Field(
+        0.35,
+        ge=0.05,
+        le=1.0,
+        description="Largest |yaw proxy|: (nose-to-left-jaw minus nose-to-right-jaw) / jaw width, "
+        "0 = frontal; above -> 'look straight at the camera'.",
+    )
+    max_roll_deg: float = Field(
+        25.0, ge=1.0, le=90.0, description="Largest head tilt (eye line angle, degrees)."
+    )
+
+    # --- encoding ---
+    enrol_num_jitters: int = Field(
+        10,
+        ge=0,
+        le=100,
+        description="dlib jitters (random crops/flips, averaged) per enrolment image; costs one network "
+        "pass each. Probes use 0 for speed.",
+    )
+    flip_tta: bool = Field(
+        True, description="Average the embeddings of the chip and its mirror image (probe side)."
+    )
+    encode_batch_size: int = Field(
+        16, ge=1, le=256, description="Face chips encoded per dlib batch call."
+    )
+
+    # --- decisions ---
+    target_fmr: float = Field(
+        1e-3,
+        ge=1e-5,
+        lt=0.1,
+        description="Target false-match rate the PASS threshold is set for, through the calibration table.",
+    )
+    target_false_fail_rate: float = Field(
+        0.01,
+        ge=1e-4,
+        le=0.2,
+        description="Fraction of genuine comparisons allowed to end FAIL: distances above the genuine "
+        "quantile (1 - this) are FAIL; between the PASS threshold and it is INCONCLUSIVE.",
+    )
+    calibration_path: Path | None = Field(
+        None, description="Calibration JSON; empty = identity/face/calibration.json shipped with the code."
+    )
+
+    # --- enrolment ---
+    enrol_min_images: int = Field(
+        2, ge=1, le=20, description="Fewest quality-passing images a template needs."
+    )
+    enrol_max_images: int = Field(
+        10, ge=1, le=50, description="Most embeddings kept in a template (best quality first)."
+    )
+
+    # --- sessions (many frames) ---
+    session_top_k: int = Field(
+        5, ge=1, le=50, description="Best-quality frames whose embeddings are fused for a session decision."
+    )
+    session_min_frames: int = Field(
+        3, ge=1, le=50, description="Fewest quality-passing frames a session decision needs."
+    )
+    duplicate_frame_mad: float = Field(
+        1.5,
+        ge=0.0,
+        le=50.0,
+        description="Frames whose 32x32 grey thumbnail differs from the last analysed frame by less than "
+        "this mean absolute difference (grey levels) reuse its analysis; 0 disables skipping.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> "FaceSettings":
+        if self.min_brightness >= self.max_brightness:
+            raise ValueError("min_brightness must be below max_brightness")
+        if self.enrol_min_images > self.enrol_max_images:
+            raise ValueError("enrol_min_images must not exceed enrol_max_images")
+        return self

@@ -7,6 +7,6 @@ from fastapi import APIRouter
 
 def routers() -> list[APIRouter]:
     """Every router of the service, in mount order."""
-    from media_server.api import admin, workstation
+    from media_server.api import admin, checkin_page, whip, workstation
 
-    return [admin.router, workstation.router]
+    return [admin.router, workstation.router, whip.router, checkin_page.router]

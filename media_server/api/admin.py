@@ -47,12 +47,14 @@ def login(body: LoginIn, services: ServicesDep, response: Response) -> LoginOut:
     """Exchange a username and password for a bearer token (also set as an HttpOnly cookie)."""
     with services.sessions.begin() as db:
         user = db.scalars(select(User).where(User.username == body.username)).one_or_none()
-        if user is None or not user.active or not check_password(user.password_hash, body.password):
-            audit.append(db, actor=f"user:{body.username}", action="login_failed", subject_type="user", subject_id=None, details={})
-            raise Unauthorized("wrong username or password")
-        audit.append(db, actor=f"user:{user.username}", action="login", subject_type="user", subject_id=user.id, details={})
-        token = sign_token(services.keys.secret_key, user.id, user.role.value, LOGIN_TTL_S)
-        role = user.role
+        ok = user is not None and user.active and check_password(user.password_hash, body.password)
+        # The failed attempt is committed to the audit log before the 401 goes out.
+        audit.append(db, actor=f"user:{body.username}", action="login" if ok else "login_failed",
+                     subject_type="user", subject_id=user.id if user and ok else None, details={"via": "api"})
+    if not ok or user is None:
+        raise Unauthorized("wrong username or password")
+    token = sign_token(services.keys.secret_key, user.id, user.role.value, LOGIN_TTL_S)
+    role = user.role
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", max_age=LOGIN_TTL_S)
     return LoginOut(token=token, role=role, expires_in_s=LOGIN_TTL_S)
 

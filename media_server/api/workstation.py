@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -192,5 +193,9 @@ def artifact(artifact_id: str, request: Request, services: ServicesDep) -> Respo
                      details={"session_id": a.session_id, "kind": a.kind.value, "sha256": a.sha256})
         key, content_type = a.key, a.content_type
     f = services.store.open_verified(key)
-    return StreamingResponse(iter(lambda: f.read(1 << 16), b""), media_type=content_type,
-                             background=None, headers={"Cache-Control": "no-store"})
+
+    def chunks() -> Iterator[bytes]:
+        with f:
+            yield from iter(lambda: f.read(1 << 16), b"")
+
+    return StreamingResponse(chunks(), media_type=content_type, headers={"Cache-Control": "no-store"})

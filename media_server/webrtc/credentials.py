@@ -41,23 +41,30 @@ def bearer_token(authorization: str | None) -> str:
 
 
 class ServicesAuthenticator:
-    """Adapter to the lead's `media_server.auth.authenticate_whip(services, header)`."""
+    """Adapter to the lead's `media_server.auth.authenticate_whip(db, header, max_session_s)`:
+    one database transaction per attempt (the token is spent when it commits)."""
 
     def __init__(self, services: Any) -> None:
         self._services = services
 
-    async def authenticate(self, authorization: str | None) -> WhipPrincipal:
-        from media_server import auth  # type: ignore[attr-defined]  # written by the lead
+    def _authenticate(self, authorization: str | None) -> WhipPrincipal:
+        from media_server import auth
 
-        # It reads the database (token lookup, single use): keep it off the event loop.
-        result = await asyncio.to_thread(auth.authenticate_whip, self._services, authorization)
+        max_session_s = self._services.settings.media.max_session_s
+        with self._services.sessions.begin() as db:
+            result = auth.authenticate_whip(db, authorization, max_session_s)
+        kind: Literal["checkin", "station"] = "station" if result.kind == "station" else "checkin"
         return WhipPrincipal(
             session_id=str(result.session_id),
             person_id=str(result.person_id),
-            kind=result.kind,
-            device_id=result.device_id,
+            kind=kind,
+            device_id=None if result.device_id is None else str(result.device_id),
             challenge=result.challenge,
         )
+
+    async def authenticate(self, authorization: str | None) -> WhipPrincipal:
+        # It reads and writes the database: keep it off the event loop.
+        return await asyncio.to_thread(self._authenticate, authorization)
 
 
 class OneTimeTokens:

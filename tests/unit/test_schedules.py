@@ -6,7 +6,6 @@ from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import Any
-from zoneinfo import ZoneInfo
 
 import pytest
 from pydantic import ValidationError
@@ -19,16 +18,21 @@ from media_server.db.enums import Decision, SessionKind, SessionStatus
 from media_server.db.migrate import upgrade
 from media_server.db.models import AuditEntry, CheckSession, Person, Schedule, Verdict
 from media_server.schedules import (
+    IssuedSession,
+    closed_session_events,
     due_windows,
     mark_missed,
     materialise_sessions,
     parse_rule,
     request_on_demand,
+    tick_once,
     windows_between,
+    zone,
 )
+from media_server.settings import SchedulesSettings
 from media_server.tokens import token_hash
 
-ALMATY = ZoneInfo("Asia/Almaty")
+ALMATY = zone("Asia/Almaty")
 DAILY: dict[str, Any] = {"type": "daily", "start": "09:00", "end": "10:00", "days": [0, 1, 2, 3, 4]}
 RANDOM: dict[str, Any] = {
     "type": "random",
@@ -143,8 +147,10 @@ def factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
     engine.dispose()
 
 
-def _person_with_schedule(db: Session, rule: dict[str, Any], created_at: datetime) -> Schedule:
-    person = Person(external_ref="case-1", display_name="Test Person", timezone="Asia/Almaty")
+def _person_with_schedule(
+    db: Session, rule: dict[str, Any], created_at: datetime, ref: str = "case-1"
+) -> Schedule:
+    person = Person(external_ref=ref, display_name="Test Person", timezone="Asia/Almaty")
     db.add(person)
     db.flush()
     schedule = Schedule(
@@ -272,3 +278,30 @@ def test_on_demand_window_opens_now(factory: sessionmaker[Session]) -> None:
         )
         [entry] = db.scalars(select(AuditEntry).where(AuditEntry.action == "session.on_demand")).all()
         assert entry.actor == "officer:7"
+
+
+async def test_tick_once_delivers_links_and_builds_violation_events(factory: sessionmaker[Session]) -> None:
+    settings = SchedulesSettings(horizon_min=60, missed_grace_s=300)
+    delivered: list[IssuedSession] = []
+
+    async def deliver(issued: IssuedSession) -> None:
+        delivered.append(issued)
+        if len(delivered) == 1:
+            raise RuntimeError("SMS gateway down")  # one failed delivery must not stop the tick
+
+    with factory() as db:
+        _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC))
+        other = _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC), ref="case-2")
+    first = await tick_once(
+        factory, settings, seed_key=KEY, deliver=deliver, now=datetime(2026, 11, 23, 3, 30, tzinfo=UTC)
+    )
+    assert len(first.issued) == 2 and delivered == first.issued and first.closed == []
+    # Nobody checked in: after the window and the grace, both windows are closed as missed.
+    later = await tick_once(
+        factory, settings, seed_key=KEY, deliver=deliver, now=datetime(2026, 11, 23, 5, 6, tzinfo=UTC)
+    )
+    assert later.issued == [] and {c.decision for c in later.closed} == {Decision.FAIL}
+    missed = next(c for c in later.closed if c.person_id == other.person_id)
+    events = closed_session_events(missed)
+    assert [e.type.value for e in events] == ["verdict", "violation"]
+    assert events[1].data["reason"].startswith("missed") and events[1].data["source"] == "missed"

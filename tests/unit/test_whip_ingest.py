@@ -218,3 +218,29 @@ async def test_a_client_that_never_sends_media_times_out_cleanly(rig: Callable[.
         await asyncio.sleep(0.1)
     else:
         pytest.fail("timed-out session still listed")
+
+
+def test_station_run_cli_completes_a_station_session(
+    rig: Callable[..., Rig], media: TestMedia, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from media_server.cli import main
+
+    r = rig()
+    monkeypatch.setenv("KUZET_MEDIA__LOOPBACK_ONLY", "true")
+    key = r.tokens.issue("person-3", kind="station")
+    result = CliRunner().invoke(
+        main,
+        ["station", "run", "--url", r.url, "--device-key", key, "--video", str(media.video_y4m),
+         "--audio", str(media.speech_wav), "--duration", "60", "--lat", "51.1", "--lon", "71.4"],
+    )
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout[result.stdout.index("{"):])
+    assert outcome == {"type": "outcome", "decision": "review", "reasons": ["fake_sink"]}
+    (seen,) = r.sink.wait(1, 30)
+    assert seen.capture.kind == "station" and seen.capture.ended_reason is EndedReason.COMPLETED
+    assert seen.capture.location is not None and seen.capture.location["lon"] == pytest.approx(71.4)
+    assert seen.capture.frames and seen.recording_bytes > 0
