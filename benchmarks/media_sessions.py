@@ -8,7 +8,8 @@ until frame loss exceeds --max-loss or --max-sessions is reached.
     .venv/bin/python benchmarks/media_sessions.py [--seconds 15] [--max-sessions 8]
 
 Printed per level: frames the clients sent vs frames the server decoded (loss), frames sampled for
-analysis, frames the recorder had to drop, server CPU (process CPU time / wall) and CPU per session.
+analysis, frames the recorder had to drop, server CPU (process CPU time / wall time over the window
+in which every client was streaming, 100% = one core) and CPU per session.
 """
 
 from __future__ import annotations
@@ -37,12 +38,12 @@ DRAIN_S = 2.0  # after the clients stop sending, frames still in flight may arri
 
 def _client_main(url: str, token: str, seconds: float, results: Any) -> None:
     try:
-        results.put(asyncio.run(_client(url, token, seconds)))
+        results.put({**asyncio.run(_client(url, token, seconds, results.put)), "event": "done"})
     except Exception as exc:
-        results.put({"token": token, "error": f"{type(exc).__name__}: {exc}"})
+        results.put({"token": token, "event": "done", "error": f"{type(exc).__name__}: {exc}"})
 
 
-async def _client(url: str, token: str, seconds: float) -> dict[str, Any]:
+async def _client(url: str, token: str, seconds: float, report: Any) -> dict[str, Any]:
     import numpy as np
     from aiortc import AudioStreamTrack, VideoStreamTrack
     from av import AudioFrame, VideoFrame
@@ -99,10 +100,12 @@ async def _client(url: str, token: str, seconds: float) -> dict[str, Any]:
         await asyncio.wait_for(client.channel_open.wait(), 30)
         while video.sent == 0:
             await asyncio.sleep(0.05)
+        report({"token": token, "event": "started"})
         started = time.monotonic()
         await asyncio.sleep(seconds)
         video.sending = False
         sent, elapsed = video.sent, time.monotonic() - started
+        report({"token": token, "event": "stopped"})
         await asyncio.sleep(DRAIN_S)
         await client.delete()
     finally:
@@ -136,14 +139,31 @@ def run_level(url: str, tokens: Any, sink: StatsSink, n: int, seconds: float, le
     people = {f"bench-{level}-{i}": tokens.issue(f"bench-{level}-{i}", kind="station") for i in range(n)}
     by_token = {token: person for person, token in people.items()}
     procs = [ctx.Process(target=_client_main, args=(url, t, seconds, results)) for t in people.values()]
-    cpu0, wall0 = time.process_time(), time.monotonic()
     for p in procs:
         p.start()
-    client_results = [results.get(timeout=seconds + 120) for _ in procs]
+    # CPU is measured over the steady window: from the last client streaming to the first stopping.
+    cpu0 = wall0 = cpu1 = wall1 = None
+    started = stopped = 0
+    client_results: list[dict[str, Any]] = []
+    while len(client_results) < n:
+        message = results.get(timeout=seconds + 180)
+        if message["event"] == "started":
+            started += 1
+            if started == n:
+                cpu0, wall0 = time.process_time(), time.monotonic()
+        elif message["event"] == "stopped":
+            stopped += 1
+            if stopped == 1 and cpu0 is not None:
+                cpu1, wall1 = time.process_time(), time.monotonic()
+        else:
+            client_results.append(message)
+            if cpu0 is not None and cpu1 is None:
+                cpu1, wall1 = time.process_time(), time.monotonic()
     sink.wait_for(set(people), timeout_s=60)
-    cpu, wall = time.process_time() - cpu0, time.monotonic() - wall0
     for p in procs:
         p.join(timeout=30)
+    window = (wall1 - wall0) if wall0 is not None and wall1 is not None else float("nan")
+    cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else float("nan")
     errors = [r["error"] for r in client_results if "error" in r]
     sent = received = sampled = dropped = 0
     worst = 0.0
@@ -152,11 +172,14 @@ def run_level(url: str, tokens: Any, sink: StatsSink, n: int, seconds: float, le
             continue
         s = sink.stats.get(by_token[r["token"]], {})
         got = s.get("video_frames_received", 0)
-        sent += r["sent"]
-        received += min(got, r["sent"])
+        # aiortc's jitter buffer completes a frame when the next frame's first packet arrives, so
+        # the last frame a client sends is never decoded: it is not counted as lost.
+        decodable = max(r["sent"] - 1, 0)
+        sent += decodable
+        received += min(got, decodable)
         sampled += s.get("frames_sampled", 0)
         dropped += s.get("recorder_dropped", 0)
-        worst = max(worst, 1 - min(got, r["sent"]) / max(r["sent"], 1))
+        worst = max(worst, 1 - min(got, decodable) / max(decodable, 1))
     return {
         "n": n,
         "errors": errors,
@@ -165,11 +188,12 @@ def run_level(url: str, tokens: Any, sink: StatsSink, n: int, seconds: float, le
         "loss": 1 - received / max(sent, 1),
         "worst_loss": worst,
         "fps": received / max(n, 1) / seconds,
+        "reasons": sorted({sink.stats.get(p, {}).get("reason", "?") for p in people}),
         "sampled": sampled,
         "recorder_dropped": dropped,
-        "cpu_core": cpu / wall,
-        "cpu_per_session": cpu / wall / n,
-        "wall": wall,
+        "cpu_core": cpu / window,
+        "cpu_per_session": cpu / window / n,
+        "window_s": window,
     }
 
 

@@ -65,7 +65,9 @@ def still_photo_liveness(images: list[tuple[str, np.ndarray]], seed: int) -> str
     fails = reviews = passes = 0
     for _, img in images:
         challenge = make_challenge(rng, settings)
-        found = face_recognition.face_landmarks(img)
+        boxes = face_recognition.face_locations(img)
+        largest = max(boxes, key=lambda b: (b[2] - b[0]) * (b[1] - b[3]), default=None)
+        found = face_recognition.face_landmarks(img, [largest]) if largest else []
         duration = challenge.total_s()
         # A still injected as video at 15 fps: every frame is the same image, so dlib finds the same
         # landmarks in each; they are computed once.

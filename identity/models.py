@@ -13,7 +13,9 @@ from typing import Any
 
 from identity.checks import ModelStamp
 
-MANIFEST_PATH = Path(os.environ.get("KUZET_MODELS_MANIFEST", Path(__file__).resolve().parents[1] / "models" / "manifest.json"))
+MANIFEST_PATH = Path(
+    os.environ.get("KUZET_MODELS_MANIFEST", Path(__file__).resolve().parents[1] / "models" / "manifest.json")
+)
 
 
 class ModelError(Exception):
@@ -68,7 +70,9 @@ def resolve(entry: ModelEntry, models_dir: Path) -> Path:
     raise ModelError(f"{entry.name}: unknown location scheme {scheme!r}")
 
 
-def verified_path(name: str, models_dir: Path, manifest: dict[str, ModelEntry] | None = None) -> tuple[Path, ModelEntry]:
+def verified_path(
+    name: str, models_dir: Path, manifest: dict[str, ModelEntry] | None = None
+) -> tuple[Path, ModelEntry]:
     """Path of a weights file after checking its sha256; raises ModelError on any mismatch."""
     entries = manifest if manifest is not None else load_manifest()
     if name not in entries:

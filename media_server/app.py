@@ -23,7 +23,9 @@ from media_server.errors import KuzetError, status_for
 from media_server.evidence import build_store
 from media_server.evidence.port import EvidenceStore
 from media_server.keys import ServiceKeys, load_or_create
+from media_server.schedules import IssuedSession, derive_seed_key, run_scheduler
 from media_server.settings import Settings
+from media_server.webhooks import EventType, WebhookEvent, WebhookNotifier
 from media_server.workers import WorkerPool
 
 log = logging.getLogger("kuzet")
@@ -37,13 +39,20 @@ class Metrics:
 
     def __post_init__(self) -> None:
         self.requests = Counter(
-            "kuzet_http_requests_total", "HTTP requests", ["method", "route", "status"], registry=self.registry
+            "kuzet_http_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
         )
         self.latency = Histogram(
             "kuzet_http_request_seconds", "HTTP request latency", ["method", "route"], registry=self.registry
         )
-        self.verdicts = Counter("kuzet_verdicts_total", "Verdicts written", ["decision"], registry=self.registry)
-        self.spooled = Counter("kuzet_evidence_spooled_total", "Artifacts spooled locally", registry=self.registry)
+        self.verdicts = Counter(
+            "kuzet_verdicts_total", "Verdicts written", ["decision"], registry=self.registry
+        )
+        self.spooled = Counter(
+            "kuzet_evidence_spooled_total", "Artifacts spooled locally", registry=self.registry
+        )
 
 
 @dataclass
@@ -57,6 +66,7 @@ class Services:
     store: EvidenceStore
     workers: WorkerPool
     metrics: Metrics
+    notifier: WebhookNotifier
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -76,6 +86,7 @@ def build_services(settings: Settings) -> Services:
         store=build_store(settings),
         workers=WorkerPool(settings),
         metrics=Metrics(),
+        notifier=WebhookNotifier(settings.webhooks),
     )
 
 
@@ -90,6 +101,31 @@ async def _flush_spool_forever(services: Services) -> None:
             log.exception("spool flush failed; will retry")
 
 
+def _link_deliverer(services: Services) -> Callable[[IssuedSession], Awaitable[None]]:
+    """One-time links go to the agency's SMS/push gateway through the webhook (it holds the phone numbers)."""
+
+    async def deliver(issued: IssuedSession) -> None:
+        event = WebhookEvent(
+            EventType.CHECKIN_DUE,
+            {
+                "session_id": issued.session_id,
+                "person_id": issued.person_id,
+                "kind": issued.kind.value,
+                "window_start": issued.window_start.isoformat(),
+                "window_end": issued.window_end.isoformat(),
+                "checkin_path": f"/checkin/{issued.token}",
+            },
+        )
+        if services.notifier.enabled:
+            services.notifier.submit(event)
+        else:
+            log.warning(
+                "no webhook configured: check-in link not delivered", extra={"session_id": issued.session_id}
+            )
+
+    return deliver
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """The ASGI app. Resources are created in the lifespan, so importing this is cheap."""
     settings = settings or Settings()
@@ -100,6 +136,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = await asyncio.to_thread(build_services, settings)
         app.state.services = services
         services.background.append(asyncio.create_task(_flush_spool_forever(services)))
+        services.background.append(
+            asyncio.create_task(
+                run_scheduler(
+                    services.sessions,
+                    settings.schedules,
+                    seed_key=derive_seed_key(services.keys.secret_key),
+                    deliver=_link_deliverer(services),
+                    notifier=services.notifier,
+                )
+            )
+        )
         for hook in app.state.startup_hooks:
             await hook(services)
         log.info("kuzet ready", extra={"database": services.engine.url.get_backend_name()})
@@ -110,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 task.cancel()
             for hook in app.state.shutdown_hooks:
                 await hook(services)
+            await services.notifier.aclose()
             services.workers.shutdown()
             services.engine.dispose()
 
@@ -148,7 +196,9 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse(
-            {"error": "http_error", "message": str(exc.detail)}, status_code=exc.status_code, headers=exc.headers
+            {"error": "http_error", "message": str(exc.detail)},
+            status_code=exc.status_code,
+            headers=exc.headers,
         )
 
 
@@ -156,7 +206,9 @@ def _install_middleware(app: FastAPI, settings: Settings) -> None:
     limit = settings.evidence.max_upload_bytes
 
     @app.middleware("http")
-    async def guard_and_measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def guard_and_measure(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         length = request.headers.get("content-length")
         if length is not None:
             if not length.isdigit():

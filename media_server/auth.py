@@ -120,9 +120,10 @@ def authenticate_whip(db: Session, authorization: str | None, max_session_s: flo
         db.add(row)
         db.flush()
         return WhipPrincipal(row.id, row.person_id, "station", device.id, None)
-    row = db.scalars(select(CheckSession).where(CheckSession.token_hash == digest)).one_or_none()
-    if row is None:
+    found = db.scalars(select(CheckSession).where(CheckSession.token_hash == digest)).one_or_none()
+    if found is None:
         raise Unauthorized("unknown check-in link")
+    row = found
     if now < row.window_start:
         raise Unauthorized("this check-in is not open yet")
     if now > row.window_end:

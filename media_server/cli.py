@@ -225,7 +225,8 @@ def station_keygen(out: Path) -> None:
 @click.option("--brac", type=float, required=True, help="Breath alcohol value, in --unit.")
 @click.option("--unit", type=click.Choice(["g/210L", "mg/L"]), default="g/210L", show_default=True)
 @click.option("--photos", "photos", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path), help="JPEG photos taken during the blow (repeat, or list after one --photos).")
+              type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="JPEG photos taken during the blow (repeat, or list after one --photos).")
 @click.option("--calibrated-on", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
               help="Sensor calibration date (default: 30 days ago).")
 @click.option("--replay-nonce", default=None, help="Send this nonce instead of a fresh one (replay demo).")

@@ -33,7 +33,9 @@ def load_or_create(settings: Settings) -> ServiceKeys:
         if name not in stored:
             stored[name] = base64.b64encode(secrets.token_bytes(32)).decode()
             changed = True
-    if changed and not (settings.auth.secret_key.get_secret_value() and settings.auth.template_key.get_secret_value()):
+    if changed and not (
+        settings.auth.secret_key.get_secret_value() and settings.auth.template_key.get_secret_value()
+    ):
         _write_private(path, json.dumps(stored))
     secret = settings.auth.secret_key.get_secret_value() or stored["secret_key"]
     template = settings.auth.template_key.get_secret_value() or stored["template_key"]
@@ -57,5 +59,5 @@ def encrypt_template(key: bytes, plaintext: bytes, person_id: str) -> tuple[byte
 
 
 def decrypt_template(key: bytes, nonce: bytes, ciphertext: bytes, person_id: str) -> bytes:
-    """Inverse of `encrypt_template`; raises cryptography's InvalidTag if altered or moved to another person."""
+    """Inverse of `encrypt_template`; raises InvalidTag if altered or moved to another person."""
     return AESGCM(key).decrypt(nonce, ciphertext, person_id.encode())

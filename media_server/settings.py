@@ -12,6 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from identity.face.config import FaceSettings
+from identity.liveness.config import LivenessSettings
 from identity.pad.config import PadSettings
 from identity.voice.config import VoiceSettings
 from sobriety.config import SobrietySettings
@@ -180,6 +181,7 @@ class Settings(BaseSettings):
     face: FaceSettings = Field(default_factory=FaceSettings)
     voice: VoiceSettings = Field(default_factory=VoiceSettings)
     pad: PadSettings = Field(default_factory=PadSettings)
+    liveness: LivenessSettings = Field(default_factory=LivenessSettings)
     sobriety: SobrietySettings = Field(default_factory=SobrietySettings)
 
     @property

@@ -20,13 +20,13 @@ _hasher = PasswordHasher()
 
 def hash_password(password: str) -> str:
     """argon2id hash of a password."""
-    return _hasher.hash(password)
+    return str(_hasher.hash(password))
 
 
 def check_password(stored_hash: str, password: str) -> bool:
     """True when `password` matches the stored argon2 hash."""
     try:
-        return _hasher.verify(stored_hash, password)
+        return bool(_hasher.verify(stored_hash, password))
     except (VerificationError, InvalidHashError):
         return False
 

@@ -41,6 +41,7 @@ class EventType(StrEnum):
     VERDICT = "verdict"  # a session received its automatic verdict (PASS / FAIL / REVIEW)
     VIOLATION = "violation"  # a FAIL: a missed window, a failed reading, a reviewer's FAIL
     REVIEW = "review"  # a reviewer decided a session
+    CHECKIN_DUE = "checkin_due"  # a window opened: carries the one-time link for the SMS/push gateway
 
 
 @dataclass(frozen=True)

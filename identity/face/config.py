@@ -153,6 +153,13 @@ class FaceSettings(BaseModel):
     session_min_frames: int = Field(
         3, ge=1, le=50, description="Fewest quality-passing frames a session decision needs."
     )
+    session_max_mismatch_fraction: float = Field(
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="A fused PASS becomes INCONCLUSIVE when more than this fraction of good frames are "
+        "individually beyond the FAIL threshold (someone else in part of the session).",
+    )
     duplicate_frame_mad: float = Field(
         1.5,
         ge=0.0,

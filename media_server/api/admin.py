@@ -16,10 +16,11 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from media_server.api.deps import AdminDep, OfficerDep, ReaderDep, ServicesDep
 from media_server.auth import SESSION_COOKIE
 from media_server.db import audit
-from media_server.db.enums import DeviceKind, Role, SessionKind, SessionStatus
-from media_server.db.models import CheckSession, Device, Person, User
+from media_server.db.enums import DeviceKind, Role, SessionKind
+from media_server.db.models import Device, Person, Schedule, User
 from media_server.db.types import utcnow
 from media_server.errors import BadInput, Conflict, NotFoundError, Unauthorized
+from media_server.schedules import parse_rule, request_on_demand, rule_to_json
 from media_server.tokens import check_password, hash_password, new_secret_token, sign_token, token_hash
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
@@ -49,8 +50,14 @@ def login(body: LoginIn, services: ServicesDep, response: Response) -> LoginOut:
         user = db.scalars(select(User).where(User.username == body.username)).one_or_none()
         ok = user is not None and user.active and check_password(user.password_hash, body.password)
         # The failed attempt is committed to the audit log before the 401 goes out.
-        audit.append(db, actor=f"user:{body.username}", action="login" if ok else "login_failed",
-                     subject_type="user", subject_id=user.id if user and ok else None, details={"via": "api"})
+        audit.append(
+            db,
+            actor=f"user:{body.username}",
+            action="login" if ok else "login_failed",
+            subject_type="user",
+            subject_id=user.id if user and ok else None,
+            details={"via": "api"},
+        )
     if not ok or user is None:
         raise Unauthorized("wrong username or password")
     token = sign_token(services.keys.secret_key, user.id, user.role.value, LOGIN_TTL_S)
@@ -72,13 +79,25 @@ def create_user(body: UserIn, services: ServicesDep, who: AdminDep) -> dict[str,
     with services.sessions.begin() as db:
         if body.person_id is not None and db.get(Person, body.person_id) is None:
             raise NotFoundError("no such person")
-        user = User(username=body.username, password_hash=hash_password(body.password), role=body.role, person_id=body.person_id)
+        user = User(
+            username=body.username,
+            password_hash=hash_password(body.password),
+            role=body.role,
+            person_id=body.person_id,
+        )
         db.add(user)
         try:
             db.flush()
         except DbIntegrityError as exc:
             raise Conflict(f"username {body.username!r} is taken") from exc
-        audit.append(db, actor=who.actor, action="user_created", subject_type="user", subject_id=user.id, details={"role": body.role.value})
+        audit.append(
+            db,
+            actor=who.actor,
+            action="user_created",
+            subject_type="user",
+            subject_id=user.id,
+            details={"role": body.role.value},
+        )
         return {"id": user.id, "username": user.username, "role": user.role.value}
 
 
@@ -99,21 +118,35 @@ class PersonIn(_In):
 
 def person_view(p: Person) -> dict[str, Any]:
     """The public fields of a person."""
-    return {"id": p.id, "external_ref": p.external_ref, "display_name": p.display_name, "timezone": p.timezone,
-            "erased": p.erased_at is not None}
+    return {
+        "id": p.id,
+        "external_ref": p.external_ref,
+        "display_name": p.display_name,
+        "timezone": p.timezone,
+        "erased": p.erased_at is not None,
+    }
 
 
 @router.post("/persons", status_code=201)
 def create_person(body: PersonIn, services: ServicesDep, who: OfficerDep) -> dict[str, Any]:
     """Register a person under supervision."""
     with services.sessions.begin() as db:
-        person = Person(external_ref=body.external_ref, display_name=body.display_name, timezone=body.timezone)
+        person = Person(
+            external_ref=body.external_ref, display_name=body.display_name, timezone=body.timezone
+        )
         db.add(person)
         try:
             db.flush()
         except DbIntegrityError as exc:
             raise Conflict(f"a person with external_ref {body.external_ref!r} exists") from exc
-        audit.append(db, actor=who.actor, action="person_created", subject_type="person", subject_id=person.id, details={})
+        audit.append(
+            db,
+            actor=who.actor,
+            action="person_created",
+            subject_type="person",
+            subject_id=person.id,
+            details={},
+        )
         return person_view(person)
 
 
@@ -149,22 +182,33 @@ class DeviceIn(_In):
 
 @router.post("/devices", status_code=201)
 def register_device(body: DeviceIn, services: ServicesDep, who: AdminDep) -> dict[str, Any]:
-    """Register a home station. A breathalyzer needs its public key; an AV station gets a device key, shown once."""
+    """Register a home station: a breathalyzer with its public key; an AV station gets a key, shown once."""
     if body.kind is DeviceKind.BREATHALYZER and body.public_key_b64 is None:
         raise BadInput("a breathalyzer must be registered with its Ed25519 public key")
     device_key = new_secret_token("dk") if body.kind is DeviceKind.AV_STATION else None
     with services.sessions.begin() as db:
         if body.person_id is not None and db.get(Person, body.person_id) is None:
             raise NotFoundError("no such person")
-        device = Device(serial=body.serial, kind=body.kind, person_id=body.person_id, public_key_b64=body.public_key_b64,
-                        key_hash=token_hash(device_key) if device_key else None)
+        device = Device(
+            serial=body.serial,
+            kind=body.kind,
+            person_id=body.person_id,
+            public_key_b64=body.public_key_b64,
+            key_hash=token_hash(device_key) if device_key else None,
+        )
         db.add(device)
         try:
             db.flush()
         except DbIntegrityError as exc:
             raise Conflict(f"device {body.serial!r} is already registered") from exc
-        audit.append(db, actor=who.actor, action="device_registered", subject_type="device", subject_id=device.id,
-                     details={"kind": body.kind.value, "serial": body.serial})
+        audit.append(
+            db,
+            actor=who.actor,
+            action="device_registered",
+            subject_type="device",
+            subject_id=device.id,
+            details={"kind": body.kind.value, "serial": body.serial},
+        )
         out: dict[str, Any] = {"id": device.id, "serial": device.serial, "kind": device.kind.value}
     if device_key:
         out["device_key"] = device_key
@@ -177,20 +221,65 @@ class CheckinIn(_In):
 
 
 @router.post("/persons/{person_id}/checkins", status_code=201)
-def request_checkin(person_id: str, body: CheckinIn, services: ServicesDep, who: OfficerDep) -> dict[str, Any]:
+def request_checkin(
+    person_id: str, body: CheckinIn, services: ServicesDep, who: OfficerDep
+) -> dict[str, Any]:
     """An on-demand test: opens a window now and returns the one-time check-in link (shown once)."""
-    token = new_secret_token("ck")
-    now = utcnow()
+    with services.sessions.begin() as db:
+        try:
+            issued = request_on_demand(
+                db,
+                person_id=person_id,
+                kind=body.kind,
+                now=utcnow(),
+                duration=timedelta(minutes=body.window_minutes),
+                requested_by=who.actor,
+            )
+        except LookupError as exc:
+            raise NotFoundError("no such person") from exc
+    return {
+        "session_id": issued.session_id,
+        "token": issued.token,
+        "url": f"/checkin/{issued.token}",
+        "window_end": issued.window_end.isoformat(),
+    }
+
+
+class ScheduleIn(_In):
+    kind: SessionKind = SessionKind.CHECKIN
+    rule: dict[str, Any] = Field(description="daily / random / on_demand rule (see media_server.schedules).")
+
+
+@router.post("/persons/{person_id}/schedules", status_code=201)
+def create_schedule(
+    person_id: str, body: ScheduleIn, services: ServicesDep, who: OfficerDep
+) -> dict[str, Any]:
+    """Fixed daily windows or random tests, read in the person's time zone."""
+    try:
+        rule = rule_to_json(parse_rule(body.rule))
+    except (ValueError, TypeError) as exc:
+        raise BadInput(f"invalid schedule rule: {exc}") from exc
     with services.sessions.begin() as db:
         person = db.get(Person, person_id)
         if person is None or person.erased_at is not None:
             raise NotFoundError("no such person")
-        row = CheckSession(person_id=person_id, kind=body.kind, status=SessionStatus.SCHEDULED, window_start=now,
-                           window_end=now + timedelta(minutes=body.window_minutes), token_hash=token_hash(token),
-                           meta={"requested_by": who.user_id, "on_demand": True})
+        row = Schedule(
+            person_id=person_id, kind=body.kind, rule=rule, timezone=person.timezone, created_by=who.user_id
+        )
         db.add(row)
         db.flush()
-        audit.append(db, actor=who.actor, action="checkin_requested", subject_type="session", subject_id=row.id,
-                     details={"window_minutes": body.window_minutes})
-        return {"session_id": row.id, "token": token, "url": f"/checkin/{token}",
-                "window_end": row.window_end.isoformat()}
+        audit.append(
+            db,
+            actor=who.actor,
+            action="schedule_created",
+            subject_type="schedule",
+            subject_id=row.id,
+            details={"kind": body.kind.value, "rule": rule},
+        )
+        return {
+            "id": row.id,
+            "person_id": person_id,
+            "kind": row.kind.value,
+            "rule": rule,
+            "timezone": row.timezone,
+        }

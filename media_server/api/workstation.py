@@ -63,14 +63,33 @@ def login_form(request: Request) -> HTMLResponse:
 
 @router.post("/login", response_model=None)
 def login_submit(
-    request: Request, services: ServicesDep, username: str = Form(max_length=64), password: str = Form(max_length=256)
+    request: Request,
+    services: ServicesDep,
+    username: str = Form(max_length=64),
+    password: str = Form(max_length=256),
 ) -> Response:
     with services.sessions.begin() as db:
         user = db.scalars(select(User).where(User.username == username)).one_or_none()
         if user is None or not user.active or not check_password(user.password_hash, password):
-            audit.append(db, actor=f"user:{username}", action="login_failed", subject_type="user", subject_id=None, details={"via": "workstation"})
-            return _page(request, "login.html", None, error="wrong username or password / неверный логин или пароль")
-        audit.append(db, actor=f"user:{user.username}", action="login", subject_type="user", subject_id=user.id, details={"via": "workstation"})
+            audit.append(
+                db,
+                actor=f"user:{username}",
+                action="login_failed",
+                subject_type="user",
+                subject_id=None,
+                details={"via": "workstation"},
+            )
+            return _page(
+                request, "login.html", None, error="wrong username or password / неверный логин или пароль"
+            )
+        audit.append(
+            db,
+            actor=f"user:{user.username}",
+            action="login",
+            subject_type="user",
+            subject_id=user.id,
+            details={"via": "workstation"},
+        )
         token = sign_token(services.keys.secret_key, user.id, user.role.value, LOGIN_TTL_S)
     response = RedirectResponse(f"/ws/queue?lang={_lang(request)}", status_code=303)
     response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", max_age=LOGIN_TTL_S)
@@ -97,8 +116,12 @@ def flagged_sessions(db: Any) -> list[dict[str, Any]]:
     latest: dict[str, dict[str, Any]] = {}
     for verdict, session, person in rows:
         latest[session.id] = {
-            "session_id": session.id, "person": person.display_name, "kind": session.kind.value,
-            "decision": verdict.decision.value, "reasons": verdict.reasons, "created_at": verdict.created_at,
+            "session_id": session.id,
+            "person": person.display_name,
+            "kind": session.kind.value,
+            "decision": verdict.decision.value,
+            "reasons": verdict.reasons,
+            "created_at": verdict.created_at,
         }
     return list(latest.values())
 
@@ -123,12 +146,28 @@ def session_detail(session_id: str, request: Request, services: ServicesDep) -> 
         if s is None:
             raise NotFoundError("no such session")
         person = db.get(Person, s.person_id)
-        verdict = db.scalars(select(Verdict).where(Verdict.session_id == s.id).order_by(Verdict.created_at.desc())).first()
-        checks = db.scalars(select(CheckResultRecord).where(CheckResultRecord.session_id == s.id).order_by(CheckResultRecord.created_at)).all()
-        artifacts = db.scalars(select(Artifact).where(Artifact.session_id == s.id).order_by(Artifact.created_at)).all()
-        reviews = db.scalars(select(Review).where(Review.session_id == s.id).order_by(Review.created_at)).all()
-        audit.append(db, actor=who.actor, action="evidence_viewed", subject_type="session", subject_id=s.id,
-                     details={"artifacts": [a.id for a in artifacts]})
+        verdict = db.scalars(
+            select(Verdict).where(Verdict.session_id == s.id).order_by(Verdict.created_at.desc())
+        ).first()
+        checks = db.scalars(
+            select(CheckResultRecord)
+            .where(CheckResultRecord.session_id == s.id)
+            .order_by(CheckResultRecord.created_at)
+        ).all()
+        artifacts = db.scalars(
+            select(Artifact).where(Artifact.session_id == s.id).order_by(Artifact.created_at)
+        ).all()
+        reviews = db.scalars(
+            select(Review).where(Review.session_id == s.id).order_by(Review.created_at)
+        ).all()
+        audit.append(
+            db,
+            actor=who.actor,
+            action="evidence_viewed",
+            subject_type="session",
+            subject_id=s.id,
+            details={"artifacts": [a.id for a in artifacts]},
+        )
         by_kind: dict[ArtifactKind, list[Artifact]] = {}
         for a in artifacts:
             by_kind.setdefault(a.kind, []).append(a)
@@ -136,18 +175,32 @@ def session_detail(session_id: str, request: Request, services: ServicesDep) -> 
         for a in by_kind.get(ArtifactKind.READING, []):
             reading = json.dumps(json.loads(services.store.get_bytes(a.key)), indent=2, ensure_ascii=False)
         return _page(
-            request, "session.html", who, s=s, person=person, verdict=verdict, checks=checks, reviews=reviews,
-            recordings=by_kind.get(ArtifactKind.RECORDING, []), frames=by_kind.get(ArtifactKind.FRAME, []),
-            audio=by_kind.get(ArtifactKind.AUDIO, []), photos=by_kind.get(ArtifactKind.PHOTO, []), reading=reading,
-            can_decide=who.role is Role.REVIEWER, can_export=who.role in (Role.OFFICER, Role.ADMIN, Role.REVIEWER),
+            request,
+            "session.html",
+            who,
+            s=s,
+            person=person,
+            verdict=verdict,
+            checks=checks,
+            reviews=reviews,
+            recordings=by_kind.get(ArtifactKind.RECORDING, []),
+            frames=by_kind.get(ArtifactKind.FRAME, []),
+            audio=by_kind.get(ArtifactKind.AUDIO, []),
+            photos=by_kind.get(ArtifactKind.PHOTO, []),
+            reading=reading,
+            can_decide=who.role is Role.REVIEWER,
+            can_export=who.role in (Role.OFFICER, Role.ADMIN, Role.REVIEWER),
             flash=request.query_params.get("flash"),
         )
 
 
 @router.post("/sessions/{session_id}/decide", response_model=None)
 def decide(
-    session_id: str, request: Request, services: ServicesDep,
-    decision: str = Form(max_length=16), comment: str = Form(max_length=4000),
+    session_id: str,
+    request: Request,
+    services: ServicesDep,
+    decision: str = Form(max_length=16),
+    comment: str = Form(max_length=4000),
 ) -> Response:
     who = _viewer(request)
     if isinstance(who, RedirectResponse):
@@ -162,21 +215,41 @@ def decide(
         raise BadInput("a comment explaining the decision is required")
     record_review(services, who, session_id, chosen, comment.strip())
     t = table(_lang(request))
-    return RedirectResponse(f"/ws/sessions/{session_id}?lang={_lang(request)}&flash={t['decided']}", status_code=303)
+    return RedirectResponse(
+        f"/ws/sessions/{session_id}?lang={_lang(request)}&flash={t['decided']}", status_code=303
+    )
 
 
 def record_review(services: Any, who: Principal, session_id: str, decision: Decision, comment: str) -> str:
     """Store a reviewer's decision on the latest verdict of a session, audited; returns the review id."""
     with services.sessions.begin() as db:
-        verdict = db.scalars(select(Verdict).where(Verdict.session_id == session_id).order_by(Verdict.created_at.desc())).first()
+        verdict = db.scalars(
+            select(Verdict).where(Verdict.session_id == session_id).order_by(Verdict.created_at.desc())
+        ).first()
         if verdict is None:
             raise NotFoundError("this session has no verdict to review yet")
-        review = Review(session_id=session_id, verdict_id=verdict.id, reviewer_id=who.user_id, decision=decision, comment=comment)
+        review = Review(
+            session_id=session_id,
+            verdict_id=verdict.id,
+            reviewer_id=who.user_id,
+            decision=decision,
+            comment=comment,
+        )
         db.add(review)
         db.flush()
-        audit.append(db, actor=who.actor, action="review_decided", subject_type="session", subject_id=session_id,
-                     details={"review_id": review.id, "verdict_id": verdict.id, "decision": decision.value,
-                              "comment_sha256": hashlib.sha256(comment.encode()).hexdigest()})
+        audit.append(
+            db,
+            actor=who.actor,
+            action="review_decided",
+            subject_type="session",
+            subject_id=session_id,
+            details={
+                "review_id": review.id,
+                "verdict_id": verdict.id,
+                "decision": decision.value,
+                "comment_sha256": hashlib.sha256(comment.encode()).hexdigest(),
+            },
+        )
         return review.id
 
 
@@ -189,8 +262,14 @@ def artifact(artifact_id: str, request: Request, services: ServicesDep) -> Respo
         a = db.get(Artifact, artifact_id)
         if a is None:
             raise NotFoundError("no such artifact")
-        audit.append(db, actor=who.actor, action="evidence_viewed", subject_type="artifact", subject_id=a.id,
-                     details={"session_id": a.session_id, "kind": a.kind.value, "sha256": a.sha256})
+        audit.append(
+            db,
+            actor=who.actor,
+            action="evidence_viewed",
+            subject_type="artifact",
+            subject_id=a.id,
+            details={"session_id": a.session_id, "kind": a.kind.value, "sha256": a.sha256},
+        )
         key, content_type = a.key, a.content_type
     f = services.store.open_verified(key)
 

@@ -42,13 +42,18 @@ class FrameAdvisor:
         self._local = threading.local()
 
     def _cascade(self) -> Any:
-        cascade = getattr(self._local, "cascade", None)
-        if cascade is None:
+        if not hasattr(self._local, "cascade"):
             import cv2
 
-            cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+            cascade = None
+            # OpenCV 5 dropped the bundled cascades: then the face hint is simply not given.
+            data_dir = getattr(getattr(cv2, "data", None), "haarcascades", None)
+            if data_dir is not None:
+                cascade = cv2.CascadeClassifier(data_dir + "haarcascade_frontalface_default.xml")
+                if cascade.empty():
+                    cascade = None
             self._local.cascade = cascade
-        return cascade
+        return self._local.cascade
 
     def advise(self, rgb: npt.NDArray[np.uint8]) -> FeedbackCode:
         """One hint for an rgb uint8 HxWx3 frame (worst problem first)."""
@@ -60,10 +65,13 @@ class FrameAdvisor:
             return FeedbackCode.TOO_DARK
         if luma > self._limits.bright_luma:
             return FeedbackCode.TOO_BRIGHT
+        cascade = self._cascade()
+        if cascade is None:
+            return FeedbackCode.OK
         scale = min(1.0, _DETECT_WIDTH_PX / gray.shape[1])
         small = cv2.resize(gray, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA) if scale < 1 else gray
         min_side = max(12, int(self._limits.min_face_px * scale))
-        faces = self._cascade().detectMultiScale(
+        faces = cascade.detectMultiScale(
             cv2.equalizeHist(small), scaleFactor=1.15, minNeighbors=5, minSize=(min_side, min_side)
         )
         if len(faces) == 0:

@@ -51,6 +51,13 @@ def api(settings: Settings) -> Iterator[Api]:
                 user = User(username=role.value, password_hash=hash_password(PASSWORD), role=role)
                 db.add(user)
                 db.flush()
-                audit.append(db, actor="test", action="user_created", subject_type="user", subject_id=user.id, details={})
+                audit.append(
+                    db,
+                    actor="test",
+                    action="user_created",
+                    subject_type="user",
+                    subject_id=user.id,
+                    details={},
+                )
         client.cookies.clear()
         yield Api(client=client, services=services, settings=settings)

@@ -32,35 +32,64 @@ def test_login_wrong_password_is_401_and_audited(api: Api) -> None:
 
 def test_person_device_and_checkin_flow(api: Api) -> None:
     officer = api.as_(Role.OFFICER)
-    r = api.client.post("/api/v1/persons", json={"external_ref": "KZ-1", "display_name": "Test Person"}, headers=officer)
+    r = api.client.post(
+        "/api/v1/persons", json={"external_ref": "KZ-1", "display_name": "Test Person"}, headers=officer
+    )
     assert r.status_code == 201, r.text
     person_id = r.json()["id"]
-    assert api.client.post("/api/v1/persons", json={"external_ref": "KZ-1", "display_name": "Dup"}, headers=officer).status_code == 409
+    assert (
+        api.client.post(
+            "/api/v1/persons", json={"external_ref": "KZ-1", "display_name": "Dup"}, headers=officer
+        ).status_code
+        == 409
+    )
     r = api.client.post(f"/api/v1/persons/{person_id}/checkins", json={"window_minutes": 15}, headers=officer)
     assert r.status_code == 201
     assert r.json()["url"].startswith("/checkin/ck_")
     admin = api.as_(Role.ADMIN)
-    r = api.client.post("/api/v1/devices", json={"serial": "AV-1", "kind": "av_station", "person_id": person_id}, headers=admin)
+    r = api.client.post(
+        "/api/v1/devices",
+        json={"serial": "AV-1", "kind": "av_station", "person_id": person_id},
+        headers=admin,
+    )
     assert r.status_code == 201 and r.json()["device_key"].startswith("dk_")
     r = api.client.post("/api/v1/devices", json={"serial": "BR-1", "kind": "breathalyzer"}, headers=admin)
     assert r.status_code == 400 and "public key" in r.json()["message"]
-    r = api.client.post("/api/v1/devices", json={"serial": "BR-1", "kind": "breathalyzer", "public_key_b64": "AAAA"}, headers=admin)
+    r = api.client.post(
+        "/api/v1/devices",
+        json={"serial": "BR-1", "kind": "breathalyzer", "public_key_b64": "AAAA"},
+        headers=admin,
+    )
     assert r.status_code == 422 and "32 bytes" in r.json()["message"]
 
 
 @pytest.mark.parametrize(
     ("role", "method", "path", "body", "allowed"),
     [
-        (Role.OFFICER, "post", "/api/v1/users", {"username": "newuser", "password": "long-enough-pw", "role": "officer"}, False),
+        (
+            Role.OFFICER,
+            "post",
+            "/api/v1/users",
+            {"username": "newuser", "password": "long-enough-pw", "role": "officer"},
+            False,
+        ),
         (Role.REVIEWER, "post", "/api/v1/persons", {"external_ref": "R1", "display_name": "X"}, False),
         (Role.AUDITOR, "post", "/api/v1/persons", {"external_ref": "A1", "display_name": "X"}, False),
         (Role.PERSON, "post", "/api/v1/persons", {"external_ref": "P1", "display_name": "X"}, False),
         (Role.DEVICE, "post", "/api/v1/devices", {"serial": "D1", "kind": "av_station"}, False),
         (Role.OFFICER, "post", "/api/v1/devices", {"serial": "D2", "kind": "av_station"}, False),
-        (Role.ADMIN, "post", "/api/v1/users", {"username": "newuser2", "password": "long-enough-pw", "role": "reviewer"}, True),
+        (
+            Role.ADMIN,
+            "post",
+            "/api/v1/users",
+            {"username": "newuser2", "password": "long-enough-pw", "role": "reviewer"},
+            True,
+        ),
     ],
 )
-def test_roles_are_enforced(api: Api, role: Role, method: str, path: str, body: dict[str, str], allowed: bool) -> None:
+def test_roles_are_enforced(
+    api: Api, role: Role, method: str, path: str, body: dict[str, str], allowed: bool
+) -> None:
     r = getattr(api.client, method)(path, json=body, headers=api.as_(role))
     if allowed:
         assert r.status_code in (200, 201), r.text
@@ -72,7 +101,12 @@ def test_roles_are_enforced(api: Api, role: Role, method: str, path: str, body: 
 @pytest.mark.parametrize(
     ("method", "path", "kwargs", "status"),
     [
-        ("post", "/api/v1/auth/login", {"content": b"\xff\x00garbage", "headers": {"content-type": "application/json"}}, 400),
+        (
+            "post",
+            "/api/v1/auth/login",
+            {"content": b"\xff\x00garbage", "headers": {"content-type": "application/json"}},
+            400,
+        ),
         ("post", "/api/v1/auth/login", {"json": {"username": "a"}}, 422),
         ("post", "/api/v1/persons", {"json": {"external_ref": "x", "display_name": "y"}}, 401),
         ("post", "/api/v1/persons", {"json": {}, "headers": {"Authorization": "Bearer not.a-token"}}, 401),
@@ -82,7 +116,9 @@ def test_roles_are_enforced(api: Api, role: Role, method: str, path: str, body: 
         ("get", "/no/such/endpoint", {}, 404),
     ],
 )
-def test_bad_input_gets_a_clear_4xx(api: Api, method: str, path: str, kwargs: dict[str, object], status: int) -> None:
+def test_bad_input_gets_a_clear_4xx(
+    api: Api, method: str, path: str, kwargs: dict[str, object], status: int
+) -> None:
     r = getattr(api.client, method)(path, **kwargs)
     assert r.status_code == status
     body = r.json()
@@ -102,6 +138,23 @@ def test_expired_token_is_refused(api: Api) -> None:
 
 
 def test_unknown_timezone_is_rejected(api: Api) -> None:
-    r = api.client.post("/api/v1/persons", json={"external_ref": "T", "display_name": "T", "timezone": "Mars/Base"},
-                        headers=api.as_(Role.OFFICER))
+    r = api.client.post(
+        "/api/v1/persons",
+        json={"external_ref": "T", "display_name": "T", "timezone": "Mars/Base"},
+        headers=api.as_(Role.OFFICER),
+    )
     assert r.status_code == 422 and "time zone" in r.json()["message"]
+
+
+def test_schedule_creation_and_bad_rule(api: Api) -> None:
+    officer = api.as_(Role.OFFICER)
+    pid = api.client.post("/api/v1/persons", json={"external_ref": "S1", "display_name": "S"}, headers=officer).json()["id"]
+    r = api.client.post(
+        f"/api/v1/persons/{pid}/schedules",
+        json={"rule": {"type": "daily", "start": "09:00", "end": "10:00"}},
+        headers=officer,
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["timezone"] == "Asia/Almaty"
+    r = api.client.post(f"/api/v1/persons/{pid}/schedules", json={"rule": {"type": "weekly"}}, headers=officer)
+    assert r.status_code == 400 and "invalid schedule rule" in r.json()["message"]

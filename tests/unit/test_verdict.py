@@ -6,12 +6,16 @@ STAMP = ModelStamp("dlib_resnet_face_v1", "1.0", "ab" * 32)
 
 
 def result(kind: CheckKind, outcome: Outcome, code: str = "x", threshold: float | None = None) -> CheckResult:
-    return CheckResult(kind, outcome, code, f"{kind.value} {outcome.value}", score=0.3, threshold=threshold, model=STAMP)
+    return CheckResult(
+        kind, outcome, code, f"{kind.value} {outcome.value}", score=0.3, threshold=threshold, model=STAMP
+    )
 
 
 def test_all_required_pass_is_pass_and_records_thresholds_and_models() -> None:
-    v = decide([result(CheckKind.FACE, Outcome.PASS, "match", 0.45), result(CheckKind.PAD, Outcome.PASS)],
-               required=[CheckKind.FACE, CheckKind.PAD])
+    v = decide(
+        [result(CheckKind.FACE, Outcome.PASS, "match", 0.45), result(CheckKind.PAD, Outcome.PASS)],
+        required=[CheckKind.FACE, CheckKind.PAD],
+    )
     assert v.decision is Decision.PASS
     assert v.thresholds == {"face.match": 0.45}
     assert v.models["dlib_resnet_face_v1"]["weights_sha256"] == "ab" * 32
@@ -25,8 +29,13 @@ def test_fail_without_technical_problem_is_fail() -> None:
 
 
 def test_technical_failure_is_never_a_violation() -> None:
-    v = decide([result(CheckKind.FACE, Outcome.FAIL, "mismatch"), result(CheckKind.MEDIA, Outcome.TECHNICAL, "dropped")],
-               required=[CheckKind.FACE])
+    v = decide(
+        [
+            result(CheckKind.FACE, Outcome.FAIL, "mismatch"),
+            result(CheckKind.MEDIA, Outcome.TECHNICAL, "dropped"),
+        ],
+        required=[CheckKind.FACE],
+    )
     assert v.decision is Decision.REVIEW
     assert v.retake_offered
 

@@ -1,0 +1,428 @@
+"""Face verification evaluation on a pairs CSV (img1,img2,same) and calibration-table production.
+
+Protocol (what `kuzet eval face` prints):
+- img1 is the enrolled side (encoded with `enrol_num_jitters`), img2 the probe (flip TTA, no jitter).
+- An image where no face is found at all counts as a failure to enrol/acquire; its pairs get distance
+  +inf (a genuine pair is then rejected, an impostor pair correctly rejected). Quality-gate rejections
+  are counted and reported, but the largest face is still encoded so that the matcher is measured.
+- TAR at FAR x: impostor distances sorted ascending, k = floor(x * n_impostor), threshold t = the
+  (k+1)-th smallest impostor distance (the k-th highest impostor similarity, counting from 0), accept
+  d < t. With 100 impostor pairs, FAR 1% accepts one impostor and FAR 0.1% accepts none: FAR 0.1%
+  then equals the strictest threshold (t = the closest impostor), i.e. "TAR at FAR 0".
+- Accuracy is 2-fold cross-validated: the accuracy-maximising threshold of one half is applied to the
+  other half and the two results averaged, so no threshold is tuned on the pairs it is scored on.
+- EER: the rate where FAR and FRR cross, linearly interpolated over the pooled score thresholds.
+Identity labels for calibration are taken from the image's parent directory (LFW layout).
+"""
+
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from identity.face.calibration import Calibration, build_calibration, load_calibration, threshold_at_fmr
+from identity.face.config import FaceSettings
+from identity.face.decode import DecodedImage, decode_image
+from identity.face.results import Embedding
+
+FARS = (0.01, 0.001)
+FloatArray = npt.NDArray[np.float64]
+
+
+@dataclass(frozen=True, slots=True)
+class Pair:
+    """One row of the pairs CSV: relative image paths and whether they show the same person."""
+
+    img1: str
+    img2: str
+    same: bool
+
+
+@dataclass(slots=True)
+class ImageResult:
+    """Embedding (or None) of one image in one role, its quality code and the time it took (ms)."""
+
+    embedding: Embedding | None
+    code: str
+    ms: float
+
+
+def read_pairs(path: Path, limit: int | None = None) -> list[Pair]:
+    """Parse a CSV with columns img1,img2,same (same in {0,1,true,false}); optional balanced limit."""
+    with path.open(newline="") as f:
+        rows = [
+            Pair(r["img1"].strip(), r["img2"].strip(), r["same"].strip().lower() in ("1", "true", "yes"))
+            for r in csv.DictReader(f)
+        ]
+    if limit is not None:
+        pos = [p for p in rows if p.same][: (limit + 1) // 2]
+        neg = [p for p in rows if not p.same][: limit // 2]
+        rows = pos + neg
+    return rows
+
+
+# ---------------------------------------------------------------------------- metrics
+def tar_at_far(distances: FloatArray, same: npt.NDArray[np.bool_], far: float) -> tuple[float, float]:
+    """(TAR, threshold) at a FAR, threshold at the k-th highest impostor score (see module docstring)."""
+    imp = distances[~same]
+    gen = distances[same]
+    t = threshold_at_fmr(imp, far)
+    return float(np.mean(gen < t)), t
+
+
+def eer(distances: FloatArray, same: npt.NDArray[np.bool_]) -> float:
+    """Equal error rate: FAR(t) = FRR(t), interpolated between the two closest thresholds."""
+    finite = distances[np.isfinite(distances)]
+    cands = np.unique(np.concatenate([finite, [np.inf]]))
+    gen, imp = distances[same], distances[~same]
+    far = np.array([np.mean(imp < t) for t in cands])
+    frr = np.array([np.mean(gen >= t) for t in cands])
+    diff = far - frr
+    idx = int(np.argmax(diff >= 0))
+    if idx == 0:
+        return float((far[0] + frr[0]) / 2)
+    a, b = diff[idx - 1], diff[idx]
+    w = a / (a - b) if a != b else 0.5
+    return float((far[idx - 1] + w * (far[idx] - far[idx - 1]) + frr[idx - 1] + w * (frr[idx] - frr[idx - 1])) / 2)
+
+
+def _best_threshold(distances: FloatArray, same: npt.NDArray[np.bool_]) -> float:
+    finite = np.sort(distances[np.isfinite(distances)])
+    if finite.size == 0:
+        return 0.0
+    mids = np.concatenate([[finite[0] - 1e-6], (finite[:-1] + finite[1:]) / 2, [finite[-1] + 1e-6]])
+    acc = [np.mean((distances < t) == same) for t in mids]
+    return float(mids[int(np.argmax(acc))])
+
+
+def accuracy_2fold(distances: FloatArray, same: npt.NDArray[np.bool_]) -> tuple[float, list[float]]:
+    """Cross-validated accuracy: fold = pair index parity within each class; returns (mean, thresholds)."""
+    fold = np.zeros(distances.size, dtype=bool)
+    for cls in (True, False):
+        idx = np.flatnonzero(same == cls)
+        fold[idx[1::2]] = True
+    accs, ts = [], []
+    for test in (fold, ~fold):
+        t = _best_threshold(distances[~test], same[~test])
+        accs.append(float(np.mean((distances[test] < t) == same[test])))
+        ts.append(t)
+    return float(np.mean(accs)), ts
+
+
+def roc_points(distances: FloatArray, same: npt.NDArray[np.bool_]) -> dict[str, list[float]]:
+    """ROC as lists: far, tar and the distance thresholds (accept d < t), for plotting."""
+    finite = np.unique(distances[np.isfinite(distances)])
+    cands = np.concatenate([finite, [np.inf]])
+    gen, imp = distances[same], distances[~same]
+    return {
+        "far": [float(np.mean(imp < t)) for t in cands],
+        "tar": [float(np.mean(gen < t)) for t in cands],
+        "threshold": [float(t) if np.isfinite(t) else 9.0 for t in cands],
+    }
+
+
+def summarise(distances: FloatArray, same: npt.NDArray[np.bool_]) -> dict[str, Any]:
+    """All the printed metrics of one scored pair list."""
+    acc, ts = accuracy_2fold(distances, same)
+    out: dict[str, Any] = {
+        "n_pairs": int(distances.size),
+        "n_genuine": int(same.sum()),
+        "n_impostor": int((~same).sum()),
+        "accuracy_2fold": acc,
+        "accuracy_2fold_thresholds": ts,
+        "eer": eer(distances, same),
+    }
+    for far in FARS:
+        tar, t = tar_at_far(distances, same, far)
+        key = f"{far * 100:g}%"
+        out[f"tar_at_far_{key}"] = tar
+        out[f"threshold_at_far_{key}"] = t
+        out[f"impostors_accepted_at_far_{key}"] = int(np.floor(far * (~same).sum() + 1e-9))
+    return out
+
+
+# ---------------------------------------------------------------------------- running
+def _load(root: Path, rel: str, settings: FaceSettings) -> DecodedImage | None:
+    path = root / rel
+    try:
+        data = path.read_bytes()
+    except OSError:
+        return None
+    decoded = decode_image(data, settings)
+    return decoded if isinstance(decoded, DecodedImage) else None
+
+
+def embed_ours(
+    root: Path, paths: Sequence[str], settings: FaceSettings, models_dir: Path, roles: Sequence[str]
+) -> dict[tuple[str, str], ImageResult]:
+    """Our pipeline's embedding per (path, role); role is "enrol" (jittered) or "probe"."""
+    from identity.face.engine import FaceEngine
+
+    engine = FaceEngine(models_dir, settings, calibration=_calibration_or_none(settings))
+    out: dict[tuple[str, str], ImageResult] = {}
+    for rel in paths:
+        decoded = _load(root, rel, settings)
+        for role in roles:
+            if decoded is None:
+                out[(rel, role)] = ImageResult(None, "image_unreadable", 0.0)
+                continue
+            t0 = time.perf_counter()
+            jit = settings.enrol_num_jitters if role == "enrol" else 0
+            a = engine.analyse(decoded.rgb, num_jitters=jit, encode_rejected=True)
+            out[(rel, role)] = ImageResult(a.embedding, a.quality.code, (time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def embed_baseline(root: Path, paths: Sequence[str]) -> dict[str, ImageResult]:
+    """Plain face_recognition: load_image_file + face_encodings (HOG, upsample 1, 5-point, no jitter)."""
+    import face_recognition
+
+    out: dict[str, ImageResult] = {}
+    for rel in paths:
+        t0 = time.perf_counter()
+        try:
+            img = face_recognition.load_image_file(str(root / rel))
+            encs = face_recognition.face_encodings(img)
+        except (OSError, ValueError):
+            encs = []
+        ms = (time.perf_counter() - t0) * 1e3
+        out[rel] = ImageResult(np.asarray(encs[0], dtype=np.float32) if encs else None, "ok" if encs else "no_face", ms)
+    return out
+
+
+def _calibration_or_none(settings: FaceSettings) -> Calibration | None:
+    try:
+        return load_calibration(settings.calibration_path)
+    except ValueError:
+        return None
+
+
+def _placeholder_calibration() -> Calibration:
+    return Calibration(
+        dataset="placeholder",
+        n_genuine=0,
+        n_impostor=0,
+        date="",
+        scoring={},
+        model={},
+        fmr_table=[(0.1, 0.1)],
+        false_fail_table=[(0.1, 0.2)],
+    )
+
+
+def score_pairs(
+    pairs: Sequence[Pair], dist: Callable[[str, str], float | None]
+) -> tuple[FloatArray, npt.NDArray[np.bool_]]:
+    """Distances (inf where either image failed) and labels for the pairs."""
+    d = np.array([(lambda v: np.inf if v is None else v)(dist(p.img1, p.img2)) for p in pairs], dtype=np.float64)
+    return d, np.array([p.same for p in pairs], dtype=bool)
+
+
+def _cos(a: Embedding | None, b: Embedding | None) -> float | None:
+    if a is None or b is None:
+        return None
+    return float(1.0 - float(np.dot(a.astype(np.float64), b.astype(np.float64))))
+
+
+def evaluate(
+    pairs_csv: Path,
+    root: Path,
+    settings: FaceSettings,
+    models_dir: Path,
+    *,
+    baseline: bool = False,
+    all_pairs: bool = False,
+    limit: int | None = None,
+    write_calibration: Path | None = None,
+) -> dict[str, Any]:
+    """Run the evaluation and return a JSON-able report (see the module docstring for the protocol)."""
+    pairs = read_pairs(pairs_csv, limit)
+    enrol_paths = sorted({p.img1 for p in pairs})
+    probe_paths = sorted({p.img2 for p in pairs})
+    every = sorted(set(enrol_paths) | set(probe_paths))
+    need_both = all_pairs or write_calibration is not None
+    t0 = time.perf_counter()
+    ours: dict[tuple[str, str], ImageResult] = {}
+    for rel in every:
+        roles = ["enrol", "probe"] if need_both else [r for r, ps in (("enrol", enrol_paths), ("probe", probe_paths)) if rel in ps]
+        ours.update(embed_ours(root, [rel], settings, models_dir, roles) if False else {})
+    ours = _embed_all(root, every, enrol_paths, probe_paths, settings, models_dir, need_both)
+    wall = time.perf_counter() - t0
+    d, same = score_pairs(pairs, lambda a, b: _cos(ours[(a, "enrol")].embedding, ours[(b, "probe")].embedding))
+    failed = {rel for (rel, _), r in ours.items() if r.embedding is None}
+    gate = Counter(r.code for (rel, role), r in ours.items() if role == ("enrol" if (rel, "enrol") in ours else "probe"))
+    report: dict[str, Any] = {
+        "dataset": {"pairs_csv": str(pairs_csv), "root": str(root), "n_images": len(every)},
+        "protocol": "img1 enrolled (jittered), img2 probe; TAR@FAR threshold = (k+1)-th smallest impostor "
+        "distance with k = floor(FAR * n_impostor), accept d < t; accuracy 2-fold cross-validated",
+        "pipeline": {
+            "score": "cosine distance of L2-normalised embeddings",
+            "landmark_model": settings.landmark_model.value,
+            "enrol_num_jitters": settings.enrol_num_jitters,
+            "flip_tta": settings.flip_tta,
+            "cnn_fallback": settings.cnn_fallback,
+            "hog_upsample": settings.hog_upsample,
+        },
+        "metrics": summarise(d, same),
+        "failure_to_enrol_rate": len(failed) / max(len(every), 1),
+        "failed_images": sorted(failed),
+        "gate_codes": dict(gate),
+        "ms_per_image": {
+            role: float(np.mean([r.ms for (_, ro), r in ours.items() if ro == role] or [0.0]))
+            for role in ("enrol", "probe")
+        },
+        "wall_s": wall,
+        "roc": roc_points(d, same),
+        "scores": [{"img1": p.img1, "img2": p.img2, "same": p.same, "distance": float(x)} for p, x in zip(pairs, d, strict=True)],
+    }
+    cal = _calibration_or_none(settings)
+    if cal is not None:
+        th = cal.thresholds(settings.target_fmr, settings.target_false_fail_rate)
+        accept = d < th.pass_below
+        report["calibrated"] = {
+            "calibration_dataset": cal.dataset,
+            "calibration_n_impostor": cal.n_impostor,
+            "target_fmr": settings.target_fmr,
+            "pass_below": th.pass_below,
+            "fail_above": th.fail_above,
+            "tar": float(np.mean(accept[same])),
+            "far": float(np.mean(accept[~same])),
+            "accuracy": float(np.mean(accept == same)),
+            "decided_fail_genuine": int(np.sum(d[same] > th.fail_above)),
+            "inconclusive": int(np.sum((d >= th.pass_below) & (d <= th.fail_above))),
+        }
+    if need_both:
+        gd, idd = _all_pairs(every, ours)
+        report["all_pairs"] = summarise(np.concatenate([gd, idd]), np.concatenate([np.ones(gd.size, bool), np.zeros(idd.size, bool)]))
+        if write_calibration is not None:
+            from identity.face.engine import FaceEngine  # noqa: F401  (stamp comes from the manifest)
+            from identity.models import load_manifest
+
+            entry = load_manifest()["dlib_resnet_face_v1"]
+            new = build_calibration(
+                gd,
+                idd,
+                dataset=f"{pairs_csv.name} images under {root.name}/ (all same/cross-identity pairs, identity = parent dir)",
+                scoring=report["pipeline"],
+                model=entry.stamp().to_dict(),
+                notes="Measured on the LFW dev fold-1 images: the same images the eval pairs use, so eval "
+                "figures at this calibration's thresholds are not a generalisation estimate.",
+            )
+            write_calibration.write_text(new.to_json())
+            report["calibration_written"] = str(write_calibration)
+    if baseline:
+        t1 = time.perf_counter()
+        base = embed_baseline(root, every)
+        bd, _ = score_pairs(
+            pairs,
+            lambda a, b: None
+            if base[a].embedding is None or base[b].embedding is None
+            else float(np.linalg.norm(base[a].embedding - base[b].embedding)),  # type: ignore[operator]
+        )
+        report["baseline"] = {
+            "pipeline": "face_recognition.face_encodings(load_image_file(path))[0], euclidean distance",
+            "metrics": summarise(bd, same),
+            "failure_to_enrol_rate": sum(r.embedding is None for r in base.values()) / max(len(base), 1),
+            "ms_per_image": float(np.mean([r.ms for r in base.values()])),
+            "wall_s": time.perf_counter() - t1,
+            "roc": roc_points(bd, same),
+        }
+    return report
+
+
+def _embed_all(
+    root: Path,
+    every: Sequence[str],
+    enrol_paths: Sequence[str],
+    probe_paths: Sequence[str],
+    settings: FaceSettings,
+    models_dir: Path,
+    need_both: bool,
+) -> dict[tuple[str, str], ImageResult]:
+    from identity.face.engine import FaceEngine
+
+    engine = FaceEngine(models_dir, settings, calibration=_calibration_or_none(settings) or _placeholder_calibration())
+    enrol_set, probe_set = set(enrol_paths), set(probe_paths)
+    out: dict[tuple[str, str], ImageResult] = {}
+    for rel in every:
+        decoded = _load(root, rel, settings)
+        for role, members in (("enrol", enrol_set), ("probe", probe_set)):
+            if not need_both and rel not in members:
+                continue
+            if decoded is None:
+                out[(rel, role)] = ImageResult(None, "image_unreadable", 0.0)
+                continue
+            t0 = time.perf_counter()
+            jit = settings.enrol_num_jitters if role == "enrol" else 0
+            a = engine.analyse(decoded.rgb, num_jitters=jit, encode_rejected=True)
+            out[(rel, role)] = ImageResult(a.embedding, a.quality.code, (time.perf_counter() - t0) * 1e3)
+    return out
+
+
+def _all_pairs(
+    every: Sequence[str], ours: dict[tuple[str, str], ImageResult]
+) -> tuple[FloatArray, FloatArray]:
+    """Genuine and impostor distances over all unordered image pairs (enrol side = first in sort order)."""
+    ident = [Path(p).parent.name for p in every]
+    gen: list[float] = []
+    imp: list[float] = []
+    for i in range(len(every)):
+        a = ours[(every[i], "enrol")].embedding
+        for j in range(i + 1, len(every)):
+            b = ours[(every[j], "probe")].embedding
+            d = _cos(a, b)
+            (gen if ident[i] == ident[j] else imp).append(np.inf if d is None else d)
+    return np.array(gen, dtype=np.float64), np.array(imp, dtype=np.float64)
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """Human-readable lines of a report."""
+    m = report["metrics"]
+    lines = [
+        f"pairs: {m['n_pairs']} ({m['n_genuine']} genuine, {m['n_impostor']} impostor), images: {report['dataset']['n_images']}",
+        f"pipeline: {report['pipeline']}",
+        "ours:",
+        *_metric_lines(m),
+        f"  failure-to-enrol rate: {report['failure_to_enrol_rate']:.4f}  gate codes: {report['gate_codes']}",
+        f"  ms/image: enrol {report['ms_per_image']['enrol']:.1f}, probe {report['ms_per_image']['probe']:.1f}"
+        f"  (wall {report['wall_s']:.1f} s)",
+    ]
+    if "calibrated" in report:
+        c = report["calibrated"]
+        lines.append(
+            f"  at calibrated threshold (target FMR {c['target_fmr']:g}, d < {c['pass_below']:.4f}; calibration "
+            f"from {c['calibration_n_impostor']} impostor pairs of the same images): TAR {c['tar']:.3f}, "
+            f"FAR {c['far']:.3f}, accuracy {c['accuracy']:.3f}, inconclusive {c['inconclusive']}"
+        )
+    if "all_pairs" in report:
+        a = report["all_pairs"]
+        lines += [f"all pairs of these images ({a['n_genuine']} genuine, {a['n_impostor']} impostor):", *_metric_lines(a)]
+    if "calibration_written" in report:
+        lines.append(f"calibration written to {report['calibration_written']}")
+    if "baseline" in report:
+        b = report["baseline"]
+        lines += [
+            "baseline (plain face_recognition):",
+            *_metric_lines(b["metrics"]),
+            f"  failure-to-enrol rate: {b['failure_to_enrol_rate']:.4f}",
+            f"  ms/image: {b['ms_per_image']:.1f}  (wall {b['wall_s']:.1f} s)",
+        ]
+    return "\n".join(lines)
+
+
+def _metric_lines(m: dict[str, Any]) -> list[str]:
+    return [
+        f"  accuracy (2-fold CV): {m['accuracy_2fold']:.4f}   EER: {m['eer']:.4f}",
+        f"  TAR @ FAR 1%:   {m['tar_at_far_1%']:.4f}  (threshold d < {m['threshold_at_far_1%']:.4f}, "
+        f"{m['impostors_accepted_at_far_1%']} impostor(s) accepted)",
+        f"  TAR @ FAR 0.1%: {m['tar_at_far_0.1%']:.4f}  (threshold d < {m['threshold_at_far_0.1%']:.4f}, "
+        f"{m['impostors_accepted_at_far_0.1%']} impostor(s) accepted)",
+    ]
