@@ -153,6 +153,32 @@ def eval_pad(root: Path, as_json: bool) -> None:
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
 
 
+@eval_group.command("face")
+@click.option("--pairs", "pairs_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
+              help="CSV with columns img1,img2,same (paths relative to --root).")
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (with per-pair scores and ROC).")
+@click.option("--baseline", is_flag=True, help="Also run plain face_recognition on the same pairs.")
+@click.option("--all-pairs", is_flag=True, help="Also score every image pair (identity = parent directory).")
+@click.option("--limit", type=int, default=None, help="Use only the first N pairs (half genuine, half impostor).")
+@click.option("--write-calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Write the FMR calibration table measured on all image pairs to this JSON file.")
+def eval_face(pairs_csv: Path, root: Path, as_json: bool, baseline: bool, all_pairs: bool, limit: int | None,
+              write_calibration: Path | None) -> None:
+    """Face verification on a pairs CSV: accuracy, TAR at FAR 1%/0.1%, EER, failure-to-enrol, ms/image."""
+    from identity.face.evaluate import evaluate, format_report
+    from identity.models import ModelError
+
+    settings = Settings()
+    try:
+        report = evaluate(pairs_csv, root, settings.face, settings.models.dir, baseline=baseline,
+                          all_pairs=all_pairs, limit=limit, write_calibration=write_calibration)
+    except ModelError as exc:
+        click.echo(f"{exc}\nrun `kuzet models verify` (face weights ship in face_recognition_models)", err=True)
+        sys.exit(1)
+    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
 @main.group()
 def station() -> None:
     """Home station clients (AV station, breathalyzer simulator)."""

@@ -160,27 +160,6 @@ def _load(root: Path, rel: str, settings: FaceSettings) -> DecodedImage | None:
     return decoded if isinstance(decoded, DecodedImage) else None
 
 
-def embed_ours(
-    root: Path, paths: Sequence[str], settings: FaceSettings, models_dir: Path, roles: Sequence[str]
-) -> dict[tuple[str, str], ImageResult]:
-    """Our pipeline's embedding per (path, role); role is "enrol" (jittered) or "probe"."""
-    from identity.face.engine import FaceEngine
-
-    engine = FaceEngine(models_dir, settings, calibration=_calibration_or_none(settings))
-    out: dict[tuple[str, str], ImageResult] = {}
-    for rel in paths:
-        decoded = _load(root, rel, settings)
-        for role in roles:
-            if decoded is None:
-                out[(rel, role)] = ImageResult(None, "image_unreadable", 0.0)
-                continue
-            t0 = time.perf_counter()
-            jit = settings.enrol_num_jitters if role == "enrol" else 0
-            a = engine.analyse(decoded.rgb, num_jitters=jit, encode_rejected=True)
-            out[(rel, role)] = ImageResult(a.embedding, a.quality.code, (time.perf_counter() - t0) * 1e3)
-    return out
-
-
 def embed_baseline(root: Path, paths: Sequence[str]) -> dict[str, ImageResult]:
     """Plain face_recognition: load_image_file + face_encodings (HOG, upsample 1, 5-point, no jitter)."""
     import face_recognition
@@ -250,15 +229,11 @@ def evaluate(
     every = sorted(set(enrol_paths) | set(probe_paths))
     need_both = all_pairs or write_calibration is not None
     t0 = time.perf_counter()
-    ours: dict[tuple[str, str], ImageResult] = {}
-    for rel in every:
-        roles = ["enrol", "probe"] if need_both else [r for r, ps in (("enrol", enrol_paths), ("probe", probe_paths)) if rel in ps]
-        ours.update(embed_ours(root, [rel], settings, models_dir, roles) if False else {})
     ours = _embed_all(root, every, enrol_paths, probe_paths, settings, models_dir, need_both)
     wall = time.perf_counter() - t0
     d, same = score_pairs(pairs, lambda a, b: _cos(ours[(a, "enrol")].embedding, ours[(b, "probe")].embedding))
     failed = {rel for (rel, _), r in ours.items() if r.embedding is None}
-    gate = Counter(r.code for (rel, role), r in ours.items() if role == ("enrol" if (rel, "enrol") in ours else "probe"))
+    gate = Counter((ours.get((rel, "probe")) or ours[(rel, "enrol")]).code for rel in every)
     report: dict[str, Any] = {
         "dataset": {"pairs_csv": str(pairs_csv), "root": str(root), "n_images": len(every)},
         "protocol": "img1 enrolled (jittered), img2 probe; TAR@FAR threshold = (k+1)-th smallest impostor "
@@ -303,7 +278,6 @@ def evaluate(
         gd, idd = _all_pairs(every, ours)
         report["all_pairs"] = summarise(np.concatenate([gd, idd]), np.concatenate([np.ones(gd.size, bool), np.zeros(idd.size, bool)]))
         if write_calibration is not None:
-            from identity.face.engine import FaceEngine  # noqa: F401  (stamp comes from the manifest)
             from identity.models import load_manifest
 
             entry = load_manifest()["dlib_resnet_face_v1"]

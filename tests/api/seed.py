@@ -92,10 +92,10 @@ def _face_box(rgb: Any) -> dict[str, float]:
         raise RuntimeError("OpenCV found no face on the astronaut frame")
     x, y, fw, fh = max(faces, key=lambda f: int(f[2]) * int(f[3]))
     return {
-        "left_pct": round(100.0 * x / w, 2),
-        "top_pct": round(100.0 * y / h, 2),
-        "width_pct": round(100.0 * fw / w, 2),
-        "height_pct": round(100.0 * fh / h, 2),
+        "left_pct": round(100.0 * float(x) / w, 2),
+        "top_pct": round(100.0 * float(y) / h, 2),
+        "width_pct": round(100.0 * float(fw) / w, 2),
+        "height_pct": round(100.0 * float(fh) / h, 2),
     }
 
 
