@@ -63,11 +63,12 @@ async def _client(url: str, token: str, seconds: float, report: Any) -> dict[str
         for i in range(FPS)
     ]
 
-    class Video(VideoStreamTrack):
+    class Video(VideoStreamTrack):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self.sent = 0
             self.sending = True
+            self.first_sent = asyncio.Event()
 
         async def recv(self) -> VideoFrame:
             pts, time_base = await self.next_timestamp()
@@ -76,11 +77,14 @@ async def _client(url: str, token: str, seconds: float, report: Any) -> dict[str
             if not self.sending:
                 await asyncio.sleep(3600)  # stop sending; the peer is closed before this returns
             self.sent += 1
+            self.first_sent.set()
             return frame
 
-    tone = (0.2 * 32767 * np.sin(2 * np.pi * 220 * np.arange(AUDIO_SAMPLES * 50) / AUDIO_RATE)).astype(np.int16)
+    tone = (0.2 * 32767 * np.sin(2 * np.pi * 220 * np.arange(AUDIO_SAMPLES * 50) / AUDIO_RATE)).astype(
+        np.int16
+    )
 
-    class Tone(AudioStreamTrack):
+    class Tone(AudioStreamTrack):  # type: ignore[misc]
         def __init__(self) -> None:
             super().__init__()
             self._n = 0
@@ -98,8 +102,7 @@ async def _client(url: str, token: str, seconds: float, report: Any) -> dict[str
     try:
         await client.publish([video, audio])
         await asyncio.wait_for(client.channel_open.wait(), 30)
-        while video.sent == 0:
-            await asyncio.sleep(0.05)
+        await video.first_sent.wait()
         report({"token": token, "event": "started"})
         started = time.monotonic()
         await asyncio.sleep(seconds)
@@ -198,7 +201,9 @@ def run_level(url: str, tokens: Any, sink: StatsSink, n: int, seconds: float, le
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=float, default=15.0, help="Sending time per client per level.")
     parser.add_argument("--max-sessions", type=int, default=8)
     parser.add_argument("--max-loss", type=float, default=0.01, help="Stop when frame loss exceeds this.")
@@ -211,30 +216,41 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="kuzet-bench-") as tmp:
         settings = Settings(
             data_dir=Path(tmp),
-            # Long prompts keep every session in its capture phase for the whole measurement.
-            media={"loopback_only": True, "prompt_step_s": 30, "max_session_s": 600},
+            media={"loopback_only": True, "max_session_s": 600},
+            # Long prompt windows keep every session in its capture phase for the whole measurement.
+            liveness={"motion_steps": 4, "motion_window_s": 15, "read_digits_window_s": 30},
         )
         tokens, sink = OneTimeTokens(), StatsSink()
         print(f"host: {os.cpu_count()} CPUs; server process pid {os.getpid()}; {args.seconds:g} s per level")
-        print(f"media: {WIDTH}x{HEIGHT}@{FPS} VP8 + Opus; sampling every {settings.media.sample_every_s} s "
-              f"with live hints; recording libx264 {settings.media.record_preset} + AAC")
-        header = (f"{'sessions':>8} {'sent':>7} {'decoded':>7} {'loss%':>6} {'worst%':>6} {'fps/sess':>8} "
-                  f"{'sampled':>7} {'rec.drop':>8} {'server CPU':>10} {'CPU/session':>11}")
+        print(
+            f"media: {WIDTH}x{HEIGHT}@{FPS} VP8 + Opus; sampling every {settings.media.sample_every_s} s "
+            f"with live hints; recording libx264 {settings.media.record_preset} + AAC"
+        )
+        header = (
+            f"{'sessions':>8} {'sent':>7} {'decoded':>7} {'loss%':>6} {'worst%':>6} {'fps/sess':>8} "
+            f"{'sampled':>7} {'rec.drop':>8} {'server CPU':>10} {'CPU/session':>11}"
+        )
         print(header)
         sustained = 0
         with ServerThread(build_whip_app(settings, tokens, sink)) as server:
             n, level = 1, 0
             while n <= args.max_sessions:
                 r = run_level(server.url, tokens, sink, n, args.seconds, level)
-                print(f"{n:>8} {r['sent']:>7} {r['received']:>7} {100 * r['loss']:>6.2f} "
-                      f"{100 * r['worst_loss']:>6.2f} {r['fps']:>8.1f} {r['sampled']:>7} "
-                      f"{r['recorder_dropped']:>8} {100 * r['cpu_core']:>9.0f}% {100 * r['cpu_per_session']:>10.1f}%"
-                      + (f"  errors: {r['errors']}" if r["errors"] else ""), flush=True)
+                print(
+                    f"{n:>8} {r['sent']:>7} {r['received']:>7} {100 * r['loss']:>6.2f} "
+                    f"{100 * r['worst_loss']:>6.2f} {r['fps']:>8.1f} {r['sampled']:>7} "
+                    f"{r['recorder_dropped']:>8} {100 * r['cpu_core']:>9.0f}% "
+                    f"{100 * r['cpu_per_session']:>10.1f}%"
+                    + (f"  errors: {r['errors']}" if r["errors"] else ""),
+                    flush=True,
+                )
                 if r["errors"] or r["loss"] > args.max_loss:
                     break
                 sustained = n
                 n, level = n * 2, level + 1
-        print(f"sustained without frame loss (<= {100 * args.max_loss:g}%): {sustained} concurrent session(s)")
+        print(
+            f"sustained without frame loss (<= {100 * args.max_loss:g}%): {sustained} concurrent session(s)"
+        )
 
 
 if __name__ == "__main__":

@@ -58,7 +58,12 @@ def still_photo_liveness(images: list[tuple[str, np.ndarray]], seed: int) -> str
 
     from identity.liveness.challenge import Observations, evaluate_challenge, make_challenge
     from identity.liveness.config import LivenessSettings
-    from identity.liveness.landmarks import eye_aspect_ratio, landmarks_from_face_recognition, mouth_open_ratio, yaw_deg
+    from identity.liveness.landmarks import (
+        eye_aspect_ratio,
+        landmarks_from_face_recognition,
+        mouth_open_ratio,
+        yaw_deg,
+    )
 
     settings = LivenessSettings()
     rng = np.random.default_rng(seed)
@@ -132,10 +137,9 @@ def main() -> None:
     print(f"  live (bona fide)      {rates(*rows['live'], thr)}   <- BPCER = FAIL rate")
     for kind in (AttackType.SCREEN_REPLAY, AttackType.PRINT):
         print(f"  {kind.value:20}  {rates(*rows[kind], thr)}   <- APCER = PASS rate")
-    print(f"  {AttackType.STILL_PHOTO.value:20}  {rates(*rows['live'], thr)}   <- APCER = PASS rate (same pixels as live)")
-    all_scores = sorted(
-        (s, k) for k, (scores, _) in rows.items() for s in scores if s is not None
-    )
+    still = AttackType.STILL_PHOTO.value
+    print(f"  {still:20}  {rates(*rows['live'], thr)}   <- APCER = PASS rate (same pixels as live)")
+    all_scores = sorted((s, k) for k, (scores, _) in rows.items() for s in scores if s is not None)
     live_scores = [s for s, k in all_scores if k == "live"]
     attack_scores = [s for s, k in all_scores if k != "live"]
     if live_scores and attack_scores:
@@ -144,7 +148,9 @@ def main() -> None:
             k = int(np.floor(target * len(attack_scores)))
             t = sorted(attack_scores, reverse=True)[k] + 1e-6 if k < len(attack_scores) else 0.0
             bpcer = sum(s < t for s in live_scores) / len(live_scores)
-            print(f"  threshold for binary APCER <= {target:4.0%} (screen+print): {t:.3f} -> BPCER {bpcer:.1%}")
+            print(
+                f"  threshold for binary APCER <= {target:4.0%} (screen+print): {t:.3f} -> BPCER {bpcer:.1%}"
+            )
     print("active challenge on still-photo frames (should FAIL):")
     print(f"  {AttackType.STILL_PHOTO.value:20}  {still_photo_liveness(images, args.seed)}")
 

@@ -174,6 +174,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_middleware(app, settings)
     _install_probes(app)
     _include_routers(app)
+    from media_server.webrtc.ingest import install as install_whip
+
+    install_whip(app)
     return app
 
 

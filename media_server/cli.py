@@ -41,8 +41,10 @@ def check_config() -> None:
         sys.exit(2)
     data = json.loads(settings.model_dump_json())
     data["effective_database_url"] = _hide_password(settings.database_url)
-    data["evidence_store"] = f"s3://{settings.s3.endpoint}/{settings.s3.bucket}" if settings.s3.endpoint else str(
-        settings.evidence_dir.resolve()
+    data["evidence_store"] = (
+        f"s3://{settings.s3.endpoint}/{settings.s3.bucket}"
+        if settings.s3.endpoint
+        else str(settings.evidence_dir.resolve())
     )
     click.echo(json.dumps(data, indent=2, default=str))
 
@@ -98,8 +100,18 @@ def users() -> None:
 
 @users.command("create")
 @click.option("--username", required=True)
-@click.option("--role", type=click.Choice(["admin", "officer", "reviewer", "auditor", "device", "person"]), required=True)
-@click.option("--password", prompt=True, hide_input=True, confirmation_prompt=True, help="Read from a prompt when omitted.")
+@click.option(
+    "--role",
+    type=click.Choice(["admin", "officer", "reviewer", "auditor", "device", "person"]),
+    required=True,
+)
+@click.option(
+    "--password",
+    prompt=True,
+    hide_input=True,
+    confirmation_prompt=True,
+    help="Read from a prompt when omitted.",
+)
 def users_create(username: str, role: str, password: str) -> None:
     """Create an account directly in the database (audited as actor `cli`)."""
     from sqlalchemy.exc import IntegrityError
@@ -123,8 +135,14 @@ def users_create(username: str, role: str, password: str) -> None:
             user = User(username=username, password_hash=hash_password(password), role=Role(role))
             session.add(user)
             session.flush()
-            audit.append(session, actor="cli", action="user_created", subject_type="user", subject_id=user.id,
-                         details={"role": role})
+            audit.append(
+                session,
+                actor="cli",
+                action="user_created",
+                subject_type="user",
+                subject_id=user.id,
+                details={"role": role},
+            )
             click.echo(f"created {role} {username} ({user.id})")
     except IntegrityError:
         click.echo(f"username {username!r} is taken", err=True)
@@ -154,29 +172,95 @@ def eval_pad(root: Path, as_json: bool) -> None:
 
 
 @eval_group.command("face")
-@click.option("--pairs", "pairs_csv", type=click.Path(exists=True, dir_okay=False, path_type=Path), required=True,
-              help="CSV with columns img1,img2,same (paths relative to --root).")
+@click.option(
+    "--pairs",
+    "pairs_csv",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV with columns img1,img2,same (paths relative to --root).",
+)
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
-@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON (with per-pair scores and ROC).")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the report as JSON (with per-pair scores and ROC)."
+)
 @click.option("--baseline", is_flag=True, help="Also run plain face_recognition on the same pairs.")
 @click.option("--all-pairs", is_flag=True, help="Also score every image pair (identity = parent directory).")
-@click.option("--limit", type=int, default=None, help="Use only the first N pairs (half genuine, half impostor).")
-@click.option("--write-calibration", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Write the FMR calibration table measured on all image pairs to this JSON file.")
-def eval_face(pairs_csv: Path, root: Path, as_json: bool, baseline: bool, all_pairs: bool, limit: int | None,
-              write_calibration: Path | None) -> None:
+@click.option(
+    "--limit", type=int, default=None, help="Use only the first N pairs (half genuine, half impostor)."
+)
+@click.option(
+    "--write-calibration",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the FMR calibration table measured on all image pairs to this JSON file.",
+)
+def eval_face(
+    pairs_csv: Path,
+    root: Path,
+    as_json: bool,
+    baseline: bool,
+    all_pairs: bool,
+    limit: int | None,
+    write_calibration: Path | None,
+) -> None:
     """Face verification on a pairs CSV: accuracy, TAR at FAR 1%/0.1%, EER, failure-to-enrol, ms/image."""
     from identity.face.evaluate import evaluate, format_report
     from identity.models import ModelError
 
     settings = Settings()
     try:
-        report = evaluate(pairs_csv, root, settings.face, settings.models.dir, baseline=baseline,
-                          all_pairs=all_pairs, limit=limit, write_calibration=write_calibration)
+        report = evaluate(
+            pairs_csv,
+            root,
+            settings.face,
+            settings.models.dir,
+            baseline=baseline,
+            all_pairs=all_pairs,
+            limit=limit,
+            write_calibration=write_calibration,
+        )
     except ModelError as exc:
-        click.echo(f"{exc}\nrun `kuzet models verify` (face weights ship in face_recognition_models)", err=True)
+        click.echo(
+            f"{exc}\nrun `kuzet models verify` (face weights ship in face_recognition_models)", err=True
+        )
         sys.exit(1)
     click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
+
+
+@eval_group.command("voice")
+@click.option(
+    "--manifest",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    required=True,
+    help="CSV with columns path,speaker (paths relative to --root).",
+)
+@click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
+@click.option(
+    "--speaker-prefix", default=None, help="Evaluate only speakers whose id starts with this (e.g. sc_)."
+)
+@click.option("--no-baseline", is_flag=True, help="Skip plain resemblyzer cosine scoring.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def eval_voice(
+    manifest: Path, root: Path, speaker_prefix: str | None, no_baseline: bool, as_json: bool
+) -> None:
+    """Speaker verification on all same/different-speaker trials: EER, FNMR at FMR 1%/0.1%, ms per 3 s."""
+    from identity.models import ModelError
+    from identity.voice.evaluate import evaluate, format_report
+
+    settings = Settings()
+    try:
+        report = evaluate(
+            manifest,
+            root,
+            settings.models.dir,
+            settings.voice,
+            speaker_prefix=speaker_prefix,
+            with_baseline=not no_baseline,
+        )
+    except (ModelError, ValueError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
 
 
 @main.group()
@@ -186,21 +270,43 @@ def station() -> None:
 
 @station.command("run")
 @click.option("--url", required=True, help="WHIP endpoint (https://host/whip) or the service base URL.")
-@click.option("--device-key", required=True, envvar="KUZET_STATION_DEVICE_KEY", help="The AV station's device key.")
+@click.option(
+    "--device-key", required=True, envvar="KUZET_STATION_DEVICE_KEY", help="The AV station's device key."
+)
 @click.option("--video", default=None, help="Video file, or a device with --video-format (e.g. /dev/video0).")
 @click.option("--audio", default=None, help="Audio file, or a device with --audio-format (e.g. default).")
 @click.option("--video-format", default=None, help="FFmpeg input format of a video device (v4l2).")
 @click.option("--audio-format", default=None, help="FFmpeg input format of an audio device (pulse, alsa).")
-@click.option("--duration", "duration_s", type=float, default=180.0, show_default=True,
-              help="Give up waiting for the outcome after this many seconds.")
+@click.option(
+    "--duration",
+    "duration_s",
+    type=float,
+    default=180.0,
+    show_default=True,
+    help="Give up waiting for the outcome after this many seconds.",
+)
 @click.option("--lat", type=float, default=None, help="Station latitude (WGS84 degrees).")
 @click.option("--lon", type=float, default=None, help="Station longitude (WGS84 degrees).")
 @click.option("--accuracy-m", type=float, default=50.0, show_default=True, help="Location accuracy, metres.")
-@click.option("--ice-server", "ice_servers", multiple=True,
-              help="STUN/TURN URL (repeat); default: the KUZET_MEDIA__ICE_SERVERS setting.")
-def station_run(url: str, device_key: str, video: str | None, audio: str | None, video_format: str | None,
-                audio_format: str | None, duration_s: float, lat: float | None, lon: float | None,
-                accuracy_m: float, ice_servers: tuple[str, ...]) -> None:
+@click.option(
+    "--ice-server",
+    "ice_servers",
+    multiple=True,
+    help="STUN/TURN URL (repeat); default: the KUZET_MEDIA__ICE_SERVERS setting.",
+)
+def station_run(
+    url: str,
+    device_key: str,
+    video: str | None,
+    audio: str | None,
+    video_format: str | None,
+    audio_format: str | None,
+    duration_s: float,
+    lat: float | None,
+    lon: float | None,
+    accuracy_m: float,
+    ice_servers: tuple[str, ...],
+) -> None:
     """Run one AV-station check-in over WHIP, log the prompts, print the outcome as JSON."""
     import asyncio
     import logging
@@ -211,12 +317,20 @@ def station_run(url: str, device_key: str, video: str | None, audio: str | None,
     settings = Settings()
     location = StationLocation(lat, lon, accuracy_m) if lat is not None and lon is not None else None
     try:
-        outcome = asyncio.run(run_station(
-            url, device_key, video=video, audio=audio, video_format=video_format, audio_format=audio_format,
-            duration_s=duration_s, location=location,
-            ice_servers=list(ice_servers) or settings.media.ice_servers,
-            loopback_only=settings.media.loopback_only,
-        ))
+        outcome = asyncio.run(
+            run_station(
+                url,
+                device_key,
+                video=video,
+                audio=audio,
+                video_format=video_format,
+                audio_format=audio_format,
+                duration_s=duration_s,
+                location=location,
+                ice_servers=list(ice_servers) or settings.media.ice_servers,
+                loopback_only=settings.media.loopback_only,
+            )
+        )
     except (WhipError, ValueError, OSError) as exc:
         click.echo(str(exc), err=True)
         sys.exit(2)
@@ -227,8 +341,13 @@ def station_run(url: str, device_key: str, video: str | None, audio: str | None,
 
 
 @station.command("keygen")
-@click.option("--out", "out", type=click.Path(dir_okay=False, path_type=Path), required=True,
-              help="Where to write the Ed25519 private key (PKCS#8 PEM, mode 0600).")
+@click.option(
+    "--out",
+    "out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    required=True,
+    help="Where to write the Ed25519 private key (PKCS#8 PEM, mode 0600).",
+)
 def station_keygen(out: Path) -> None:
     """Create a breath station key; prints the public key (base64 of raw 32 bytes) to register."""
     from sobriety.simulator import generate_key, public_key_b64, save_key
@@ -243,34 +362,64 @@ def station_keygen(out: Path) -> None:
 
 @station.command("simulate")
 @click.option("--url", default="http://127.0.0.1:8080", show_default=True, help="Service base URL.")
-@click.option("--key", "key_file", required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="The station's Ed25519 private key (from `kuzet station keygen`).")
+@click.option(
+    "--key",
+    "key_file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The station's Ed25519 private key (from `kuzet station keygen`).",
+)
 @click.option("--serial", required=True, help="Registered device serial.")
 @click.option("--person", required=True, help="Person id the reading is for.")
 @click.option("--brac", type=float, required=True, help="Breath alcohol value, in --unit.")
 @click.option("--unit", type=click.Choice(["g/210L", "mg/L"]), default="g/210L", show_default=True)
-@click.option("--photos", "photos", multiple=True, required=True,
-              type=click.Path(exists=True, dir_okay=False, path_type=Path),
-              help="JPEG photos taken during the blow (repeat, or list after one --photos).")
-@click.option("--calibrated-on", type=click.DateTime(formats=["%Y-%m-%d"]), default=None,
-              help="Sensor calibration date (default: 30 days ago).")
+@click.option(
+    "--photos",
+    "photos",
+    multiple=True,
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="JPEG photos taken during the blow (repeat, or list after one --photos).",
+)
+@click.option(
+    "--calibrated-on",
+    type=click.DateTime(formats=["%Y-%m-%d"]),
+    default=None,
+    help="Sensor calibration date (default: 30 days ago).",
+)
 @click.option("--replay-nonce", default=None, help="Send this nonce instead of a fresh one (replay demo).")
-@click.option("--timeout", "timeout_s", type=float, default=60.0, show_default=True,
-              help="HTTP timeout, seconds.")
+@click.option(
+    "--timeout", "timeout_s", type=float, default=60.0, show_default=True, help="HTTP timeout, seconds."
+)
 @click.argument("more_photos", nargs=-1, type=click.Path(exists=True, dir_okay=False, path_type=Path))
-def station_simulate(url: str, key_file: Path, serial: str, person: str, brac: float, unit: str,
-                     photos: tuple[Path, ...], calibrated_on: datetime | None, replay_nonce: str | None,
-                     timeout_s: float, more_photos: tuple[Path, ...]) -> None:
+def station_simulate(
+    url: str,
+    key_file: Path,
+    serial: str,
+    person: str,
+    brac: float,
+    unit: str,
+    photos: tuple[Path, ...],
+    calibrated_on: datetime | None,
+    replay_nonce: str | None,
+    timeout_s: float,
+    more_photos: tuple[Path, ...],
+) -> None:
     """Send one signed breath test to POST /api/v1/breath-tests and print the JSON response."""
     import httpx
 
     from sobriety.simulator import load_key, multipart_parts, sign_reading, simulated_reading
 
     files_in = [*photos, *more_photos]
-    reading = simulated_reading(serial=serial, person_id=person, brac=brac, unit=unit, n_photos=len(files_in),
-                                calibrated_on=calibrated_on.date() if calibrated_on else None,
-                                nonce=replay_nonce)
+    reading = simulated_reading(
+        serial=serial,
+        person_id=person,
+        brac=brac,
+        unit=unit,
+        n_photos=len(files_in),
+        calibrated_on=calibrated_on.date() if calibrated_on else None,
+        nonce=replay_nonce,
+    )
     body, signature = sign_reading(reading, load_key(key_file))
     data, files = multipart_parts(body, signature, [p.read_bytes() for p in files_in])
     try:

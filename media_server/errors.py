@@ -41,6 +41,12 @@ class Gone(KuzetError):
     code = "gone"
 
 
+class ServiceUnavailable(KuzetError):
+    """A dependency (worker pool, engine) is down: a technical failure, retry later; never the client's fault."""
+
+    code = "service_unavailable"
+
+
 HTTP_STATUS: dict[type[KuzetError], int] = {
     BadInput: 400,
     Unauthorized: 401,
@@ -49,6 +55,7 @@ HTTP_STATUS: dict[type[KuzetError], int] = {
     Conflict: 409,
     Gone: 410,
     TooLarge: 413,
+    ServiceUnavailable: 503,
     UnsupportedMediaType: 415,
     KuzetError: 400,
 }

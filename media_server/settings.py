@@ -90,7 +90,12 @@ class MediaSettings(_Group):
     ice_servers: list[str] = Field(
         default_factory=list, description="STUN/TURN URLs; none by default for closed networks."
     )
-    sample_every_s: float = Field(0.5, gt=0, le=10, description="Video frame sampling period for analysis.")
+    sample_every_s: float = Field(
+        0.1,
+        gt=0,
+        le=10,
+        description="Video frame sampling period for analysis; the blink check needs >= 8 frames/s with a face.",
+    )
     max_session_s: float = Field(120, ge=5, le=3600, description="Longest check-in session.")
     no_media_timeout_s: float = Field(
         15, ge=1, le=300, description="A session with no media after this long ends as a technical failure."
@@ -102,7 +107,6 @@ class MediaSettings(_Group):
     max_sampled_frames: int = Field(
         120, ge=4, le=2000, description="Sampled frames kept per session; beyond it, every other is dropped."
     )
-    prompt_step_s: float = Field(3.0, ge=0.5, le=30, description="How long one liveness prompt is shown.")
     outcome_linger_s: float = Field(
         30, ge=1, le=600, description="How long a finished session waits for the client's DELETE."
     )
@@ -122,7 +126,7 @@ class MediaSettings(_Group):
         235, ge=0, le=255, description="Mean luma (0-255) above which the client is told it is too bright."
     )
     feedback_min_face_px: int = Field(
-        48, ge=16, le=1024, description="Smallest face side (px, full frame) the live face hint looks for."
+        96, ge=16, le=1024, description="Smallest face side (px, full frame) the live face hint looks for."
     )
     max_message_bytes: int = Field(
         4096, ge=256, le=65536, description="Largest data-channel message accepted from a client."

@@ -131,7 +131,7 @@ def _message(response: httpx.Response) -> str:
         return response.text
 
 
-class MonotonicTrack(MediaStreamTrack):
+class MonotonicTrack(MediaStreamTrack):  # type: ignore[misc]
     """Re-stamps a looping file's frames so timestamps keep increasing across loops.
 
     MediaPlayer(loop=True) restarts pts at 0 on every loop and libvpx then refuses the frames.
@@ -209,7 +209,9 @@ async def run_station(
 async def _follow(client: WhipClient, location: StationLocation | None) -> dict[str, Any]:
     await client.channel_open.wait()
     if location is not None:
-        client.send({"type": "location", "lat": location.lat, "lon": location.lon, "accuracy_m": location.accuracy_m})
+        client.send(
+            {"type": "location", "lat": location.lat, "lon": location.lon, "accuracy_m": location.accuracy_m}
+        )
     else:
         client.send({"type": "location_denied", "reason": "station_has_no_location"})
     while True:
@@ -219,7 +221,11 @@ async def _follow(client: WhipClient, location: StationLocation | None) -> dict[
             # A station has nobody to read the screen here; the prompt is logged for the operator.
             log.info(
                 "prompt",
-                extra={"step": message.get("step"), "digits": message.get("digits"), "t_s": message.get("t_s")},
+                extra={
+                    "step": message.get("step"),
+                    "digits": message.get("digits"),
+                    "t_s": message.get("t_s"),
+                },
             )
             client.send({"type": "ack", "step": message.get("step"), "index": message.get("index")})
         elif kind == "feedback":

@@ -4,17 +4,22 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import logging
 import multiprocessing
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from typing import Any, TypeVar
 
+from media_server.errors import ServiceUnavailable
 from media_server.settings import Settings
+
+log = logging.getLogger("kuzet.workers")
 
 T = TypeVar("T")
 
-# Each engine module exposes `init(models_dir: str, settings: dict) -> None` that only records its
-# arguments; the engine itself loads on first use inside the worker process.
+# Each engine module exposes `init_worker(models_dir: str, settings: dict) -> None` that loads (and
+# sha256-verifies) its weights inside the worker process.
 ENGINE_INITIALISERS: tuple[tuple[str, str], ...] = (
     ("identity.face.worker", "face"),
     ("identity.voice.worker", "voice"),
@@ -25,7 +30,7 @@ ENGINE_INITIALISERS: tuple[tuple[str, str], ...] = (
 def _init_worker(models_dir: str, groups: dict[str, dict[str, Any]]) -> None:
     for module_name, group in ENGINE_INITIALISERS:
         module = importlib.import_module(module_name)
-        module.init(models_dir, groups.get(group, {}))
+        module.init_worker(models_dir, groups.get(group, {}))
 
 
 class WorkerPool:
@@ -48,16 +53,25 @@ class WorkerPool:
         return self._executor
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run `fn(*args)` in a worker process; `fn` must be a module-level function."""
+        """Run `fn(*args)` in a worker process; `fn` must be a module-level function.
+
+        A crashed pool (an engine that cannot load, a worker killed for memory) is replaced for the next
+        call and reported as ServiceUnavailable: a technical failure, never a client error or a verdict.
+        """
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._ensure(), fn, *args)
+        try:
+            return await loop.run_in_executor(self._ensure(), fn, *args)
+        except BrokenProcessPool as exc:
+            log.error("worker pool broke; it will be rebuilt", extra={"fn": getattr(fn, "__name__", "?")})
+            self.shutdown(wait=False)
+            raise ServiceUnavailable("the analysis engines are unavailable; try again shortly") from exc
 
     def submit_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Blocking variant for CLI commands and threads."""
         return self._ensure().submit(fn, *args).result()
 
-    def shutdown(self) -> None:
+    def shutdown(self, wait: bool = True) -> None:
         """Stop the workers (pending jobs are cancelled)."""
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor.shutdown(wait=wait, cancel_futures=True)
             self._executor = None

@@ -100,7 +100,9 @@ def load_calibration(path: Path | None = None) -> Calibration:
     """Read a calibration file (default: identity/face/calibration.json)."""
     target = path or DEFAULT_PATH
     if not target.is_file():
-        raise CalibrationError(f"calibration file missing: {target} (run `kuzet eval face --write-calibration`)")
+        raise CalibrationError(
+            f"calibration file missing: {target} (run `kuzet eval face --write-calibration`)"
+        )
     cal = Calibration.from_json(target.read_text())
     if not cal.fmr_table or not cal.false_fail_table:
         raise CalibrationError(f"calibration {target} has empty tables")

@@ -83,10 +83,16 @@ class FaceSettings(BaseModel):
         "(grey levels^2); below -> 'hold still / clean the lens'.",
     )
     min_brightness: float = Field(
-        45.0, ge=0.0, le=254.0, description="Minimum mean grey level (0-255) of the face; below -> 'too dark'."
+        45.0,
+        ge=0.0,
+        le=254.0,
+        description="Minimum mean grey level (0-255) of the face; below -> 'too dark'.",
     )
     max_brightness: float = Field(
-        220.0, ge=1.0, le=255.0, description="Maximum mean grey level (0-255) of the face; above -> 'too bright'."
+        220.0,
+        ge=1.0,
+        le=255.0,
+        description="Maximum mean grey level (0-255) of the face; above -> 'too bright'.",
     )
     max_saturated_fraction: float = Field(
         0.25,
@@ -107,18 +113,26 @@ class FaceSettings(BaseModel):
 
     # --- encoding ---
     enrol_num_jitters: int = Field(
-        10,
+        0,
         ge=0,
         le=100,
-        description="dlib jitters (random crops/flips, averaged) per enrolment image; costs one network "
-        "pass each. Probes use 0 for speed.",
+        description="dlib jitters (random crops/flips, averaged) per enrolment image; each costs one network "
+        "pass (~0.2-0.4 s on dlib-bin, which has no BLAS). 0 = flip TTA as on the probe side.",
     )
     flip_tta: bool = Field(
-        True, description="Average the embeddings of the chip and its mirror image (probe side)."
+        True, description="Average the embeddings of the chip and its mirror image (single images)."
     )
-    encode_batch_size: int = Field(
-        16, ge=1, le=256, description="Face chips encoded per dlib batch call."
+    session_flip_tta: bool = Field(
+        False,
+        description="Flip TTA on session frames too; off by default because fusing several frames already "
+        "averages noise and the mirror doubles the encoding cost per frame.",
     )
+    session_thorough_detection: bool = Field(
+        False,
+        description="Use the upsampled-HOG and CNN fallbacks on session frames (slow). Off: frames get the "
+        "fast pass and a full-resolution pass without upsampling; single images always get all fallbacks.",
+    )
+    encode_batch_size: int = Field(16, ge=1, le=256, description="Face chips encoded per dlib batch call.")
 
     # --- decisions ---
     target_fmr: float = Field(

@@ -70,10 +70,14 @@ def decode_image(data: bytes, settings: FaceSettings) -> DecodedImage | CheckRes
                 rgb = _to_rgb(upright)
     except Image.DecompressionBombError as exc:
         return _technical(
-            "image_too_large", "The image has too many pixels. Please send a normal camera photo.", error=str(exc)
+            "image_too_large",
+            "The image has too many pixels. Please send a normal camera photo.",
+            error=str(exc),
         )
     except UnidentifiedImageError:
-        return _technical("image_unreadable", "The file is not an image we can read. Please take the photo again.")
+        return _technical(
+            "image_unreadable", "The file is not an image we can read. Please take the photo again."
+        )
     except (OSError, ValueError, SyntaxError, EOFError) as exc:
         # Truncated JPEG/PNG ("image file is truncated"), corrupt chunks, bad headers.
         return _technical(

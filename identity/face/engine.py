@@ -75,13 +75,16 @@ def _rect_to_box(rect: Any, scale: float, h: int, w: int) -> FaceBox:
 def thumbnail(rgb: RgbImage) -> npt.NDArray[np.float32]:
     """32x32 grey thumbnail (float32, 0..255) used to spot near-duplicate frames."""
     g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    return cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small: npt.NDArray[np.uint8] = cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA)
+    return small.astype(np.float32)
 
 
 class FaceEngine:
     """dlib face pipeline with verified weights; methods take uint8 RGB (H, W, 3) and return plain values."""
 
-    def __init__(self, models_dir: Path, settings: FaceSettings, calibration: Calibration | None = None) -> None:
+    def __init__(
+        self, models_dir: Path, settings: FaceSettings, calibration: Calibration | None = None
+    ) -> None:
         self.settings = settings
         rec_path, rec_entry = verified_path("dlib_resnet_face_v1", models_dir)
         sp68_path, sp68_entry = verified_path("dlib_shape_predictor_68", models_dir)
@@ -98,26 +101,35 @@ class FaceEngine:
             cnn_path, cnn_entry = verified_path("dlib_mmod_face_detector", models_dir)
             self._cnn = dlib.cnn_face_detection_model_v1(str(cnn_path))
             self.stamps.append(cnn_entry.stamp())
-        self.calibration = calibration if calibration is not None else load_calibration(settings.calibration_path)
+        self.calibration = (
+            calibration if calibration is not None else load_calibration(settings.calibration_path)
+        )
         self.thresholds: Thresholds = self.calibration.thresholds(
             settings.target_fmr, settings.target_false_fail_rate
         )
 
     # ------------------------------------------------------------------ detection
-    def detect(self, rgb: RgbImage) -> list[FaceObservation]:
-        """Faces in an RGB (H, W, 3) image, largest first, each with 68 landmarks in full-res pixels."""
+    def detect(self, rgb: RgbImage, *, thorough: bool = True) -> list[FaceObservation]:
+        """Faces in an RGB (H, W, 3) image, largest first, each with 68 landmarks in full-res pixels.
+
+        Fast pass on a downscaled copy; if it finds nothing, a full-resolution pass (upsampled when
+        `thorough`), then, when `thorough`, the CNN detector.
+        """
         h, w = rgb.shape[:2]
         s = self.settings
         found: list[tuple[Any, float, str]] = []
         scale = min(1.0, s.detect_max_side_px / max(h, w))
         small = rgb
         if scale < 1.0:
-            small = cv2.resize(rgb, (max(int(w * scale), 1), max(int(h * scale), 1)), interpolation=cv2.INTER_AREA)
+            small = cv2.resize(
+                rgb, (max(int(w * scale), 1), max(int(h * scale), 1)), interpolation=cv2.INTER_AREA
+            )
         found = [(r, scale, "hog_fast") for r in self._hog(small, 0)]
-        if not found and (scale < 1.0 or s.hog_upsample > 0):
+        upsample = s.hog_upsample if thorough else 0
+        if not found and (scale < 1.0 or upsample > 0):
             # Faces under the HOG window (~80 px) at the fast scale: full resolution, upsampled.
-            found = [(r, 1.0, "hog_full") for r in self._hog(rgb, s.hog_upsample)]
-        if not found and self._cnn is not None:
+            found = [(r, 1.0, "hog_full") for r in self._hog(rgb, upsample)]
+        if not found and thorough and self._cnn is not None:
             cscale = s.cnn_max_side_px / max(h, w)
             resized = cv2.resize(
                 rgb,
@@ -148,8 +160,8 @@ class FaceEngine:
         return chip
 
     # ------------------------------------------------------------------ encoding
-    def encode_chips(self, chips: Sequence[RgbImage], num_jitters: int = 0) -> Embedding:
-        """L2-normalised (n, 128) embeddings of aligned 150x150 chips; flip TTA when enabled and no jitter."""
+    def encode_chips(self, chips: Sequence[RgbImage], num_jitters: int = 0, flip: bool = True) -> Embedding:
+        """L2-normalised (n, 128) embeddings of aligned 150x150 chips; mirror-averaged when `flip`."""
         if not chips:
             return np.zeros((0, EMBEDDING_DIM), dtype=np.float32)
         out: list[npt.NDArray[np.float64]] = []
@@ -162,21 +174,30 @@ class FaceEngine:
         batch: list[RgbImage] = []
         for chip in chips:
             batch.append(chip)
-            if self.settings.flip_tta:
+            if flip:
                 batch.append(np.ascontiguousarray(chip[:, ::-1]))
         vecs: list[npt.NDArray[np.float64]] = []
         for i in range(0, len(batch), bs):
             vecs.extend(np.asarray(v) for v in self._encoder.compute_face_descriptor(batch[i : i + bs]))
         arr = np.stack(vecs)
-        if self.settings.flip_tta:
+        if flip:
             arr = l2_normalise(arr).reshape(len(chips), 2, EMBEDDING_DIM).mean(axis=1)
         return l2_normalise(arr)
 
     # ------------------------------------------------------------------ analysis
     def analyse_many(
-        self, images: Sequence[Any], *, num_jitters: int = 0, encode: bool = True, encode_rejected: bool = False
+        self,
+        images: Sequence[Any],
+        *,
+        num_jitters: int = 0,
+        encode: bool = True,
+        encode_rejected: bool = False,
+        session: bool = False,
     ) -> list[FaceAnalysis]:
-        """Detect, gate and (batch-)encode each image; embeddings only for gate-passing faces by default."""
+        """Detect, gate and (batch-)encode each image; embeddings only for gate-passing faces by default.
+
+        `session` marks video frames: the cheaper detection and encoding of the session_* settings.
+        """
         results: list[FaceAnalysis] = []
         chips: list[RgbImage] = []
         chip_owner: list[int] = []
@@ -186,7 +207,7 @@ class FaceEngine:
             if rgb is None:
                 results.append(self._unusable())
                 continue
-            faces = self.detect(rgb)
+            faces = self.detect(rgb, thorough=not session or self.settings.session_thorough_detection)
             t1 = time.perf_counter()
             measures: FaceQuality | None = None
             chip: RgbImage | None = None
@@ -210,7 +231,8 @@ class FaceEngine:
             results.append(analysis)
         if chips:
             t2 = time.perf_counter()
-            embs = self.encode_chips(chips, num_jitters)
+            flip = self.settings.session_flip_tta if session else self.settings.flip_tta
+            embs = self.encode_chips(chips, num_jitters, flip=flip)
             per_chip = (time.perf_counter() - t2) * 1e3 / len(chips)
             for owner, emb in zip(chip_owner, embs, strict=True):
                 results[owner].embedding = emb
@@ -249,7 +271,7 @@ class FaceEngine:
             dup_of.append(None)
             last_thumb = thumb
             last_index = i
-        analysed = self.analyse_many(unique)
+        analysed = self.analyse_many(unique, session=True)
         return [analysed[u] for u in unique_of], dup_of
 
     def _unusable(self) -> FaceAnalysis:
@@ -315,9 +337,12 @@ class FaceEngine:
             codes = Counter(results[i].code for i in range(len(results)) if i not in good)
             reason = codes.most_common(1)[0][0] if codes else "no_face"
             message = q.MESSAGES.get(reason, "Please take the photos again.")
-            outcome = Outcome.TECHNICAL if all(
-                r.outcome is Outcome.TECHNICAL for i, r in enumerate(results) if i not in good
-            ) and codes else Outcome.INCONCLUSIVE
+            outcome = (
+                Outcome.TECHNICAL
+                if all(r.outcome is Outcome.TECHNICAL for i, r in enumerate(results) if i not in good)
+                and codes
+                else Outcome.INCONCLUSIVE
+            )
             summary = self._summary(
                 outcome,
                 "too_few_good_images",
@@ -353,12 +378,19 @@ class FaceEngine:
                     return None, [*results, summary]
             metadata["replaces_created_at"] = previous.created_at
         template = Template(embeddings=embs, model=self.stamp, created_at=Template.now(), metadata=metadata)
-        summary = self._summary(Outcome.PASS, "enrolled", f"Enrolled from {len(best)} photos.", {"used": best})
+        summary = self._summary(
+            Outcome.PASS, "enrolled", f"Enrolled from {len(best)} photos.", {"used": best}
+        )
         return template, [*results, summary]
 
     def _summary(self, outcome: Outcome, code: str, message: str, details: dict[str, Any]) -> CheckResult:
         return CheckResult(
-            kind=CheckKind.FACE_QUALITY, outcome=outcome, code=code, message=message, model=self.stamp, details=details
+            kind=CheckKind.FACE_QUALITY,
+            outcome=outcome,
+            code=code,
+            message=message,
+            model=self.stamp,
+            details=details,
         )
 
     # ------------------------------------------------------------------ verification
@@ -383,7 +415,9 @@ class FaceEngine:
         if analysis.embedding is None:
             return _as_face_result(analysis.quality, analysis.summary())
         d = distance_to_template(template.embeddings, analysis.embedding)
-        return decide(d, self.thresholds, self.stamp, {"frame": analysis.summary(), "models": self._stamp_dicts()})
+        return decide(
+            d, self.thresholds, self.stamp, {"frame": analysis.summary(), "models": self._stamp_dicts()}
+        )
 
     def verify_frames(self, template: Template, frames: Sequence[Any]) -> CheckResult:
         """Session decision from many RGB frames: fuse the embeddings of the best-quality frames.
@@ -414,7 +448,11 @@ class FaceEngine:
             "models": self._stamp_dicts(),
         }
         if len(good) < s.session_min_frames:
-            codes = Counter(a.quality.code for a, d in zip(analyses, dup_of, strict=True) if d is None and not a.quality.passed)
+            codes = Counter(
+                a.quality.code
+                for a, d in zip(analyses, dup_of, strict=True)
+                if d is None and not a.quality.passed
+            )
             reason = codes.most_common(1)[0][0] if codes else "no_face"
             outcome = Outcome.TECHNICAL if reason == "image_unusable" else Outcome.INCONCLUSIVE
             return CheckResult(

@@ -16,14 +16,17 @@ from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
 from identity.face.calibration import Thresholds
 from identity.face.results import Embedding
 
-SCORE_UNIT = "cosine distance between L2-normalised dlib embeddings (0 identical .. 2 opposite; lower = more alike)"
+SCORE_UNIT = (
+    "cosine distance between L2-normalised dlib embeddings (0 identical .. 2 opposite; lower = more alike)"
+)
 
 
 def l2_normalise(vectors: npt.NDArray[np.floating[Any]]) -> Embedding:
     """Rows (or a single vector) scaled to unit L2 norm, float32."""
     arr = np.asarray(vectors, dtype=np.float64)
     norms = np.linalg.norm(arr, axis=-1, keepdims=True)
-    return (arr / np.maximum(norms, 1e-12)).astype(np.float32)
+    out: Embedding = (arr / np.maximum(norms, 1e-12)).astype(np.float32)
+    return out
 
 
 def distance_to_template(template: Embedding, probe: Embedding) -> float:

@@ -57,7 +57,9 @@ def measure(chip_rgb: npt.NDArray[np.uint8], face: FaceObservation) -> FaceQuali
     pts = face.landmarks.astype(np.float64)
     jaw_w = abs(pts[_JAW_RIGHT, 0] - pts[_JAW_LEFT, 0])
     if jaw_w > 0:
-        yaw = (abs(pts[_NOSE_TIP, 0] - pts[_JAW_LEFT, 0]) - abs(pts[_JAW_RIGHT, 0] - pts[_NOSE_TIP, 0])) / jaw_w
+        yaw = (
+            abs(pts[_NOSE_TIP, 0] - pts[_JAW_LEFT, 0]) - abs(pts[_JAW_RIGHT, 0] - pts[_NOSE_TIP, 0])
+        ) / jaw_w
     else:
         yaw = 1.0
     left_eye = pts[_LEFT_EYE].mean(axis=0)
@@ -107,7 +109,10 @@ def gate(
     if measures.brightness < settings.min_brightness:
         details["min_brightness"] = settings.min_brightness
         return quality_result("too_dark", model, settings, details)
-    if measures.brightness > settings.max_brightness or measures.saturated_fraction > settings.max_saturated_fraction:
+    if (
+        measures.brightness > settings.max_brightness
+        or measures.saturated_fraction > settings.max_saturated_fraction
+    ):
         details["max_brightness"] = settings.max_brightness
         return quality_result("too_bright", model, settings, details)
     if measures.sharpness < settings.min_sharpness:

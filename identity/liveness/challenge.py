@@ -39,7 +39,12 @@ class Step:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON."""
-        return {"kind": self.kind.value, "prompt_key": self.prompt_key, "window_s": self.window_s, "digits": self.digits}
+        return {
+            "kind": self.kind.value,
+            "prompt_key": self.prompt_key,
+            "window_s": self.window_s,
+            "digits": self.digits,
+        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +162,11 @@ def evaluate_challenge(
     themselves is a separate check. A step whose prompt was never shown is INCONCLUSIVE.
     """
     ts = _floats(observations.frame_ts)
-    yaw, ear, mouth = _floats(observations.yaw_deg), _floats(observations.ear), _floats(observations.mouth_ratio)
+    yaw, ear, mouth = (
+        _floats(observations.yaw_deg),
+        _floats(observations.ear),
+        _floats(observations.mouth_ratio),
+    )
     a_ts, energy = _floats(observations.audio_ts), _floats(observations.audio_energy)
     results: list[CheckResult] = []
     for i, step in enumerate(challenge.steps):

@@ -43,13 +43,25 @@ def _result(
     **details: object,
 ) -> CheckResult:
     return CheckResult(
-        kind=kind, outcome=outcome, code=code, message=message, score=score, threshold=threshold, details=details
+        kind=kind,
+        outcome=outcome,
+        code=code,
+        message=message,
+        score=score,
+        threshold=threshold,
+        details=details,
     )
 
 
 def _too_few(kind: CheckKind, what: str, **details: object) -> CheckResult:
     return _result(
-        kind, Outcome.INCONCLUSIVE, "too_few_frames", f"Too few frames showed a face {what}; could not tell.", **details
+        kind,
+        Outcome.INCONCLUSIVE,
+        "too_few_frames",
+        f"Too few frames showed a face {what}; could not tell.",
+        None,
+        None,
+        **details,
     )
 
 
@@ -73,7 +85,12 @@ def check_head_turn(
     face = np.isfinite(yaw)
     base_mask = face & (t >= prompt_time - settings.baseline_s) & (t < prompt_time + settings.min_reaction_s)
     resp_mask = face & (t >= prompt_time + settings.min_reaction_s) & (t <= prompt_time + window)
-    common = {"direction": direction.value, "prompt_ts": prompt_time, "window_s": window, "score_unit": "degrees"}
+    common = {
+        "direction": direction.value,
+        "prompt_ts": prompt_time,
+        "window_s": window,
+        "score_unit": "degrees",
+    }
     if not base_mask.any():
         return _too_few(CheckKind.LIVENESS, "before the prompt", **common)
     if resp_mask.sum() < settings.min_face_frames:
@@ -88,21 +105,44 @@ def check_head_turn(
     if best >= thr:
         first = float(t[resp_mask][np.argmax(change >= thr)])
         return _result(
-            CheckKind.LIVENESS, Outcome.PASS, "head_turn", "Head turn seen.", best, thr,
-            response_latency_s=round(first - prompt_time, 3), **details,
-        )  # fmt: skip
+            CheckKind.LIVENESS,
+            Outcome.PASS,
+            "head_turn",
+            "Head turn seen.",
+            best,
+            thr,
+            response_latency_s=round(first - prompt_time, 3),
+            **details,
+        )
     if best >= thr - settings.head_turn_review_deg:
         return _result(
-            CheckKind.LIVENESS, Outcome.INCONCLUSIVE, "head_turn_borderline",
-            "The head turn was too small to be sure.", best, thr, **details,
-        )  # fmt: skip
+            CheckKind.LIVENESS,
+            Outcome.INCONCLUSIVE,
+            "head_turn_borderline",
+            "The head turn was too small to be sure.",
+            best,
+            thr,
+            **details,
+        )
     if opposite >= thr:
         return _result(
-            CheckKind.LIVENESS, Outcome.FAIL, "wrong_direction",
-            "The head turned the other way.", best, thr, opposite_deg=round(opposite, 2), **details,
-        )  # fmt: skip
+            CheckKind.LIVENESS,
+            Outcome.FAIL,
+            "wrong_direction",
+            "The head turned the other way.",
+            best,
+            thr,
+            opposite_deg=round(opposite, 2),
+            **details,
+        )
     return _result(
-        CheckKind.LIVENESS, Outcome.FAIL, "no_head_turn", "No head turn followed the prompt.", best, thr, **details
+        CheckKind.LIVENESS,
+        Outcome.FAIL,
+        "no_head_turn",
+        "No head turn followed the prompt.",
+        best,
+        thr,
+        **details,
     )
 
 
@@ -127,15 +167,26 @@ def check_blink(
     resp_mask = face & (t >= prompt_time + settings.min_reaction_s) & (t <= prompt_time + window)
     n = int(resp_mask.sum())
     span = window - settings.min_reaction_s
-    common = {"prompt_ts": prompt_time, "window_s": window, "frames": n, "score_unit": "EAR / open-eye EAR"}
+    common: dict[str, object] = {
+        "prompt_ts": prompt_time,
+        "window_s": window,
+        "frames": n,
+        "score_unit": "EAR / open-eye EAR",
+    }
     if n < settings.min_face_frames:
         return _too_few(CheckKind.LIVENESS, "after the prompt", **common)
     fps = n / span
     if fps < settings.min_fps_blink:
         return _result(
-            CheckKind.LIVENESS, Outcome.INCONCLUSIVE, "frame_rate_too_low",
-            "Too few frames to see a blink; could not tell.", fps=round(fps, 2), **common,
-        )  # fmt: skip
+            CheckKind.LIVENESS,
+            Outcome.INCONCLUSIVE,
+            "frame_rate_too_low",
+            "Too few frames to see a blink; could not tell.",
+            None,
+            None,
+            fps=round(fps, 2),
+            **common,
+        )
     open_level = float(np.percentile(ear[around], 90))
     if open_level <= 0:
         return _too_few(CheckKind.LIVENESS, "with open eyes", **common)
@@ -148,16 +199,29 @@ def check_blink(
     if closed.size and reopened:
         first = float(t[resp_mask][closed[0]])
         return _result(
-            CheckKind.LIVENESS, Outcome.PASS, "blink", "Blink seen.", deepest, thr,
-            response_latency_s=round(first - prompt_time, 3), **details,
-        )  # fmt: skip
+            CheckKind.LIVENESS,
+            Outcome.PASS,
+            "blink",
+            "Blink seen.",
+            deepest,
+            thr,
+            response_latency_s=round(first - prompt_time, 3),
+            **details,
+        )
     if deepest <= thr + settings.blink_review_ratio:
         code = "eyes_not_reopened" if closed.size else "blink_borderline"
         return _result(
-            CheckKind.LIVENESS, Outcome.INCONCLUSIVE, code, "Could not tell whether the eyes blinked.",
-            deepest, thr, **details,
-        )  # fmt: skip
-    return _result(CheckKind.LIVENESS, Outcome.FAIL, "no_blink", "No blink followed the prompt.", deepest, thr, **details)
+            CheckKind.LIVENESS,
+            Outcome.INCONCLUSIVE,
+            code,
+            "Could not tell whether the eyes blinked.",
+            deepest,
+            thr,
+            **details,
+        )
+    return _result(
+        CheckKind.LIVENESS, Outcome.FAIL, "no_blink", "No blink followed the prompt.", deepest, thr, **details
+    )
 
 
 def _resample(values: FloatArray, t: FloatArray, grid: FloatArray, smooth_s: float) -> FloatArray:
@@ -212,9 +276,12 @@ def check_av_sync(
     start, end = max(mt.min(), at.min()), min(mt.max(), at.max())
     if end - start < settings.av_min_overlap_s:
         return _result(
-            kind, Outcome.INCONCLUSIVE, "too_short", "Too little speech with a visible face; could not tell.",
+            kind,
+            Outcome.INCONCLUSIVE,
+            "too_short",
+            "Too little speech with a visible face; could not tell.",
             overlap_s=round(float(max(end - start, 0.0)), 3),
-        )  # fmt: skip
+        )
     dt = 1.0 / settings.av_resample_hz
     grid = np.arange(start, end, dt)
     a = _resample(energy, at, grid, dt)
@@ -228,20 +295,52 @@ def check_av_sync(
     }
     if speech_cv < settings.av_min_speech_cv:
         return _result(
-            kind, Outcome.INCONCLUSIVE, "no_speech", "No speech was heard; could not tell.", **details
+            kind,
+            Outcome.INCONCLUSIVE,
+            "no_speech",
+            "No speech was heard; could not tell.",
+            None,
+            None,
+            **details,
         )
     if float(m.std()) < settings.av_min_mouth_std:
         return _result(
-            kind, Outcome.FAIL, "no_mouth_movement", "Speech was heard but the mouth did not move.",
-            0.0, settings.av_pass_corr, **details,
-        )  # fmt: skip
+            kind,
+            Outcome.FAIL,
+            "no_mouth_movement",
+            "Speech was heard but the mouth did not move.",
+            0.0,
+            settings.av_pass_corr,
+            **details,
+        )
     corr, lag = _best_lag_corr(m, a, int(round(settings.av_max_lag_s * settings.av_resample_hz)))
     details["lag_s"] = round(lag * dt, 3)
     if corr >= settings.av_pass_corr:
-        return _result(kind, Outcome.PASS, "av_in_sync", "Lip movement matches the speech.", corr,
-                       settings.av_pass_corr, **details)  # fmt: skip
+        return _result(
+            kind,
+            Outcome.PASS,
+            "av_in_sync",
+            "Lip movement matches the speech.",
+            corr,
+            settings.av_pass_corr,
+            **details,
+        )
     if corr < settings.av_fail_corr:
-        return _result(kind, Outcome.FAIL, "av_out_of_sync", "Lip movement does not match the speech.", corr,
-                       settings.av_pass_corr, **details)  # fmt: skip
-    return _result(kind, Outcome.INCONCLUSIVE, "av_borderline", "Could not tell whether the lips match the speech.",
-                   corr, settings.av_pass_corr, **details)  # fmt: skip
+        return _result(
+            kind,
+            Outcome.FAIL,
+            "av_out_of_sync",
+            "Lip movement does not match the speech.",
+            corr,
+            settings.av_pass_corr,
+            **details,
+        )
+    return _result(
+        kind,
+        Outcome.INCONCLUSIVE,
+        "av_borderline",
+        "Could not tell whether the lips match the speech.",
+        corr,
+        settings.av_pass_corr,
+        **details,
+    )

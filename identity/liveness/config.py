@@ -24,7 +24,10 @@ class LivenessSettings(BaseModel):
     digits_min_len: int = Field(4, ge=3, le=10, description="Shortest digit string to read aloud.")
     digits_max_len: int = Field(6, ge=3, le=12, description="Longest digit string to read aloud.")
     motion_window_s: float = Field(
-        4.0, ge=1.0, le=15.0, description="Time after a head-turn or blink prompt in which the response counts."
+        4.0,
+        ge=1.0,
+        le=15.0,
+        description="Time after a head-turn or blink prompt in which the response counts.",
     )
     read_digits_window_s: float = Field(
         7.0, ge=2.0, le=30.0, description="Time after the digits prompt in which speech is judged."
@@ -32,22 +35,33 @@ class LivenessSettings(BaseModel):
     lead_in_s: float = Field(
         1.5, ge=0.5, le=10.0, description="Planned time before the first prompt (collects the baseline)."
     )
-    step_gap_s: float = Field(1.0, ge=0.0, le=10.0, description="Planned pause between one window and the next prompt.")
+    step_gap_s: float = Field(
+        1.0, ge=0.0, le=10.0, description="Planned pause between one window and the next prompt."
+    )
 
     # Shared evidence requirements
     baseline_s: float = Field(
         1.0, ge=0.2, le=5.0, description="Frames this long before a prompt give the person's resting pose."
     )
     min_reaction_s: float = Field(
-        0.2, ge=0.0, le=1.0, description="Movement earlier than this after the prompt is not a response to it."
+        0.2,
+        ge=0.0,
+        le=1.0,
+        description="Movement earlier than this after the prompt is not a response to it.",
     )
     min_face_frames: int = Field(
-        3, ge=1, le=100, description="Fewer frames with a face in a response window than this: could not tell."
+        3,
+        ge=1,
+        le=100,
+        description="Fewer frames with a face in a response window than this: could not tell.",
     )
 
     # Head turn
     head_turn_min_deg: float = Field(
-        15.0, ge=5.0, le=60.0, description="Yaw change from the baseline (degrees) that counts as a head turn."
+        15.0,
+        ge=5.0,
+        le=60.0,
+        description="Yaw change from the baseline (degrees) that counts as a head turn.",
     )
     head_turn_review_deg: float = Field(
         5.0, ge=0.0, le=20.0, description="A largest turn within this many degrees below the minimum: review."
@@ -55,13 +69,22 @@ class LivenessSettings(BaseModel):
 
     # Blink
     min_fps_blink: float = Field(
-        8.0, ge=2.0, le=60.0, description="Frame rate (with a face) needed in a blink window; blinks last 0.1-0.4 s."
+        8.0,
+        ge=2.0,
+        le=60.0,
+        description="Frame rate (with a face) needed in a blink window; blinks last 0.1-0.4 s.",
     )
     blink_closed_ratio: float = Field(
-        0.7, ge=0.3, le=0.95, description="Eye aspect ratio at or below this fraction of the open-eye level: closed."
+        0.7,
+        ge=0.3,
+        le=0.95,
+        description="Eye aspect ratio at or below this fraction of the open-eye level: closed.",
     )
     blink_reopen_ratio: float = Field(
-        0.85, ge=0.5, le=1.0, description="Eyes count as reopened at or above this fraction of the open-eye level."
+        0.85,
+        ge=0.5,
+        le=1.0,
+        description="Eyes count as reopened at or above this fraction of the open-eye level.",
     )
     blink_review_ratio: float = Field(
         0.1, ge=0.0, le=0.3, description="Deepest dip within this much above the closed ratio: review."
@@ -78,17 +101,26 @@ class LivenessSettings(BaseModel):
         2.0, ge=0.5, le=30.0, description="Shortest stretch with both mouth and audio data to judge."
     )
     av_pass_corr: float = Field(
-        0.6, ge=0.0, le=1.0, description="Best-lag Pearson correlation of mouth opening and speech energy: pass."
+        0.6,
+        ge=0.0,
+        le=1.0,
+        description="Best-lag Pearson correlation of mouth opening and speech energy: pass.",
     )
     av_fail_corr: float = Field(
         0.15, ge=-1.0, le=1.0, description="Below this correlation: fail; between fail and pass: review."
     )
     av_min_mouth_std: float = Field(
-        0.02, ge=0.0, le=0.5, description="Mouth-opening std (ratio units) below this while speech is heard: "
+        0.02,
+        ge=0.0,
+        le=0.5,
+        description="Mouth-opening std (ratio units) below this while speech is heard: "
         "the mouth did not move (photo with a played recording).",
     )
     av_min_speech_cv: float = Field(
-        0.25, ge=0.0, le=5.0, description="Speech energy std/mean below this: no speech heard, could not tell."
+        0.25,
+        ge=0.0,
+        le=5.0,
+        description="Speech energy std/mean below this: no speech heard, could not tell.",
     )
 
     @model_validator(mode="after")

@@ -31,13 +31,16 @@ def still_photo_frames(image_rgb: ImageRgb, n_frames: int) -> list[ImageRgb]:
 
 
 def _place_on_background(
-    content: npt.NDArray[np.float32], rng: np.random.Generator, border_frac: float, background_rgb: tuple[int, ...]
+    content: npt.NDArray[np.float32],
+    rng: np.random.Generator,
+    border_frac: float,
+    background_rgb: tuple[int, ...],
 ) -> npt.NDArray[np.float32]:
     h, w = content.shape[:2]
     pad_y, pad_x = int(h * border_frac), int(w * border_frac)
     canvas = np.empty((h + 2 * pad_y, w + 2 * pad_x, 3), np.float32)
     canvas[:] = np.asarray(background_rgb, np.float32)
-    canvas += rng.normal(0, 6, canvas.shape).astype(np.float32)
+    canvas += np.asarray(rng.normal(0, 6, canvas.shape), dtype=np.float32)
     canvas[pad_y : pad_y + h, pad_x : pad_x + w] = content
     return canvas
 
@@ -48,13 +51,16 @@ def _recapture(img: npt.NDArray[np.float32], out_hw: tuple[int, int], rng: np.ra
     factor = rng.uniform(0.35, 0.6)
     small = cv2.resize(img, (max(int(w * factor), 8), max(int(h * factor), 8)), interpolation=cv2.INTER_AREA)
     up = cv2.resize(small, (w, h), interpolation=cv2.INTER_LINEAR)
-    up = up + rng.normal(0, 3.0, up.shape).astype(np.float32)
-    return np.clip(up, 0, 255).astype(np.uint8)
+    up = up + np.asarray(rng.normal(0, 3.0, up.shape), dtype=np.float32)
+    out: ImageRgb = np.clip(up, 0, 255).astype(np.uint8)
+    return out
 
 
-def _perspective(img: npt.NDArray[np.float32], rng: np.random.Generator, max_shift: float) -> npt.NDArray[np.float32]:
+def _perspective(
+    img: npt.NDArray[np.float32], rng: np.random.Generator, max_shift: float
+) -> npt.NDArray[np.float32]:
     h, w = img.shape[:2]
-    src = np.float32([[0, 0], [w, 0], [w, h], [0, h]])
+    src = np.array([[0, 0], [w, 0], [w, h], [0, h]], dtype=np.float32)
     jitter = rng.uniform(-max_shift, max_shift, (4, 2)) * np.array([w, h])
     dst = (src + jitter).astype(np.float32)
     m = cv2.getPerspectiveTransform(src, dst)

@@ -35,7 +35,10 @@ class PadSettings(BaseModel):
         "(INCONCLUSIVE, human review) instead of PASS or FAIL.",
     )
     min_face_px: int = Field(
-        60, ge=20, le=1000, description="A face box narrower than this (pixels) is too small to judge: INCONCLUSIVE."
+        60,
+        ge=20,
+        le=1000,
+        description="A face box narrower than this (pixels) is too small to judge: INCONCLUSIVE.",
     )
     detect_max_side_px: int = Field(
         800,
@@ -45,7 +48,10 @@ class PadSettings(BaseModel):
         "face detector runs (speed); the crop is still taken from the full-resolution frame.",
     )
     detect_upsample: int = Field(
-        1, ge=0, le=2, description="Standalone use only: dlib HOG upsampling passes (finds smaller faces, slower)."
+        1,
+        ge=0,
+        le=2,
+        description="Standalone use only: dlib HOG upsampling passes (finds smaller faces, slower).",
     )
     video_sample_every_s: float = Field(
         0.5, gt=0, le=10, description="Evaluation of video files: seconds between sampled frames."
@@ -56,6 +62,11 @@ class PadSettings(BaseModel):
 
     @model_validator(mode="after")
     def _margin_inside_unit_range(self) -> Self:
-        if not 0.0 <= self.live_threshold - self.inconclusive_margin <= self.live_threshold + self.inconclusive_margin <= 1.0:
+        if (
+            not 0.0
+            <= self.live_threshold - self.inconclusive_margin
+            <= self.live_threshold + self.inconclusive_margin
+            <= 1.0
+        ):
             raise ValueError("live_threshold +- inconclusive_margin must stay within 0..1")
         return self

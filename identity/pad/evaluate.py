@@ -1,4 +1,4 @@
-"""PAD evaluation on labelled live/attack images and videos: APCER per attack type and BPCER (ISO/IEC 30107-3).
+"""PAD evaluation on labelled live/attack images and videos: APCER per attack type, BPCER (ISO/IEC 30107-3).
 
 Labels come from `labels.csv` in the root (columns path,label,attack_type; label live|attack), or else
 from file names: `true_*` and `image_T*` are live; `fake_*` and `image_F*` are attacks of type
@@ -84,7 +84,9 @@ class PadReport:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict for JSON output."""
         data = asdict(self)
-        data["items"] = [{**asdict(i), "label": i.label.value, "outcome": i.outcome.value} for i in self.items]
+        data["items"] = [
+            {**asdict(i), "label": i.label.value, "outcome": i.outcome.value} for i in self.items
+        ]
         return data
 
 
@@ -108,7 +110,9 @@ def labels_from_csv(root: Path, csv_path: Path) -> list[LabelledItem]:
             attack_type = (row.get("attack_type") or "").strip()
             if label is Label.ATTACK and not attack_type:
                 attack_type = DEFAULT_ATTACK_TYPE
-            items.append(LabelledItem(root / row["path"].strip(), label, attack_type if label is Label.ATTACK else ""))
+            items.append(
+                LabelledItem(root / row["path"].strip(), label, attack_type if label is Label.ATTACK else "")
+            )
     return items
 
 
@@ -209,14 +213,20 @@ def format_report(report: PadReport) -> str:
     lines = [f"{'file':40} {'label':6} {'type':18} {'score':>7}  outcome"]
     for i in report.items:
         score = "-" if i.score is None else f"{i.score:.3f}"
-        lines.append(f"{i.path:40} {i.label.value:6} {i.attack_type:18} {score:>7}  {i.outcome.value} ({i.code})")
-    lines.append(f"threshold {report.threshold:.3f}, review margin +-{report.margin:.3f}, no face: {report.no_face}")
+        lines.append(
+            f"{i.path:40} {i.label.value:6} {i.attack_type:18} {score:>7}  {i.outcome.value} ({i.code})"
+        )
+    lines.append(
+        f"threshold {report.threshold:.3f}, review margin +-{report.margin:.3f}, no face: {report.no_face}"
+    )
     for kind, total in report.attacks_total.items():
         lines.append(
             f"APCER[{kind}] = {report.apcer[kind]:.1%} (binary {report.apcer_binary[kind]:.1%}), "
             f"{report.attacks_inconclusive[kind]}/{total} to review"
         )
-    median_live = statistics.median([i.score for i in report.items if i.label is Label.LIVE and i.score is not None] or [float("nan")])
+    median_live = statistics.median(
+        [i.score for i in report.items if i.label is Label.LIVE and i.score is not None] or [float("nan")]
+    )
     lines.append(
         f"BPCER = {report.bpcer:.1%} (binary {report.bpcer_binary:.1%}), "
         f"{report.live_inconclusive}/{report.live_total} live to review, median live score {median_live:.3f}"

@@ -1,4 +1,4 @@
-"""MiniFASNetV2 / MiniFASNetV1SE (minivision-ai Silent-Face-Anti-Spoofing, Apache-2.0), built from a state dict.
+"""MiniFASNetV2 / MiniFASNetV1SE (minivision-ai Silent-Face-Anti-Spoofing, Apache-2.0) from a state dict.
 
 Engine module: imports torch, so load it only inside worker processes. The layer names match the
 published checkpoints (after stripping DataParallel's "module." prefix), so `load_state_dict(strict=True)`
@@ -17,10 +17,12 @@ from torch import Tensor, nn
 INPUT_SIZE_PX = 80
 
 
-class ConvBlock(nn.Module):
+class ConvBlock(nn.Module):  # type: ignore[misc]  # torch is untyped here (mypy ratchet)
     """Conv (no bias) -> BatchNorm -> PReLU (upstream `Conv_block`)."""
 
-    def __init__(self, in_c: int, out_c: int, kernel: int, stride: int, padding: int, groups: int = 1) -> None:
+    def __init__(
+        self, in_c: int, out_c: int, kernel: int, stride: int, padding: int, groups: int = 1
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_c)
@@ -30,10 +32,12 @@ class ConvBlock(nn.Module):
         return self.prelu(self.bn(self.conv(x)))  # type: ignore[no-any-return]
 
 
-class LinearBlock(nn.Module):
+class LinearBlock(nn.Module):  # type: ignore[misc]  # torch is untyped here (mypy ratchet)
     """Conv (no bias) -> BatchNorm, no activation (upstream `Linear_block`)."""
 
-    def __init__(self, in_c: int, out_c: int, kernel: int, stride: int, padding: int, groups: int = 1) -> None:
+    def __init__(
+        self, in_c: int, out_c: int, kernel: int, stride: int, padding: int, groups: int = 1
+    ) -> None:
         super().__init__()
         self.conv = nn.Conv2d(in_c, out_c, kernel, stride=stride, padding=padding, groups=groups, bias=False)
         self.bn = nn.BatchNorm2d(out_c)
@@ -42,7 +46,7 @@ class LinearBlock(nn.Module):
         return self.bn(self.conv(x))  # type: ignore[no-any-return]
 
 
-class SEModule(nn.Module):
+class SEModule(nn.Module):  # type: ignore[misc]  # torch is untyped here (mypy ratchet)
     """Squeeze-and-excitation with BatchNorm after each 1x1 conv (upstream `SEModule`)."""
 
     def __init__(self, channels: int, reduced: int) -> None:
@@ -60,10 +64,12 @@ class SEModule(nn.Module):
         return x * w
 
 
-class DepthWise(nn.Module):
+class DepthWise(nn.Module):  # type: ignore[misc]  # torch is untyped here (mypy ratchet)
     """1x1 expand -> 3x3 depthwise -> 1x1 project, optional residual and SE (upstream `Depth_Wise[_SE]`)."""
 
-    def __init__(self, in_c: int, mid_c: int, out_c: int, stride: int, residual: bool, se_reduced: int = 0) -> None:
+    def __init__(
+        self, in_c: int, mid_c: int, out_c: int, stride: int, residual: bool, se_reduced: int = 0
+    ) -> None:
         super().__init__()
         self.conv = ConvBlock(in_c, mid_c, kernel=1, stride=1, padding=0)
         self.conv_dw = ConvBlock(mid_c, mid_c, kernel=3, stride=stride, padding=1, groups=mid_c)
@@ -78,7 +84,7 @@ class DepthWise(nn.Module):
         return x + y if self.residual else y
 
 
-class Residual(nn.Module):
+class Residual(nn.Module):  # type: ignore[misc]  # torch is untyped here (mypy ratchet)
     """A stack of residual DepthWise blocks (upstream `Residual` / `ResidualSE`)."""
 
     def __init__(self, blocks: list[DepthWise]) -> None:
@@ -106,7 +112,7 @@ def _residual(sd: Mapping[str, Tensor], prefix: str) -> Residual:
     return Residual([_depth_wise(sd, f"{prefix}.model.{i}", stride=1, residual=True) for i in range(count)])
 
 
-class MiniFASNet(nn.Module):
+class MiniFASNet(nn.Module):  # type: ignore[misc]  # torch is untyped here (mypy ratchet)
     """MiniFASNet for an 80x80 BGR crop in 0..255 (not normalised); returns (N, 3) logits, class 1 = live."""
 
     def __init__(self, sd: Mapping[str, Tensor]) -> None:
@@ -133,9 +139,17 @@ class MiniFASNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         for stage in (
-            self.conv1, self.conv2_dw, self.conv_23, self.conv_3, self.conv_34,
-            self.conv_4, self.conv_45, self.conv_5, self.conv_6_sep, self.conv_6_dw,
-        ):  # fmt: skip
+            self.conv1,
+            self.conv2_dw,
+            self.conv_23,
+            self.conv_3,
+            self.conv_34,
+            self.conv_4,
+            self.conv_45,
+            self.conv_5,
+            self.conv_6_sep,
+            self.conv_6_dw,
+        ):
             x = stage(x)
         x = torch.flatten(x, 1)
         return self.prob(self.drop(self.bn(self.linear(x))))  # type: ignore[no-any-return]

@@ -82,7 +82,9 @@ def no_face(settings: PadSettings, stamp: ModelStamp | None, code: str = "no_fac
     )
 
 
-def decide(live_score: float, settings: PadSettings, stamp: ModelStamp | None, **details: object) -> CheckResult:
+def decide(
+    live_score: float, settings: PadSettings, stamp: ModelStamp | None, **details: object
+) -> CheckResult:
     """Turn a fused live probability (0..1) into PASS / FAIL (presentation_attack) / INCONCLUSIVE."""
     thr, margin = settings.live_threshold, settings.inconclusive_margin
     info: dict[str, object] = {"score_unit": SCORE_UNIT, "inconclusive_margin": margin, **details}

@@ -7,6 +7,13 @@ from fastapi import APIRouter
 
 def routers() -> list[APIRouter]:
     """Every router of the service, in mount order."""
-    from media_server.api import admin, checkin_page, whip, workstation
+    from media_server.api import admin, checkin_page, enrolment, reviews, whip, workstation
 
-    return [admin.router, workstation.router, whip.router, checkin_page.router]
+    return [
+        admin.router,
+        enrolment.router,
+        reviews.router,
+        workstation.router,
+        whip.router,
+        checkin_page.router,
+    ]

@@ -88,12 +88,16 @@ async def checkin_page(token: str, request: Request, lang: str | None = None) ->
         "iceServers": [parse_ice_server(u) for u in _settings(request).media.ice_servers],
         "strings": strings,
     }
-    html = _environment().get_template("checkin.html").render(
-        lang=language,
-        t=strings[language],
-        languages=LANGUAGES,
-        # Embedded as a JSON data block (not executed); "</" is escaped so it cannot close the tag.
-        config_json=json.dumps(config, ensure_ascii=False).replace("</", "<\\/"),
+    html = (
+        _environment()
+        .get_template("checkin.html")
+        .render(
+            lang=language,
+            t=strings[language],
+            languages=LANGUAGES,
+            # Embedded as a JSON data block (not executed); "</" is escaped so it cannot close the tag.
+            config_json=json.dumps(config, ensure_ascii=False).replace("</", "<\\/"),
+        )
     )
     return HTMLResponse(html, headers=_PAGE_HEADERS)
 

@@ -18,9 +18,7 @@ def get_ingest(request: Request) -> WhipIngest | None:
 
 
 def _unavailable() -> JSONResponse:
-    return JSONResponse(
-        {"error": "unavailable", "message": "media ingest is not running"}, status_code=503
-    )
+    return JSONResponse({"error": "unavailable", "message": "media ingest is not running"}, status_code=503)
 
 
 @router.post("/whip", status_code=201, response_class=Response)

@@ -14,7 +14,7 @@ from typing import Any
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response, StreamingResponse
 from fastapi.templating import Jinja2Templates
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from media_server.api.deps import ServicesDep
 from media_server.auth import SESSION_COOKIE, Principal, principal_from_request
@@ -22,7 +22,7 @@ from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, Role
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Person, Review, User, Verdict
 from media_server.errors import BadInput, Forbidden, NotFoundError, Unauthorized
-from media_server.i18n import table
+from media_server.i18n import LANGS, table
 from media_server.tokens import check_password, sign_token
 
 router = APIRouter(prefix="/ws", tags=["workstation"], include_in_schema=False)
@@ -31,10 +31,14 @@ templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / 
 VIEWERS = frozenset({Role.REVIEWER, Role.OFFICER, Role.ADMIN})
 LOGIN_TTL_S = 8 * 3600
 MIN_COMMENT_CHARS = 3
+# Confirmation banners a redirect may ask for, by key: the page never echoes text from the URL.
+FLASHES = {"decided": "decided"}
 
 
 def _lang(request: Request) -> str:
-    return request.query_params.get("lang") or request.cookies.get("kuzet_lang") or "ru"
+    lang = request.query_params.get("lang") or request.cookies.get("kuzet_lang") or "ru"
+    # Only known codes: the value is echoed into a cookie, URLs and the page.
+    return lang if lang in LANGS else "ru"
 
 
 def _page(request: Request, name: str, principal: Principal | None, **context: Any) -> HTMLResponse:
@@ -104,26 +108,35 @@ def logout() -> RedirectResponse:
 
 
 def flagged_sessions(db: Any) -> list[dict[str, Any]]:
-    """Sessions whose latest verdict is REVIEW or FAIL and that no reviewer has decided yet."""
+    """Sessions whose latest verdict is REVIEW or FAIL and that no reviewer has decided yet, oldest first."""
+    # Only the latest verdict of a session counts: a later PASS (a re-run) takes it off the queue.
+    ranked = select(
+        Verdict.id.label("verdict_id"),
+        func.row_number()
+        .over(partition_by=Verdict.session_id, order_by=(Verdict.created_at.desc(), Verdict.id.desc()))
+        .label("rank"),
+    ).subquery()
     reviewed = select(Review.verdict_id)
     rows = db.execute(
         select(Verdict, CheckSession, Person)
+        .join(ranked, (ranked.c.verdict_id == Verdict.id) & (ranked.c.rank == 1))
         .join(CheckSession, Verdict.session_id == CheckSession.id)
         .join(Person, CheckSession.person_id == Person.id)
         .where(Verdict.decision.in_([Decision.REVIEW, Decision.FAIL]), Verdict.id.not_in(reviewed))
-        .order_by(Verdict.created_at)
+        .order_by(Verdict.created_at, Verdict.id)
     ).all()
-    latest: dict[str, dict[str, Any]] = {}
-    for verdict, session, person in rows:
-        latest[session.id] = {
+    return [
+        {
             "session_id": session.id,
+            "verdict_id": verdict.id,
             "person": person.display_name,
             "kind": session.kind.value,
             "decision": verdict.decision.value,
             "reasons": verdict.reasons,
             "created_at": verdict.created_at,
         }
-    return list(latest.values())
+        for verdict, session, person in rows
+    ]
 
 
 @router.get("/queue", response_model=None)
@@ -190,7 +203,7 @@ def session_detail(session_id: str, request: Request, services: ServicesDep) -> 
             reading=reading,
             can_decide=who.role is Role.REVIEWER,
             can_export=who.role in (Role.OFFICER, Role.ADMIN, Role.REVIEWER),
-            flash=request.query_params.get("flash"),
+            flash=FLASHES.get(request.query_params.get("flash") or ""),
         )
 
 
@@ -214,10 +227,7 @@ def decide(
     if len(comment.strip()) < MIN_COMMENT_CHARS:
         raise BadInput("a comment explaining the decision is required")
     record_review(services, who, session_id, chosen, comment.strip())
-    t = table(_lang(request))
-    return RedirectResponse(
-        f"/ws/sessions/{session_id}?lang={_lang(request)}&flash={t['decided']}", status_code=303
-    )
+    return RedirectResponse(f"/ws/sessions/{session_id}?lang={_lang(request)}&flash=decided", status_code=303)
 
 
 def record_review(services: Any, who: Principal, session_id: str, decision: Decision, comment: str) -> str:
@@ -258,6 +268,11 @@ def artifact(artifact_id: str, request: Request, services: ServicesDep) -> Respo
     who = _viewer(request)
     if isinstance(who, RedirectResponse):
         return who
+    return stream_artifact(services, who, artifact_id)
+
+
+def stream_artifact(services: Any, who: Principal, artifact_id: str) -> StreamingResponse:
+    """The verified bytes of one artifact, after writing the evidence_viewed audit row."""
     with services.sessions.begin() as db:
         a = db.get(Artifact, artifact_id)
         if a is None:
@@ -272,9 +287,12 @@ def artifact(artifact_id: str, request: Request, services: ServicesDep) -> Respo
         )
         key, content_type = a.key, a.content_type
     f = services.store.open_verified(key)
+    size = f.seek(0, 2)
+    f.seek(0)
 
     def chunks() -> Iterator[bytes]:
         with f:
             yield from iter(lambda: f.read(1 << 16), b"")
 
-    return StreamingResponse(chunks(), media_type=content_type, headers={"Cache-Control": "no-store"})
+    headers = {"Cache-Control": "no-store", "Content-Length": str(size)}
+    return StreamingResponse(chunks(), media_type=content_type, headers=headers)

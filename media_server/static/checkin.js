@@ -181,6 +181,8 @@
       fail("error.network");
       return;
     }
+    // Until the first prompt arrives the server records a baseline: ask for a straight look.
+    if (!state.promptKey) state.promptKey = "prompt.look_straight";
     setStatus("status.live", "live");
   }
 

@@ -6,7 +6,6 @@ import asyncio
 import logging
 import secrets
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
@@ -65,6 +64,7 @@ class WhipIngest:
             resource_id=resource_id,
             principal=principal,
             media=self.settings.media,
+            liveness=self.settings.liveness,
             sink=self.sink,
             advisor=self._advisor,
             workdir=workdir,
@@ -111,7 +111,7 @@ class PipelineSink:
         self._services = services
 
     async def finish(self, capture: SessionCapture) -> dict[str, Any] | None:
-        from media_server import pipeline  # type: ignore[attr-defined]  # written by the lead
+        from media_server import pipeline
 
         result = await pipeline.finish_session(self._services, capture)
         return result if isinstance(result, dict) else None
@@ -140,4 +140,3 @@ def install(
 
     app.state.startup_hooks.append(start)
     app.state.shutdown_hooks.append(stop)
-

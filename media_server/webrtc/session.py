@@ -18,11 +18,12 @@ from aiortc import RTCDataChannel, RTCPeerConnection, RTCSessionDescription
 from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
+from identity.liveness.config import LivenessSettings
 from media_server.errors import BadInput
 from media_server.settings import MediaSettings
 from media_server.webrtc.analysis import FeedbackCode, FrameAdvisor, sample_frame
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
-from media_server.webrtc.challenge import make_session_challenge, plan_prompts
+from media_server.webrtc.challenge import plan_prompts, session_challenge
 from media_server.webrtc.credentials import WhipPrincipal
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
 from media_server.webrtc.recorder import SessionRecorder
@@ -53,6 +54,7 @@ class MediaSession:
         resource_id: str,
         principal: WhipPrincipal,
         media: MediaSettings,
+        liveness: LivenessSettings,
         sink: SessionSink,
         advisor: FrameAdvisor | None,
         workdir: Path,
@@ -86,7 +88,7 @@ class MediaSession:
         self._kinds: set[str] = set()
         self._recorder: SessionRecorder | None = None
         self._control: list[asyncio.Task[None]] = []
-        self.challenge = make_session_challenge(principal.challenge)
+        self.challenge = session_challenge(principal.challenge, liveness)
         self.end_reason: EndedReason | None = None
         self.outcome: dict[str, Any] | None = None
         self.stats: dict[str, int] = dict.fromkeys(
@@ -219,11 +221,14 @@ class MediaSession:
         if has_data_channel:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._channel_open.wait(), self._media.no_media_timeout_s)
-        for index, step in enumerate(plan_prompts(self.challenge, self._media.prompt_step_s)):
+        lead_in_s, steps = plan_prompts(self.challenge)
+        # The lead-in collects a baseline (face straight, room noise) before the first prompt.
+        await asyncio.sleep(lead_in_s)
+        for index, step in enumerate(steps):
             message = step.message(index, self.now())
             delivered = self._send(message)
             self._record_event({**message, "delivered": delivered})
-            await asyncio.sleep(step.duration_s)
+            await asyncio.sleep(step.window_s + (step.gap_s if index < len(steps) - 1 else 0.0))
         self.end(EndedReason.COMPLETED)
 
     def _on_connection_state(self) -> None:

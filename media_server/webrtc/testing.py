@@ -150,8 +150,25 @@ def make_test_media(directory: Path, *, seconds: float = 4.0, text: str | None =
     png = directory / "face.png"
     canvas.save(png)
     y4m = directory / "face.y4m"
-    _run(["ffmpeg", "-v", "error", "-y", "-loop", "1", "-framerate", "30", "-i", str(png), "-t", str(seconds),
-          "-pix_fmt", "yuv420p", str(y4m)])
+    _run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-loop",
+            "1",
+            "-framerate",
+            "30",
+            "-i",
+            str(png),
+            "-t",
+            str(seconds),
+            "-pix_fmt",
+            "yuv420p",
+            str(y4m),
+        ]
+    )
     raw = directory / "speech-raw.wav"
     speech = text or "Three seven one nine four. This is a check-in test recording for Kuzet."
     if shutil.which("espeak-ng"):
@@ -162,8 +179,23 @@ def make_test_media(directory: Path, *, seconds: float = 4.0, text: str | None =
         t = np.arange(int(16000 * seconds)) / 16000
         sf.write(raw, (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
     wav = directory / "speech.wav"
-    _run(["ffmpeg", "-v", "error", "-y", "-i", str(raw), "-ar", "48000", "-ac", "1", "-sample_fmt", "s16",
-          str(wav)])
+    _run(
+        [
+            "ffmpeg",
+            "-v",
+            "error",
+            "-y",
+            "-i",
+            str(raw),
+            "-ar",
+            "48000",
+            "-ac",
+            "1",
+            "-sample_fmt",
+            "s16",
+            str(wav),
+        ]
+    )
     return TestMedia(video_y4m=y4m, speech_wav=wav)
 
 

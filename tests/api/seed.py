@@ -1,6 +1,6 @@
 """Test data through the real database and evidence store: a flagged check-in and a breath test.
 
-Media are real: a recording (VP8/Opus WebM) made by ffmpeg from `skimage.data.astronaut()` (public
+Media are real: a recording (H.264/AAC MP4) made by ffmpeg from `skimage.data.astronaut()` (public
 domain) with espeak-ng speech, JPEG frames with OpenCV face boxes, a 16 kHz mono WAV. The verdict is
 computed by the real policy (`media_server.verdict.decide`); its manifest hash is the sha256 of a
 canonical JSON of the artifacts and checks.
@@ -8,6 +8,7 @@ canonical JSON of the artifacts and checks.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
 import io
@@ -15,7 +16,7 @@ import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
@@ -28,6 +29,7 @@ from media_server.db.enums import ArtifactKind, SessionKind, SessionStatus
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Person, Verdict
 from media_server.db.types import utcnow
 from media_server.verdict import decide
+from tests.api.conftest import PASSWORD, ROLES, Api
 
 FRAME_SIDE_PX = 320
 FRAME_TIMES_S = (0.5, 1.5, 2.5)
@@ -56,7 +58,7 @@ class SeedFrame:
 class SeedMedia:
     """Media bytes shared by every seeded session of a test run."""
 
-    recording_webm: bytes
+    recording_mp4: bytes
     speech_wav16k: bytes
     frames: tuple[SeedFrame, ...]
     photos: tuple[bytes, ...]
@@ -85,7 +87,8 @@ def _face_box(rgb: Any) -> dict[str, float]:
     import cv2
 
     gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
-    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    cascade_file = cv2.data.haarcascades + "haarcascade_frontalface_default.xml"  # type: ignore[attr-defined]
+    cascade = cv2.CascadeClassifier(cascade_file)
     faces = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(40, 40))
     h, w = gray.shape
     if len(faces) == 0:
@@ -134,38 +137,15 @@ def seed_media() -> SeedMedia:
                 str(wav),
             ]
         )
-        webm = d / "recording.webm"
+        mp4 = d / "recording.mp4"
+        # H.264/AAC in MP4, like the session recorder; x264 ultrafast encodes it in well under a second.
         _run(
-            [
-                "ffmpeg",
-                "-v",
-                "error",
-                "-y",
-                "-loop",
-                "1",
-                "-framerate",
-                "15",
-                "-i",
-                str(png),
-                "-i",
-                str(raw),
-                "-t",
-                str(RECORDING_S),
-                "-c:v",
-                "libvpx",
-                "-b:v",
-                "300k",
-                "-pix_fmt",
-                "yuv420p",
-                "-c:a",
-                "libopus",
-                "-ar",
-                "48000",
-                "-shortest",
-                str(webm),
-            ]
-        )
-        recording, speech = webm.read_bytes(), wav.read_bytes()
+            ["ffmpeg", "-v", "error", "-y", "-loop", "1", "-framerate", "10", "-i", str(png), "-i", str(raw),
+             "-t", str(RECORDING_S), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "stillimage",
+             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-ar", "48000", "-movflags", "+faststart",
+             "-shortest", str(mp4)]
+        )  # fmt: skip
+        recording, speech = mp4.read_bytes(), wav.read_bytes()
     frames = []
     photos = []
     for i, t_s in enumerate(FRAME_TIMES_S):
@@ -280,7 +260,7 @@ def _finish(
 
 
 def _person(db: Any, external_ref: str, display_name: str) -> Person:
-    person = db.query(Person).filter_by(external_ref=external_ref).one_or_none()
+    person: Person | None = db.query(Person).filter_by(external_ref=external_ref).one_or_none()
     if person is None:
         person = Person(external_ref=external_ref, display_name=display_name)
         db.add(person)
@@ -317,14 +297,15 @@ def seed_flagged_checkin(
                 db,
                 session.id,
                 ArtifactKind.RECORDING,
-                media.recording_webm,
-                "video/webm",
+                media.recording_mp4,
+                "video/mp4",
                 {"duration_s": RECORDING_S},
             ),
         ]
         face = _stamp("dlib_resnet_face_v1")
         for i, frame in enumerate(media.frames):
-            score = round(FACE_DISTANCE + 0.01 * (i - 1), 4)
+            # the first frame lands under the threshold (a match), the others just over it
+            score = round(FACE_DISTANCE + 0.015 * (i - 1), 4)
             artifacts.append(
                 _store(
                     services,
@@ -471,3 +452,39 @@ def seed_breath_session(
             checks,
             [CheckKind.BREATH_SIGNATURE, CheckKind.BREATH_READING, CheckKind.BREATH_PHOTO],
         )
+
+
+def create_staff(services: Any) -> None:
+    """One user per role (username = role value, password `PASSWORD`), sharing one argon2 hash."""
+    from media_server.db.models import User
+    from media_server.tokens import hash_password
+
+    password_hash = hash_password(PASSWORD)  # argon2 costs ~0.1-0.6 s: hash once
+    with services.sessions.begin() as db:
+        for role in ROLES:
+            user = User(username=role.value, password_hash=password_hash, role=role)
+            db.add(user)
+            db.flush()
+            audit.append(db, "test", "user_created", "user", user.id, {})
+
+
+def app_settings(data_dir: Path) -> Any:
+    """Settings for a test app: SQLite and the local evidence directory under `data_dir`."""
+    from media_server.settings import Settings
+
+    return Settings(data_dir=data_dir, models={"dir": Path("var/models").resolve()})
+
+
+@contextlib.contextmanager
+def staff_app(data_dir: Path) -> Iterator[Api]:
+    """The app (TestClient, lifespan run) on `app_settings(data_dir)` with `create_staff`; no cookies."""
+    from fastapi.testclient import TestClient
+
+    from media_server.app import create_app
+
+    settings = app_settings(data_dir)
+    app = create_app(settings)
+    with TestClient(app) as client:
+        create_staff(app.state.services)
+        client.cookies.clear()
+        yield Api(client=client, services=app.state.services, settings=settings)

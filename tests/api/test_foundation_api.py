@@ -148,7 +148,9 @@ def test_unknown_timezone_is_rejected(api: Api) -> None:
 
 def test_schedule_creation_and_bad_rule(api: Api) -> None:
     officer = api.as_(Role.OFFICER)
-    pid = api.client.post("/api/v1/persons", json={"external_ref": "S1", "display_name": "S"}, headers=officer).json()["id"]
+    pid = api.client.post(
+        "/api/v1/persons", json={"external_ref": "S1", "display_name": "S"}, headers=officer
+    ).json()["id"]
     r = api.client.post(
         f"/api/v1/persons/{pid}/schedules",
         json={"rule": {"type": "daily", "start": "09:00", "end": "10:00"}},
@@ -156,5 +158,7 @@ def test_schedule_creation_and_bad_rule(api: Api) -> None:
     )
     assert r.status_code == 201, r.text
     assert r.json()["timezone"] == "Asia/Almaty"
-    r = api.client.post(f"/api/v1/persons/{pid}/schedules", json={"rule": {"type": "weekly"}}, headers=officer)
+    r = api.client.post(
+        f"/api/v1/persons/{pid}/schedules", json={"rule": {"type": "weekly"}}, headers=officer
+    )
     assert r.status_code == 400 and "invalid schedule rule" in r.json()["message"]

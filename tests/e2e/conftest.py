@@ -64,7 +64,8 @@ def test_media(tmp_path_factory: pytest.TempPathFactory) -> TestMedia:
 def e2e_settings(tmp_path: Path) -> Settings:
     return Settings(
         data_dir=tmp_path / "var",
-        media={"loopback_only": True, "prompt_step_s": 1.0, "no_media_timeout_s": 20, "outcome_linger_s": 5},
+        media={"loopback_only": True, "no_media_timeout_s": 20, "outcome_linger_s": 5},
+        liveness={"motion_window_s": 1.5, "read_digits_window_s": 3.0, "lead_in_s": 1.0, "step_gap_s": 0.5},
     )
 
 
@@ -79,7 +80,9 @@ def checkin_sink() -> SessionSink:
 
 
 @pytest.fixture
-def checkin_app(e2e_settings: Settings, whip_authenticator: WhipAuthenticator, checkin_sink: SessionSink) -> Any:
+def checkin_app(
+    e2e_settings: Settings, whip_authenticator: WhipAuthenticator, checkin_sink: SessionSink
+) -> Any:
     return build_whip_app(e2e_settings, whip_authenticator, checkin_sink)
 
 

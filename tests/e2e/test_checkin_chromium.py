@@ -34,9 +34,7 @@ def test_chromium_completes_a_checkin(
         page.locator("button[data-lang=en]").click()
         page.locator("#start").click()
         page.wait_for_selector("#status[data-state=live]", timeout=30_000)
-        page.wait_for_function(
-            "document.getElementById('prompt').textContent.length > 0", timeout=30_000
-        )
+        page.wait_for_function("document.getElementById('prompt').textContent.length > 0", timeout=30_000)
         page.wait_for_selector("#status[data-state=done]", timeout=90_000)
         assert page.locator("#outcome").inner_text() == "Check-in sent to your officer for review."
     finally:

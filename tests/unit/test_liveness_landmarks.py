@@ -20,7 +20,8 @@ def _rotation(yaw: float, pitch: float, roll: float) -> np.ndarray:
     ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
     rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
     rz = np.array([[np.cos(r), -np.sin(r), 0], [np.sin(r), np.cos(r), 0], [0, 0, 1]])
-    return rz @ rx @ ry
+    rotation: np.ndarray = rz @ rx @ ry
+    return rotation
 
 
 def _projected(yaw: float, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
@@ -30,7 +31,9 @@ def _projected(yaw: float, pitch: float = 0.0, roll: float = 0.0) -> np.ndarray:
     return pts
 
 
-@pytest.mark.parametrize(("yaw", "pitch", "roll"), [(0, 0, 0), (25, 0, 0), (-30, 0, 0), (20, 10, 0), (-20, 0, 15)])
+@pytest.mark.parametrize(
+    ("yaw", "pitch", "roll"), [(0, 0, 0), (25, 0, 0), (-30, 0, 0), (20, 10, 0), (-20, 0, 15)]
+)
 def test_yaw_recovers_known_rotation(yaw: float, pitch: float, roll: float) -> None:
     assert yaw_deg(_projected(yaw, pitch, roll)) == pytest.approx(yaw, abs=3.0)
 
@@ -41,7 +44,9 @@ def test_yaw_of_missing_face_is_nan() -> None:
 
 def _eye(open_height: float) -> np.ndarray:
     # p1..p6 as in the 68-point model: corners at 0 and 3, upper lid 1-2, lower lid 5-4.
-    return np.array([[0, 0], [3, -open_height], [7, -open_height], [10, 0], [7, open_height], [3, open_height]], float)
+    return np.array(
+        [[0, 0], [3, -open_height], [7, -open_height], [10, 0], [7, open_height], [3, open_height]], float
+    )
 
 
 def test_eye_aspect_ratio_of_open_and_closed_eyes() -> None:
@@ -83,7 +88,7 @@ def _real_landmarks(image_rgb: np.ndarray) -> np.ndarray:
 
 
 def _squeeze_left_half(image_rgb: np.ndarray, cx: float, factor: float) -> np.ndarray:
-    """Compress image columns left of cx towards cx, as foreshortening does when the face turns to image left."""
+    """Compress columns left of cx towards cx, as foreshortening does when the face turns to image left."""
     import cv2
 
     h, w = image_rgb.shape[:2]

@@ -21,6 +21,9 @@ from media_server.webrtc.credentials import OneTimeTokens
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
 from media_server.webrtc.testing import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
 
+# A short challenge (two moves and digits, about 4.5 s) keeps the tests quick.
+QUICK_CHALLENGE = {"motion_window_s": 1.0, "read_digits_window_s": 2.0, "lead_in_s": 0.5, "step_gap_s": 0.0}
+
 
 @pytest.fixture(scope="module")
 def media(tmp_path_factory: pytest.TempPathFactory) -> TestMedia:
@@ -28,7 +31,9 @@ def media(tmp_path_factory: pytest.TempPathFactory) -> TestMedia:
 
 
 class Rig:
-    def __init__(self, server: ServerThread, tokens: OneTimeTokens, sink: FakeSink, settings: Settings) -> None:
+    def __init__(
+        self, server: ServerThread, tokens: OneTimeTokens, sink: FakeSink, settings: Settings
+    ) -> None:
         self.server = server
         self.tokens = tokens
         self.sink = sink
@@ -44,7 +49,8 @@ def rig(tmp_path: Path) -> Iterator[Callable[..., Rig]]:
     def start(**media: Any) -> Rig:
         settings = Settings(
             data_dir=tmp_path / "var",
-            media={"loopback_only": True, "prompt_step_s": 0.5, "no_media_timeout_s": 10, **media},
+            media={"loopback_only": True, "no_media_timeout_s": 10, **media},
+            liveness=QUICK_CHALLENGE,
         )
         tokens, sink = OneTimeTokens(), FakeSink()
         server = stack.enter_context(ServerThread(build_whip_app(settings, tokens, sink)))
@@ -67,7 +73,9 @@ async def _offer(*, video: bool = True, audio: bool = True) -> tuple[RTCPeerConn
     return pc, pc.localDescription.sdp
 
 
-def _post(url: str, body: bytes | str, token: str | None, content_type: str = "application/sdp") -> httpx.Response:
+def _post(
+    url: str, body: bytes | str, token: str | None, content_type: str = "application/sdp"
+) -> httpx.Response:
     headers = {"Content-Type": content_type}
     if token is not None:
         headers["Authorization"] = f"Bearer {token}"
@@ -78,7 +86,17 @@ async def test_media_flows_to_the_sink_and_is_recorded(rig: Callable[..., Rig], 
     r = rig()
     video = MediaPlayer(str(media.video_y4m), loop=True)
     audio = MediaPlayer(str(media.speech_wav), loop=True)
-    client = WhipClient(r.url, r.tokens.issue("person-1"), loopback_only=True)
+    # The challenge issued with the credential is the one the session runs.
+    challenge = {
+        "nonce": "00ff",
+        "lead_in_s": 0.5,
+        "gap_s": 0.2,
+        "steps": [
+            {"kind": "turn_left", "prompt_key": "liveness.turn_left", "window_s": 1.0, "digits": ""},
+            {"kind": "read_digits", "prompt_key": "liveness.read_digits", "window_s": 1.5, "digits": "4711"},
+        ],
+    }
+    client = WhipClient(r.url, r.tokens.issue("person-1", challenge=challenge), loopback_only=True)
     received: list[dict[str, Any]] = []
     try:
         await client.publish([MonotonicTrack(video.video), MonotonicTrack(audio.audio)])
@@ -122,6 +140,9 @@ async def test_media_flows_to_the_sink_and_is_recorded(rig: Callable[..., Rig], 
     assert {a["index"] for a in acks} == {p["index"] for p in prompts}
     assert capture.location is not None and capture.location["status"] == "ok"
     assert capture.location["lat"] == pytest.approx(43.238)
+    assert capture.challenge == challenge
+    assert [(p["step"], p.get("digits")) for p in prompts] == [("turn_left", None), ("read_digits", "4711")]
+    assert prompts[0]["t_s"] >= 0.5 and prompts[1]["t_s"] - prompts[0]["t_s"] >= 1.2 - 0.05
     assert capture.stats["invalid_messages"] == 2
     assert capture.stats["video_frames_received"] > 0 and capture.stats["audio_frames_received"] > 0
     assert [m for m in received if m["type"] == "outcome"][0]["decision"] == "review"
@@ -130,7 +151,12 @@ async def test_media_flows_to_the_sink_and_is_recorded(rig: Callable[..., Rig], 
 async def test_garbage_sdp_is_400_and_does_not_spend_the_token(rig: Callable[..., Rig]) -> None:
     r = rig()
     token = r.tokens.issue()
-    for body in (b"hello", b"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\n", "v=0\r\n\x00\x01".encode(), b"\xff\xfe"):
+    for body in (
+        b"hello",
+        b"v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\n",
+        b"v=0\r\n\x00\x01",
+        b"\xff\xfe",
+    ):
         response = await asyncio.to_thread(_post, r.url, body, token)
         assert response.status_code == 400, body
         assert response.json()["error"] == "bad_input"
@@ -167,7 +193,9 @@ async def test_missing_or_malformed_credential_is_401(rig: Callable[..., Rig]) -
     assert (await asyncio.to_thread(_post, r.url, offer, None)).status_code == 401
     response = await asyncio.to_thread(
         lambda: httpx.post(
-            f"{r.url}/whip", content=offer, headers={"Content-Type": "application/sdp", "Authorization": "Basic eDp5"}
+            f"{r.url}/whip",
+            content=offer,
+            headers={"Content-Type": "application/sdp", "Authorization": "Basic eDp5"},
         )
     )
     assert response.status_code == 401
@@ -234,13 +262,37 @@ def test_station_run_cli_completes_a_station_session(
     key = r.tokens.issue("person-3", kind="station")
     result = CliRunner().invoke(
         main,
-        ["station", "run", "--url", r.url, "--device-key", key, "--video", str(media.video_y4m),
-         "--audio", str(media.speech_wav), "--duration", "60", "--lat", "51.1", "--lon", "71.4"],
+        [
+            "station",
+            "run",
+            "--url",
+            r.url,
+            "--device-key",
+            key,
+            "--video",
+            str(media.video_y4m),
+            "--audio",
+            str(media.speech_wav),
+            "--duration",
+            "60",
+            "--lat",
+            "51.1",
+            "--lon",
+            "71.4",
+        ],
     )
     assert result.exit_code == 0, result.output
-    outcome = json.loads(result.stdout[result.stdout.index("{"):])
+    outcome = json.loads(result.stdout[result.stdout.index("{") :])
     assert outcome == {"type": "outcome", "decision": "review", "reasons": ["fake_sink"]}
     (seen,) = r.sink.wait(1, 30)
     assert seen.capture.kind == "station" and seen.capture.ended_reason is EndedReason.COMPLETED
     assert seen.capture.location is not None and seen.capture.location["lon"] == pytest.approx(71.4)
     assert seen.capture.frames and seen.recording_bytes > 0
+    # no challenge came with the credential: identity.liveness made a fresh one
+    assert seen.capture.challenge is not None and len(seen.capture.challenge["nonce"]) == 16
+    assert {e["step"] for e in seen.capture.events if e["type"] == "prompt"} <= {
+        "turn_left",
+        "turn_right",
+        "blink",
+        "read_digits",
+    }

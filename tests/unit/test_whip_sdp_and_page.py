@@ -74,7 +74,11 @@ def test_loopback_filter_keeps_only_loopback_candidates() -> None:
 def test_ice_servers_come_only_from_settings() -> None:
     assert rtc_configuration([]).iceServers == []
     turn = parse_ice_server("turn:kuzet:s%40cret@turn.internal:3478?transport=udp")
-    assert turn == {"urls": "turn:turn.internal:3478?transport=udp", "username": "kuzet", "credential": "s@cret"}
+    assert turn == {
+        "urls": "turn:turn.internal:3478?transport=udp",
+        "username": "kuzet",
+        "credential": "s@cret",
+    }
     assert parse_ice_server("stun:stun.internal:3478") == {"urls": "stun:stun.internal:3478"}
     (server,) = rtc_configuration(["turn:u:p@10.0.0.1:3478"]).iceServers
     assert server.username == "u" and server.credential == "p"
@@ -105,5 +109,10 @@ async def test_checkin_page_is_localised_and_locked_down(tmp_path: Path) -> None
         strings = (await c.get("/static/checkin_strings.json")).json()
         assert set(strings) == {"ru", "kk", "en"}
         assert set(strings["ru"]) == set(strings["kk"]) == set(strings["en"])
-        for key in ("prompt.turn_left", "prompt.say_digits", "feedback.too_dark", "feedback.face_not_visible"):
+        for key in (
+            "prompt.turn_left",
+            "prompt.read_digits",
+            "feedback.too_dark",
+            "feedback.face_not_visible",
+        ):
             assert all(strings[lang][key] for lang in strings)

@@ -1,0 +1,130 @@
+"""The whole check-in in the real service: enrol, issue a one-time link, Chromium streams a still photo
+of the enrolled face, and the real pipeline stores evidence and a verdict.
+
+The fake camera shows a still image, so the liveness challenge cannot be followed: a still photo must
+never PASS (issue #6), and it must not be booked as a technical failure either.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import httpx
+import pytest
+from PIL import Image
+from skimage import data
+from sqlalchemy import select
+
+from media_server.app import create_app
+from media_server.db import audit
+from media_server.db.enums import ArtifactKind, Decision, Role
+from media_server.db.models import Artifact, CheckResultRecord, CheckSession, User, Verdict
+from media_server.settings import Settings
+from media_server.tokens import hash_password
+from media_server.webrtc.testing import ServerThread
+
+pytestmark = pytest.mark.e2e
+
+PASSWORD = "correct-horse-battery"
+ALMATY = {"latitude": 43.2389, "longitude": 76.8897, "accuracy": 25}
+
+
+def _png(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def enrolment_images() -> list[bytes]:
+    """Three views of the astronaut (public domain): original, slightly scaled, slightly rotated."""
+    face = Image.fromarray(data.astronaut())
+    return [
+        _png(face),
+        _png(face.resize((440, 440)).crop((0, 0, 400, 400)).resize((512, 512))),
+        _png(face.rotate(4, fillcolor=(128, 128, 128))),
+    ]
+
+
+@pytest.fixture
+def live_service(e2e_settings: Settings) -> Iterator[tuple[ServerThread, Any]]:
+    app = create_app(e2e_settings)
+    with ServerThread(app) as server:
+        services = app.state.services
+        with services.sessions.begin() as db:
+            for role in (Role.OFFICER, Role.REVIEWER):
+                user = User(username=role.value, password_hash=hash_password(PASSWORD), role=role)
+                db.add(user)
+                db.flush()
+                audit.append(db, actor="test", action="user_created", subject_type="user", subject_id=user.id)
+        yield server, services
+
+
+def login(client: httpx.Client, role: Role) -> dict[str, str]:
+    r = client.post("/api/v1/auth/login", json={"username": role.value, "password": PASSWORD})
+    assert r.status_code == 200, r.text
+    return {"Authorization": f"Bearer {r.json()['token']}"}
+
+
+def wait_for_verdict(services: Any, session_id: str, timeout_s: float = 180) -> Verdict:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with services.sessions() as db:
+            v = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).first()
+            if v is not None:
+                return v
+        time.sleep(0.5)
+    raise AssertionError("no verdict was written")
+
+
+def test_still_photo_checkin_is_recorded_judged_and_never_passes(
+    browser: Any, live_service: tuple[ServerThread, Any]
+) -> None:
+    server, services = live_service
+    with httpx.Client(base_url=server.url, timeout=120) as client:
+        officer = login(client, Role.OFFICER)
+        person = client.post("/api/v1/persons", json={"external_ref": "E2E-1", "display_name": "E2E"}, headers=officer)
+        person_id = person.json()["id"]
+        files = [("images", (f"f{i}.png", b, "image/png")) for i, b in enumerate(enrolment_images())]
+        enrolled = client.post(f"/api/v1/persons/{person_id}/enrolments/face", files=files, headers=officer)
+        assert enrolled.status_code == 201 and enrolled.json()["enrolled"], enrolled.text
+        link = client.post(f"/api/v1/persons/{person_id}/checkins", json={"window_minutes": 10}, headers=officer)
+        assert link.status_code == 201
+        session_id, url = link.json()["session_id"], link.json()["url"]
+
+    context = browser.new_context(permissions=["geolocation", "camera", "microphone"], geolocation=ALMATY)
+    page = context.new_page()
+    try:
+        page.goto(f"{server.url}{url}?lang=ru")
+        page.locator("#start").click()
+        page.wait_for_selector("#status[data-state=done]", timeout=180_000)
+        outcome_text = page.locator("#outcome").inner_text()
+    finally:
+        context.close()
+
+    verdict = wait_for_verdict(services, session_id)
+    assert outcome_text
+    with services.sessions() as db:
+        session = db.get(CheckSession, session_id)
+        assert session is not None and session.token_used_at is not None
+        assert session.location is not None and session.location["status"] == "ok"
+        artifacts = db.scalars(select(Artifact).where(Artifact.session_id == session_id)).all()
+        checks = {c.kind.value: c for c in db.scalars(select(CheckResultRecord).where(CheckResultRecord.session_id == session_id))}
+        assert audit.verify_chain(db).ok
+    kinds = {a.kind for a in artifacts}
+    assert {ArtifactKind.RECORDING, ArtifactKind.FRAME, ArtifactKind.AUDIO} <= kinds
+    for a in artifacts:  # evidence is in the store under its hash and verifies on read
+        assert hashlib.sha256(services.store.get_bytes(a.key)).hexdigest() == a.sha256
+    # The enrolled face is recognised; the still photo cannot follow the challenge.
+    assert checks["face"].outcome.value == "pass", checks["face"].message
+    assert verdict.decision is not Decision.PASS
+    assert checks["liveness"].outcome.value in ("fail", "inconclusive")
+    assert verdict.models and verdict.thresholds and len(verdict.manifest_sha256) == 64
+    # A second use of the same link is refused.
+    with httpx.Client(base_url=server.url) as client:
+        r = client.post("/whip", content=b"v=0\r\n", headers={"Content-Type": "application/sdp",
+                                                                "Authorization": f"Bearer {url.rsplit('/', 1)[1]}"})
+        assert r.status_code in (400, 401)
