@@ -1,0 +1,147 @@
+"""The session pipeline's evidence-first storage, verdict writing and PAD fusion (real SQLite + store)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import select
+
+from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
+from media_server.db import audit
+from media_server.db.enums import ArtifactKind, Decision, SessionKind, SessionStatus
+from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Person, Verdict
+from media_server.package import load_or_create_signing_key
+from media_server.pipeline import fuse_pad, store_capture_evidence, write_verdict
+from media_server.webrtc.capture import EndedReason, SessionCapture
+from tests.api.conftest import Api
+
+STAMP = ModelStamp("minifasnet", "1.0", "cd" * 32)
+
+
+def _session(api: Api) -> tuple[str, str]:
+    now = datetime.now(UTC)
+    with api.services.sessions.begin() as db:
+        person = Person(external_ref="P-pipe", display_name="Pipe")
+        db.add(person)
+        db.flush()
+        row = CheckSession(
+            person_id=person.id,
+            kind=SessionKind.CHECKIN,
+            status=SessionStatus.ACTIVE,
+            window_start=now,
+            window_end=now + timedelta(minutes=5),
+            meta={},
+        )
+        db.add(row)
+        db.flush()
+        return person.id, row.id
+
+
+def _capture(person_id: str, session_id: str, recording: Path | None, reason: EndedReason) -> SessionCapture:
+    rng = np.random.default_rng(0)
+    frames = [(0.1 * i, rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)) for i in range(30)]
+    now = datetime.now(UTC)
+    return SessionCapture(
+        session_id=session_id,
+        person_id=person_id,
+        kind="checkin",
+        device_id=None,
+        challenge=None,
+        recording_path=recording,
+        frames=frames,
+        audio_pcm16k=np.zeros(16000, dtype=np.float32),
+        audio_t0_s=0.0,
+        events=[{"type": "ack", "t_s": 1.0}],
+        location={"status": "denied", "reason": "user"},
+        ended_reason=reason,
+        started_at=now,
+        ended_at=now,
+        stats={"video_frames_received": 30},
+    )
+
+
+def test_evidence_is_stored_and_hash_verified_before_judging(api: Api, tmp_path: Path) -> None:
+    person_id, session_id = _session(api)
+    recording = tmp_path / "rec.mp4"
+    recording.write_bytes(b"\x00\x00\x00\x18ftypmp42" + bytes(4096))
+    refs = store_capture_evidence(
+        api.services, _capture(person_id, session_id, recording, EndedReason.CONNECTION_FAILED)
+    )
+    kinds = [r.kind for r in refs]
+    assert kinds.count(ArtifactKind.RECORDING) == 1 and kinds.count(ArtifactKind.AUDIO) == 1
+    assert kinds.count(ArtifactKind.FRAME) == 12  # evenly spread evidence frames
+    for ref in refs:
+        assert hashlib.sha256(api.services.store.get_bytes(ref.key)).hexdigest() == ref.sha256
+    with api.services.sessions() as db:
+        row = db.get(CheckSession, session_id)
+        assert row is not None and row.status is SessionStatus.TECHNICAL_FAILURE
+        assert row.location == {"status": "denied", "reason": "user"}
+        assert len(db.scalars(select(Artifact).where(Artifact.session_id == session_id)).all()) == len(refs)
+
+
+def test_verdict_is_written_with_a_signed_manifest_and_audited(api: Api) -> None:
+    person_id, session_id = _session(api)
+    store_capture_evidence(api.services, _capture(person_id, session_id, None, EndedReason.COMPLETED))
+    results = [
+        CheckResult(
+            CheckKind.FACE, Outcome.PASS, "match", "Face matches.", score=0.3, threshold=0.5, model=STAMP
+        ),
+        CheckResult(
+            CheckKind.PAD,
+            Outcome.FAIL,
+            "presentation_attack",
+            "Photo of a photo.",
+            score=0.1,
+            threshold=0.55,
+            model=STAMP,
+        ),
+        CheckResult(CheckKind.LOCATION, Outcome.INCONCLUSIVE, "location_missing", "No location."),
+    ]
+    outcome, verdict_id = write_verdict(api.services, session_id, results, [CheckKind.FACE, CheckKind.PAD])
+    assert outcome.decision is Decision.FAIL
+    assert any(r.startswith("note: location") for r in outcome.reasons)  # advisory only
+    with api.services.sessions() as db:
+        verdict = db.get(Verdict, verdict_id)
+        assert verdict is not None and verdict.thresholds["pad.presentation_attack"] == 0.55
+        stored = db.scalars(select(CheckResultRecord).where(CheckResultRecord.session_id == session_id)).all()
+        assert {c.kind for c in stored} == {CheckKind.FACE, CheckKind.PAD, CheckKind.LOCATION}
+        manifest_row = db.scalars(
+            select(Artifact).where(
+                Artifact.session_id == session_id, Artifact.sha256 == verdict.manifest_sha256
+            )
+        ).one()
+        assert audit.verify_chain(db).ok
+    manifest_bytes = api.services.store.get_bytes(manifest_row.key)
+    manifest = json.loads(manifest_bytes)
+    assert manifest["verdict"]["decision"] == "fail" and len(manifest["artifacts"]) >= 13
+    signature = __import__("base64").b64decode(manifest_row.meta["ed25519_signature_b64"])
+    load_or_create_signing_key(api.settings.data_dir).public_key().verify(signature, manifest_bytes)
+
+
+def test_technical_failure_is_review_with_retake_not_fail(api: Api) -> None:
+    person_id, session_id = _session(api)
+    results = [
+        CheckResult(CheckKind.MEDIA, Outcome.TECHNICAL, "connection_failed", "Dropped."),
+        CheckResult(CheckKind.FACE, Outcome.FAIL, "mismatch", "Different person.", score=0.9, threshold=0.5),
+    ]
+    outcome, _ = write_verdict(api.services, session_id, results, [CheckKind.FACE])
+    assert outcome.decision is Decision.REVIEW and outcome.retake_offered
+
+
+def _pad(outcome: Outcome, score: float) -> CheckResult:
+    return CheckResult(CheckKind.PAD, outcome, outcome.value, "x", score=score, threshold=0.55, model=STAMP)
+
+
+def test_pad_fusion_majority_rule() -> None:
+    assert fuse_pad([]).outcome is Outcome.INCONCLUSIVE
+    assert fuse_pad([_pad(Outcome.PASS, 0.9)] * 3).outcome is Outcome.PASS
+    attack = fuse_pad([_pad(Outcome.FAIL, 0.1), _pad(Outcome.FAIL, 0.05), _pad(Outcome.PASS, 0.95)])
+    assert attack.outcome is Outcome.FAIL and attack.code == "presentation_attack"
+    assert attack.score == 0.1
+    assert fuse_pad([_pad(Outcome.FAIL, 0.1), _pad(Outcome.PASS, 0.9)]).outcome is Outcome.INCONCLUSIVE
+    tech = CheckResult(CheckKind.PAD, Outcome.TECHNICAL, "engine_failure", "x")
+    assert fuse_pad([tech, tech]).outcome is Outcome.TECHNICAL
