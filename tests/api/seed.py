@@ -174,7 +174,7 @@ def _store(
     meta: dict[str, Any],
 ) -> Artifact:
     stored = services.store.put_bytes(
-        data, content_type=content_type, metadata={"session": session_id, "kind": kind.value}
+        data, content_type=content_type, metadata={"session-id": session_id, "kind": kind.value}
     )
     row = Artifact(
         session_id=session_id,
@@ -188,13 +188,14 @@ def _store(
     )
     db.add(row)
     db.flush()
+    # the same audit entry as media_server.pipeline.store_artifact writes
     audit.append(
         db,
         SEED_ACTOR,
-        "artifact_stored",
-        "artifact",
-        row.id,
-        {"session_id": session_id, "kind": kind.value, "sha256": stored.sha256},
+        "evidence_stored",
+        "session",
+        session_id,
+        {"artifact_id": row.id, "kind": kind.value, "sha256": stored.sha256, "size": stored.size},
     )
     return row
 

@@ -323,7 +323,7 @@ def test_audit_api_pages_and_verifies(api: Api, seeded: SeededSession) -> None:
             break
         after = page["next_after_id"]
     assert [r["id"] for r in everything] == list(range(1, len(everything) + 1))
-    assert {"verdict_written", "artifact_stored", "login"} <= {r["action"] for r in everything}
+    assert {"verdict_written", "evidence_stored", "login"} <= {r["action"] for r in everything}
 
     report = api.client.get("/api/v1/audit/verify", headers=auditor).json()
     assert report["ok"] is True and report["rows_checked"] == len(everything)
