@@ -21,7 +21,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from media_server import logs
 from media_server.errors import KuzetError, status_for
 from media_server.evidence import build_store
-from media_server.evidence.port import EvidenceStore
+from media_server.evidence.port import EvidenceError, EvidenceStore, ObjectLocked
+from media_server.evidence.port import IntegrityError as EvidenceIntegrityError
+from media_server.evidence.port import NotFound as EvidenceNotFound
 from media_server.keys import ServiceKeys, load_or_create
 from media_server.schedules import IssuedSession, derive_seed_key, run_scheduler
 from media_server.settings import Settings
@@ -188,6 +190,19 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KuzetError)
     async def domain_error(_: Request, exc: KuzetError) -> JSONResponse:
         return _error(status_for(exc), exc.code, str(exc))
+
+    @app.exception_handler(EvidenceError)
+    async def evidence_error(_: Request, exc: EvidenceError) -> JSONResponse:
+        if isinstance(exc, EvidenceNotFound):
+            return _error(404, "evidence_not_found", "this artifact is not in the evidence store")
+        if isinstance(exc, EvidenceIntegrityError):
+            log.error("stored evidence failed its hash check", extra={"error": str(exc)})
+            return _error(
+                409, "evidence_integrity", "the stored artifact does not match its SHA-256; reported"
+            )
+        if isinstance(exc, ObjectLocked):
+            return _error(409, "evidence_locked", "this artifact is under retention or legal hold")
+        return _error(503, "evidence_unavailable", "the evidence store is unavailable; try again shortly")
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -552,10 +552,48 @@ def announce(
         )
 
 
+def annotate_frames(services: Any, session_id: str, results: list[CheckResult]) -> None:
+    """Give stored frames the face box and distance the face check saw, for the reviewer's overlay.
+
+    Annotations live in the artifact row's meta; the stored evidence bytes are never changed.
+    """
+    face = next((r for r in results if r.kind is CheckKind.FACE and "frames" in r.details), None)
+    if face is None:
+        return
+    per_frame = {int(f["index"]): f for f in face.details["frames"] if "index" in f}
+    with services.sessions.begin() as db:
+        rows = db.scalars(
+            select(Artifact).where(Artifact.session_id == session_id, Artifact.kind == ArtifactKind.FRAME)
+        ).all()
+        for row in rows:
+            info = per_frame.get(int(row.meta.get("frame_index", -1)))
+            if not info or not info.get("box"):
+                continue
+            top, right, bottom, left = info["box"]
+            w, h = float(row.meta["width"]), float(row.meta["height"])
+            distance = info.get("distance")
+            match = distance is not None and face.threshold is not None and distance <= face.threshold
+            row.meta = {
+                **row.meta,
+                "score": distance,
+                "display_w": 240,
+                "boxes": [
+                    {
+                        "left_pct": round(100 * left / w, 2),
+                        "top_pct": round(100 * top / h, 2),
+                        "width_pct": round(100 * (right - left) / w, 2),
+                        "height_pct": round(100 * (bottom - top) / h, 2),
+                        "match": match,
+                    }
+                ],
+            }
+
+
 async def finish_session(services: Any, capture: SessionCapture) -> dict[str, Any]:
     """The session sink: evidence, checks, verdict. Returns the outcome the check-in page shows."""
     await asyncio.to_thread(store_capture_evidence, services, capture)
     checks = await run_checkin_checks(services, capture)
+    await asyncio.to_thread(annotate_frames, services, capture.session_id, checks.results)
     outcome, verdict_id = await asyncio.to_thread(
         write_verdict, services, capture.session_id, checks.results, checks.required
     )
