@@ -154,7 +154,7 @@ class SobrietySettings(BaseModel):
         "photo matches the enrolled gallery (FAR 0.1% on occluded probes, occlusion_calibration.json).",
     )
     occluded_reject_distance: float = Field(
-        0.70,
+        0.68,
         ge=0.3,
         le=1.2,
         description="Distance above which an occluded breath photo is a clear mismatch (every genuine "

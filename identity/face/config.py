@@ -76,11 +76,12 @@ class FaceSettings(BaseModel):
         "'several faces'; smaller background faces are reported but tolerated.",
     )
     min_sharpness: float = Field(
-        25.0,
+        10.0,
         ge=0.0,
         le=5000.0,
-        description="Minimum variance of the Laplacian of the 150x150 grey aligned face chip "
-        "(grey levels^2); below -> 'hold still / clean the lens'.",
+        description="Minimum variance of the Laplacian of the inner 100x100 of the 150x150 grey aligned "
+        "face chip (grey levels^2); below -> 'hold still / clean the lens'. Measured: astronaut 199, "
+        "Gaussian blur sigma 1 -> 23, 1.5 -> 9; LFW dev images 5th percentile 20, median 42.",
     )
     min_brightness: float = Field(
         45.0,
@@ -101,11 +102,12 @@ class FaceSettings(BaseModel):
         description="Largest fraction of face pixels clipped at >= 250 grey; above -> 'too bright'.",
     )
     max_yaw: float = Field(
-        0.35,
+        0.5,
         ge=0.05,
         le=1.0,
         description="Largest |yaw proxy|: (nose-to-left-jaw minus nose-to-right-jaw) / jaw width, "
-        "0 = frontal; above -> 'look straight at the camera'.",
+        "0 = frontal; above -> 'look straight at the camera'. LFW dev (press photos): median 0.26, "
+        "90th percentile 0.53.",
     )
     max_roll_deg: float = Field(
         25.0, ge=1.0, le=90.0, description="Largest head tilt (eye line angle, degrees)."

@@ -324,6 +324,13 @@ def evaluate(
             "wall_s": time.perf_counter() - t1,
             "roc": roc_points(bd, same),
         }
+        if need_both:
+            base_roles = {(rel, role): r for rel, r in base.items() for role in ("enrol", "probe")}
+            bgd, bidd = _all_pairs(every, base_roles, _euclidean)
+            report["baseline"]["all_pairs"] = summarise(
+                np.concatenate([bgd, bidd]),
+                np.concatenate([np.ones(bgd.size, bool), np.zeros(bidd.size, bool)]),
+            )
     return report
 
 
@@ -364,7 +371,9 @@ def _embed_all(
 
 
 def _all_pairs(
-    every: Sequence[str], ours: dict[tuple[str, str], ImageResult]
+    every: Sequence[str],
+    ours: dict[tuple[str, str], ImageResult],
+    dist: Callable[[Embedding | None, Embedding | None], float | None] | None = None,
 ) -> tuple[FloatArray, FloatArray]:
     """Genuine and impostor distances over all unordered image pairs (enrol side = first in sort order)."""
     ident = [Path(p).parent.name for p in every]
@@ -374,7 +383,7 @@ def _all_pairs(
         a = ours[(every[i], "enrol")].embedding
         for j in range(i + 1, len(every)):
             b = ours[(every[j], "probe")].embedding
-            d = _cos(a, b)
+            d = (dist or _cos)(a, b)
             (gen if ident[i] == ident[j] else imp).append(np.inf if d is None else d)
     return np.array(gen, dtype=np.float64), np.array(imp, dtype=np.float64)
 
@@ -416,6 +425,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"  failure-to-enrol rate: {b['failure_to_enrol_rate']:.4f}",
             f"  ms/image: {b['ms_per_image']:.1f}  (wall {b['wall_s']:.1f} s)",
         ]
+        if "all_pairs" in b:
+            lines += ["  baseline on all pairs of these images:", *_metric_lines(b["all_pairs"])]
     return "\n".join(lines)
 
 

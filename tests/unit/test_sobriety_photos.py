@@ -151,7 +151,7 @@ def by_kind(checks: list[CheckResult]) -> dict[CheckKind, CheckResult]:
 def test_matching_occluded_photos_pass() -> None:
     port = FakeFacePort([1, 1, 1], [0.40, 0.45, 0.55])
     analyses, checks = validate_breath_photos(
-        breath_photos(pairs(True)[2][0], "t1"), GALLERY, port, InMemoryPhotoIndex(), "t1", S
+        breath_photos(pairs(True)[4][0], "t1"), GALLERY, port, InMemoryPhotoIndex(), "t1", S
     )
     k = by_kind(checks)
     assert k[CheckKind.FACE].outcome is Outcome.PASS and k[CheckKind.FACE].details["matches"] >= 2
@@ -187,9 +187,9 @@ def test_bare_face_without_mouthpiece_goes_to_review() -> None:
         breath_photos(rel, "t5", occluded=False), GALLERY, port, InMemoryPhotoIndex(), "t5", S
     )
     mp = by_kind(checks)[CheckKind.BREATH_PHOTO]
-    # The heuristic never FAILs; a bare face is either judged not visible (review) or a heuristic false alarm.
-    assert mp.outcome in (Outcome.INCONCLUSIVE, Outcome.PASS)
-    assert mp.details["method"] == "heuristic"
+    # Same person and photo as the passing test above, without the mouthpiece: review, never FAIL.
+    assert mp.outcome is Outcome.INCONCLUSIVE and mp.code == "mouthpiece_not_visible"
+    assert mp.details["method"] == "heuristic" and mp.details["visible"] == 0
 
 
 def test_photo_reuse_across_tests() -> None:
