@@ -86,12 +86,16 @@ def test_still_photo_checkin_is_recorded_judged_and_never_passes(
     server, services = live_service
     with httpx.Client(base_url=server.url, timeout=120) as client:
         officer = login(client, Role.OFFICER)
-        person = client.post("/api/v1/persons", json={"external_ref": "E2E-1", "display_name": "E2E"}, headers=officer)
+        person = client.post(
+            "/api/v1/persons", json={"external_ref": "E2E-1", "display_name": "E2E"}, headers=officer
+        )
         person_id = person.json()["id"]
         files = [("images", (f"f{i}.png", b, "image/png")) for i, b in enumerate(enrolment_images())]
         enrolled = client.post(f"/api/v1/persons/{person_id}/enrolments/face", files=files, headers=officer)
         assert enrolled.status_code == 201 and enrolled.json()["enrolled"], enrolled.text
-        link = client.post(f"/api/v1/persons/{person_id}/checkins", json={"window_minutes": 10}, headers=officer)
+        link = client.post(
+            f"/api/v1/persons/{person_id}/checkins", json={"window_minutes": 10}, headers=officer
+        )
         assert link.status_code == 201
         session_id, url = link.json()["session_id"], link.json()["url"]
 
@@ -112,7 +116,10 @@ def test_still_photo_checkin_is_recorded_judged_and_never_passes(
         assert session is not None and session.token_used_at is not None
         assert session.location is not None and session.location["status"] == "ok"
         artifacts = db.scalars(select(Artifact).where(Artifact.session_id == session_id)).all()
-        checks = {c.kind.value: c for c in db.scalars(select(CheckResultRecord).where(CheckResultRecord.session_id == session_id))}
+        checks = {
+            c.kind.value: c
+            for c in db.scalars(select(CheckResultRecord).where(CheckResultRecord.session_id == session_id))
+        }
         assert audit.verify_chain(db).ok
     kinds = {a.kind for a in artifacts}
     assert {ArtifactKind.RECORDING, ArtifactKind.FRAME, ArtifactKind.AUDIO} <= kinds
@@ -125,6 +132,9 @@ def test_still_photo_checkin_is_recorded_judged_and_never_passes(
     assert verdict.models and verdict.thresholds and len(verdict.manifest_sha256) == 64
     # A second use of the same link is refused.
     with httpx.Client(base_url=server.url) as client:
-        r = client.post("/whip", content=b"v=0\r\n", headers={"Content-Type": "application/sdp",
-                                                                "Authorization": f"Bearer {url.rsplit('/', 1)[1]}"})
+        r = client.post(
+            "/whip",
+            content=b"v=0\r\n",
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {url.rsplit('/', 1)[1]}"},
+        )
         assert r.status_code in (400, 401)
