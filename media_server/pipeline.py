@@ -23,20 +23,20 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from identity.checks import CheckKind, CheckResult, Outcome
 from identity.face import worker as face_worker
-from identity.face.results import FaceAnalysis, template_from_bytes
+from identity.face.results import FaceAnalysis, Template, template_from_bytes, template_to_bytes
 from identity.liveness.challenge import Challenge, Observations, evaluate_challenge
 from identity.liveness.landmarks import eye_aspect_ratio, mouth_open_ratio, yaw_deg
 from identity.pad import worker as pad_worker
 from identity.voice import worker as voice_worker
 from media_server.db import audit
-from media_server.db.enums import ArtifactKind, Decision, Modality, SessionStatus
+from media_server.db.enums import ArtifactKind, Decision, Modality, SessionStatus, TemplateSource
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Enrolment, Verdict
 from media_server.db.types import utcnow
-from media_server.keys import decrypt_template
+from media_server.keys import decrypt_template, encrypt_template
 from media_server.package import load_or_create_signing_key
 from media_server.verdict import VerdictOutcome, decide
 from media_server.webhooks import verdict_event, violation_event
@@ -589,6 +589,100 @@ def annotate_frames(services: Any, session_id: str, results: list[CheckResult]) 
             }
 
 
+def _save_adaptive(services: Any, person_id: str, session_id: str, template: Template, added: int) -> str:
+    nonce, ciphertext = encrypt_template(services.keys.template_key, template_to_bytes(template), person_id)
+    with services.sessions.begin() as db:
+        db.execute(
+            update(Enrolment)
+            .where(
+                Enrolment.person_id == person_id,
+                Enrolment.modality == Modality.FACE,
+                Enrolment.active.is_(True),
+            )
+            .values(active=False)
+        )
+        row = Enrolment(
+            person_id=person_id,
+            modality=Modality.FACE,
+            template_ciphertext=ciphertext,
+            template_nonce=nonce,
+            n_samples=int(template.embeddings.shape[0]),
+            model_name=template.model.name,
+            model_version=template.model.version,
+            weights_sha256=template.model.weights_sha256,
+            source=TemplateSource.ADAPTIVE,
+        )
+        db.add(row)
+        db.flush()
+        audit.append(
+            db,
+            actor="system",
+            action="template_adapted",
+            subject_type="person",
+            subject_id=person_id,
+            details={
+                "enrolment_id": row.id,
+                "session_id": session_id,
+                "added": added,
+                "n_embeddings": row.n_samples,
+            },
+        )
+        return row.id
+
+
+async def adapt_gallery(
+    services: Any, capture: SessionCapture, results: list[CheckResult], outcome: VerdictOutcome
+) -> str | None:
+    """Refresh the face template from a confidently passed session (bounded, audited); the new enrolment id.
+
+    Only a PASS verdict whose fused face distance is well inside the threshold may add frames, and the
+    embeddings enrolled by an officer are always kept: adaptive ones are capped and replaced oldest first.
+    """
+    cfg = services.settings.gallery
+    face = next((r for r in results if r.kind is CheckKind.FACE), None)
+    if not cfg.adaptive or outcome.decision is not Decision.PASS or face is None or not face.passed:
+        return None
+    if face.score is None or face.threshold is None or face.score > cfg.confidence_ratio * face.threshold:
+        return None
+    stored = await asyncio.to_thread(active_template, services, capture.person_id, Modality.FACE)
+    if stored is None:
+        return None
+    old = template_from_bytes(stored)
+    ranked = sorted(
+        (
+            f
+            for f in face.details.get("frames", [])
+            if f.get("distance") is not None and f.get("duplicate_of") is None
+        ),
+        key=lambda f: f["distance"],
+    )
+    picks = [capture.frames[int(f["index"])][1] for f in ranked[: cfg.frames_per_update]]
+    if len(picks) < services.settings.face.enrol_min_images:
+        return None
+    got = await _run_engine(services, CheckKind.FACE, face_worker.enrol, picks, old)
+    if isinstance(got, CheckResult) or got[0] is None:
+        return None
+    fresh: Template = got[0]
+    n_enrolled = int(old.metadata.get("n_enrolled") or old.embeddings.shape[0])
+    adaptive = np.concatenate([old.embeddings[n_enrolled:], fresh.embeddings])[-cfg.max_adaptive_embeddings :]
+    if cfg.max_adaptive_embeddings == 0:
+        adaptive = old.embeddings[:0]
+    merged = Template(
+        embeddings=np.concatenate([old.embeddings[:n_enrolled], adaptive]).astype(np.float32),
+        model=old.model,
+        created_at=Template.now(),
+        metadata={**old.metadata, "n_enrolled": n_enrolled, "adaptive_from": capture.session_id},
+    )
+    return await asyncio.to_thread(
+        _save_adaptive,
+        services,
+        capture.person_id,
+        capture.session_id,
+        merged,
+        int(fresh.embeddings.shape[0]),
+    )
+
+
 async def finish_session(services: Any, capture: SessionCapture) -> dict[str, Any]:
     """The session sink: evidence, checks, verdict. Returns the outcome the check-in page shows."""
     await asyncio.to_thread(store_capture_evidence, services, capture)
@@ -598,6 +692,7 @@ async def finish_session(services: Any, capture: SessionCapture) -> dict[str, An
         write_verdict, services, capture.session_id, checks.results, checks.required
     )
     announce(services, capture.session_id, capture.person_id, capture.kind, outcome, verdict_id)
+    await adapt_gallery(services, capture, checks.results, outcome)
     return {
         "decision": outcome.decision.value,
         "retake": outcome.retake_offered,

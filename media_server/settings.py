@@ -84,6 +84,26 @@ class AuthSettings(_Group):
     )
 
 
+class GallerySettings(_Group):
+    """Adaptive face gallery: confidently passed sessions may refresh a person's template (audited)."""
+
+    adaptive: bool = Field(True, description="Refresh face templates from confidently passed sessions.")
+    confidence_ratio: float = Field(
+        0.8,
+        gt=0.3,
+        le=1.0,
+        description="Only a session whose fused face distance is at most this fraction of the PASS threshold "
+        "may refresh the template (a margin against drifting towards an impostor).",
+    )
+    frames_per_update: int = Field(3, ge=1, le=10, description="Best frames added per refresh.")
+    max_adaptive_embeddings: int = Field(
+        12,
+        ge=0,
+        le=100,
+        description="Adaptive embeddings kept beside the enrolled ones (oldest dropped first).",
+    )
+
+
 class MediaSettings(_Group):
     """WebRTC ingest."""
 
@@ -180,6 +200,7 @@ class Settings(BaseSettings):
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
+    gallery: GallerySettings = Field(default_factory=GallerySettings)
     schedules: SchedulesSettings = Field(default_factory=SchedulesSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     face: FaceSettings = Field(default_factory=FaceSettings)

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, SessionKind, SessionStatus
-from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Person, Verdict
+from media_server.db.models import Artifact, AuditEntry, CheckResultRecord, CheckSession, Person, Verdict
 from media_server.package import load_or_create_signing_key
 from media_server.pipeline import fuse_pad, store_capture_evidence, write_verdict
 from media_server.webrtc.capture import EndedReason, SessionCapture
@@ -145,3 +145,58 @@ def test_pad_fusion_majority_rule() -> None:
     assert fuse_pad([_pad(Outcome.FAIL, 0.1), _pad(Outcome.PASS, 0.9)]).outcome is Outcome.INCONCLUSIVE
     tech = CheckResult(CheckKind.PAD, Outcome.TECHNICAL, "engine_failure", "x")
     assert fuse_pad([tech, tech]).outcome is Outcome.TECHNICAL
+
+
+def test_adaptive_gallery_refreshes_only_from_a_confident_pass(api: Api) -> None:
+    import asyncio
+
+    from skimage import data
+
+    from identity.face import worker as face_worker
+    from identity.face.results import template_from_bytes, template_to_bytes
+    from media_server.api.enrolment import _save_template
+    from media_server.db.enums import Modality, TemplateSource
+    from media_server.db.models import Enrolment
+    from media_server.pipeline import active_template, adapt_gallery
+    from media_server.verdict import VerdictOutcome
+
+    person_id, session_id = _session(api)
+    face = data.astronaut()
+    frames = [face, np.ascontiguousarray(face[:, ::-1]), face[8:, 8:].copy(), face[:-8, :-8].copy()]
+
+    async def run() -> tuple[str | None, str | None]:
+        template, _ = await api.services.workers.run(face_worker.enrol, frames[:2])
+        assert template is not None
+        _save_template(
+            api.services,
+            person_id,
+            Modality.FACE,
+            template_to_bytes(template),
+            int(template.embeddings.shape[0]),
+            template.model.to_dict(),
+            "test",
+        )
+        result = await api.services.workers.run(face_worker.verify_frames, template, frames)
+        assert result.passed, result.message
+        capture = _capture(person_id, session_id, None, EndedReason.COMPLETED)
+        capture = SessionCapture(
+            **{
+                **{f: getattr(capture, f) for f in capture.__dataclass_fields__},
+                "frames": [(0.1 * i, f) for i, f in enumerate(frames)],
+            }
+        )
+        review = VerdictOutcome(Decision.REVIEW, [], False)
+        passed = VerdictOutcome(Decision.PASS, [], False)
+        return (
+            await adapt_gallery(api.services, capture, [result], review),
+            await adapt_gallery(api.services, capture, [result], passed),
+        )
+
+    not_adapted, adapted = asyncio.run(run())
+    assert not_adapted is None and adapted is not None
+    with api.services.sessions() as db:
+        row = db.get(Enrolment, adapted)
+        assert row is not None and row.source is TemplateSource.ADAPTIVE and row.active
+        assert "template_adapted" in db.scalars(select(AuditEntry.action)).all()
+    merged = template_from_bytes(active_template(api.services, person_id, Modality.FACE) or b"")
+    assert merged.metadata["n_enrolled"] == 2 and merged.embeddings.shape[0] > 2
