@@ -1,10 +1,12 @@
 """Breath photos: face scores under a mouthpiece, pHash near duplicates, time per test; prints figures.
 
-    .venv/bin/python benchmarks/breath_occlusion.py [--write] [--runs 20] [--max-pairs 200]
+    .venv/bin/python benchmarks/breath_occlusion.py [--engine identity|dlib] [--write] [--runs 20] [--max-pairs 200]
 
 Data: the 200 LFW View-2 pairs in ../shared/data/faces/lfw-dev-pairs.csv (100 same, 100 different).
-Face engine: dlib via sobriety.face_dlib (HOG detector upsampled once, 68 landmarks, ResNet embedding,
-Euclidean distance). Gallery = unoccluded image; probe = the other image, unoccluded and with the synthetic
+Face engine (--engine): `identity` (default) is the service's engine through sobriety.face_port
+(identity.face's detector cascade, 68 landmarks, aligned chip, flip-averaged L2-normalised ResNet
+embedding; Euclidean distance between unit vectors), the one the breath-test API runs; `dlib` is
+sobriety.face_dlib (face_recognition: HOG upsampled once, raw ResNet embedding, Euclidean distance). Gallery = unoccluded image; probe = the other image, unoccluded and with the synthetic
 mouthpiece of sobriety.occlusion (detected again on the occluded image, as in production).
 Genuine scores: the 100 listed same pairs. Impostor scores: every ordered pair of images of different
 people among all images of the 200 pairs (tens of thousands), so FAR 0.1% is measurable.
@@ -40,6 +42,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 
 from sobriety.config import SobrietySettings  # noqa: E402
 from sobriety.face_dlib import DlibFacePort  # noqa: E402
+from sobriety.face_port import EngineFacePort  # noqa: E402
 from sobriety.occlusion import mouthpiece_fraction, occlude_mouth  # noqa: E402
 from sobriety.photos import (  # noqa: E402
     PHASH_CROPS,
@@ -229,7 +232,7 @@ def on_canvas(rgb: np.ndarray) -> np.ndarray:
 
 
 def time_breath_test(
-    port: DlibFacePort,
+    port: DlibFacePort | EngineFacePort,
     images: dict[str, np.ndarray],
     faces: dict[str, FaceObservation | None],
     runs: int,
@@ -283,7 +286,7 @@ def time_breath_test(
     arr = np.array(times) * 1000
     print(
         f"\nTime to decide one breath test (signature + reading + 3 photos 640x480 JPEG: decode, HOG face, "
-        f"68 landmarks, embedding, quality, mouthpiece, pHash, index), HOG upsample 0, {runs} runs, "
+        f"68 landmarks, embedding, quality, mouthpiece, pHash, index), {runs} runs, "
         "one process:"
     )
     print(
@@ -298,6 +301,9 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=20, help="breath tests timed")
     ap.add_argument("--max-pairs", type=int, default=200, help="use only the first N pairs (quick runs)")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument(
+        "--engine", choices=["identity", "dlib"], default="identity", help="face engine behind the FacePort"
+    )
     args = ap.parse_args()
     settings = SobrietySettings()
 
@@ -307,9 +313,23 @@ def main() -> None:
     images = {r: load_rgb(FACES / r) for r in rels}
 
     t0 = time.perf_counter()
-    port = DlibFacePort(ROOT / "var" / "models")
+    port: DlibFacePort | EngineFacePort
+    if args.engine == "identity":
+        from identity.face.config import FaceSettings
+        from identity.face.engine import FaceEngine
+
+        port = EngineFacePort(FaceEngine(ROOT / "var" / "models", FaceSettings()))
+        timing_port: DlibFacePort | EngineFacePort = port
+        detector = "identity.face cascade (HOG fast pass at 320 px, HOG upsample 1, CNN fallback)"
+        distance = "euclidean between L2-normalised flip-averaged embeddings"
+    else:
+        port = DlibFacePort(ROOT / "var" / "models")
+        # Station photos (640x480, face ~200 px) need no upsampling; LFW's 250x250 images did.
+        timing_port = DlibFacePort(ROOT / "var" / "models", upsample=0)
+        detector = "dlib HOG, upsample 1"
+        distance = "euclidean"
     print(
-        f"engine: dlib HOG(upsample 1) + 68 landmarks + {port.model.name if port.model else '?'}; "
+        f"engine: {args.engine}: {detector} + 68 landmarks + {port.model.name if port.model else '?'}; "
         f"load {time.perf_counter() - t0:.1f} s; {len(pairs)} pairs, {len(rels)} images"
     )
 
@@ -404,8 +424,7 @@ def main() -> None:
     )
 
     ph = phash_study(images)
-    # Station photos (640x480, face ~200 px) need no upsampling; LFW's 250x250 images above did.
-    time_breath_test(DlibFacePort(ROOT / "var" / "models", upsample=0), images, faces, args.runs, settings)
+    time_breath_test(timing_port, images, faces, args.runs, settings)
 
     if args.write:
         record = {
@@ -413,10 +432,11 @@ def main() -> None:
             "date": date.today().isoformat(),
             "data": "LFW View-2 fold-1 dev pairs (../shared/data/faces/lfw-dev-pairs.csv)",
             "engine": {
-                "detector": "dlib HOG, upsample 1",
+                "port": args.engine,
+                "detector": detector,
                 "landmarks": "dlib 68",
                 "embedding": port.model.to_dict() if port.model else None,
-                "distance": "euclidean",
+                "distance": distance,
             },
             "faces_found": {"unoccluded": n_face, "occluded": n_occ, "images": len(rels)},
             "unoccluded": bare,

@@ -372,9 +372,9 @@ async def run_checkin_checks(services: Any, capture: SessionCapture) -> CheckinC
                 await _run_engine(
                     services,
                     CheckKind.FACE,
-                    face_worker.verify_frames,
+                    face_worker.verify_analyses,
                     template_from_bytes(face_template),
-                    frames,
+                    analyses,
                 )
             )
         with_face = [(i, a) for i, a in enumerate(analyses) if a.primary_face is not None]

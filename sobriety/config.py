@@ -50,6 +50,18 @@ class SobrietySettings(BaseModel):
         description="A photo may be captured this long before blow start or after blow end and still count "
         "as taken during the blow (camera/sensor timestamp jitter).",
     )
+    reading_max_bytes: int = Field(
+        16 * 1024,
+        ge=1024,
+        le=1024 * 1024,
+        description="Largest signed reading (canonical JSON) a station may upload; a real one is ~500 bytes.",
+    )
+    photo_max_bytes: int = Field(
+        5 * 1024 * 1024,
+        ge=64 * 1024,
+        le=50 * 1024 * 1024,
+        description="Largest single breath photo file (bytes); a 640x480 to 1920x1080 JPEG is 50-800 KB.",
+    )
     photo_min_count: int = Field(3, ge=1, le=10, description="Fewest photos a breath test must carry.")
     photo_max_count: int = Field(10, ge=1, le=32, description="Most photos one breath test may carry.")
     max_brac_g_210l: float = Field(

@@ -426,11 +426,30 @@ class FaceEngine:
         embedding, which averages out per-frame noise. details["frames"] lists every frame's box,
         quality code and distance for the reviewer.
         """
-        s = self.settings
         problem = self._template_problem(template)
         if problem is not None:
             return problem
         analyses, dup_of = self.analyse_frames(frames)
+        return self.verify_analyses(template, analyses, dup_of)
+
+    def verify_analyses(
+        self, template: Template, analyses: Sequence[FaceAnalysis], dup_of: Sequence[int | None] | None = None
+    ) -> CheckResult:
+        """Session decision from frame analyses already made (e.g. by `analyse_frames` in a worker).
+
+        `dup_of[i]` names the frame whose analysis frame i reuses; when None it is inferred from object
+        identity (pickling keeps shared objects shared), so a reused analysis is not counted twice.
+        """
+        s = self.settings
+        problem = self._template_problem(template)
+        if problem is not None:
+            return problem
+        if dup_of is None:
+            first: dict[int, int] = {}
+            dup_of = [
+                None if first.setdefault(id(a), i) == i else first[id(a)] for i, a in enumerate(analyses)
+            ]
+        frames = analyses
         per_frame: list[dict[str, Any]] = []
         good: list[int] = []
         for i, (a, dup) in enumerate(zip(analyses, dup_of, strict=True)):

@@ -45,6 +45,11 @@ def _engine() -> FaceEngine:
     return _ENGINE
 
 
+def current_engine() -> FaceEngine:
+    """This worker process's FaceEngine, for other engine jobs that reuse it (e.g. breath photos)."""
+    return _engine()
+
+
 def analyse_image(rgb: Any) -> FaceAnalysis:
     """Faces (boxes, 68 landmarks), quality gate and embedding of one uint8 RGB (H, W, 3) image."""
     return _engine().analyse(rgb)
@@ -68,3 +73,8 @@ def verify_image(template: Template, rgb: Any) -> CheckResult:
 def verify_frames(template: Template, frames: list[Any]) -> CheckResult:
     """A session's RGB frames against a template (best-frame fusion; per-frame boxes/scores in details)."""
     return _engine().verify_frames(template, frames)
+
+
+def verify_analyses(template: Template, analyses: list[FaceAnalysis]) -> CheckResult:
+    """Session decision from `analyse_frames` output (no second detection/encoding of the frames)."""
+    return _engine().verify_analyses(template, analyses)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import base64
 import binascii
-from datetime import timedelta
+from datetime import date, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -165,6 +165,9 @@ class DeviceIn(_In):
     kind: DeviceKind
     person_id: str | None = None
     public_key_b64: str | None = Field(None, description="Breathalyzer: raw Ed25519 public key, base64.")
+    calibrated_on: date | None = Field(
+        None, description="Breathalyzer: date its sensor was last calibrated (service record)."
+    )
 
     @field_validator("public_key_b64")
     @classmethod
@@ -195,6 +198,7 @@ def register_device(body: DeviceIn, services: ServicesDep, who: AdminDep) -> dic
             person_id=body.person_id,
             public_key_b64=body.public_key_b64,
             key_hash=token_hash(device_key) if device_key else None,
+            calibrated_on=body.calibrated_on,
         )
         db.add(device)
         try:

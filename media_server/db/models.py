@@ -9,7 +9,7 @@ migrations in `media_server/migrations`; a test checks these models match them.
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import (
@@ -17,6 +17,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Date,
     Float,
     ForeignKey,
     Index,
@@ -52,6 +53,7 @@ NAMING_CONVENTION = {
 
 UUID_LEN = 36
 SHA256_HEX_LEN = 64
+PHASH_SET_HEX_LEN = 112  # sobriety.photos.phash_hex: 7 hashes x 16 hex digits
 DEFAULT_TIMEZONE = "Asia/Almaty"
 GENESIS_HASH = "0" * SHA256_HEX_LEN
 
@@ -147,6 +149,8 @@ class Device(Base):
     key_hash: Mapped[str | None] = mapped_column(String(SHA256_HEX_LEN))
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     created_at: Mapped[datetime] = _created_at()
+    # Breathalyzer sensor calibration recorded by an admin (the older of it and the station's date counts).
+    calibrated_on: Mapped[date | None] = mapped_column(Date)
 
 
 class Schedule(Base):
@@ -307,7 +311,7 @@ class BreathNonce(Base):
 
 
 class PhotoFingerprint(Base):
-    """Perceptual hash (hex) of a breath photo, to detect a photo reused across sessions."""
+    """Perceptual hashes of a breath photo (`sobriety.photos.phash_hex`: 7 x 16 hex), to detect reuse."""
 
     __tablename__ = "photo_fingerprints"
 
@@ -315,8 +319,32 @@ class PhotoFingerprint(Base):
     artifact_id: Mapped[str] = _fk("artifacts.id")
     session_id: Mapped[str] = _fk("sessions.id")
     person_id: Mapped[str] = _fk("persons.id")
-    phash: Mapped[str] = mapped_column(String(64), index=True)
+    phash: Mapped[str] = mapped_column(String(PHASH_SET_HEX_LEN), index=True)
     created_at: Mapped[datetime] = _created_at()
+
+
+class BreathEpisode(Base):
+    """One breath test and its retests (`sobriety.policy.Episode` as JSON, with its transition history).
+
+    `state`, `stage` and `due_at` are copies of the episode's fields for queries; `closed_at` is set when
+    the episode reaches a terminal state.
+    """
+
+    __tablename__ = "breath_episodes"
+
+    id: Mapped[str] = _pk()
+    person_id: Mapped[str] = _fk("persons.id")
+    state: Mapped[str] = mapped_column(String(32), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    due_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    window_end: Mapped[datetime] = mapped_column(UTCDateTime())
+    episode: Mapped[dict[str, Any]] = mapped_column(JSON)
+    history: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    first_session_id: Mapped[str | None] = _fk("sessions.id", nullable=True)
+    last_session_id: Mapped[str | None] = _fk("sessions.id", nullable=True)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
 
 
 class Erasure(Base):

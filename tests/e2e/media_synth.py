@@ -6,7 +6,8 @@ ellipsoid with a nose ridge standing out of it, rotated about the vertical axis 
 20 degree warp measures about 25-30 degrees. `measure_yaw` checks that offline with face_recognition,
 in a spawned process, so dlib never loads into the test process.
 
-The loop is neutral -> left -> neutral -> right, `segment_s` each, repeated by Chromium's file capture.
+The loop is neutral -> left -> neutral -> right (short turns, longer neutral stretches), repeated by
+Chromium's file capture.
 """
 
 from __future__ import annotations
@@ -80,16 +81,31 @@ def turned(rgb: Rgb, theta_deg: float) -> Rgb:
 
 @dataclass(frozen=True, slots=True)
 class HeadTurnLoop:
-    """A looping head-turn clip: neutral, left, neutral, right, `segment_s` seconds each."""
+    """A looping head-turn clip: neutral, left, neutral, right; segment lengths in frames at `fps`.
+
+    The turned poses are short and the neutral ones long, so that any stretch of a second or so is
+    mostly neutral (the head-turn check's baseline is a median).
+    """
 
     fps: int = 15
-    segment_s: float = 0.4
+    neutral_frames: int = 9
+    turn_frames: int = 4
     turn_deg: float = 20.0
+
+    @property
+    def neutral_s(self) -> float:
+        """Seconds of one neutral segment."""
+        return self.neutral_frames / self.fps
+
+    @property
+    def turn_s(self) -> float:
+        """Seconds of one turned segment."""
+        return self.turn_frames / self.fps
 
     @property
     def period_s(self) -> float:
         """Seconds of one neutral-left-neutral-right cycle."""
-        return 4 * self.segment_s
+        return 2 * (self.neutral_s + self.turn_s)
 
     def poses(self) -> dict[str, Rgb]:
         """The three distinct images of the loop: neutral, left (+turn_deg), right (-turn_deg)."""
@@ -99,9 +115,9 @@ class HeadTurnLoop:
     def frames(self) -> list[Rgb]:
         """One period of frames at `fps`."""
         poses = self.poses()
-        per = int(round(self.segment_s * self.fps))
-        order = ["neutral", "left", "neutral", "right"]
-        return [poses[name] for name in order for _ in range(per)]
+        order = [("neutral", self.neutral_frames), ("left", self.turn_frames)]
+        order += [("neutral", self.neutral_frames), ("right", self.turn_frames)]
+        return [poses[name] for name, count in order for _ in range(count)]
 
 
 def write_y4m(frames: list[Rgb], fps: int, path: Path) -> Path:
@@ -153,7 +169,11 @@ def _yaw_in_worker(images: dict[str, Rgb], scales: tuple[float, ...]) -> dict[st
     for name, rgb in images.items():
         values: list[float | None] = []
         for scale in scales:
-            img = rgb if scale == 1.0 else cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            img = (
+                rgb
+                if scale == 1.0
+                else cv2.resize(rgb, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA)
+            )
             locations = face_recognition.face_locations(img)
             if len(locations) != 1:
                 values.append(None)

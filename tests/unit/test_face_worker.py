@@ -36,3 +36,6 @@ def test_spawn_pool_round_trip() -> None:
         session = pool.submit(worker.verify_frames, template, shifted).result(timeout=120)
         assert session.outcome is Outcome.PASS and session.model is not None
         assert session.details["n_frames"] == 4
+        analyses = pool.submit(worker.analyse_frames, shifted).result(timeout=120)
+        again = pool.submit(worker.verify_analyses, template, analyses).result(timeout=120)
+        assert again.outcome is Outcome.PASS and again.score == session.score
