@@ -159,14 +159,15 @@ class SobrietySettings(BaseModel):
         "(one-sided crops up to 14).",
     )
     occluded_accept_distance: float = Field(
-        0.54,
+        0.37,
         ge=0.2,
         le=0.8,
-        description="Face embedding distance (dlib ResNet, Euclidean) at or below which an occluded breath "
-        "photo matches the enrolled gallery (FAR 0.1% on occluded probes, occlusion_calibration.json).",
+        description="Face embedding distance (identity.face engine through sobriety.face_port: Euclidean "
+        "between L2-normalised embeddings) at or below which an occluded breath photo matches the enrolled "
+        "gallery (FAR 0.1% on occluded LFW probes, occlusion_calibration.json).",
     )
     occluded_reject_distance: float = Field(
-        0.68,
+        0.49,
         ge=0.3,
         le=1.2,
         description="Distance above which an occluded breath photo is a clear mismatch (every genuine "

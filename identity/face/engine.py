@@ -466,19 +466,25 @@ class FaceEngine:
             "n_good": len(good),
             "models": self._stamp_dicts(),
         }
-        if len(good) < s.session_min_frames:
+        # A frame that reuses another's analysis (the person held still) still shows a usable face: it
+        # counts towards the minimum, while the fused embedding is built from distinct analyses only.
+        usable = sum(1 for a in analyses if a.embedding is not None)
+        details["n_usable"] = usable
+        if not good or usable < s.session_min_frames:
             codes = Counter(
                 a.quality.code
                 for a, d in zip(analyses, dup_of, strict=True)
                 if d is None and not a.quality.passed
             )
-            reason = codes.most_common(1)[0][0] if codes else "no_face"
+            reason = codes.most_common(1)[0][0] if codes else ("too_short" if good else "no_face")
             outcome = Outcome.TECHNICAL if reason == "image_unusable" else Outcome.INCONCLUSIVE
             return CheckResult(
                 kind=CheckKind.FACE,
                 outcome=outcome,
                 code="too_few_good_frames",
-                message=q.MESSAGES.get(reason, "The video could not be checked. Please try again."),
+                message=q.MESSAGES.get(
+                    reason, "Too few usable frames: keep your face in view for the whole check and try again."
+                ),
                 threshold=self.thresholds.pass_below,
                 model=self.stamp,
                 details={**details, "main_reason": reason, "needed": s.session_min_frames},

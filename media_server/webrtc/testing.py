@@ -144,7 +144,9 @@ def make_test_media(directory: Path, *, seconds: float = 4.0, text: str | None =
     from skimage import data
 
     directory.mkdir(parents=True, exist_ok=True)
-    face = Image.fromarray(data.astronaut()).resize((480, 480))
+    # A selfie framing: the astronaut's head fills the frame the way a phone check-in does (the full
+    # portrait leaves a face too small for the quality gate at the resolutions Chromium sends).
+    face = Image.fromarray(data.astronaut()).crop((84, 0, 364, 280)).resize((480, 480))
     canvas = Image.new("RGB", (640, 480), (128, 128, 128))
     canvas.paste(face, (80, 0))
     png = directory / "face.png"

@@ -1,0 +1,486 @@
+"""POST /api/v1/breath-tests through the real app: SQLite, local evidence store, real worker pool.
+
+Real Ed25519 keys sign the readings (sobriety.simulator); the person's face is enrolled through the
+enrolment API from LFW photos of one person; breath photos are other LFW photos of that person (or of
+someone else) as a 320x240 station frame with the synthetic mouthpiece of sobriety.occlusion drawn on
+the dlib landmarks. Every case checks its HTTP outcome, the stored verdict and that what was received is
+kept as evidence (artifact rows whose bytes hash to what was sent, or an audit entry listing them).
+
+One app (and one worker pool) serves the whole module to keep the engines' start-up cost to one; each
+test registers its own person and station and uses its own photos, because the photo-reuse index spans
+every test ever received.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import hashlib
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi.testclient import TestClient
+from sqlalchemy import select
+
+from media_server.app import create_app
+from media_server.breath import DbNonceLedger, now_utc
+from media_server.db.enums import ArtifactKind, Decision, DeviceKind, Role, SessionKind
+from media_server.db.models import (
+    Artifact,
+    AuditEntry,
+    BreathEpisode,
+    CheckResultRecord,
+    CheckSession,
+    Device,
+    PhotoFingerprint,
+    Verdict,
+)
+from media_server.settings import Settings
+from sobriety.occlusion import FaceBox, occlude_mouth
+from sobriety.simulator import multipart_parts, public_key_b64, sign_reading, simulated_reading
+from tests.api.conftest import Api
+from tests.api.seed import create_staff
+
+ROOT = Path(__file__).resolve().parents[2]
+LFW = ROOT / ".." / "shared" / "data" / "faces" / "lfw-dev"
+MODELS_DIR = ROOT / "var" / "models"
+# The person under supervision and the images each case uses (every base image is used by one case only).
+ENROL = (
+    "Hugo_Chavez/Hugo_Chavez_0002.jpg",
+    "Hugo_Chavez/Hugo_Chavez_0027.jpg",
+    "Hugo_Chavez/Hugo_Chavez_0036.jpg",
+)
+GENUINE = "Hugo_Chavez/Hugo_Chavez_0041.jpg"
+SCREENING = "Hugo_Chavez/Hugo_Chavez_0050.jpg"
+CONFIRMATORY = "Hugo_Chavez/Hugo_Chavez_0053.jpg"
+REUSED = "Hugo_Chavez/Hugo_Chavez_0056.jpg"
+SOMEONE_ELSE = "Edmund_Stoiber/Edmund_Stoiber_0005.jpg"
+REPLAYED = "Ann_Veneman/Ann_Veneman_0010.jpg"
+# A station camera frame: the LFW image scaled to fill it (a face of ~140 px), as a home station sees it.
+FRAME_W, FRAME_H = 320, 240
+JPEG_QUALITY = 90
+SHIFT_PX = 2  # the person moves a little between the photos of one blow
+POSITIVE_BRAC = 0.06  # g/210L, three times the default limit
+BREATH = "/api/v1/breath-tests"
+
+
+# ------------------------------------------------------------------------------------------ photos
+@functools.cache
+def _dlib() -> tuple[Any, Any]:
+    import dlib
+
+    from identity.models import verified_path
+
+    predictor, _ = verified_path("dlib_shape_predictor_68", MODELS_DIR)
+    return dlib.get_frontal_face_detector(), dlib.shape_predictor(str(predictor))
+
+
+def _frame(rel: str) -> np.ndarray:
+    bgr = cv2.imread(str(LFW / rel), cv2.IMREAD_COLOR)
+    assert bgr is not None, rel
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    square = cv2.resize(rgb, (FRAME_W, FRAME_W), interpolation=cv2.INTER_CUBIC)
+    top = (FRAME_W - FRAME_H) // 2
+    return np.ascontiguousarray(square[top : top + FRAME_H])
+
+
+@functools.cache
+def station_photos(rel: str, n: int = 3, seed: int = 0) -> tuple[bytes, ...]:
+    """`n` JPEG station frames of one LFW image with a synthetic mouthpiece over the mouth."""
+    detector, predictor = _dlib()
+    rgb = _frame(rel)
+    rects = detector(rgb, 1)
+    assert rects, f"no face in {rel}"
+    rect = max(rects, key=lambda r: r.width() * r.height())
+    shape = predictor(rgb, rect)
+    landmarks = np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+    box = FaceBox(
+        max(0, rect.left()), max(0, rect.top()), min(FRAME_W, rect.right()), min(FRAME_H, rect.bottom())
+    )
+    occluded, _ = occlude_mouth(rgb, box, landmarks, np.random.default_rng(seed))
+    out = []
+    for j in range(n):
+        shot = np.roll(occluded, SHIFT_PX * j, axis=1)
+        ok, buf = cv2.imencode(
+            ".jpg", cv2.cvtColor(shot, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY]
+        )
+        assert ok
+        out.append(buf.tobytes())
+    return tuple(out)
+
+
+# ------------------------------------------------------------------------------------------ the app
+@dataclass
+class BreathApp(Api):
+    app: Any = None
+
+    def at(self, when: datetime | None) -> None:
+        """Pin the server clock (None: the real clock)."""
+        if when is None:
+            self.app.dependency_overrides.pop(now_utc, None)
+        else:
+            self.app.dependency_overrides[now_utc] = lambda: when
+
+
+@pytest.fixture(scope="module")
+def breath_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BreathApp]:
+    settings = Settings(
+        data_dir=tmp_path_factory.mktemp("breath") / "var", models={"dir": MODELS_DIR.resolve()}
+    )
+    app = create_app(settings)
+    with TestClient(app) as client:
+        create_staff(app.state.services)
+        client.cookies.clear()
+        yield BreathApp(client=client, services=app.state.services, settings=settings, app=app)
+
+
+@pytest.fixture
+def api(breath_api: BreathApp) -> Iterator[BreathApp]:
+    breath_api.at(None)
+    yield breath_api
+    breath_api.at(None)
+
+
+@dataclass
+class Station:
+    person_id: str
+    serial: str
+    key: Ed25519PrivateKey
+
+
+_counter = iter(range(10**6))
+
+
+def _station(api: BreathApp, *, enrol: bool = True, calibrated_on: date | None = None) -> Station:
+    n = next(_counter)
+    officer = api.as_(Role.OFFICER)
+    r = api.client.post(
+        "/api/v1/persons",
+        json={"external_ref": f"BR-CASE-{n}", "display_name": f"Breath {n}"},
+        headers=officer,
+    )
+    assert r.status_code == 201, r.text
+    person_id = r.json()["id"]
+    if enrol:
+        files = [("images", (Path(p).name, (LFW / p).read_bytes(), "image/jpeg")) for p in ENROL]
+        r = api.client.post(f"/api/v1/persons/{person_id}/enrolments/face", files=files, headers=officer)
+        assert r.status_code == 201 and r.json()["enrolled"], r.text
+    key = Ed25519PrivateKey.generate()
+    serial = f"BR-STATION-{n}"
+    body: dict[str, Any] = {
+        "serial": serial,
+        "kind": DeviceKind.BREATHALYZER.value,
+        "person_id": person_id,
+        "public_key_b64": public_key_b64(key),
+    }
+    if calibrated_on is not None:
+        body["calibrated_on"] = calibrated_on.isoformat()
+    r = api.client.post("/api/v1/devices", json=body, headers=api.as_(Role.ADMIN))
+    assert r.status_code == 201, r.text
+    return Station(person_id, serial, key)
+
+
+def _reading(
+    station: Station,
+    photos: tuple[bytes, ...] | list[bytes],
+    *,
+    brac: float = 0.0,
+    now: datetime | None = None,
+) -> tuple[bytes, str]:
+    reading = simulated_reading(
+        serial=station.serial,
+        person_id=station.person_id,
+        brac=brac,
+        unit="g/210L",
+        n_photos=len(photos),
+        now=now,
+    )
+    return sign_reading(reading, station.key)
+
+
+def _post(api: BreathApp, body: bytes, signature: str, photos: tuple[bytes, ...] | list[bytes]) -> Any:
+    data, files = multipart_parts(body, signature, list(photos))
+    return api.client.post(BREATH, data=data, files=files)
+
+
+def _checks(response_json: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Summary checks by kind (the last of each kind wins: the reading's policy check over its validity)."""
+    return {c["kind"]: c for c in response_json["checks"]}
+
+
+def _session_evidence(api: BreathApp, session_id: str, sent: list[bytes]) -> list[Artifact]:
+    """Artifact rows of the session; asserts every sent blob is stored and hashes to what was sent."""
+    store = api.services.store
+    with api.services.sessions() as db:
+        rows = list(db.scalars(select(Artifact).where(Artifact.session_id == session_id)))
+        db.expunge_all()
+    digests = {r.sha256 for r in rows}
+    for blob in sent:
+        digest = hashlib.sha256(blob).hexdigest()
+        assert digest in digests, "a received part is missing from the evidence"
+    for r in rows:
+        assert hashlib.sha256(store.get_bytes(r.key)).hexdigest() == r.sha256
+    return rows
+
+
+def _verdict(api: BreathApp, session_id: str) -> Verdict:
+    with api.services.sessions() as db:
+        verdict = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).one()
+        db.expunge(verdict)
+        return verdict
+
+
+def _audit(api: BreathApp, action: str, subject_id: str | None = None) -> list[AuditEntry]:
+    with api.services.sessions() as db:
+        q = select(AuditEntry).where(AuditEntry.action == action)
+        if subject_id is not None:
+            q = q.where(AuditEntry.subject_id == subject_id)
+        rows = list(db.scalars(q))
+        db.expunge_all()
+        return rows
+
+
+# ------------------------------------------------------------------------------------------ cases
+def test_genuine_negative_test_passes_with_evidence_and_fingerprints(api: BreathApp) -> None:
+    station = _station(api)
+    photos = station_photos(GENUINE)
+    body, sig = _reading(station, photos)
+    r = _post(api, body, sig, photos)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    checks = _checks(out)
+    assert out["decision"] == "pass", out["reasons"]
+    assert (
+        checks["face"]["code"] == "identity_confirmed"
+        and checks["face"]["model"]["name"] == "dlib_resnet_face_v1"
+    )
+    assert checks["face"]["details"]["matches"] >= 2
+    assert checks["breath_reading"]["code"] == "below_limit"
+    assert checks["breath_reading"]["details"]["order_limit_source"] == "default_limit_g_210l"
+    assert checks["photo_reuse"]["code"] == "photos_new"
+    assert checks["pad"]["code"] == "pad_live"
+    assert out["retest"] == {"required": False}
+    assert out["episode"]["state"] == "negative"
+    rows = _session_evidence(api, out["session_id"], [body, sig.encode(), *photos])
+    kinds = sorted(r.kind.value for r in rows)
+    assert kinds.count("photo") == 3 and kinds.count("reading") == 1
+    with api.services.sessions() as db:
+        session = db.get(CheckSession, out["session_id"])
+        assert session is not None and session.kind is SessionKind.BREATH and session.meta["unscheduled"]
+        prints = db.scalars(select(PhotoFingerprint).where(PhotoFingerprint.session_id == session.id)).all()
+        assert len(prints) == 3 and all(len(p.phash) == 112 for p in prints)
+        photo_rows = [a for a in rows if a.kind is ArtifactKind.PHOTO]
+        assert all(
+            a.meta.get("checks")
+            for a in db.scalars(select(Artifact).where(Artifact.id.in_([p.id for p in photo_rows])))
+        )
+    verdict = _verdict(api, out["session_id"])
+    assert verdict.decision is Decision.PASS and verdict.thresholds[
+        "face.identity_confirmed"
+    ] == pytest.approx(api.settings.sobriety.occluded_accept_distance)
+
+
+def test_positive_screening_requires_confirmatory_which_then_fails(api: BreathApp) -> None:
+    station = _station(api)
+    t0 = datetime.now(UTC)
+    api.at(t0)
+    photos = station_photos(SCREENING)
+    body, sig = _reading(station, photos, brac=POSITIVE_BRAC, now=t0)
+    r = _post(api, body, sig, photos)
+    assert r.status_code == 201, r.text
+    screening = r.json()
+    assert screening["decision"] == "review"
+    assert _checks(screening)["breath_reading"]["code"] == "screening_positive"
+    retest = screening["retest"]
+    assert (
+        retest["required"] and retest["code"] == "confirmatory_required" and retest["stage"] == "confirmatory"
+    )
+    assert "due after 15 minutes" in retest["message"]
+    due = datetime.fromisoformat(retest["due_at"])
+    assert timedelta(minutes=14) < due - t0 <= timedelta(minutes=15)
+    assert screening["episode"]["state"] == "deprivation"
+
+    # The confirmatory test after the deprivation period: still positive -> FAIL, test to zero follows.
+    t1 = t0 + timedelta(minutes=16)
+    api.at(t1)
+    photos = station_photos(CONFIRMATORY)
+    body, sig = _reading(station, photos, brac=POSITIVE_BRAC, now=t1)
+    r = _post(api, body, sig, photos)
+    assert r.status_code == 201, r.text
+    confirm = r.json()
+    assert _checks(confirm)["breath_reading"]["code"] == "confirmed_positive"
+    assert confirm["decision"] == "fail", confirm["reasons"]
+    assert confirm["retest"]["code"] == "test_to_zero" and confirm["episode"]["state"] == "test_to_zero"
+    assert confirm["episode"]["id"] == screening["episode"]["id"]
+    assert _verdict(api, confirm["session_id"]).decision is Decision.FAIL
+    with api.services.sessions() as db:
+        episode = db.get(BreathEpisode, confirm["episode"]["id"])
+        assert episode is not None and episode.state == "test_to_zero" and episode.stage == "test_to_zero"
+        assert [h["event"] for h in episode.history if h["event"] != "tick"] == ["positive", "positive"]
+        assert episode.first_session_id == screening["session_id"]
+        assert episode.last_session_id == confirm["session_id"]
+    _session_evidence(api, confirm["session_id"], [body, sig.encode(), *photos])
+
+
+def test_photos_of_someone_else_fail_identity(api: BreathApp) -> None:
+    station = _station(api)
+    photos = station_photos(SOMEONE_ELSE)
+    body, sig = _reading(station, photos)
+    r = _post(api, body, sig, photos)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    face = _checks(out)["face"]
+    assert face["code"] == "different_person" and face["outcome"] == "fail"
+    assert all(d > api.settings.sobriety.occluded_reject_distance for d in face["details"]["distances"])
+    assert out["decision"] == "fail"
+    # The reading is not the person's: the episode asks for a retake instead of booking it negative.
+    assert out["retest"]["code"] == "retake"
+    _session_evidence(api, out["session_id"], [body, sig.encode(), *photos])
+
+
+def test_a_photo_reused_in_a_later_test_is_detected(api: BreathApp) -> None:
+    station = _station(api)
+    photos = station_photos(REUSED)
+    body, sig = _reading(station, photos)
+    first = _post(api, body, sig, photos)
+    assert first.status_code == 201, first.text
+    assert _checks(first.json())["photo_reuse"]["code"] == "photos_new"
+    fresh = station_photos(GENUINE, seed=5)[:2]  # two new photos and one file from the first test
+    again = [fresh[0], photos[1], fresh[1]]
+    body2, sig2 = _reading(station, again)
+    r = _post(api, body2, sig2, again)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    reuse = _checks(out)["photo_reuse"]
+    assert reuse["code"] == "photo_reused" and reuse["outcome"] == "fail"
+    assert reuse["details"]["exact"][0]["earlier_test_id"] == first.json()["session_id"]
+    assert out["decision"] == "fail"
+    _session_evidence(api, out["session_id"], [body2, sig2.encode(), *again])
+
+
+def test_forged_signature_is_refused_kept_and_sent_to_review(api: BreathApp) -> None:
+    station = _station(api, enrol=False)
+    photos = station_photos(GENUINE, seed=9)
+    reading = simulated_reading(
+        serial=station.serial, person_id=station.person_id, brac=0.0, unit="g/210L", n_photos=3
+    )
+    body, sig = sign_reading(reading, Ed25519PrivateKey.generate())  # not the registered key
+    r = _post(api, body, sig, photos)
+    assert r.status_code == 401, r.text
+    out = r.json()
+    assert out["error"] == "bad_signature" and out["message"]
+    assert out["decision"] == "review"
+    sig_check = _checks(out)["breath_signature"]
+    assert sig_check["details"]["integrity_violation"] is True
+    rows = _session_evidence(api, out["session_id"], [body, sig.encode(), *photos])
+    assert sum(a.kind is ArtifactKind.PHOTO for a in rows) == 3
+    assert _verdict(api, out["session_id"]).decision is Decision.REVIEW
+    entries = _audit(api, "breath_rejected", out["session_id"])
+    assert entries and entries[0].details["code"] == "bad_signature"
+    with api.services.sessions() as db:
+        stored = db.scalars(
+            select(CheckResultRecord).where(CheckResultRecord.session_id == out["session_id"])
+        ).all()
+        assert [c.code for c in stored] == ["bad_signature"]
+
+
+def test_replayed_nonce_is_refused_with_409_and_kept(api: BreathApp) -> None:
+    station = _station(api, enrol=False)
+    photos = station_photos(REPLAYED)
+    body, sig = _reading(station, photos)
+    first = _post(api, body, sig, photos)
+    assert first.status_code == 201, first.text
+    assert first.json()["decision"] == "review"  # not enrolled: identity cannot be confirmed
+    assert _checks(first.json())["face"]["code"] == "not_enrolled"
+    r = _post(api, body, sig, photos)
+    assert r.status_code == 409, r.text
+    out = r.json()
+    assert out["error"] == "replayed_nonce" and out["session_id"] != first.json()["session_id"]
+    assert out["decision"] == "review"
+    _session_evidence(api, out["session_id"], [body, sig.encode(), *photos])
+    assert _audit(api, "breath_rejected", out["session_id"])[0].details["code"] == "replayed_nonce"
+
+
+def test_expired_calibration_in_the_device_registry_is_422(api: BreathApp) -> None:
+    station = _station(api, enrol=False, calibrated_on=date.today() - timedelta(days=400))
+    photos = station_photos(GENUINE, seed=11)
+    body, sig = _reading(station, photos)  # the station itself claims a calibration 30 days ago
+    r = _post(api, body, sig, photos)
+    assert r.status_code == 422, r.text
+    out = r.json()
+    assert out["error"] == "calibration_expired"
+    assert out["decision"] == "review" and out["retest"]["code"] == "retake"
+    assert _verdict(api, out["session_id"]).retake_offered
+    _session_evidence(api, out["session_id"], [body, sig.encode(), *photos])
+    assert _audit(api, "breath_rejected", out["session_id"])[0].details["code"] == "calibration_expired"
+
+
+def test_unknown_device_is_401_and_its_bytes_are_still_stored(api: BreathApp) -> None:
+    key = Ed25519PrivateKey.generate()
+    reading = simulated_reading(serial="BR-NOBODY", person_id="p-1", brac=0.0, unit="g/210L", n_photos=1)
+    body, sig = sign_reading(reading, key)
+    photo = b"\xff\xd8not really a jpeg"
+    r = _post(api, body, sig, [photo])
+    assert r.status_code == 401 and r.json()["error"] == "unknown_device", r.text
+    assert r.json()["session_id"] is None
+    entry = _audit(api, "breath_rejected")[-1]
+    assert entry.details["code"] == "unknown_device" and entry.details["serial"] == "BR-NOBODY"
+    listed = {a["sha256"]: a["key"] for a in entry.details["artifacts"]}
+    for blob in (body, sig.encode(), photo):
+        digest = hashlib.sha256(blob).hexdigest()
+        assert api.services.store.get_bytes(listed[digest]) == blob
+
+
+def test_unreadable_photo_is_technical_not_a_500(api: BreathApp) -> None:
+    station = _station(api, enrol=False)
+    photos = [b"GIF89a-broken", b"\x00" * 64, b"not an image"]
+    body, sig = _reading(station, photos)
+    r = _post(api, body, sig, photos)
+    assert r.status_code == 201, r.text
+    out = r.json()
+    photo_checks = [c for c in out["checks"] if c["code"] == "photos_unreadable"]
+    assert photo_checks and photo_checks[0]["outcome"] == "technical"
+    assert out["decision"] == "review" and _verdict(api, out["session_id"]).retake_offered
+
+
+def test_upload_bounds(api: BreathApp) -> None:
+    station = _station(api, enrol=False)
+    too_many = [b"x"] * (api.settings.sobriety.photo_max_count + 1)
+    body, sig = _reading(station, too_many)
+    r = _post(api, body, sig, too_many)
+    assert r.status_code == 400 and r.json()["error"] == "bad_input", r.text
+    big = [b"\xff\xd8" + b"\x00" * api.settings.sobriety.photo_max_bytes]
+    body, sig = _reading(station, big)
+    r = _post(api, body, sig, big)
+    assert r.status_code == 413 and r.json()["error"] == "too_large", r.text
+    r = api.client.post(BREATH, data={"signature": base64.b64encode(b"x" * 64).decode()})
+    assert r.status_code == 400, r.text
+
+
+def test_nonce_ledger_is_atomic_under_concurrency(api: BreathApp) -> None:
+    station = _station(api, enrol=False)
+    with api.services.sessions() as db:
+        device_id = db.scalars(select(Device.id).where(Device.serial == station.serial)).one()
+    ledger = DbNonceLedger(api.services.sessions)
+    results: list[bool] = []
+    barrier = threading.Barrier(4)
+
+    def remember() -> None:
+        barrier.wait()
+        results.append(ledger.remember(device_id, "0123456789abcdef0123", datetime.now(UTC)))
+
+    threads = [threading.Thread(target=remember) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(results) == [False, False, False, True]
+    assert ledger.seen(device_id, "0123456789abcdef0123")
