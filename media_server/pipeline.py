@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from PIL import Image
-from sqlalchemy import select, update
+from sqlalchemy import select
 
 from identity.checks import CheckKind, CheckResult, Outcome
 from identity.face import worker as face_worker
@@ -34,9 +34,9 @@ from identity.pad import worker as pad_worker
 from identity.voice import worker as voice_worker
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, Modality, SessionStatus, TemplateSource
-from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Enrolment, Verdict
+from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Verdict
 from media_server.db.types import utcnow
-from media_server.keys import decrypt_template, encrypt_template
+from media_server.gallery import active_template, save_template
 from media_server.package import load_or_create_signing_key
 from media_server.verdict import VerdictOutcome, decide
 from media_server.webhooks import verdict_event, violation_event
@@ -194,23 +194,6 @@ def store_capture_evidence(services: Any, capture: SessionCapture) -> list[Store
         )
     )
     return refs
-
-
-def active_template(services: Any, person_id: str, modality: Modality) -> bytes | None:
-    """The decrypted latest active template of a person, or None when not enrolled."""
-    with services.sessions() as db:
-        row = db.scalars(
-            select(Enrolment)
-            .where(
-                Enrolment.person_id == person_id, Enrolment.modality == modality, Enrolment.active.is_(True)
-            )
-            .order_by(Enrolment.created_at.desc())
-        ).first()
-        if row is None:
-            return None
-        return decrypt_template(
-            services.keys.template_key, row.template_nonce, row.template_ciphertext, person_id
-        )
 
 
 def _not_enrolled(kind: CheckKind, what: str) -> CheckResult:
@@ -589,47 +572,6 @@ def annotate_frames(services: Any, session_id: str, results: list[CheckResult]) 
             }
 
 
-def _save_adaptive(services: Any, person_id: str, session_id: str, template: Template, added: int) -> str:
-    nonce, ciphertext = encrypt_template(services.keys.template_key, template_to_bytes(template), person_id)
-    with services.sessions.begin() as db:
-        db.execute(
-            update(Enrolment)
-            .where(
-                Enrolment.person_id == person_id,
-                Enrolment.modality == Modality.FACE,
-                Enrolment.active.is_(True),
-            )
-            .values(active=False)
-        )
-        row = Enrolment(
-            person_id=person_id,
-            modality=Modality.FACE,
-            template_ciphertext=ciphertext,
-            template_nonce=nonce,
-            n_samples=int(template.embeddings.shape[0]),
-            model_name=template.model.name,
-            model_version=template.model.version,
-            weights_sha256=template.model.weights_sha256,
-            source=TemplateSource.ADAPTIVE,
-        )
-        db.add(row)
-        db.flush()
-        audit.append(
-            db,
-            actor="system",
-            action="template_adapted",
-            subject_type="person",
-            subject_id=person_id,
-            details={
-                "enrolment_id": row.id,
-                "session_id": session_id,
-                "added": added,
-                "n_embeddings": row.n_samples,
-            },
-        )
-        return row.id
-
-
 async def adapt_gallery(
     services: Any, capture: SessionCapture, results: list[CheckResult], outcome: VerdictOutcome
 ) -> str | None:
@@ -674,12 +616,17 @@ async def adapt_gallery(
         metadata={**old.metadata, "n_enrolled": n_enrolled, "adaptive_from": capture.session_id},
     )
     return await asyncio.to_thread(
-        _save_adaptive,
-        services,
-        capture.person_id,
-        capture.session_id,
-        merged,
-        int(fresh.embeddings.shape[0]),
+        lambda: save_template(
+            services,
+            capture.person_id,
+            Modality.FACE,
+            template_to_bytes(merged),
+            int(merged.embeddings.shape[0]),
+            merged.model,
+            actor="system",
+            source=TemplateSource.ADAPTIVE,
+            details={"session_id": capture.session_id, "added": int(fresh.embeddings.shape[0])},
+        )
     )
 
 

@@ -10,7 +10,6 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, UploadFile
-from sqlalchemy import update
 
 from identity.checks import CheckResult
 from identity.face import worker as face_worker
@@ -23,7 +22,7 @@ from media_server.db import audit
 from media_server.db.enums import Modality, TemplateSource
 from media_server.db.models import Enrolment, Person
 from media_server.errors import BadInput, NotFoundError
-from media_server.keys import encrypt_template
+from media_server.gallery import save_template
 
 router = APIRouter(prefix="/api/v1/persons/{person_id}/enrolments", tags=["enrolment"])
 
@@ -49,54 +48,6 @@ def _person_exists(services: Any, person_id: str) -> None:
         person = db.get(Person, person_id)
         if person is None or person.erased_at is not None:
             raise NotFoundError("no such person")
-
-
-def _save_template(
-    services: Any,
-    person_id: str,
-    modality: Modality,
-    template: bytes,
-    n: int,
-    model: dict[str, str],
-    actor: str,
-) -> str:
-    nonce, ciphertext = encrypt_template(services.keys.template_key, template, person_id)
-    with services.sessions.begin() as db:
-        # Re-enrolment replaces the active template; old rows stay inactive until erasure.
-        db.execute(
-            update(Enrolment)
-            .where(
-                Enrolment.person_id == person_id, Enrolment.modality == modality, Enrolment.active.is_(True)
-            )
-            .values(active=False)
-        )
-        row = Enrolment(
-            person_id=person_id,
-            modality=modality,
-            template_ciphertext=ciphertext,
-            template_nonce=nonce,
-            n_samples=n,
-            model_name=model["name"],
-            model_version=model["version"],
-            weights_sha256=model["weights_sha256"],
-            source=TemplateSource.ENROLMENT,
-        )
-        db.add(row)
-        db.flush()
-        audit.append(
-            db,
-            actor=actor,
-            action="enrolled",
-            subject_type="person",
-            subject_id=person_id,
-            details={
-                "modality": modality.value,
-                "enrolment_id": row.id,
-                "n_samples": n,
-                "model": model["name"],
-            },
-        )
-        return row.id
 
 
 def _response(enrolment_id: str | None, results: list[CheckResult]) -> dict[str, Any]:
@@ -128,14 +79,17 @@ async def enrol_face(
     enrolment_id = None
     if template is not None:
         enrolment_id = await asyncio.to_thread(
-            _save_template,
-            services,
-            person_id,
-            Modality.FACE,
-            template_to_bytes(template),
-            int(template.embeddings.shape[0]),
-            template.model.to_dict(),
-            who.actor,
+            lambda: save_template(
+                services,
+                person_id,
+                Modality.FACE,
+                template_to_bytes(template),
+                int(template.embeddings.shape[0]),
+                template.model,
+                actor=who.actor,
+                source=TemplateSource.ENROLMENT,
+                details={},
+            )
         )
     return _response(enrolment_id, results)
 
@@ -160,11 +114,21 @@ async def enrol_voice(
     results = [CheckResult.from_dict(d) for d in result_dicts]
     enrolment_id = None
     if template is not None:
-        model = next((r.model.to_dict() for r in results if r.model is not None), None)
+        model = next((r.model for r in results if r.model is not None), None)
         if model is None:
             raise BadInput("the voice engine returned no model stamp")
         enrolment_id = await asyncio.to_thread(
-            _save_template, services, person_id, Modality.VOICE, template, len(pcm), model, who.actor
+            lambda: save_template(
+                services,
+                person_id,
+                Modality.VOICE,
+                template,
+                len(pcm),
+                model,
+                actor=who.actor,
+                source=TemplateSource.ENROLMENT,
+                details={},
+            )
         )
     return _response(enrolment_id, results)
 

@@ -154,9 +154,9 @@ def test_adaptive_gallery_refreshes_only_from_a_confident_pass(api: Api) -> None
 
     from identity.face import worker as face_worker
     from identity.face.results import template_from_bytes, template_to_bytes
-    from media_server.api.enrolment import _save_template
     from media_server.db.enums import Modality, TemplateSource
     from media_server.db.models import Enrolment
+    from media_server.gallery import save_template
     from media_server.pipeline import active_template, adapt_gallery
     from media_server.verdict import VerdictOutcome
 
@@ -167,14 +167,16 @@ def test_adaptive_gallery_refreshes_only_from_a_confident_pass(api: Api) -> None
     async def run() -> tuple[str | None, str | None]:
         template, _ = await api.services.workers.run(face_worker.enrol, frames[:2])
         assert template is not None
-        _save_template(
+        save_template(
             api.services,
             person_id,
             Modality.FACE,
             template_to_bytes(template),
             int(template.embeddings.shape[0]),
-            template.model.to_dict(),
-            "test",
+            template.model,
+            actor="test",
+            source=TemplateSource.ENROLMENT,
+            details={},
         )
         result = await api.services.workers.run(face_worker.verify_frames, template, frames)
         assert result.passed, result.message
