@@ -104,3 +104,16 @@ def browser(test_media: TestMedia) -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+
+
+@pytest.fixture
+def live_service(e2e_settings: Settings) -> Iterator[tuple[ServerThread, Any]]:
+    """The real service (create_app: real auth, pipeline, workers) on 127.0.0.1, with staff accounts."""
+    from e2e_service import seed_staff
+
+    from media_server.app import create_app
+
+    app = create_app(e2e_settings)
+    with ServerThread(app) as server:
+        seed_staff(app.state.services)
+        yield server, app.state.services

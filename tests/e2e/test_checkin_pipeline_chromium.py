@@ -8,76 +8,21 @@ never PASS (issue #6), and it must not be booked as a technical failure either.
 from __future__ import annotations
 
 import hashlib
-import io
-import time
-from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
-from skimage import data
+from e2e_service import enrolment_images, login, wait_for_verdict
 from sqlalchemy import select
 
-from media_server.app import create_app
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, Role
-from media_server.db.models import Artifact, CheckResultRecord, CheckSession, User, Verdict
-from media_server.settings import Settings
-from media_server.tokens import hash_password
+from media_server.db.models import Artifact, CheckResultRecord, CheckSession
 from media_server.webrtc.testing import ServerThread
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "correct-horse-battery"
 ALMATY = {"latitude": 43.2389, "longitude": 76.8897, "accuracy": 25}
-
-
-def _png(img: Image.Image) -> bytes:
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
-
-
-def enrolment_images() -> list[bytes]:
-    """Three views of the astronaut (public domain): original, slightly scaled, slightly rotated."""
-    face = Image.fromarray(data.astronaut())
-    return [
-        _png(face),
-        _png(face.resize((440, 440)).crop((0, 0, 400, 400)).resize((512, 512))),
-        _png(face.rotate(4, fillcolor=(128, 128, 128))),
-    ]
-
-
-@pytest.fixture
-def live_service(e2e_settings: Settings) -> Iterator[tuple[ServerThread, Any]]:
-    app = create_app(e2e_settings)
-    with ServerThread(app) as server:
-        services = app.state.services
-        with services.sessions.begin() as db:
-            for role in (Role.OFFICER, Role.REVIEWER):
-                user = User(username=role.value, password_hash=hash_password(PASSWORD), role=role)
-                db.add(user)
-                db.flush()
-                audit.append(db, actor="test", action="user_created", subject_type="user", subject_id=user.id)
-        yield server, services
-
-
-def login(client: httpx.Client, role: Role) -> dict[str, str]:
-    r = client.post("/api/v1/auth/login", json={"username": role.value, "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
-
-
-def wait_for_verdict(services: Any, session_id: str, timeout_s: float = 180) -> Verdict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with services.sessions() as db:
-            v = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).first()
-            if v is not None:
-                return v
-        time.sleep(0.5)
-    raise AssertionError("no verdict was written")
 
 
 def test_still_photo_checkin_is_recorded_judged_and_never_passes(

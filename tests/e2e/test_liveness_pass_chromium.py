@@ -18,33 +18,26 @@ from __future__ import annotations
 
 import secrets
 import shutil
-import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+from e2e_service import enrolment_images, login, wait_for_verdict
 from media_synth import HeadTurnLoop, images_digest, measure_yaw, thumbnail_mad, write_y4m
-from PIL import Image
-from skimage import data
 from sqlalchemy import select
 
 from identity.checks import CheckKind
 from identity.face.config import FaceSettings
 from identity.liveness.challenge import Challenge, Step, StepKind
 from identity.liveness.config import LivenessSettings
-from media_server.app import create_app
-from media_server.db import audit
 from media_server.db.enums import Role
-from media_server.db.models import CheckResultRecord, CheckSession, User, Verdict
+from media_server.db.models import CheckResultRecord, CheckSession
 from media_server.settings import Settings
-from media_server.tokens import hash_password
 from media_server.webrtc.testing import ServerThread, TestMedia, make_test_media
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "correct-horse-battery"
 ALMATY = {"latitude": 43.2389, "longitude": 76.8897, "accuracy": 25}
 LOOP = HeadTurnLoop()
 # Extra response time beyond one full period plus one turn (sampling jitter, decode delay).
@@ -123,43 +116,6 @@ def test_synthetic_loop_is_designed_to_pass(
         assert thumbnail_mad(poses["neutral"], poses[pose]) > 2 * FaceSettings().duplicate_frame_mad
 
 
-def enrolment_images() -> list[bytes]:
-    """The astronaut photo (public domain) and a slightly rotated copy."""
-    import io
-
-    face = Image.fromarray(data.astronaut())
-    out = []
-    for img in (face, face.rotate(4, fillcolor=(128, 128, 128))):
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
-
-
-@pytest.fixture
-def live_service(e2e_settings: Settings) -> Iterator[tuple[ServerThread, Any]]:
-    app = create_app(e2e_settings)
-    with ServerThread(app) as server:
-        services = app.state.services
-        with services.sessions.begin() as db:
-            user = User(username="officer", password_hash=hash_password(PASSWORD), role=Role.OFFICER)
-            db.add(user)
-            db.flush()
-            audit.append(db, actor="test", action="user_created", subject_type="user", subject_id=user.id)
-        yield server, services
-
-
-def wait_for_verdict(services: Any, session_id: str, timeout_s: float = 180) -> Verdict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with services.sessions() as db:
-            v: Verdict | None = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).first()
-            if v is not None:
-                return v
-        time.sleep(0.5)
-    raise AssertionError("no verdict was written")
-
-
 def test_following_the_challenge_passes_liveness(
     head_turn_yaw: dict[str, list[float | None]],
     browser: Any,
@@ -169,8 +125,7 @@ def test_following_the_challenge_passes_liveness(
     server, services = live_service
     challenge = head_turn_challenge(e2e_settings.liveness)
     with httpx.Client(base_url=server.url, timeout=120) as client:
-        r = client.post("/api/v1/auth/login", json={"username": "officer", "password": PASSWORD})
-        officer = {"Authorization": f"Bearer {r.json()['token']}"}
+        officer = login(client, Role.OFFICER)
         person = client.post(
             "/api/v1/persons", json={"external_ref": "E2E-LIVE", "display_name": "E2E"}, headers=officer
         )

@@ -8,67 +8,29 @@ stores the evidence, runs the checks and writes a verdict. A wrong key is refuse
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-from PIL import Image
-from skimage import data
+from e2e_service import enrolment_images, login, wait_for_verdict
 from sqlalchemy import select
 
-from media_server.app import create_app
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Role, SessionKind
-from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Device, User, Verdict
-from media_server.settings import Settings
-from media_server.tokens import hash_password
+from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Device
 from media_server.webrtc.testing import ServerThread, TestMedia
 
 pytestmark = pytest.mark.e2e
 
-PASSWORD = "correct-horse-battery"
 STATION_LAT, STATION_LON = 43.2389, 76.8897
 KUZET = Path(sys.executable).with_name("kuzet")
 COMMAND_TIMEOUT_S = 180
-
-
-def enrolment_images() -> list[bytes]:
-    """The astronaut photo (public domain) and a slightly rotated copy."""
-    face = Image.fromarray(data.astronaut())
-    out = []
-    for img in (face, face.rotate(4, fillcolor=(128, 128, 128))):
-        buf = io.BytesIO()
-        img.save(buf, format="PNG")
-        out.append(buf.getvalue())
-    return out
-
-
-@pytest.fixture
-def live_service(e2e_settings: Settings) -> Iterator[tuple[ServerThread, Any]]:
-    app = create_app(e2e_settings)
-    with ServerThread(app) as server:
-        services = app.state.services
-        with services.sessions.begin() as db:
-            for role in (Role.ADMIN, Role.OFFICER):
-                user = User(username=role.value, password_hash=hash_password(PASSWORD), role=role)
-                db.add(user)
-                db.flush()
-                audit.append(db, actor="test", action="user_created", subject_type="user", subject_id=user.id)
-        yield server, services
-
-
-def login(client: httpx.Client, role: Role) -> dict[str, str]:
-    r = client.post("/api/v1/auth/login", json={"username": role.value, "password": PASSWORD})
-    assert r.status_code == 200, r.text
-    return {"Authorization": f"Bearer {r.json()['token']}"}
 
 
 def station_run(url: str, device_key: str, media: TestMedia) -> subprocess.CompletedProcess[str]:
@@ -92,17 +54,6 @@ def station_run(url: str, device_key: str, media: TestMedia) -> subprocess.Compl
         timeout=COMMAND_TIMEOUT_S,
         check=False,
     )  # fmt: skip
-
-
-def wait_for_verdict(services: Any, session_id: str, timeout_s: float = 60) -> Verdict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        with services.sessions() as db:
-            v: Verdict | None = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).first()
-            if v is not None:
-                return v
-        time.sleep(0.5)
-    raise AssertionError("no verdict was written")
 
 
 def test_station_checkin_is_recorded_judged_and_printed(
