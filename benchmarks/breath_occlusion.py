@@ -391,9 +391,9 @@ def main() -> None:
         f"  genuine distance median: unoccluded {np.median(g_bare):.3f}, occluded {np.median(g_occ):.3f}; "
         f"impostor median: {np.median(i_bare):.3f} -> {np.median(i_occ):.3f}"
     )
-    accept = float(np.floor(occd["thr_far_0.1%"] * 100) / 100)
+    accept = round(float(np.floor(float(occd["thr_far_0.1%"]) * 100) / 100), 2)
     # A per-photo FAIL must be clear: above every genuine occluded distance measured, with a 0.05 margin.
-    reject = float(np.ceil(max(g_occ.max() + 0.05, accept + 0.05) * 100) / 100)
+    reject = round(float(np.ceil(max(float(g_occ.max()) + 0.05, accept + 0.05) * 100) / 100), 2)
     print(
         f"  policy: accept <= {accept:.2f} (FAR-0.1% on occluded probes, rounded down), "
         f"reject > {reject:.2f} (max occluded genuine {g_occ.max():.3f} + 0.05); TAR at accept "

@@ -61,10 +61,10 @@ from media_server.db.models import (
     PhotoFingerprint,
 )
 from media_server.db.types import utcnow
+from media_server.gallery import active_template
 from media_server.pipeline import (
     StoredRef,
     _run_engine,
-    active_template,
     announce,
     store_artifact,
     write_verdict,
@@ -843,9 +843,10 @@ def _reading_used(reading_check: CheckResult, photo_checks: list[CheckResult]) -
 
 
 def _not_used(reading_check: CheckResult, step: _EpisodeStep) -> CheckResult:
-    """A reading the episode ignored (too early, episode closed) cannot FAIL the person on its own."""
+    """A reading the episode did not use (e.g. a confirmatory test before the deprivation period ended)
+    decides nothing on its own, negative or positive: INCONCLUSIVE, with the original outcome kept."""
     ignored = [a for a in step.actions if a.kind is ActionKind.IGNORE_READING]
-    if not ignored or reading_check.outcome is Outcome.PASS:
+    if not ignored:
         return reading_check
     return replace(
         reading_check,

@@ -58,11 +58,12 @@ ENROL = (
     "Hugo_Chavez/Hugo_Chavez_0027.jpg",
     "Hugo_Chavez/Hugo_Chavez_0036.jpg",
 )
-GENUINE = "Hugo_Chavez/Hugo_Chavez_0041.jpg"
-SCREENING = "Hugo_Chavez/Hugo_Chavez_0050.jpg"
-CONFIRMATORY = "Hugo_Chavez/Hugo_Chavez_0053.jpg"
-REUSED = "Hugo_Chavez/Hugo_Chavez_0056.jpg"
-SOMEONE_ELSE = "Edmund_Stoiber/Edmund_Stoiber_0005.jpg"
+GENUINE = "Hugo_Chavez/Hugo_Chavez_0050.jpg"
+SCREENING = "Hugo_Chavez/Hugo_Chavez_0053.jpg"
+CONFIRMATORY = "Hugo_Chavez/Hugo_Chavez_0056.jpg"
+REUSED = "Hugo_Chavez/Hugo_Chavez_0045.jpg"
+NEVER_JUDGED = "Hugo_Chavez/Hugo_Chavez_0041.jpg"  # rejected submissions and fresh photos of the reuse case
+SOMEONE_ELSE = "Geraldine_Chaplin/Geraldine_Chaplin_0001.jpg"
 REPLAYED = "Ann_Veneman/Ann_Veneman_0010.jpg"
 # A station camera frame: the LFW image scaled to fill it (a face of ~140 px), as a home station sees it.
 FRAME_W, FRAME_H = 320, 240
@@ -233,7 +234,7 @@ def _session_evidence(api: BreathApp, session_id: str, sent: list[bytes]) -> lis
 
 def _verdict(api: BreathApp, session_id: str) -> Verdict:
     with api.services.sessions() as db:
-        verdict = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).one()
+        verdict: Verdict = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).one()
         db.expunge(verdict)
         return verdict
 
@@ -353,7 +354,7 @@ def test_a_photo_reused_in_a_later_test_is_detected(api: BreathApp) -> None:
     first = _post(api, body, sig, photos)
     assert first.status_code == 201, first.text
     assert _checks(first.json())["photo_reuse"]["code"] == "photos_new"
-    fresh = station_photos(GENUINE, seed=5)[:2]  # two new photos and one file from the first test
+    fresh = station_photos(NEVER_JUDGED, seed=5)[:2]  # two new photos and one file from the first test
     again = [fresh[0], photos[1], fresh[1]]
     body2, sig2 = _reading(station, again)
     r = _post(api, body2, sig2, again)
@@ -368,7 +369,7 @@ def test_a_photo_reused_in_a_later_test_is_detected(api: BreathApp) -> None:
 
 def test_forged_signature_is_refused_kept_and_sent_to_review(api: BreathApp) -> None:
     station = _station(api, enrol=False)
-    photos = station_photos(GENUINE, seed=9)
+    photos = station_photos(NEVER_JUDGED, seed=9)
     reading = simulated_reading(
         serial=station.serial, person_id=station.person_id, brac=0.0, unit="g/210L", n_photos=3
     )
@@ -411,7 +412,7 @@ def test_replayed_nonce_is_refused_with_409_and_kept(api: BreathApp) -> None:
 
 def test_expired_calibration_in_the_device_registry_is_422(api: BreathApp) -> None:
     station = _station(api, enrol=False, calibrated_on=date.today() - timedelta(days=400))
-    photos = station_photos(GENUINE, seed=11)
+    photos = station_photos(NEVER_JUDGED, seed=11)
     body, sig = _reading(station, photos)  # the station itself claims a calibration 30 days ago
     r = _post(api, body, sig, photos)
     assert r.status_code == 422, r.text

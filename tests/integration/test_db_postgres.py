@@ -44,6 +44,7 @@ ALL_TABLES = {
     "photo_fingerprints",
     "erasures",
     "audit_log",
+    "breath_episodes",
 }
 
 
@@ -236,7 +237,7 @@ def test_cli_db_upgrade_and_verify_ok(engine: Engine, pg_url: str, monkeypatch: 
     monkeypatch.setenv("KUZET_DATABASE__URL", pg_url)
     runner = CliRunner()
     up = runner.invoke(main, ["db", "upgrade"])
-    assert up.exit_code == 0 and "revision 0001" in up.output, up.output
+    assert up.exit_code == 0 and f"revision {head_revision()}" in up.output, up.output
     result = runner.invoke(main, ["audit", "verify"])
     assert result.exit_code == 0 and "2 rows checked" in result.output, result.output
     _reset_audit_log(engine)

@@ -149,7 +149,7 @@ def by_kind(checks: list[CheckResult]) -> dict[CheckKind, CheckResult]:
 
 
 def test_matching_occluded_photos_pass() -> None:
-    port = FakeFacePort([1, 1, 1], [0.40, 0.45, 0.55])
+    port = FakeFacePort([1, 1, 1], [0.25, 0.30, 0.45])
     analyses, checks = validate_breath_photos(
         breath_photos(pairs(True)[4][0], "t1"), GALLERY, port, InMemoryPhotoIndex(), "t1", S
     )
