@@ -25,6 +25,7 @@ from media_server.evidence.port import EvidenceError, EvidenceStore, ObjectLocke
 from media_server.evidence.port import IntegrityError as EvidenceIntegrityError
 from media_server.evidence.port import NotFound as EvidenceNotFound
 from media_server.keys import ServiceKeys, load_or_create
+from media_server.leader import build_lease
 from media_server.schedules import IssuedSession, derive_seed_key, run_scheduler
 from media_server.settings import Settings
 from media_server.webhooks import EventType, WebhookEvent, WebhookNotifier
@@ -146,6 +147,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     seed_key=derive_seed_key(services.keys.secret_key),
                     deliver=_link_deliverer(services),
                     notifier=services.notifier,
+                    is_leader=build_lease(
+                        settings.redis.url, "scheduler", int(settings.redis.lease_ttl_s * 1000)
+                    ).acquire,
                 )
             )
         )

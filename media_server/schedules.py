@@ -649,11 +649,17 @@ async def run_scheduler(
     seed_key: bytes,
     deliver: Callable[[IssuedSession], Awaitable[None]],
     notifier: WebhookNotifier | None = None,
+    is_leader: Callable[[], bool] | None = None,
 ) -> None:
-    """Tick every `settings.tick_s` until cancelled (start it as a task in the app lifespan)."""
+    """Tick every `settings.tick_s` until cancelled (start it as a task in the app lifespan).
+
+    With several nodes, `is_leader` (a lease, blocking; run in a thread) lets only one of them tick.
+    """
     while True:
         try:
-            await tick_once(factory, settings, seed_key=seed_key, deliver=deliver, notifier=notifier)
+            leader = True if is_leader is None else await asyncio.to_thread(is_leader)
+            if leader:
+                await tick_once(factory, settings, seed_key=seed_key, deliver=deliver, notifier=notifier)
         except Exception:
             log.exception("scheduler tick failed; will retry")
         await asyncio.sleep(settings.tick_s)

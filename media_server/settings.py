@@ -60,6 +60,18 @@ class EvidenceSettings(_Group):
     )
 
 
+class RedisSettings(_Group):
+    """Coordination between media-server nodes (optional; one node needs none)."""
+
+    url: str = Field("", description="redis://host:6379/0; empty = single node, no coordination.")
+    lease_ttl_s: float = Field(
+        180.0,
+        ge=5,
+        le=3600,
+        description="A node that stops renewing loses the scheduler lease after this (> schedules.tick_s).",
+    )
+
+
 class ModelsSettings(_Group):
     """Where weights live; every file is checked against models/manifest.json before load."""
 
@@ -197,6 +209,7 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
