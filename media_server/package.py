@@ -124,8 +124,36 @@ def public_key_pem(public_b64: str) -> str:
 # -- export ---------------------------------------------------------------------------------------
 
 
-def _iso(ts: datetime | None) -> str | None:
+def iso(ts: datetime | None) -> str | None:
+    """ISO-8601 in UTC, or None."""
     return ts.astimezone(UTC).isoformat() if ts is not None else None
+
+
+def verdict_view(v: Verdict) -> dict[str, Any]:
+    """A verdict as JSON (API and evidence package share it)."""
+    return {
+        "id": v.id,
+        "decision": v.decision.value,
+        "reasons": v.reasons,
+        "retake_offered": v.retake_offered,
+        "policy_version": v.policy_version,
+        "thresholds": v.thresholds,
+        "models": v.models,
+        "manifest_sha256": v.manifest_sha256,
+        "created_at": iso(v.created_at),
+    }
+
+
+def review_view(r: Review) -> dict[str, Any]:
+    """A reviewer's decision as JSON (API and evidence package share it)."""
+    return {
+        "id": r.id,
+        "verdict_id": r.verdict_id,
+        "reviewer_id": r.reviewer_id,
+        "decision": r.decision.value,
+        "comment": r.comment,
+        "created_at": iso(r.created_at),
+    }
 
 
 def _json_bytes(value: Any) -> bytes:
@@ -135,7 +163,7 @@ def _json_bytes(value: Any) -> bytes:
 def _audit_full(row: AuditEntry) -> dict[str, Any]:
     return {
         "id": row.id,
-        "ts": _iso(row.ts),
+        "ts": iso(row.ts),
         "actor": row.actor,
         "action": row.action,
         "subject_type": row.subject_type,
@@ -289,7 +317,7 @@ def write_package(
                     "size": size,
                     "content_type": art.content_type,
                     "kind": art.kind.value,
-                    "created_at": _iso(art.created_at),
+                    "created_at": iso(art.created_at),
                     "meta": art.meta,
                 }
             )
@@ -298,43 +326,18 @@ def write_package(
             "person_id": session.person_id,
             "kind": session.kind.value,
             "status": session.status.value,
-            "window_start": _iso(session.window_start),
-            "window_end": _iso(session.window_end),
-            "started_at": _iso(session.started_at),
-            "ended_at": _iso(session.ended_at),
+            "window_start": iso(session.window_start),
+            "window_end": iso(session.window_end),
+            "started_at": iso(session.started_at),
+            "ended_at": iso(session.ended_at),
             "device_id": session.device_id,
             "location": session.location,
             "challenge": session.challenge,
-            "created_at": _iso(session.created_at),
+            "created_at": iso(session.created_at),
         }
-        check_docs = [
-            {"id": c.id, "created_at": _iso(c.created_at), **c.to_check().to_dict()} for c in checks
-        ]
-        verdict_docs = [
-            {
-                "id": v.id,
-                "decision": v.decision.value,
-                "reasons": v.reasons,
-                "retake_offered": v.retake_offered,
-                "policy_version": v.policy_version,
-                "thresholds": v.thresholds,
-                "models": v.models,
-                "manifest_sha256": v.manifest_sha256,
-                "created_at": _iso(v.created_at),
-            }
-            for v in verdicts
-        ]
-        review_docs = [
-            {
-                "id": r.id,
-                "verdict_id": r.verdict_id,
-                "reviewer_id": r.reviewer_id,
-                "decision": r.decision.value,
-                "comment": r.comment,
-                "created_at": _iso(r.created_at),
-            }
-            for r in reviews
-        ]
+        check_docs = [{"id": c.id, "created_at": iso(c.created_at), **c.to_check().to_dict()} for c in checks]
+        verdict_docs = [verdict_view(v) for v in verdicts]
+        review_docs = [review_view(r) for r in reviews]
         writer.add_bytes("session.json", _json_bytes(session_doc))
         writer.add_bytes("checks.json", _json_bytes(check_docs))
         writer.add_bytes("verdict.json", _json_bytes(verdict_docs))

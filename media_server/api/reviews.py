@@ -8,7 +8,6 @@ is written to the audit log.
 from __future__ import annotations
 
 import re
-from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
@@ -29,6 +28,7 @@ from media_server.db.models import (
     Verdict,
 )
 from media_server.errors import BadInput, NotFoundError
+from media_server.package import iso, review_view, verdict_view
 
 router = APIRouter(prefix="/api/v1", tags=["reviews"])
 
@@ -38,41 +38,12 @@ MAX_COMMENT_CHARS = 4000
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 
 
-def _iso(ts: datetime | None) -> str | None:
-    return ts.isoformat() if ts is not None else None
-
-
 @router.get("/reviews/queue")
 def review_queue(services: ServicesDep, who: ReviewerDep) -> dict[str, Any]:
     """Sessions waiting for a reviewer: latest verdict REVIEW or FAIL, not yet decided; oldest first."""
     with services.sessions() as db:
         rows = flagged_sessions(db)
-    return {"items": [{**r, "created_at": _iso(r["created_at"])} for r in rows]}
-
-
-def _verdict_view(v: Verdict) -> dict[str, Any]:
-    return {
-        "id": v.id,
-        "decision": v.decision.value,
-        "reasons": v.reasons,
-        "retake_offered": v.retake_offered,
-        "policy_version": v.policy_version,
-        "thresholds": v.thresholds,
-        "models": v.models,
-        "manifest_sha256": v.manifest_sha256,
-        "created_at": _iso(v.created_at),
-    }
-
-
-def _review_view(r: Review) -> dict[str, Any]:
-    return {
-        "id": r.id,
-        "verdict_id": r.verdict_id,
-        "reviewer_id": r.reviewer_id,
-        "decision": r.decision.value,
-        "comment": r.comment,
-        "created_at": _iso(r.created_at),
-    }
+    return {"items": [{**r, "created_at": iso(r["created_at"])} for r in rows]}
 
 
 @router.get("/sessions/{session_id}")
@@ -114,10 +85,10 @@ def session_detail(session_id: str, services: ServicesDep, who: ReviewerDep) -> 
                 "person_id": s.person_id,
                 "kind": s.kind.value,
                 "status": s.status.value,
-                "window_start": _iso(s.window_start),
-                "window_end": _iso(s.window_end),
-                "started_at": _iso(s.started_at),
-                "ended_at": _iso(s.ended_at),
+                "window_start": iso(s.window_start),
+                "window_end": iso(s.window_end),
+                "started_at": iso(s.started_at),
+                "ended_at": iso(s.ended_at),
                 "location": s.location,
                 "challenge": s.challenge,
             },
@@ -129,10 +100,10 @@ def session_detail(session_id: str, services: ServicesDep, who: ReviewerDep) -> 
                 "display_name": person.display_name,
                 "erased": person.erased_at is not None,
             },
-            "verdict": _verdict_view(verdicts[-1]) if verdicts else None,
-            "verdicts": [_verdict_view(v) for v in verdicts],
+            "verdict": verdict_view(verdicts[-1]) if verdicts else None,
+            "verdicts": [verdict_view(v) for v in verdicts],
             "checks": [
-                {"id": c.id, "created_at": _iso(c.created_at), **c.to_check().to_dict()} for c in checks
+                {"id": c.id, "created_at": iso(c.created_at), **c.to_check().to_dict()} for c in checks
             ],
             "artifacts": [
                 {
@@ -143,12 +114,12 @@ def session_detail(session_id: str, services: ServicesDep, who: ReviewerDep) -> 
                     "size": a.size,
                     "spooled": a.spooled,
                     "meta": a.meta,
-                    "created_at": _iso(a.created_at),
+                    "created_at": iso(a.created_at),
                     "url": f"/api/v1/artifacts/{a.id}",
                 }
                 for a in artifacts
             ],
-            "reviews": [_review_view(r) for r in reviews],
+            "reviews": [review_view(r) for r in reviews],
         }
 
 
@@ -181,13 +152,13 @@ def decide(session_id: str, body: ReviewIn, services: ServicesDep, who: DeciderD
         review = db.get(Review, review_id)
         if review is None:  # written and committed just above
             raise NotFoundError("the review was not stored")
-        return {"session_id": session_id, **_review_view(review)}
+        return {"session_id": session_id, **review_view(review)}
 
 
 def _audit_row(e: AuditEntry) -> dict[str, Any]:
     return {
         "id": e.id,
-        "ts": _iso(e.ts),
+        "ts": iso(e.ts),
         "actor": e.actor,
         "action": e.action,
         "subject_type": e.subject_type,
