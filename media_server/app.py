@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from media_server import logs
+from media_server.breath import run_episode_clock
 from media_server.errors import KuzetError, status_for
 from media_server.evidence import build_store
 from media_server.evidence.port import EvidenceError, EvidenceStore, ObjectLocked
@@ -139,6 +140,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services = await asyncio.to_thread(build_services, settings)
         app.state.services = services
         services.background.append(asyncio.create_task(_flush_spool_forever(services)))
+        lease = build_lease(settings.redis.url, "scheduler", int(settings.redis.lease_ttl_s * 1000))
+        services.background.append(
+            asyncio.create_task(run_episode_clock(services, settings.schedules.tick_s, lease.acquire))
+        )
         services.background.append(
             asyncio.create_task(
                 run_scheduler(
@@ -147,9 +152,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     seed_key=derive_seed_key(services.keys.secret_key),
                     deliver=_link_deliverer(services),
                     notifier=services.notifier,
-                    is_leader=build_lease(
-                        settings.redis.url, "scheduler", int(settings.redis.lease_ttl_s * 1000)
-                    ).acquire,
+                    is_leader=lease.acquire,
                 )
             )
         )

@@ -69,6 +69,7 @@ from media_server.pipeline import (
     store_artifact,
     write_verdict,
 )
+from media_server.verdict import VerdictOutcome
 from sobriety.config import SobrietySettings
 from sobriety.photos import PhotoMatch, judge_breath_photos, phash_from_hex, phash_hex, set_distance
 from sobriety.policy import (
@@ -980,3 +981,93 @@ async def submit_breath_test(services: Any, upload: Upload, now: datetime) -> Br
 def now_utc() -> datetime:
     """The server clock (aware UTC); the router's clock dependency."""
     return utcnow()
+
+
+# ------------------------------------------------------------------------------------ episode clock
+@dataclass(frozen=True)
+class EpisodeTick:
+    """An open episode that time moved on: its new state, and the verdict booked for it (if any)."""
+
+    episode_id: str
+    person_id: str
+    state: str
+    session_id: str | None
+    verdict_id: str | None
+    outcome: VerdictOutcome | None
+
+
+def _tick_episodes_sync(
+    services: Any, now: datetime
+) -> list[tuple[str, str, str | None, list[Action], Episode]]:
+    settings: SobrietySettings = services.settings.sobriety
+    changed = []
+    with services.sessions.begin() as db:
+        rows = db.scalars(select(BreathEpisode).where(BreathEpisode.closed_at.is_(None))).all()
+        for row in rows:
+            before = episode_from_json(row.episode)
+            ep, actions = next_state(before, RetestEvent(EventKind.TICK, now), now, settings)
+            if not actions and ep == before:
+                continue
+            _save_episode(row, ep, actions, None, now, "tick")
+            audit.append(
+                db,
+                SYSTEM_ACTOR,
+                "breath_episode_updated",
+                "person",
+                row.person_id,
+                {
+                    "episode_id": row.id,
+                    "event": "tick",
+                    "state": ep.state.value,
+                    "actions": [a.code for a in actions],
+                },
+            )
+            changed.append((row.id, row.person_id, row.last_session_id, actions, ep))
+    return changed
+
+
+async def tick_episodes(services: Any, now: datetime) -> list[EpisodeTick]:
+    """Advance every open breath episode to `now`: a missed or unconfirmed test gets its verdict booked.
+
+    A result the state machine records (RECORD_RESULT) becomes a check on the episode's last session and a
+    verdict through the normal policy, so it reaches the review queue and the webhook like any other.
+    """
+    out: list[EpisodeTick] = []
+    for episode_id, person_id, session_id, actions, ep in await asyncio.to_thread(
+        _tick_episodes_sync, services, now
+    ):
+        recorded = [a for a in actions if a.kind is ActionKind.RECORD_RESULT and a.outcome is not None]
+        verdict_id = outcome = None
+        if recorded and session_id is not None:
+            checks = [
+                CheckResult(
+                    CheckKind.BREATH_READING,
+                    a.outcome or Outcome.INCONCLUSIVE,
+                    a.code,
+                    a.message,
+                    details={
+                        "episode_id": episode_id,
+                        "episode_state": ep.state.value,
+                        "source": "episode_clock",
+                    },
+                )
+                for a in recorded
+            ]
+            outcome, verdict_id = await asyncio.to_thread(
+                write_verdict, services, session_id, checks, [CheckKind.BREATH_READING]
+            )
+            announce(services, session_id, person_id, "breath", outcome, verdict_id)
+        out.append(EpisodeTick(episode_id, person_id, ep.state.value, session_id, verdict_id, outcome))
+    return out
+
+
+async def run_episode_clock(services: Any, every_s: float, is_leader: Any = None) -> None:
+    """Tick breath episodes every `every_s` seconds until cancelled (the scheduler's leader only)."""
+    while True:
+        try:
+            leader = True if is_leader is None else await asyncio.to_thread(is_leader)
+            if leader:
+                await tick_episodes(services, now_utc())
+        except Exception:
+            log.exception("breath episode tick failed; will retry")
+        await asyncio.sleep(every_s)

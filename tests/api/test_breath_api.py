@@ -485,3 +485,33 @@ def test_nonce_ledger_is_atomic_under_concurrency(api: BreathApp) -> None:
         t.join()
     assert sorted(results) == [False, False, False, True]
     assert ledger.seen(device_id, "0123456789abcdef0123")
+
+
+def test_a_confirmatory_test_never_taken_is_booked_by_the_episode_clock(api: BreathApp) -> None:
+    import asyncio
+
+    from media_server.breath import tick_episodes
+
+    station = _station(api)
+    t0 = datetime.now(UTC)
+    api.at(t0)
+    photos = station_photos(SCREENING, seed=7)
+    body, sig = _reading(station, photos, brac=POSITIVE_BRAC, now=t0)
+    r = _post(api, body, sig, photos)
+    assert r.status_code == 201, r.text
+    screening = r.json()
+    assert screening["episode"]["state"] == "deprivation"
+    # Nothing changes while the confirmatory window is still open.
+    soon = asyncio.run(tick_episodes(api.services, t0 + timedelta(minutes=5)))
+    assert all(t.episode_id != screening["episode"]["id"] or t.verdict_id is None for t in soon)
+    # Long after the window: the clock closes the episode and books its result for review.
+    later = asyncio.run(tick_episodes(api.services, t0 + timedelta(days=1)))
+    (tick,) = [t for t in later if t.episode_id == screening["episode"]["id"]]
+    assert tick.state == "unconfirmed" and tick.verdict_id is not None and tick.outcome is not None
+    assert tick.outcome.decision is Decision.REVIEW  # a missed confirmatory is never booked as FAIL by itself
+    with api.services.sessions() as db:
+        episode = db.get(BreathEpisode, screening["episode"]["id"])
+        assert episode is not None and episode.closed_at is not None
+        verdict = db.get(Verdict, tick.verdict_id)
+        assert verdict is not None and verdict.session_id == screening["session_id"]
+    assert _audit(api, "breath_episode_updated")
