@@ -584,6 +584,16 @@ def _retest_of(step: _EpisodeStep, now: datetime) -> Retest | None:
     return None
 
 
+def order_limit(services: Any, person_id: str) -> tuple[OrderLimit, str]:
+    """The person's court-order limit, or the service default; and which one it is."""
+    settings: SobrietySettings = services.settings.sobriety
+    with services.sessions() as db:
+        person = db.get(Person, person_id)
+        if person is not None and person.order_brac_limit is not None and person.order_brac_unit:
+            return OrderLimit(person.order_brac_limit, AlcoholUnit(person.order_brac_unit)), "court_order"
+    return OrderLimit.default(settings), "default_limit_g_210l"
+
+
 def _stage_for(services: Any, person_id: str, reading: BreathReading, now: datetime) -> TestStage:
     settings: SobrietySettings = services.settings.sobriety
     with services.sessions.begin() as db:
@@ -922,12 +932,9 @@ async def submit_breath_test(services: Any, upload: Upload, now: datetime) -> Br
 
     # 3. The reading against the order at the stage the episode expects; the photos in the worker pool.
     stage = await asyncio.to_thread(_stage_for, services, route.person_id, reading, now)
-    reading_check = evaluate_reading(
-        reading.brac, AlcoholUnit(reading.unit), OrderLimit.default(settings), stage, settings
-    )
-    reading_check = replace(
-        reading_check, details={**reading_check.details, "order_limit_source": "default_limit_g_210l"}
-    )
+    order, source = await asyncio.to_thread(order_limit, services, route.person_id)
+    reading_check = evaluate_reading(reading.brac, AlcoholUnit(reading.unit), order, stage, settings)
+    reading_check = replace(reading_check, details={**reading_check.details, "order_limit_source": source})
     photo_refs = [r for r in refs if r.kind is ArtifactKind.PHOTO]
     photos = [(r.artifact_id, data) for r, (_, data, _) in zip(photo_refs, upload.photos, strict=True)]
     try:

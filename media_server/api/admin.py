@@ -22,6 +22,7 @@ from media_server.db.types import utcnow
 from media_server.errors import BadInput, Conflict, NotFoundError, Unauthorized
 from media_server.schedules import parse_rule, request_on_demand, rule_to_json
 from media_server.tokens import check_password, hash_password, new_secret_token, sign_token, token_hash
+from sobriety.units import AlcoholUnit
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
 
@@ -217,6 +218,31 @@ def register_device(body: DeviceIn, services: ServicesDep, who: AdminDep) -> dic
     if device_key:
         out["device_key"] = device_key
     return out
+
+
+class OrderIn(_In):
+    brac_limit: float = Field(ge=0, le=10, description="The order's alcohol limit (0 = absolute abstinence).")
+    unit: AlcoholUnit = Field(description="g/210L, mg/L (breath) or g/100mL, permille (blood; converted).")
+
+
+@router.put("/persons/{person_id}/order")
+def set_order(person_id: str, body: OrderIn, services: ServicesDep, who: OfficerDep) -> dict[str, Any]:
+    """Record the court order's alcohol limit that breath readings are judged against (audited)."""
+    with services.sessions.begin() as db:
+        person = db.get(Person, person_id)
+        if person is None or person.erased_at is not None:
+            raise NotFoundError("no such person")
+        person.order_brac_limit = body.brac_limit
+        person.order_brac_unit = body.unit.value
+        audit.append(
+            db,
+            actor=who.actor,
+            action="order_limit_set",
+            subject_type="person",
+            subject_id=person_id,
+            details={"brac_limit": body.brac_limit, "unit": body.unit.value},
+        )
+        return {**person_view(person), "order": {"brac_limit": body.brac_limit, "unit": body.unit.value}}
 
 
 class CheckinIn(_In):

@@ -97,6 +97,9 @@ class Person(Base):
     created_at: Mapped[datetime] = _created_at()
     erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     retention_until: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The court order's alcohol limit and its unit; both None = the service default applies.
+    order_brac_limit: Mapped[float | None] = mapped_column(Float)
+    order_brac_unit: Mapped[str | None] = mapped_column(String(16))
 
 
 class User(Base):

@@ -162,3 +162,33 @@ def test_schedule_creation_and_bad_rule(api: Api) -> None:
         f"/api/v1/persons/{pid}/schedules", json={"rule": {"type": "weekly"}}, headers=officer
     )
     assert r.status_code == 400 and "invalid schedule rule" in r.json()["message"]
+
+
+def test_court_order_limit_is_recorded_and_used(api: Api) -> None:
+    from media_server.breath import order_limit
+    from sobriety.units import AlcoholUnit
+
+    officer = api.as_(Role.OFFICER)
+    pid = api.client.post(
+        "/api/v1/persons", json={"external_ref": "O1", "display_name": "O"}, headers=officer
+    ).json()["id"]
+    limit, source = order_limit(api.services, pid)
+    assert source == "default_limit_g_210l"
+    r = api.client.put(
+        f"/api/v1/persons/{pid}/order", json={"brac_limit": 0.25, "unit": "mg/L"}, headers=officer
+    )
+    assert r.status_code == 200, r.text
+    limit, source = order_limit(api.services, pid)
+    assert source == "court_order" and limit.limit == 0.25 and limit.unit is AlcoholUnit.MG_L
+    bad = api.client.put(
+        f"/api/v1/persons/{pid}/order", json={"brac_limit": -1, "unit": "mg/L"}, headers=officer
+    )
+    assert bad.status_code == 422
+    assert (
+        api.client.put(
+            f"/api/v1/persons/{pid}/order",
+            json={"brac_limit": 0.2, "unit": "mg/L"},
+            headers=api.as_(Role.REVIEWER),
+        ).status_code
+        == 403
+    )

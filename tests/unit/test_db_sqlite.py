@@ -83,7 +83,7 @@ def factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def test_upgrade_from_empty_creates_every_table_at_head(db_url: str, engine: Engine) -> None:
-    assert current(db_url) == head_revision() == "0002"
+    assert current(db_url) == head_revision() == "0003"
     tables = set(inspect(engine).get_table_names())
     assert ALL_TABLES <= tables
     assert "alembic_version" in tables
@@ -91,7 +91,7 @@ def test_upgrade_from_empty_creates_every_table_at_head(db_url: str, engine: Eng
 
 def test_upgrade_is_idempotent_and_downgrade_to_base_drops_everything(db_url: str, engine: Engine) -> None:
     upgrade(db_url)  # a second start-up call is a no-op
-    assert current(db_url) == "0002"
+    assert current(db_url) == head_revision()
     downgrade(db_url, "base")
     assert current(db_url) is None
     assert set(inspect(engine).get_table_names()) & ALL_TABLES == set()
