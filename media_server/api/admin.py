@@ -12,6 +12,7 @@ from fastapi import APIRouter, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.orm import Session
 
 from media_server.api.deps import AdminDep, OfficerDep, ReaderDep, ServicesDep
 from media_server.auth import SESSION_COOKIE
@@ -27,6 +28,15 @@ from sobriety.units import AlcoholUnit
 router = APIRouter(prefix="/api/v1", tags=["admin"])
 
 LOGIN_TTL_S = 8 * 3600
+
+
+def _insert_unique(db: Session, row: object, conflict: str) -> None:
+    """Add and flush `row`; a unique-constraint clash becomes a 409 with `conflict` as its message."""
+    db.add(row)
+    try:
+        db.flush()
+    except DbIntegrityError as exc:
+        raise Conflict(conflict) from exc
 
 
 class _In(BaseModel):
@@ -86,11 +96,7 @@ def create_user(body: UserIn, services: ServicesDep, who: AdminDep) -> dict[str,
             role=body.role,
             person_id=body.person_id,
         )
-        db.add(user)
-        try:
-            db.flush()
-        except DbIntegrityError as exc:
-            raise Conflict(f"username {body.username!r} is taken") from exc
+        _insert_unique(db, user, f"username {body.username!r} is taken")
         audit.append(
             db,
             actor=who.actor,
@@ -135,11 +141,7 @@ def create_person(body: PersonIn, services: ServicesDep, who: OfficerDep) -> dic
         person = Person(
             external_ref=body.external_ref, display_name=body.display_name, timezone=body.timezone
         )
-        db.add(person)
-        try:
-            db.flush()
-        except DbIntegrityError as exc:
-            raise Conflict(f"a person with external_ref {body.external_ref!r} exists") from exc
+        _insert_unique(db, person, f"a person with external_ref {body.external_ref!r} exists")
         audit.append(
             db,
             actor=who.actor,
@@ -201,11 +203,7 @@ def register_device(body: DeviceIn, services: ServicesDep, who: AdminDep) -> dic
             key_hash=token_hash(device_key) if device_key else None,
             calibrated_on=body.calibrated_on,
         )
-        db.add(device)
-        try:
-            db.flush()
-        except DbIntegrityError as exc:
-            raise Conflict(f"device {body.serial!r} is already registered") from exc
+        _insert_unique(db, device, f"device {body.serial!r} is already registered")
         audit.append(
             db,
             actor=who.actor,
