@@ -19,6 +19,7 @@ from media_server.db.enums import DeviceKind, Role, SessionKind, SessionStatus
 from media_server.db.models import CheckSession, Device, User
 from media_server.db.types import utcnow
 from media_server.errors import Forbidden, Unauthorized
+from media_server.services import Services
 from media_server.tokens import token_hash, verify_token
 
 SESSION_COOKIE = "kuzet_session"
@@ -39,9 +40,10 @@ class Principal:
         return f"user:{self.username}"
 
 
-def services_of(request: Request) -> Any:
-    """The app's `Services` (typed as Any here to keep this module free of an import cycle)."""
-    return request.app.state.services
+def services_of(request: Request) -> Services:
+    """The app's `Services`, built once in the lifespan."""
+    services: Services = request.app.state.services
+    return services
 
 
 def bearer(header: str | None) -> str | None:

@@ -70,6 +70,7 @@ from media_server.pipeline import (
     write_verdict,
 )
 from media_server.verdict import VerdictOutcome
+from media_server.services import Services
 from sobriety.config import SobrietySettings
 from sobriety.photos import PhotoMatch, judge_breath_photos, phash_from_hex, phash_hex, set_distance
 from sobriety.policy import (
@@ -292,7 +293,7 @@ def _lenient_fields(reading: bytes) -> dict[str, Any]:
     return obj if isinstance(obj, dict) else {}
 
 
-def _route(services: Any, upload: Upload, now: datetime) -> _Route:
+def _route(services: Services, upload: Upload, now: datetime) -> _Route:
     """Find device and person, then claim an open scheduled breath session or open an unscheduled one."""
     fields = _lenient_fields(upload.reading)
     serial = fields.get("device_serial")
@@ -384,7 +385,7 @@ def _photo_content_type(declared: str) -> str:
     return base if base in PHOTO_CONTENT_TYPES else "application/octet-stream"
 
 
-def _store_session_evidence(services: Any, session_id: str, upload: Upload) -> list[StoredRef]:
+def _store_session_evidence(services: Services, session_id: str, upload: Upload) -> list[StoredRef]:
     """Reading, signature and photos as artifacts of the session (each hashed, stored and committed)."""
     refs = [
         store_artifact(
@@ -418,7 +419,7 @@ def _store_session_evidence(services: Any, session_id: str, upload: Upload) -> l
     return refs
 
 
-def _store_loose_evidence(services: Any, upload: Upload) -> list[dict[str, Any]]:
+def _store_loose_evidence(services: Services, upload: Upload) -> list[dict[str, Any]]:
     """Store the bytes of a submission that names no known device/person; returns key, sha256, what."""
     items: list[tuple[str, bytes, str]] = [
         ("breath_reading", upload.reading, "application/json"),
@@ -444,7 +445,7 @@ def _refs_view(refs: Sequence[StoredRef]) -> list[dict[str, Any]]:
 
 
 def _audit_loose_rejection(
-    services: Any, route: _Route, rejection: CheckResult, evidence: list[dict[str, Any]]
+    services: Services, route: _Route, rejection: CheckResult, evidence: list[dict[str, Any]]
 ) -> None:
     with services.sessions.begin() as db:
         audit.append(
@@ -584,7 +585,7 @@ def _retest_of(step: _EpisodeStep, now: datetime) -> Retest | None:
     return None
 
 
-def order_limit(services: Any, person_id: str) -> tuple[OrderLimit, str]:
+def order_limit(services: Services, person_id: str) -> tuple[OrderLimit, str]:
     """The person's court-order limit, or the service default; and which one it is."""
     settings: SobrietySettings = services.settings.sobriety
     with services.sessions() as db:
@@ -594,7 +595,7 @@ def order_limit(services: Any, person_id: str) -> tuple[OrderLimit, str]:
     return OrderLimit.default(settings), "default_limit_g_210l"
 
 
-def _stage_for(services: Any, person_id: str, reading: BreathReading, now: datetime) -> TestStage:
+def _stage_for(services: Services, person_id: str, reading: BreathReading, now: datetime) -> TestStage:
     settings: SobrietySettings = services.settings.sobriety
     with services.sessions.begin() as db:
         _, ep = _current_episode(db, person_id, reading.timestamp, now, settings)
@@ -602,7 +603,7 @@ def _stage_for(services: Any, person_id: str, reading: BreathReading, now: datet
 
 
 def _advance_episode(
-    services: Any, person_id: str, session_id: str, event: RetestEvent, now: datetime
+    services: Services, person_id: str, session_id: str, event: RetestEvent, now: datetime
 ) -> _EpisodeStep:
     settings: SobrietySettings = services.settings.sobriety
     with services.sessions.begin() as db:
@@ -657,7 +658,7 @@ def _required(settings: SobrietySettings) -> list[CheckKind]:
 
 
 def _finish_session(
-    services: Any, session_id: str, status: SessionStatus, now: datetime, meta: dict[str, Any]
+    services: Services, session_id: str, status: SessionStatus, now: datetime, meta: dict[str, Any]
 ) -> None:
     with services.sessions.begin() as db:
         row = db.get(CheckSession, session_id)
@@ -668,7 +669,7 @@ def _finish_session(
 
 
 async def _reject(
-    services: Any,
+    services: Services,
     route: _Route,
     rejection: CheckResult,
     checks: list[CheckResult],
@@ -705,7 +706,7 @@ async def _reject(
 
 
 def _audit_session_rejection(
-    services: Any, session_id: str, rejection: CheckResult, refs: list[StoredRef]
+    services: Services, session_id: str, rejection: CheckResult, refs: list[StoredRef]
 ) -> None:
     with services.sessions.begin() as db:
         audit.append(
@@ -724,7 +725,7 @@ def _audit_session_rejection(
 
 # --------------------------------------------------------------------------------------------- photos
 def _gallery(
-    services: Any, person_id: str
+    services: Services, person_id: str
 ) -> tuple[npt.NDArray[np.float32], ModelStamp | None, CheckResult | None]:
     """(template embeddings (n, 128) or (0, 128), its model stamp, a problem result) for the person."""
     empty = np.zeros((0, 128), dtype=np.float32)
@@ -757,7 +758,7 @@ def _gallery(
     return template.embeddings, template.model, None
 
 
-def _judge_photos(services: Any, person_id: str, session_id: str, job: PhotoJobResult) -> list[CheckResult]:
+def _judge_photos(services: Services, person_id: str, session_id: str, job: PhotoJobResult) -> list[CheckResult]:
     """Reuse lookup + fingerprints (one transaction) and the per-photo results on the artifact rows."""
     settings: SobrietySettings = services.settings.sobriety
     with services.sessions.begin() as db:
@@ -794,7 +795,7 @@ def _unreadable_summary(job: PhotoJobResult, total: int) -> CheckResult | None:
 
 
 async def _photo_checks(
-    services: Any, person_id: str, session_id: str, photos: list[tuple[str, bytes]]
+    services: Services, person_id: str, session_id: str, photos: list[tuple[str, bytes]]
 ) -> list[CheckResult]:
     settings: SobrietySettings = services.settings.sobriety
     gallery, model, problem = await asyncio.to_thread(_gallery, services, person_id)
@@ -823,7 +824,7 @@ async def _photo_checks(
 
 
 # --------------------------------------------------------------------------------------------- the flow
-def _admit(services: Any, upload: Upload, now: datetime) -> Admission:
+def _admit(services: Services, upload: Upload, now: datetime) -> Admission:
     return admit_submission(
         upload.reading,
         upload.signature,
@@ -834,13 +835,13 @@ def _admit(services: Any, upload: Upload, now: datetime) -> Admission:
     )
 
 
-def _registry_calibration(services: Any, device_id: str) -> date | None:
+def _registry_calibration(services: Services, device_id: str) -> date | None:
     with services.sessions() as db:
         row = db.get(Device, device_id)
         return row.calibrated_on if row is not None else None
 
 
-def _person_matches(services: Any, person_id: str, named: str) -> bool:
+def _person_matches(services: Services, person_id: str, named: str) -> bool:
     with services.sessions() as db:
         person = db.get(Person, person_id)
         return person is not None and named in (person.id, person.external_ref)
@@ -871,7 +872,7 @@ def _not_used(reading_check: CheckResult, step: _EpisodeStep) -> CheckResult:
     )
 
 
-async def submit_breath_test(services: Any, upload: Upload, now: datetime) -> BreathOutcome:
+async def submit_breath_test(services: Services, upload: Upload, now: datetime) -> BreathOutcome:
     """The whole breath-test flow for one bounded upload; `now` is the aware server time."""
     settings: SobrietySettings = services.settings.sobriety
     route = await asyncio.to_thread(_route, services, upload, now)
@@ -1004,7 +1005,7 @@ class EpisodeTick:
 
 
 def _tick_episodes_sync(
-    services: Any, now: datetime
+    services: Services, now: datetime
 ) -> list[tuple[str, str, str | None, list[Action], Episode]]:
     settings: SobrietySettings = services.settings.sobriety
     changed = []
@@ -1033,7 +1034,7 @@ def _tick_episodes_sync(
     return changed
 
 
-async def tick_episodes(services: Any, now: datetime) -> list[EpisodeTick]:
+async def tick_episodes(services: Services, now: datetime) -> list[EpisodeTick]:
     """Advance every open breath episode to `now`: a missed or unconfirmed test gets its verdict booked.
 
     A result the state machine records (RECORD_RESULT) becomes a check on the episode's last session and a
@@ -1068,7 +1069,7 @@ async def tick_episodes(services: Any, now: datetime) -> list[EpisodeTick]:
     return out
 
 
-async def run_episode_clock(services: Any, every_s: float, is_leader: Any = None) -> None:
+async def run_episode_clock(services: Services, every_s: float, is_leader: Any = None) -> None:
     """Tick breath episodes every `every_s` seconds until cancelled (the scheduler's leader only)."""
     while True:
         try:

@@ -11,9 +11,10 @@ from media_server.db import audit
 from media_server.db.enums import Modality, TemplateSource
 from media_server.db.models import Enrolment
 from media_server.keys import decrypt_template, encrypt_template
+from media_server.services import Services
 
 
-def active_template(services: Any, person_id: str, modality: Modality) -> bytes | None:
+def active_template(services: Services, person_id: str, modality: Modality) -> bytes | None:
     """The decrypted latest active template of a person, or None when not enrolled."""
     with services.sessions() as db:
         row = db.scalars(
@@ -31,7 +32,7 @@ def active_template(services: Any, person_id: str, modality: Modality) -> bytes 
 
 
 def save_template(
-    services: Any,
+    services: Services,
     person_id: str,
     modality: Modality,
     template: bytes,

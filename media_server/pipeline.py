@@ -41,6 +41,7 @@ from media_server.package import load_or_create_signing_key
 from media_server.verdict import VerdictOutcome, decide
 from media_server.webhooks import verdict_event, violation_event
 from media_server.webrtc.capture import EndedReason, SessionCapture
+from media_server.services import Services
 
 log = logging.getLogger("kuzet.pipeline")
 
@@ -62,7 +63,7 @@ class StoredRef:
 
 
 def store_artifact(
-    services: Any,
+    services: Services,
     session_id: str,
     kind: ArtifactKind,
     content_type: str,
@@ -128,7 +129,7 @@ def _evidence_frames(frames: list[tuple[float, npt.NDArray[np.uint8]]]) -> list[
     return sorted({int(round(i)) for i in np.linspace(0, len(frames) - 1, EVIDENCE_FRAMES)})
 
 
-def store_capture_evidence(services: Any, capture: SessionCapture) -> list[StoredRef]:
+def store_capture_evidence(services: Services, capture: SessionCapture) -> list[StoredRef]:
     """Evidence first: recording, sampled frames, speech and the event log, each hashed and committed."""
     sid = capture.session_id
     refs: list[StoredRef] = []
@@ -301,7 +302,7 @@ def observations(capture: SessionCapture, analyses: list[FaceAnalysis], challeng
     return Observations(frame_ts, yaw, ear, mouth, audio_ts, energy, prompts)
 
 
-async def _run_engine(services: Any, kind: CheckKind, fn: Any, *args: Any) -> Any:
+async def _run_engine(services: Services, kind: CheckKind, fn: Any, *args: Any) -> Any:
     """Run an engine job in the pool; any crash becomes a TECHNICAL result (never a violation)."""
     try:
         return await services.workers.run(fn, *args)
@@ -321,7 +322,7 @@ class CheckinChecks:
     face_analyses: list[FaceAnalysis]
 
 
-async def run_checkin_checks(services: Any, capture: SessionCapture) -> CheckinChecks:
+async def run_checkin_checks(services: Services, capture: SessionCapture) -> CheckinChecks:
     """Face, passive anti-spoofing, liveness challenge, AV sync, voice and location for one capture."""
     results: list[CheckResult] = []
     required = [CheckKind.FACE, CheckKind.PAD]
@@ -434,7 +435,7 @@ ADVISORY = frozenset({CheckKind.LOCATION, CheckKind.SPOKEN_DIGITS})
 
 
 def write_verdict(
-    services: Any, session_id: str, results: list[CheckResult], required: list[CheckKind]
+    services: Services, session_id: str, results: list[CheckResult], required: list[CheckKind]
 ) -> tuple[VerdictOutcome, str]:
     """Persist results, decide, sign the manifest, store it as evidence, write and audit the verdict."""
     deciding = [r for r in results if r.kind not in ADVISORY]
@@ -508,7 +509,7 @@ def write_verdict(
 
 
 def announce(
-    services: Any, session_id: str, person_id: str, kind: str, outcome: VerdictOutcome, verdict_id: str
+    services: Services, session_id: str, person_id: str, kind: str, outcome: VerdictOutcome, verdict_id: str
 ) -> None:
     """Webhook events for a verdict (and a violation on FAIL); call on the event loop."""
     services.notifier.submit(
@@ -535,7 +536,7 @@ def announce(
         )
 
 
-def annotate_frames(services: Any, session_id: str, results: list[CheckResult]) -> None:
+def annotate_frames(services: Services, session_id: str, results: list[CheckResult]) -> None:
     """Give stored frames the face box and distance the face check saw, for the reviewer's overlay.
 
     Annotations live in the artifact row's meta; the stored evidence bytes are never changed.
@@ -573,7 +574,7 @@ def annotate_frames(services: Any, session_id: str, results: list[CheckResult]) 
 
 
 async def adapt_gallery(
-    services: Any, capture: SessionCapture, results: list[CheckResult], outcome: VerdictOutcome
+    services: Services, capture: SessionCapture, results: list[CheckResult], outcome: VerdictOutcome
 ) -> str | None:
     """Refresh the face template from a confidently passed session (bounded, audited); the new enrolment id.
 
@@ -630,7 +631,7 @@ async def adapt_gallery(
     )
 
 
-async def finish_session(services: Any, capture: SessionCapture) -> dict[str, Any]:
+async def finish_session(services: Services, capture: SessionCapture) -> dict[str, Any]:
     """The session sink: evidence, checks, verdict. Returns the outcome the check-in page shows."""
     await asyncio.to_thread(store_capture_evidence, services, capture)
     checks = await run_checkin_checks(services, capture)

@@ -34,6 +34,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from media_server.api.deps import ServicesDep
 from media_server.breath import BreathOutcome, Upload, now_utc, submit_breath_test
 from media_server.errors import BadInput, TooLarge
+from media_server.services import Services
 from sobriety.simulator import PHOTO_FIELD_PREFIX, READING_FIELD, SIGNATURE_FIELD
 
 router = APIRouter(prefix="/api/v1", tags=["breath"])
@@ -57,13 +58,13 @@ STATUS_FOR_CODE: dict[str, int] = {
 DEFAULT_REJECTION_STATUS = 422
 
 
-def _limits(services: Any) -> tuple[int, int, int]:
+def _limits(services: Services) -> tuple[int, int, int]:
     s = services.settings.sobriety
     body = s.reading_max_bytes + SIGNATURE_MAX_CHARS + s.photo_max_count * s.photo_max_bytes
     return s.reading_max_bytes, s.photo_max_bytes, body + MULTIPART_OVERHEAD_BYTES
 
 
-async def _read_upload(request: Request, services: Any) -> Upload:
+async def _read_upload(request: Request, services: Services) -> Upload:
     """Parse and bound the multipart body; raises BadInput (400) or TooLarge (413)."""
     reading_max, photo_max, body_max = _limits(services)
     max_photos = services.settings.sobriety.photo_max_count

@@ -8,14 +8,16 @@ from fastapi import Depends, Request
 
 from media_server.auth import Principal, require
 from media_server.db.enums import Role
+from media_server.services import Services
 
 
-def get_services(request: Request) -> Any:
+def get_services(request: Request) -> Services:
     """The app's long-lived resources (media_server.app.Services)."""
-    return request.app.state.services
+    services: Services = request.app.state.services
+    return services
 
 
-ServicesDep = Annotated[Any, Depends(get_services)]
+ServicesDep = Annotated[Services, Depends(get_services)]
 AdminDep = Annotated[Principal, Depends(require(Role.ADMIN))]
 OfficerDep = Annotated[Principal, Depends(require(Role.ADMIN, Role.OFFICER))]
 ReviewerDep = Annotated[Principal, Depends(require(Role.REVIEWER, Role.OFFICER, Role.ADMIN))]

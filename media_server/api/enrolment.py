@@ -23,6 +23,7 @@ from media_server.db.enums import Modality, TemplateSource
 from media_server.db.models import Enrolment, Person
 from media_server.errors import BadInput, NotFoundError
 from media_server.gallery import save_template
+from media_server.services import Services
 
 router = APIRouter(prefix="/api/v1/persons/{person_id}/enrolments", tags=["enrolment"])
 
@@ -43,7 +44,7 @@ async def _read_all(files: list[UploadFile], limit_bytes: int) -> list[bytes]:
     return out
 
 
-def _person_exists(services: Any, person_id: str) -> None:
+def _person_exists(services: Services, person_id: str) -> None:
     with services.sessions() as db:
         person = db.get(Person, person_id)
         if person is None or person.erased_at is not None:

@@ -24,6 +24,7 @@ from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Pe
 from media_server.errors import BadInput, Forbidden, NotFoundError, Unauthorized
 from media_server.i18n import LANGS, table
 from media_server.tokens import check_password, sign_token
+from media_server.services import Services
 
 router = APIRouter(prefix="/ws", tags=["workstation"], include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "templates"))
@@ -230,7 +231,7 @@ def decide(
     return RedirectResponse(f"/ws/sessions/{session_id}?lang={_lang(request)}&flash=decided", status_code=303)
 
 
-def record_review(services: Any, who: Principal, session_id: str, decision: Decision, comment: str) -> str:
+def record_review(services: Services, who: Principal, session_id: str, decision: Decision, comment: str) -> str:
     """Store a reviewer's decision on the latest verdict of a session, audited; returns the review id."""
     with services.sessions.begin() as db:
         verdict = db.scalars(
@@ -271,7 +272,7 @@ def artifact(artifact_id: str, request: Request, services: ServicesDep) -> Respo
     return stream_artifact(services, who, artifact_id)
 
 
-def stream_artifact(services: Any, who: Principal, artifact_id: str) -> StreamingResponse:
+def stream_artifact(services: Services, who: Principal, artifact_id: str) -> StreamingResponse:
     """The verified bytes of one artifact, after writing the evidence_viewed audit row."""
     with services.sessions.begin() as db:
         a = db.get(Artifact, artifact_id)

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from media_server.errors import Unauthorized
+from media_server.services import Services
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,7 +45,7 @@ class ServicesAuthenticator:
     """Adapter to the lead's `media_server.auth.authenticate_whip(db, header, max_session_s)`:
     one database transaction per attempt (the token is spent when it commits)."""
 
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Services) -> None:
         self._services = services
 
     def _authenticate(self, authorization: str | None) -> WhipPrincipal:

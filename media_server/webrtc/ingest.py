@@ -17,6 +17,7 @@ from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.credentials import ServicesAuthenticator, WhipAuthenticator
 from media_server.webrtc.sdp import keep_loopback_candidates, validate_offer
 from media_server.webrtc.session import MediaSession
+from media_server.services import Services
 
 log = logging.getLogger("kuzet.webrtc")
 
@@ -107,7 +108,7 @@ class WhipIngest:
 class PipelineSink:
     """Adapter to the lead's `media_server.pipeline.finish_session(services, capture)`."""
 
-    def __init__(self, services: Any) -> None:
+    def __init__(self, services: Services) -> None:
         self._services = services
 
     async def finish(self, capture: SessionCapture) -> dict[str, Any] | None:
@@ -126,14 +127,14 @@ def install(
     """Wire WHIP into an app built by `create_app`: the ingest is made in the lifespan (from the
     services) and its sessions are ended at shutdown. Factories default to the real auth/pipeline."""
 
-    async def start(services: Any) -> None:
+    async def start(services: Services) -> None:
         app.state.whip_ingest = WhipIngest(
             services.settings,
             (authenticator or ServicesAuthenticator)(services),
             (sink or PipelineSink)(services),
         )
 
-    async def stop(services: Any) -> None:
+    async def stop(services: Services) -> None:
         ingest: WhipIngest | None = getattr(app.state, "whip_ingest", None)
         if ingest is not None:
             await ingest.close_all()

@@ -1,0 +1,82 @@
+"""The composition root: every long-lived resource of a node, built once and passed typed.
+
+`build_services(settings)` builds the real ports (database, evidence store, worker pool, webhook
+notifier, keys); tests build the same `Services` with fakes. Flow modules import `Services` from here,
+never from `media_server.app`, so the import graph points one way: app -> flows -> services -> ports.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from media_server.evidence import build_store
+from media_server.evidence.port import EvidenceStore
+from media_server.keys import ServiceKeys, load_or_create
+from media_server.settings import Settings
+from media_server.webhooks import WebhookNotifier
+from media_server.workers import WorkerPool
+
+
+@dataclass
+class Metrics:
+    """Per-app Prometheus registry (no module-level globals, so tests can build many apps)."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        self.requests = Counter(
+            "kuzet_http_requests_total",
+            "HTTP requests",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "kuzet_http_request_seconds", "HTTP request latency", ["method", "route"], registry=self.registry
+        )
+        self.verdicts = Counter(
+            "kuzet_verdicts_total", "Verdicts written", ["decision"], registry=self.registry
+        )
+        self.spooled = Counter(
+            "kuzet_evidence_spooled_total", "Artifacts spooled locally", registry=self.registry
+        )
+
+
+@dataclass
+class Services:
+    """Long-lived resources built in the lifespan and injected into handlers."""
+
+    settings: Settings
+    keys: ServiceKeys
+    engine: Engine
+    sessions: sessionmaker[Session]
+    store: EvidenceStore
+    workers: WorkerPool
+    metrics: Metrics
+    notifier: WebhookNotifier
+    background: list[asyncio.Task[Any]] = field(default_factory=list)
+
+
+def build_services(settings: Settings) -> Services:
+    """Build every resource (database migrated to head, evidence store, worker pool)."""
+    from media_server.db.engine import make_engine, make_session_factory
+    from media_server.db.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    return Services(
+        settings=settings,
+        keys=load_or_create(settings),
+        engine=engine,
+        sessions=make_session_factory(engine),
+        store=build_store(settings),
+        workers=WorkerPool(settings),
+        metrics=Metrics(),
+        notifier=WebhookNotifier(settings.webhooks),
+    )
