@@ -7,28 +7,25 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session, sessionmaker
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from media_server import logs
 from media_server.breath import run_episode_clock
 from media_server.errors import KuzetError, status_for
-from media_server.evidence.port import EvidenceError, EvidenceStore, ObjectLocked
+from media_server.evidence.port import EvidenceError, ObjectLocked
 from media_server.evidence.port import IntegrityError as EvidenceIntegrityError
 from media_server.evidence.port import NotFound as EvidenceNotFound
 from media_server.leader import build_lease
 from media_server.schedules import IssuedSession, derive_seed_key, run_scheduler
 from media_server.services import Services, build_services
 from media_server.settings import Settings
-from media_server.webhooks import EventType, WebhookEvent, WebhookNotifier
+from media_server.webhooks import EventType, WebhookEvent
 
 log = logging.getLogger("kuzet")
 

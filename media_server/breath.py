@@ -69,8 +69,8 @@ from media_server.pipeline import (
     store_artifact,
     write_verdict,
 )
-from media_server.verdict import VerdictOutcome
 from media_server.services import Services
+from media_server.verdict import VerdictOutcome
 from sobriety.config import SobrietySettings
 from sobriety.photos import PhotoMatch, judge_breath_photos, phash_from_hex, phash_hex, set_distance
 from sobriety.policy import (
@@ -758,7 +758,9 @@ def _gallery(
     return template.embeddings, template.model, None
 
 
-def _judge_photos(services: Services, person_id: str, session_id: str, job: PhotoJobResult) -> list[CheckResult]:
+def _judge_photos(
+    services: Services, person_id: str, session_id: str, job: PhotoJobResult
+) -> list[CheckResult]:
     """Reuse lookup + fingerprints (one transaction) and the per-photo results on the artifact rows."""
     settings: SobrietySettings = services.settings.sobriety
     with services.sessions.begin() as db:

@@ -38,10 +38,10 @@ from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Ve
 from media_server.db.types import utcnow
 from media_server.gallery import active_template, save_template
 from media_server.package import load_or_create_signing_key
+from media_server.services import Services
 from media_server.verdict import VerdictOutcome, decide
 from media_server.webhooks import verdict_event, violation_event
 from media_server.webrtc.capture import EndedReason, SessionCapture
-from media_server.services import Services
 
 log = logging.getLogger("kuzet.pipeline")
 

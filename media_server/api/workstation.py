@@ -23,8 +23,8 @@ from media_server.db.enums import ArtifactKind, Decision, Role
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Person, Review, User, Verdict
 from media_server.errors import BadInput, Forbidden, NotFoundError, Unauthorized
 from media_server.i18n import LANGS, table
-from media_server.tokens import check_password, sign_token
 from media_server.services import Services
+from media_server.tokens import check_password, sign_token
 
 router = APIRouter(prefix="/ws", tags=["workstation"], include_in_schema=False)
 templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "templates"))
@@ -231,7 +231,9 @@ def decide(
     return RedirectResponse(f"/ws/sessions/{session_id}?lang={_lang(request)}&flash=decided", status_code=303)
 
 
-def record_review(services: Services, who: Principal, session_id: str, decision: Decision, comment: str) -> str:
+def record_review(
+    services: Services, who: Principal, session_id: str, decision: Decision, comment: str
+) -> str:
     """Store a reviewer's decision on the latest verdict of a session, audited; returns the review id."""
     with services.sessions.begin() as db:
         verdict = db.scalars(

@@ -11,13 +11,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from media_server.errors import NotFoundError, Unauthorized, UnsupportedMediaType
+from media_server.services import Services
 from media_server.settings import Settings
 from media_server.webrtc.analysis import FeedbackLimits, FrameAdvisor
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.credentials import ServicesAuthenticator, WhipAuthenticator
 from media_server.webrtc.sdp import keep_loopback_candidates, validate_offer
 from media_server.webrtc.session import MediaSession
-from media_server.services import Services
 
 log = logging.getLogger("kuzet.webrtc")
 
