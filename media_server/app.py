@@ -83,11 +83,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         services.background.append(
             asyncio.create_task(
                 run_scheduler(
-                    services.sessions,
-                    settings.schedules,
+                    services,
                     seed_key=derive_seed_key(services.keys.secret_key),
                     deliver=_link_deliverer(services),
-                    notifier=services.notifier,
                     is_leader=lease.acquire,
                 )
             )

@@ -11,13 +11,14 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from media_server.evidence import build_store
 from media_server.evidence.port import EvidenceStore
-from media_server.keys import ServiceKeys, load_or_create
+from media_server.keys import ServiceKeys, load_or_create, load_or_create_signing_key
 from media_server.settings import Settings
 from media_server.webhooks import WebhookNotifier
 from media_server.workers import WorkerPool
@@ -59,6 +60,8 @@ class Services:
     workers: WorkerPool
     metrics: Metrics
     notifier: WebhookNotifier
+    # Ed25519 evidence-signing key, loaded once (never read from disk per verdict).
+    signing_key: Ed25519PrivateKey
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -79,4 +82,5 @@ def build_services(settings: Settings) -> Services:
         workers=WorkerPool(settings),
         metrics=Metrics(),
         notifier=WebhookNotifier(settings.webhooks),
+        signing_key=load_or_create_signing_key(settings.data_dir),
     )

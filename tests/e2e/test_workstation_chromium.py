@@ -19,9 +19,9 @@ from media_server.app import create_app
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision
 from media_server.db.models import AuditEntry, Review
-from media_server.webrtc.testing import ServerThread
 from tests.api.conftest import PASSWORD
 from tests.api.seed import FACE_THRESHOLD, SeededSession, app_settings, create_staff, seed_flagged_checkin
+from tests.support.webrtc import ServerThread
 
 pytestmark = pytest.mark.e2e
 
