@@ -8,6 +8,8 @@ from dataclasses import replace
 from datetime import date, datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from identity.checks import CheckKind, CheckResult, Outcome
 from media_server.artifacts import StoredRef
 from media_server.breath.adapters import DbDeviceRegistry, DbNonceLedger
@@ -21,10 +23,12 @@ from media_server.breath.episodes import (
 )
 from media_server.breath.evidence import (
     _audit_loose_rejection,
+    _lenient_fields,
     _refs_view,
     _route,
     _store_loose_evidence,
     _store_session_evidence,
+    stored_upload,
 )
 from media_server.breath.photos import _photo_checks
 from media_server.breath.values import (
@@ -40,9 +44,11 @@ from media_server.breath.values import (
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, SessionStatus
 from media_server.db.models import (
+    CheckResultRecord,
     CheckSession,
     Device,
     Person,
+    Verdict,
 )
 from media_server.db.types import utcnow
 from media_server.services import Services
@@ -57,6 +63,7 @@ from sobriety.policy import (
 )
 from sobriety.reading import (
     Admission,
+    NonceLedger,
     admit_submission,
     validate_reading,
 )
@@ -147,12 +154,28 @@ def _audit_session_rejection(
         )
 
 
-def _admit(services: Services, upload: Upload, now: datetime) -> Admission:
+class _ResumeLedger:
+    """The nonce ledger when a stored submission is judged again: its own nonce is not a replay."""
+
+    def __init__(self, inner: NonceLedger, device_id: str, nonce: object) -> None:
+        self._inner, self._own = inner, (device_id, nonce)
+
+    def seen(self, device_id: str, nonce: str) -> bool:
+        return (device_id, nonce) != self._own and self._inner.seen(device_id, nonce)
+
+    def remember(self, device_id: str, nonce: str, at: datetime) -> bool:
+        if (device_id, nonce) == self._own:
+            self._inner.remember(device_id, nonce, at)
+            return True
+        return self._inner.remember(device_id, nonce, at)
+
+
+def _admit(services: Services, upload: Upload, now: datetime, ledger: NonceLedger | None = None) -> Admission:
     return admit_submission(
         upload.reading,
         upload.signature,
         DbDeviceRegistry(services.sessions),
-        DbNonceLedger(services.sessions),
+        ledger or DbNonceLedger(services.sessions),
         now,
         services.settings.sobriety,
     )
@@ -197,7 +220,6 @@ def _not_used(reading_check: CheckResult, step: _EpisodeStep) -> CheckResult:
 
 async def submit_breath_test(services: Services, upload: Upload, now: datetime) -> BreathOutcome:
     """The whole breath-test flow for one bounded upload; `now` is the aware server time."""
-    settings: SobrietySettings = services.settings.sobriety
     route = await asyncio.to_thread(_route, services, upload, now)
 
     # 1. Evidence first.
@@ -211,11 +233,27 @@ async def submit_breath_test(services: Services, upload: Upload, now: datetime) 
             )
         await asyncio.to_thread(_audit_loose_rejection, services, route, rejection, evidence)
         return BreathOutcome(session_id=None, rejection=rejection, checks=[rejection], evidence=evidence)
+    if route.resend:
+        return await answer_resend(services, route, upload)
     assert route.person_id is not None and route.device_id is not None
     refs = await asyncio.to_thread(_store_session_evidence, services, route.session_id, upload)
+    return await _judge(services, route, upload, refs, now, None)
+
+
+async def _judge(
+    services: Services,
+    route: _Route,
+    upload: Upload,
+    refs: list[StoredRef],
+    now: datetime,
+    ledger: NonceLedger | None,
+) -> BreathOutcome:
+    """Steps 2-4 on stored evidence: admission, the reading, the photos, the episode and the verdict."""
+    settings: SobrietySettings = services.settings.sobriety
+    assert route.session_id is not None and route.person_id is not None and route.device_id is not None
 
     # 2. Admission and validity.
-    admission = await asyncio.to_thread(_admit, services, upload, now)
+    admission = await asyncio.to_thread(_admit, services, upload, now, ledger)
     if not admission.accepted or admission.reading is None:
         rejection = admission.rejection or _sig(Outcome.FAIL, "invalid_reading", "Reading was not admitted.")
         return await _reject(services, route, rejection, list(admission.checks), refs, now)
@@ -307,6 +345,78 @@ async def submit_breath_test(services: Services, upload: Upload, now: datetime) 
         episode={"id": step.episode_id, **episode_to_json(step.episode)},
         evidence=_refs_view(refs),
     )
+
+
+def _stored_outcome(services: Services, session_id: str, refs: list[StoredRef]) -> BreathOutcome | None:
+    """The answer a session already got: its latest verdict and the checks it was judged on."""
+    with services.sessions() as db:
+        verdict = db.scalars(
+            select(Verdict).where(Verdict.session_id == session_id).order_by(Verdict.created_at.desc())
+        ).first()
+        if verdict is None:
+            return None
+        session = db.get(CheckSession, session_id)
+        rejected = (session.meta or {}).get("rejected") if session is not None else None
+        checks = [
+            r.to_check()
+            for r in db.scalars(
+                select(CheckResultRecord)
+                .where(CheckResultRecord.session_id == session_id)
+                .order_by(CheckResultRecord.created_at)
+            ).all()
+        ]
+        rejection = next((c for c in checks if c.code == rejected), None) if rejected else None
+        return BreathOutcome(
+            session_id=session_id,
+            rejection=rejection,
+            checks=checks,
+            decision=verdict.decision,
+            reasons=list(verdict.reasons),
+            verdict_id=verdict.id,
+            episode={"id": (session.meta or {}).get("episode_id")} if session is not None else None,
+            evidence=_refs_view(refs),
+        )
+
+
+def _arrival(services: Services, session_id: str) -> datetime:
+    with services.sessions() as db:
+        row = db.get(CheckSession, session_id)
+        return (row.started_at if row is not None and row.started_at else None) or utcnow()
+
+
+async def answer_resend(services: Services, route: _Route, upload: Upload) -> BreathOutcome:
+    """A byte-identical resend: the original answer, or (after a crash) the original submission judged now.
+
+    Nothing new is stored. A session still without a verdict is judged from its stored evidence as of
+    its arrival time, with its own nonce not counted as a replay.
+    """
+    assert route.session_id is not None
+    stored = await asyncio.to_thread(stored_upload, services, route.session_id)
+    refs = stored[1] if stored is not None else []
+    answered = await asyncio.to_thread(_stored_outcome, services, route.session_id, refs)
+    if answered is not None:
+        return answered
+    return await rejudge(services, route.session_id)
+
+
+async def rejudge(services: Services, session_id: str) -> BreathOutcome:
+    """Judge a stored breath submission that has no verdict (crash recovery); idempotent per session."""
+    stored = await asyncio.to_thread(stored_upload, services, session_id)
+    answered = await asyncio.to_thread(_stored_outcome, services, session_id, stored[1] if stored else [])
+    if answered is not None:
+        return answered
+    with services.sessions() as db:
+        row = db.get(CheckSession, session_id)
+        person_id = row.person_id if row is not None else None
+        device_id = row.device_id if row is not None else None
+        scheduled = bool(row is not None and not (row.meta or {}).get("unscheduled"))
+    if stored is None or person_id is None or device_id is None:
+        raise ValueError(f"breath session {session_id} has no stored submission to judge")
+    upload, refs = stored
+    nonce = _lenient_fields(upload.reading).get("nonce")
+    route = _Route(None, device_id, person_id, session_id, scheduled=scheduled)
+    ledger = _ResumeLedger(DbNonceLedger(services.sessions), device_id, nonce)
+    return await _judge(services, route, upload, refs, _arrival(services, session_id), ledger)
 
 
 def now_utc() -> datetime:

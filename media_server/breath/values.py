@@ -100,6 +100,8 @@ class _Route:
     session_id: str | None
     scheduled: bool = False
     problem: CheckResult | None = None
+    # A byte-identical resend (same reading, same signature) of a submission already stored on `session_id`.
+    resend: bool = False
 
 
 def _sig(outcome: Outcome, code: str, message: str, **details: object) -> CheckResult:
