@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -17,9 +17,9 @@ from media_server.breath.episodes import (
     _advance_episode,
     _EpisodeStep,
     _retest_of,
-    _stage_for,
     episode_to_json,
-    order_limit,
+    judge_reading_and_advance,
+    load_context,
 )
 from media_server.breath.evidence import (
     _audit_loose_rejection,
@@ -46,8 +46,6 @@ from media_server.db.enums import ArtifactKind, SessionStatus
 from media_server.db.models import (
     CheckResultRecord,
     CheckSession,
-    Device,
-    Person,
     Verdict,
 )
 from media_server.db.types import utcnow
@@ -58,8 +56,6 @@ from sobriety.policy import (
     ActionKind,
     EventKind,
     RetestEvent,
-    evaluate_reading,
-    event_for,
 )
 from sobriety.reading import (
     Admission,
@@ -67,7 +63,6 @@ from sobriety.reading import (
     admit_submission,
     validate_reading,
 )
-from sobriety.units import AlcoholUnit
 
 log = logging.getLogger("kuzet.breath")
 
@@ -181,19 +176,7 @@ def _admit(services: Services, upload: Upload, now: datetime, ledger: NonceLedge
     )
 
 
-def _registry_calibration(services: Services, device_id: str) -> date | None:
-    with services.sessions() as db:
-        row = db.get(Device, device_id)
-        return row.calibrated_on if row is not None else None
-
-
-def _person_matches(services: Services, person_id: str, named: str) -> bool:
-    with services.sessions() as db:
-        person = db.get(Person, person_id)
-        return person is not None and named in (person.id, person.external_ref)
-
-
-def _reading_used(reading_check: CheckResult, photo_checks: list[CheckResult]) -> bool:
+def _reading_used(photo_checks: list[CheckResult]) -> bool:
     """False when the photos clearly show another person or a reused photo (the reading is not theirs)."""
     return not any(
         c.outcome is Outcome.FAIL and c.kind in (CheckKind.FACE, CheckKind.PHOTO_REUSE) for c in photo_checks
@@ -259,7 +242,8 @@ async def _judge(
         return await _reject(services, route, rejection, list(admission.checks), refs, now)
     reading = admission.reading
     checks = list(admission.checks)
-    if not await asyncio.to_thread(_person_matches, services, route.person_id, reading.person_id):
+    context = await asyncio.to_thread(load_context, services, route.person_id, route.device_id)
+    if reading.person_id not in context.person_names:
         mismatch = CheckResult(
             CheckKind.BREATH_READING,
             Outcome.INCONCLUSIVE,
@@ -268,8 +252,7 @@ async def _judge(
             details={"named": reading.person_id},
         )
         return await _reject(services, route, mismatch, [*checks, mismatch], refs, now)
-    calibrated = await asyncio.to_thread(_registry_calibration, services, route.device_id)
-    validity = validate_reading(reading, now, settings, len(upload.photos), calibrated)
+    validity = validate_reading(reading, now, settings, len(upload.photos), context.calibrated_on)
     checks += validity
     invalid = next((c for c in validity if not c.passed), None)
     if invalid is not None:
@@ -292,11 +275,7 @@ async def _judge(
             episode={"id": step.episode_id, **episode_to_json(step.episode)},
         )
 
-    # 3. The reading against the order at the stage the episode expects; the photos in the worker pool.
-    stage = await asyncio.to_thread(_stage_for, services, route.person_id, reading, now)
-    order, source = await asyncio.to_thread(order_limit, services, route.person_id)
-    reading_check = evaluate_reading(reading.brac, AlcoholUnit(reading.unit), order, stage, settings)
-    reading_check = replace(reading_check, details={**reading_check.details, "order_limit_source": source})
+    # 3. The photos in the worker pool (they do not depend on the episode; no lock is held meanwhile).
     photo_refs = [r for r in refs if r.kind is ArtifactKind.PHOTO]
     photos = [(r.artifact_id, data) for r, (_, data, _) in zip(photo_refs, upload.photos, strict=True)]
     try:
@@ -313,13 +292,18 @@ async def _judge(
             )
         ]
 
-    # 4. The retest episode, then the verdict.
-    event = (
-        event_for(reading_check, reading.timestamp)
-        if _reading_used(reading_check, photo_checks)
-        else RetestEvent(EventKind.REJECTED, reading.timestamp)
+    # 4. One locked transaction: the episode's stage, the reading against the order at it, the episode moved
+    #    on; then the verdict.
+    step, stage, reading_check = await asyncio.to_thread(
+        judge_reading_and_advance,
+        services,
+        route.person_id,
+        route.session_id,
+        reading,
+        context,
+        lambda _check: _reading_used(photo_checks),
+        now,
     )
-    step = await asyncio.to_thread(_advance_episode, services, route.person_id, route.session_id, event, now)
     reading_check = _not_used(reading_check, step)
     results = [*checks, reading_check, *photo_checks]
     outcome, verdict_id = await asyncio.to_thread(
