@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from identity.geometry import FaceBox
 from media_server.app import create_app
 from media_server.breath import DbNonceLedger, now_utc
 from media_server.db.enums import ArtifactKind, Decision, DeviceKind, Role, SessionKind
@@ -44,7 +45,7 @@ from media_server.db.models import (
     Verdict,
 )
 from media_server.settings import Settings
-from sobriety.occlusion import FaceBox, occlude_mouth
+from sobriety.occlusion import occlude_mouth
 from sobriety.simulator import multipart_parts, public_key_b64, sign_reading, simulated_reading
 from tests.api.conftest import Api
 from tests.api.seed import create_staff
