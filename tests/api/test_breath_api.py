@@ -615,5 +615,8 @@ def test_a_confirmatory_test_never_taken_is_booked_by_the_episode_clock(api: Bre
         episode = db.get(BreathEpisode, screening["episode"]["id"])
         assert episode is not None and episode.closed_at is not None
         verdict = db.get(Verdict, tick.verdict_id)
-        assert verdict is not None and verdict.session_id == screening["session_id"]
+        assert verdict is not None and verdict.session_id == tick.session_id != screening["session_id"]
+        booked = db.get(CheckSession, verdict.session_id)
+        assert booked is not None and booked.meta["follows"] == screening["session_id"]
+        assert booked.meta["episode_id"] == screening["episode"]["id"]
     assert _audit(api, "breath_episode_updated")
