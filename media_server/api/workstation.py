@@ -64,6 +64,7 @@ from media_server.i18n import (
     verdict_reason,
     word,
 )
+from media_server.review_queue import latest_verdict_ids
 from media_server.review_views import (
     challenge_timeline,
     check_row,
@@ -252,14 +253,7 @@ def logout() -> RedirectResponse:
 
 
 def _latest_verdicts() -> Any:
-    """A subquery of each session's latest verdict id (a later PASS, e.g. a re-run, replaces a flag)."""
-    ranked = select(
-        Verdict.id.label("verdict_id"),
-        func.row_number()
-        .over(partition_by=Verdict.session_id, order_by=(Verdict.created_at.desc(), Verdict.id.desc()))
-        .label("rank"),
-    ).subquery()
-    return select(ranked.c.verdict_id).where(ranked.c.rank == 1)
+    return latest_verdict_ids()
 
 
 def flagged_sessions(db: Session) -> list[dict[str, Any]]:
@@ -287,22 +281,6 @@ def flagged_sessions(db: Session) -> list[dict[str, Any]]:
         }
         for verdict, session, person in rows
     ]
-
-
-def pending_review_count(db: Session) -> int:
-    """How many sessions wait for a reviewer (the queue's length, for /metrics)."""
-    return int(
-        db.scalar(
-            select(func.count())
-            .select_from(Verdict)
-            .where(
-                Verdict.id.in_(_latest_verdicts()),
-                Verdict.decision.in_([Decision.REVIEW, Decision.FAIL]),
-                Verdict.id.not_in(select(Review.verdict_id)),
-            )
-        )
-        or 0
-    )
 
 
 def _date(value: str | None) -> date | None:
