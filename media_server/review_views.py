@@ -228,7 +228,7 @@ def frame_cards(
                 "display_w": meta.get("display_w", 240),
                 "boxes": meta.get("boxes", []),
                 "good": good,
-                "caption": "; ".join(notes),
+                "caption": " · ".join(notes),
             }
         )
     return cards

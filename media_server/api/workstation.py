@@ -784,7 +784,7 @@ def person_page(person_id: str, request: Request, services: ServicesDep) -> Resp
             )
         ).all()
         readings = db.execute(
-            select(CheckResultRecord, Verdict)
+            select(CheckResultRecord, Verdict, CheckSession.started_at)
             .join(CheckSession, CheckResultRecord.session_id == CheckSession.id)
             .join(Verdict, Verdict.session_id == CheckSession.id)
             .where(
@@ -807,13 +807,16 @@ def person_page(person_id: str, request: Request, services: ServicesDep) -> Resp
         unit = (
             order["unit"]
             if order
-            else next((str((c.details or {}).get("score_unit", "")) for c, _ in readings), "g/210L")
+            else next((str((c.details or {}).get("score_unit", "")) for c, _, _ in readings), "g/210L")
         )
         limit = (
-            order["brac_limit"] if order else next((c.threshold for c, _ in readings if c.threshold), None)
+            order["brac_limit"] if order else next((c.threshold for c, _, _ in readings if c.threshold), None)
         )
         brac_svg = charts.brac_chart(
-            [(c.created_at, float(c.score or 0.0), v.decision.value) for c, v in readings],
+            [
+                ((taken or c.created_at).astimezone(tz), float(c.score or 0.0), v.decision.value)
+                for c, v, taken in readings
+            ],
             limit,
             unit,
             {"title": t("BrAC over time"), "limit": t("limit"), "empty": t("No breath readings yet.")},
