@@ -14,7 +14,7 @@ from typing import Any
 
 from identity.checks import CheckKind, CheckResult, Outcome
 from media_server.db.enums import ArtifactKind, DeviceKind, SessionKind, SessionStatus
-from media_server.db.models import BreathEpisode, CheckSession, Device, Verdict
+from media_server.db.models import BreathEpisode, CheckResultRecord, CheckSession, Device, Verdict
 from media_server.db.types import utcnow
 from media_server.verdict import decide
 from tests.api.seed import (
@@ -458,9 +458,16 @@ def seed_checkin_history(services: Any, person_id: str, days: int = 6) -> None:
                     3: (Outcome.FAIL, "mismatch", 0.6),
                 }.get(variant, (Outcome.PASS, "match", 0.3))
                 face = CheckResult(
-                    CheckKind.FACE, outcome_, code, "history", score=score, threshold=FACE_THRESHOLD
+                    CheckKind.FACE,
+                    outcome_,
+                    code,
+                    "history",
+                    score=score,
+                    threshold=FACE_THRESHOLD,
+                    details={"score_unit": "cosine_distance"},
                 )
                 outcome = decide([face], [CheckKind.FACE])
+                db.add(CheckResultRecord.from_check(session.id, face))
                 db.add(
                     Verdict(
                         session_id=session.id,
