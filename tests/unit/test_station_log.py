@@ -6,8 +6,6 @@ import asyncio
 import logging
 from typing import Any
 
-import pytest
-
 from media_server import station_client
 
 
@@ -26,7 +24,16 @@ class _Client:
         self.sent.append(message)
 
 
-async def test_prompt_and_feedback_lines_name_what_was_asked(caplog: pytest.LogCaptureFixture) -> None:
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def test_prompt_and_feedback_lines_name_what_was_asked() -> None:
     client = _Client(
         [
             {"type": "prompt", "index": 0, "step": "turn_left", "t_s": 1.0},
@@ -35,10 +42,16 @@ async def test_prompt_and_feedback_lines_name_what_was_asked(caplog: pytest.LogC
             {"type": "outcome", "decision": "review"},
         ]
     )
-    with caplog.at_level(logging.INFO, logger=station_client.log.name):
+    handler, level = _Lines(), station_client.log.level
+    station_client.log.addHandler(handler)
+    station_client.log.setLevel(logging.INFO)
+    try:
         outcome = await station_client._follow(client, None)  # type: ignore[arg-type]
+    finally:
+        station_client.log.removeHandler(handler)
+        station_client.log.setLevel(level)
     assert outcome["decision"] == "review"
-    lines = [r.getMessage() for r in caplog.records]
+    lines = handler.lines
     assert "prompt turn_left (step 0)" in lines
     assert "prompt read_digits 37194 (step 1)" in lines
     assert "feedback too_dark" in lines
