@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import re
 from collections.abc import Callable, Coroutine, Iterator
@@ -43,7 +44,7 @@ from media_server.db.models import (
     Verdict,
 )
 from media_server.errors import BadInput, Forbidden, KuzetError, NotFoundError, Unauthorized, status_for
-from media_server.evidence.port import EvidenceError, NotFound
+from media_server.evidence.port import EvidenceError, IntegrityError, NotFound
 from media_server.i18n import (
     DECISION_WORDS,
     DEVICE_KINDS,
@@ -81,6 +82,7 @@ from media_server.review_views import (
 from media_server.services import Services
 from media_server.tokens import check_password, sign_token
 
+log = logging.getLogger("kuzet.workstation")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
 STATIC_DIR = PACKAGE_DIR / "static"
 templates = Jinja2Templates(directory=str(PACKAGE_DIR / "templates"))
@@ -174,6 +176,9 @@ class HtmlErrorRoute(APIRoute):
                 return error_page(request, 422, "missing or invalid: " + ", ".join(fields))
             except NotFound:
                 return error_page(request, 404, "this artifact is not in the evidence store")
+            except IntegrityError:
+                log.error("stored evidence failed its hash check", extra={"path": request.url.path})
+                return error_page(request, 409, "the stored artifact does not match its SHA-256; reported")
             except EvidenceError:
                 return error_page(request, 503, "the evidence store is unavailable")
 
@@ -378,6 +383,12 @@ def queue(request: Request, services: ServicesDep) -> Response:
                 .where(Review.verdict_id.in_(verdict_ids))
             ).all()
         }
+        episode_ids = {
+            str((s.meta or {}).get("episode_id")) for _, s, _ in found if (s.meta or {}).get("episode_id")
+        }
+        episodes = {
+            e.id: e for e in db.scalars(select(BreathEpisode).where(BreathEpisode.id.in_(episode_ids)))
+        }
         rows = []
         for verdict, session, person in found:
             tz = person_zone(person)
@@ -391,7 +402,7 @@ def queue(request: Request, services: ServicesDep) -> Response:
                     "external_ref": person.external_ref,
                     "kind": word(t, SESSION_KINDS, session.kind.value),
                     "stage": word(t, STAGES, stage) if stage else "",
-                    "episode_id": (session.meta or {}).get("episode_id"),
+                    "episode": _episode_summary(t, episodes.get(str((session.meta or {}).get("episode_id")))),
                     "decision": verdict.decision.value,
                     "decision_word": word(t, DECISION_WORDS, verdict.decision.value),
                     "drivers": _drivers(t, checks.get(session.id, [])),
@@ -428,6 +439,14 @@ def queue(request: Request, services: ServicesDep) -> Response:
         decisions=DECISION_WORDS,
         page_link=lambda n: _link("/ws/queue", {**filters, "page": str(n)}, _lang(request)),
     )
+
+
+def _episode_summary(t: Translator, row: BreathEpisode | None) -> str:
+    """ "episode: confirmed positive, 2 tests" for a queue row of a breath test in an episode."""
+    if row is None:
+        return ""
+    tests = {h.get("session_id") for h in row.history or [] if isinstance(h, dict) and h.get("session_id")}
+    return t("episode: {state}, {n} tests", state=word(t, EPISODE_STATES, row.state), n=max(len(tests), 1))
 
 
 def _link(path: str, params: dict[str, str], lang: str) -> str:

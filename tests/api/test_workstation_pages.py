@@ -187,6 +187,8 @@ def test_queue_filters_sort_paging_and_local_times(
     breath = api.client.get("/ws/queue?lang=en&kind=breath").text
     assert "Aigerim Episode" in breath and "Queue Checkin" not in breath
     assert "Breath test" in breath and "(confirmatory)" in breath and "(screening)" in breath
+    # the screening and the confirmatory test are marked as one episode
+    assert breath.count("episode: confirmed positive, 2 tests") == 2
     fails = api.client.get("/ws/queue?lang=en&decision=fail&person=aigerim").text
     assert fails.count('class="queue-row"') == 1 and "Breath reading: failed" in fails
     assert LOCAL_TIME.search(fails)
