@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from media_server.webrtc.testing import ServerThread
 
 from media_server.app import create_app
 from tests.api.conftest import PASSWORD
@@ -29,6 +28,7 @@ from tests.api.seed_workstation import (
     seed_challenge_checkin,
     seed_checkin_history,
 )
+from tests.support.webrtc import ServerThread
 
 pytestmark = pytest.mark.e2e
 
