@@ -7,7 +7,7 @@ from fastapi import APIRouter
 
 def routers() -> list[APIRouter]:
     """Every router of the service, in mount order."""
-    from media_server.api import admin, breath, checkin_page, enrolment, reviews, whip, workstation
+    from media_server.api import admin, breath, checkin_page, enrolment, location, reviews, whip, workstation
 
     return [
         admin.router,
@@ -17,4 +17,5 @@ def routers() -> list[APIRouter]:
         workstation.router,
         whip.router,
         checkin_page.router,
+        location.router,
     ]
