@@ -1,8 +1,8 @@
 """The location flows: a signed batch in, evidence and alerts stored, webhooks out.
 
-Each flow reads top to bottom: parse the envelope, admit the signed batch (signature, freshness,
-nonce; `media_server.location.signed`), store it with its rows and alerts in one transaction
-(`media_server.location.store`), then announce the new alerts through the webhook notifier. Database
+Each flow reads top to bottom: parse the envelope, then in one transaction admit the signed batch
+(signature, freshness, nonce; `media_server.location.signed`) and store it with its rows and alerts
+(`media_server.location.store`) - or audit the refusal - then announce the new alerts through the webhook notifier. Database
 work runs in a thread, never on the event loop.
 """
 
@@ -15,8 +15,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
+from sqlalchemy.orm import Session
 
-from media_server.breath.adapters import DbNonceLedger
 from media_server.db import audit
 from media_server.errors import BadInput, TooLarge
 from media_server.location import store
@@ -82,7 +82,11 @@ def _limits(now: datetime, services: Services, max_items: int) -> Any:
 
 
 def _admit(
-    services: Services, model: type[PositionBatch] | type[EventBatch], envelope: SignedEnvelope, now: datetime
+    services: Services,
+    db: Session,
+    model: type[PositionBatch] | type[EventBatch],
+    envelope: SignedEnvelope,
+    now: datetime,
 ) -> Admitted[Any] | Refused:
     loc, sob = services.settings.location, services.settings.sobriety
     max_items = loc.max_batch_positions if model is PositionBatch else loc.max_batch_events
@@ -90,8 +94,8 @@ def _admit(
         model,
         envelope.batch.encode("utf-8"),
         envelope.signature,
-        store.DbTrackerRegistry(services.sessions),
-        DbNonceLedger(services.sessions),
+        store.DbTrackerRegistry(db),
+        store.DbNonceLedger(db),
         now,
         max_age_s=sob.nonce_max_age_s,
         clock_skew_s=sob.clock_skew_s,
@@ -120,28 +124,31 @@ def _announce(services: Services, alerts: tuple[NewAlert, ...]) -> None:
         )
 
 
-def _record_refusal(services: Services, kind: str, envelope: SignedEnvelope, refused: Refused) -> Refused:
+def _record_refusal(db: Session, kind: str, envelope: SignedEnvelope, refused: Refused) -> Refused:
     """Audit a refused batch (forgery and replay attempts are security events), without its content."""
-    body = envelope.batch.encode("utf-8")
-    with services.sessions.begin() as db:
-        audit.append(
-            db,
-            actor="device:unauthenticated" if refused.status == 401 else "device:tracker",
-            action="location_batch_refused",
-            subject_type="device",
-            subject_id=None,
-            details={"kind": kind, "code": refused.code, "sha256": hashlib.sha256(body).hexdigest()},
-        )
+    audit.append(
+        db,
+        actor="device:unauthenticated" if refused.status == 401 else "device:tracker",
+        action="location_batch_refused",
+        subject_type="device",
+        subject_id=None,
+        details={
+            "kind": kind,
+            "code": refused.code,
+            "sha256": hashlib.sha256(envelope.batch.encode("utf-8")).hexdigest(),
+        },
+    )
     return refused
 
 
 def _positions_sync(services: Services, envelope: SignedEnvelope, now: datetime) -> Accepted | Refused:
-    admitted = _admit(services, PositionBatch, envelope, now)
-    if isinstance(admitted, Refused):
-        return _record_refusal(services, "positions", envelope, admitted)
-    tracker, batch = admitted.tracker, admitted.batch
-    assert tracker.person_id is not None
+    """Admission and storage in one transaction (one commit; the nonce is kept only with its batch)."""
     with services.sessions.begin() as db:
+        admitted = _admit(services, db, PositionBatch, envelope, now)
+        if isinstance(admitted, Refused):
+            return _record_refusal(db, "positions", envelope, admitted)
+        tracker, batch = admitted.tracker, admitted.batch
+        assert tracker.person_id is not None
         rows, alerts = store.ingest_positions(
             db,
             tracker,
@@ -155,12 +162,13 @@ def _positions_sync(services: Services, envelope: SignedEnvelope, now: datetime)
 
 
 def _events_sync(services: Services, envelope: SignedEnvelope, now: datetime) -> Accepted | Refused:
-    admitted = _admit(services, EventBatch, envelope, now)
-    if isinstance(admitted, Refused):
-        return _record_refusal(services, "events", envelope, admitted)
-    tracker, batch = admitted.tracker, admitted.batch
-    assert tracker.person_id is not None
+    """Admission and storage in one transaction."""
     with services.sessions.begin() as db:
+        admitted = _admit(services, db, EventBatch, envelope, now)
+        if isinstance(admitted, Refused):
+            return _record_refusal(db, "events", envelope, admitted)
+        tracker, batch = admitted.tracker, admitted.batch
+        assert tracker.person_id is not None
         events, alerts = store.ingest_events(
             db, tracker, batch, envelope.batch.encode("utf-8"), envelope.signature, now
         )

@@ -14,11 +14,13 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
+from sqlalchemy.orm import Session
 
 from media_server.db.audit import canonical_json
 from media_server.db.enums import AlertKind, AlertSource, DeviceKind, ZoneKind
 from media_server.db.models import (
+    BreathNonce,
     Device,
     DeviceEvent,
     LocationAlert,
@@ -39,6 +41,7 @@ from media_server.location.zones import (
     ZoneError,
     ZoneGeometry,
     breaches,
+    on_wrong_side,
     parse_hours,
     timezone_of,
 )
@@ -49,18 +52,42 @@ GEOMETRY_CACHE_ZONES = 4096
 
 
 class DbTrackerRegistry:
-    """`TrackerRegistry` on the devices table: kind tracker, with a public key."""
+    """`TrackerRegistry` on the devices table (kind tracker, with a public key), in the caller's session."""
 
-    def __init__(self, sessions: sessionmaker[Session]) -> None:
-        self._sessions = sessions
+    def __init__(self, db: Session) -> None:
+        self._db = db
 
     def get_tracker(self, serial: str) -> Tracker | None:
         """The tracker with this serial, or None."""
-        with self._sessions() as db:
-            row = db.scalars(select(Device).where(Device.serial == serial)).one_or_none()
-            if row is None or row.kind is not DeviceKind.TRACKER or not row.public_key_b64:
-                return None
-            return Tracker(row.id, row.serial, row.public_key_b64, row.active, row.person_id)
+        row = self._db.scalars(select(Device).where(Device.serial == serial)).one_or_none()
+        if row is None or row.kind is not DeviceKind.TRACKER or not row.public_key_b64:
+            return None
+        return Tracker(row.id, row.serial, row.public_key_b64, row.active, row.person_id)
+
+
+class DbNonceLedger:
+    """`sobriety.reading.NonceLedger` on breath_nonces (shared with breathalyzers), in the caller's session.
+
+    The nonce is written in the same transaction as the batch it admits (one commit, and a batch that
+    fails to store does not burn its nonce); a savepoint turns a clash on the (device, nonce) primary key -
+    an earlier or concurrent use - into False.
+    """
+
+    def __init__(self, db: Session) -> None:
+        self._db = db
+
+    def seen(self, device_id: str, nonce: str) -> bool:
+        """True when this device already used this nonce."""
+        return self._db.get(BreathNonce, (device_id, nonce)) is not None
+
+    def remember(self, device_id: str, nonce: str, at: datetime) -> bool:
+        """Record the nonce; False when it was already there."""
+        try:
+            with self._db.begin_nested():
+                self._db.add(BreathNonce(device_id=device_id, nonce=nonce, seen_at=at))
+        except DbIntegrityError:
+            return False
+        return True
 
 
 # ------------------------------------------------------------------------------------------------ zones
@@ -215,33 +242,41 @@ def ingest_positions(
     rows = chain.append(
         db, tracker.person_id, fixes, device_id=tracker.device_id, batch=signed, received_at=received_at
     )
-    alerts = evaluate_span(db, tracker.person_id, min(f.t for f in fixes), max(f.t for f in fixes), settings)
+    alerts = evaluate_span(db, tracker.person_id, [chain.as_fix(r) for r in rows], settings)
     return rows, alerts
 
 
 def evaluate_span(
-    db: Session, person_id: str, first: datetime, last: datetime, settings: LocationSettings
+    db: Session, person_id: str, new_fixes: Sequence[Fix], settings: LocationSettings
 ) -> list[NewAlert]:
-    """Re-evaluate every zone of the person over the fixes around [first, last], in time order.
+    """Re-evaluate, in time order, each zone that a new fix is on the wrong side of, around the new fixes.
 
-    Breaches overlapping an existing alert of the same zone extend it (a late fix adds proof, no second
-    webhook); others become new violations. An alert is never withdrawn automatically.
+    The span is [first - reevaluate_window_s, last + reevaluate_window_s] of the new fixes' times (late and
+    out-of-order fixes included). Breaches overlapping an existing alert of the same zone extend it (a late
+    fix adds proof, no second webhook); others become new violations. An alert is never withdrawn
+    automatically. Zones no new fix is on the wrong side of are skipped: such fixes cannot make a breach.
     """
+    if not new_fixes:
+        return []
     zones = active_zones(db, person_id, settings)
     if not zones:
         return []
     person = db.get(Person, person_id)
     tz = timezone_of(person.timezone if person else "UTC")
+    rule = rule_of(settings)
+    touched = [zone for zone in zones if on_wrong_side(zone, new_fixes, rule, tz)]
+    if not touched:
+        return []
     window = timedelta(seconds=settings.reevaluate_window_s)
+    first, last = min(f.t for f in new_fixes), max(f.t for f in new_fixes)
     rows = db.execute(
         select(Position.id, Position.t, Position.lat, Position.lon, Position.accuracy_m)
         .where(Position.person_id == person_id, Position.t >= first - window, Position.t <= last + window)
         .order_by(Position.t, Position.id)
     ).all()
     fixes = [Fix(t=t, lat=lat, lon=lon, accuracy_m=acc, id=pid) for pid, t, lat, lon, acc in rows]
-    rule = rule_of(settings)
     created: list[NewAlert] = []
-    for zone in zones:
+    for zone in touched:
         for breach in breaches(zone, fixes, rule, tz):
             row = _upsert_breach(db, person_id, zone, breach, rule)
             if row is not None:

@@ -248,6 +248,19 @@ class Breach:
         return "exclusion_entered" if self.kind is ZoneKind.EXCLUSION else "inclusion_left"
 
 
+def on_wrong_side(zone: Zone, fixes: Sequence[Fix], rule: JitterRule, tz: ZoneInfo) -> bool:
+    """True when any of `fixes` counts as on the wrong side of `zone` (during its hours).
+
+    Only such a fix can create or extend a breach (fixes on the right side only end runs, uncertain ones
+    change nothing), so a batch without one needs no re-evaluation of its span.
+    """
+    wrong = Side.INSIDE if zone.kind is ZoneKind.EXCLUSION else Side.OUTSIDE
+    for fix, side in zip(fixes, zone.geometry.sides(fixes, rule.max_accuracy_m), strict=True):
+        if side is wrong and (zone.hours is None or zone.hours.active(fix.t, tz)):
+            return True
+    return False
+
+
 def breaches(zone: Zone, fixes: Sequence[Fix], rule: JitterRule, tz: ZoneInfo) -> list[Breach]:
     """Every breach of `zone` in `fixes` (sorted here by time, then id)."""
     ordered = sorted(fixes, key=lambda f: (f.t, f.id))
