@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -104,7 +105,8 @@ def _admit(
     )
 
 
-def _announce(services: Services, alerts: tuple[NewAlert, ...]) -> None:
+def announce(services: Services, alerts: Sequence[NewAlert]) -> None:
+    """Send an `alert` webhook for each new alert (call on the event loop, after the commit)."""
     if not services.notifier.enabled:
         return
     for a in alerts:
@@ -180,7 +182,7 @@ async def submit_positions(services: Services, body: bytes, now: datetime) -> Ac
     envelope = parse_envelope(body, services.settings.location.max_body_bytes)
     outcome = await asyncio.to_thread(_positions_sync, services, envelope, now)
     if isinstance(outcome, Accepted):
-        _announce(services, outcome.alerts)
+        announce(services, outcome.alerts)
     return outcome
 
 
@@ -189,5 +191,5 @@ async def submit_events(services: Services, body: bytes, now: datetime) -> Accep
     envelope = parse_envelope(body, services.settings.location.max_body_bytes)
     outcome = await asyncio.to_thread(_events_sync, services, envelope, now)
     if isinstance(outcome, Accepted):
-        _announce(services, outcome.alerts)
+        announce(services, outcome.alerts)
     return outcome

@@ -246,6 +246,25 @@ def ingest_positions(
     return rows, alerts
 
 
+def record_checkin_fixes(
+    db: Session,
+    person_id: str,
+    fixes: Sequence[chain.NewFix],
+    received_at: datetime,
+    settings: LocationSettings,
+) -> list[NewAlert]:
+    """Append fixes the check-in page reported (no device, no signed batch) and judge them against zones.
+
+    For the check-in flow: call it in the transaction that stores the session's result, with the page's
+    location fix(es) (source `checkin`); announce the returned alerts after the commit
+    (`media_server.location.flow.announce`).
+    """
+    if not fixes:
+        return []
+    rows = chain.append(db, person_id, fixes, device_id=None, batch=None, received_at=received_at)
+    return evaluate_span(db, person_id, [chain.as_fix(r) for r in rows], settings)
+
+
 def evaluate_span(
     db: Session, person_id: str, new_fixes: Sequence[Fix], settings: LocationSettings
 ) -> list[NewAlert]:

@@ -15,9 +15,10 @@ from click.testing import CliRunner
 from sqlalchemy import select, update
 
 from media_server.cli import main as cli
-from media_server.db.enums import Role
+from media_server.db.enums import PositionSource, Role
 from media_server.db.models import AuditEntry, LocationAlert, Position, SignedBatch
-from media_server.location.chain import verify_person
+from media_server.location.chain import NewFix, verify_person
+from media_server.location.store import record_checkin_fixes
 from media_server.webhooks import EventType, WebhookEvent
 from tests.api.conftest import Api
 from tests.support.location import CENTRE, FakeTracker, iso, position
@@ -320,3 +321,21 @@ def test_alert_queries_are_bounded(api: Api) -> None:
     assert api.client.get("/api/v1/alerts", headers=officer).json() == {"alerts": []}
     api.client.cookies.clear()
     assert api.client.get("/api/v1/alerts").status_code == 401
+
+
+def test_check_in_page_fixes_join_the_chain_and_the_zone_rules(api: Api) -> None:
+    case = _case(api)
+    _exclusion_zone(api, case)
+    now = datetime.now(UTC)
+    lat, lon = CENTRE
+    fixes = [
+        NewFix(now - timedelta(seconds=90 - 30 * i), lat, lon, 8.0, PositionSource.CHECKIN) for i in range(3)
+    ]
+    with api.services.sessions.begin() as db:
+        alerts = record_checkin_fixes(db, case.person_id, fixes, now, api.settings.location)
+    assert [a.code for a in alerts] == ["exclusion_entered"]
+    with api.services.sessions() as db:
+        report = verify_person(db, case.person_id)
+        sources = db.scalars(select(Position.source).where(Position.person_id == case.person_id)).all()
+    assert report.ok and report.rows_checked == 3
+    assert set(sources) == {PositionSource.CHECKIN}
