@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
@@ -453,3 +453,21 @@ def position_view(row: Position) -> dict[str, Any]:
         "received_at": row.received_at.isoformat(),
         "row_hash": row.row_hash,
     }
+
+
+def erase_location(db: Session, person_id: str) -> dict[str, int]:
+    """Delete everything location monitoring holds on a person (for `media_server.erasure.erase_person`).
+
+    Zones go too: an exclusion zone is a third party's address. Returns row counts per table.
+    """
+    counts: dict[str, int] = {}
+    for name, model in (
+        ("location_alerts", LocationAlert),
+        ("device_events", DeviceEvent),
+        ("positions", Position),
+        ("signed_batches", SignedBatch),
+        ("location_zones", LocationZone),
+    ):
+        result = db.execute(delete(model).where(model.person_id == person_id))
+        counts[name] = int(getattr(result, "rowcount", 0) or 0)
+    return counts

@@ -18,7 +18,7 @@ from media_server.cli import main as cli
 from media_server.db.enums import PositionSource, Role
 from media_server.db.models import AuditEntry, LocationAlert, Position, SignedBatch
 from media_server.location.chain import NewFix, verify_person
-from media_server.location.store import record_checkin_fixes
+from media_server.location.store import erase_location, record_checkin_fixes
 from media_server.webhooks import EventType, WebhookEvent
 from tests.api.conftest import Api
 from tests.support.location import CENTRE, FakeTracker, iso, position
@@ -339,3 +339,9 @@ def test_check_in_page_fixes_join_the_chain_and_the_zone_rules(api: Api) -> None
         sources = db.scalars(select(Position.source).where(Position.person_id == case.person_id)).all()
     assert report.ok and report.rows_checked == 3
     assert set(sources) == {PositionSource.CHECKIN}
+
+    with api.services.sessions.begin() as db:
+        counts = erase_location(db, case.person_id)
+    assert counts["positions"] == 3 and counts["location_zones"] == 1 and counts["location_alerts"] == 1
+    with api.services.sessions() as db:
+        assert verify_person(db, case.person_id).rows_checked == 0
