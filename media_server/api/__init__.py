@@ -18,4 +18,5 @@ def routers() -> list[APIRouter]:
         whip.router,
         checkin_page.router,
         location.router,
+        location.pages,
     ]

@@ -9,30 +9,40 @@
 * `POST/GET /api/v1/persons/{id}/zones`, `DELETE /api/v1/persons/{id}/zones/{zone_id}` - officers.
 * `GET /api/v1/alerts` - violations and technical alerts, newest first (staff who read cases).
 * `GET /api/v1/persons/{id}/positions` - the person's stored fixes in a time range (audited read).
+* Workstation pages (`pages`): `/ws/alerts` (the alerts list) and `/ws/persons/{id}/location` (zones, track
+  and the fixes proving violations as an inline SVG map drawn without tiles; an audited read).
 """
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from fastapi.templating import Jinja2Templates
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from media_server.api.deps import OfficerDep, ReaderDep, ServicesDep
+from media_server.auth import Principal, principal_from_request
 from media_server.db import audit
-from media_server.db.enums import AlertKind, AlertSource, ZoneKind
-from media_server.db.models import LocationZone, Person, Position
+from media_server.db.enums import AlertKind, AlertSource, Role, ZoneKind
+from media_server.db.models import LocationAlert, LocationZone, Person, Position
 from media_server.db.types import utcnow
-from media_server.errors import BadInput, NotFoundError, TooLarge
+from media_server.errors import BadInput, Forbidden, NotFoundError, TooLarge, Unauthorized
+from media_server.i18n import LANGS, table
 from media_server.location import store
+from media_server.location.chain import as_fix
 from media_server.location.flow import Accepted, submit_events, submit_positions
+from media_server.location.mapview import render_svg
 from media_server.location.signed import Refused
 from media_server.location.zones import ZoneError
 
 router = APIRouter(prefix="/api/v1", tags=["location"])
+pages = APIRouter(prefix="/ws", tags=["workstation"], include_in_schema=False)
+templates = Jinja2Templates(directory=str(Path(__file__).resolve().parents[1] / "templates"))
 
 ClockDep = Annotated[datetime, Depends(utcnow)]
 ALERTS_PAGE_MAX = 500
@@ -217,3 +227,175 @@ def get_positions(
             details={"since": since.isoformat(), "until": until.isoformat(), "rows": len(rows)},
         )
         return {"positions": [store.position_view(r) for r in rows]}
+
+
+# ------------------------------------------------------------------------------------- workstation pages
+PAGE_VIEWERS = frozenset({Role.REVIEWER, Role.OFFICER, Role.ADMIN})
+MAP_DEFAULT_HOURS = 24
+MAP_MAX_FIXES = 5000
+MAP_CONTEXT_MIN = 30  # an alert's map link shows this much before and after it
+STRINGS = {
+    "en": {
+        "alerts": "Location alerts",
+        "no_alerts": "No alerts.",
+        "when": "When",
+        "person": "Person",
+        "kind": "Kind",
+        "what": "What",
+        "map": "map",
+        "map_of": "Location of",
+        "since": "from",
+        "until": "to",
+        "show": "Show",
+        "fixes": "fixes",
+        "violation": "violation",
+        "technical": "technical",
+        "legend": "Green: inclusion zones; red: exclusion zones; red dots with dashed accuracy circles: "
+        "fixes proving a violation",
+    },
+    "ru": {
+        "alerts": "Тревоги по местоположению",
+        "no_alerts": "Тревог нет.",
+        "when": "Когда",
+        "person": "Лицо",
+        "kind": "Вид",
+        "what": "Что",
+        "map": "карта",
+        "map_of": "Местоположение:",
+        "since": "с",
+        "until": "по",
+        "show": "Показать",
+        "fixes": "точек",
+        "violation": "нарушение",
+        "technical": "техническая",
+        "legend": "Зелёные: зоны присутствия; красные: запретные зоны; красные "
+        "точки с пунктирным кругом точности: точки, доказывающие нарушение",
+    },
+}
+
+
+def _lang(request: Request) -> str:
+    lang = request.query_params.get("lang") or request.cookies.get("kuzet_lang") or "ru"
+    return lang if lang in LANGS else "ru"
+
+
+def _page_viewer(request: Request) -> Principal | RedirectResponse:
+    try:
+        principal = principal_from_request(request)
+    except Unauthorized:
+        return RedirectResponse(f"/ws/login?lang={_lang(request)}", status_code=303)
+    if principal.role not in PAGE_VIEWERS:
+        raise Forbidden(f"role {principal.role.value!r} has no access to the workstation")
+    return principal
+
+
+def _render(request: Request, principal: Principal, **context: Any) -> HTMLResponse:
+    lang = _lang(request)
+    return templates.TemplateResponse(
+        request,
+        "location.html",
+        {"t": table(lang), "s": STRINGS[lang], "lang": lang, "principal": principal, **context},
+    )
+
+
+def _alert_rows(db: Any, rows: Any) -> list[dict[str, Any]]:
+    names = {
+        p.id: p.display_name
+        for p in db.scalars(select(Person).where(Person.id.in_({r.person_id for r in rows})))
+    }
+    context = timedelta(minutes=MAP_CONTEXT_MIN)
+    return [
+        {
+            "person_id": r.person_id,
+            "person": names.get(r.person_id, r.person_id),
+            "kind": r.kind.value,
+            "message": r.message,
+            "started_at": r.started_at.strftime("%Y-%m-%d %H:%M:%S"),
+            "ended_at": r.ended_at.strftime("%H:%M:%S"),
+            "since": (r.started_at - context).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            "until": (r.ended_at + context).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        }
+        for r in rows
+    ]
+
+
+@pages.get("/alerts", response_model=None)
+def alerts_page(request: Request, services: ServicesDep) -> Response:
+    """Newest location alerts of every person."""
+    principal = _page_viewer(request)
+    if isinstance(principal, RedirectResponse):
+        return principal
+    with services.sessions() as db:
+        rows = store.list_alerts(
+            db, person_id=None, kind=None, source=None, since=None, limit=ALERTS_PAGE_MAX
+        )
+        return _render(request, principal, person=None, alerts=_alert_rows(db, rows))
+
+
+def _aware(value: str | None, default: datetime) -> datetime:
+    if not value:
+        return default
+    try:
+        parsed = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise BadInput(f"not an ISO 8601 time: {value[:40]!r}") from exc
+    if parsed.tzinfo is None:
+        raise BadInput("times need a time zone offset, e.g. 2026-12-03T10:00:00Z")
+    return parsed
+
+
+@pages.get("/persons/{person_id}/location", response_model=None)
+def location_page(
+    request: Request,
+    person_id: str,
+    services: ServicesDep,
+    since: Annotated[str | None, Query(max_length=40)] = None,
+    until: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
+    """A person's zones, track and violations between `since` and `until` (default: the last 24 h)."""
+    principal = _page_viewer(request)
+    if isinstance(principal, RedirectResponse):
+        return principal
+    end = _aware(until, utcnow())
+    start = _aware(since, end - timedelta(hours=MAP_DEFAULT_HOURS))
+    if end < start:
+        raise BadInput("`until` is before `since`")
+    with services.sessions.begin() as db:
+        person = db.get(Person, person_id)
+        if person is None or person.erased_at is not None:
+            raise NotFoundError("no such person")
+        zones = store.active_zones(db, person_id, services.settings.location)
+        rows = db.scalars(
+            select(Position)
+            .where(Position.person_id == person_id, Position.t >= start, Position.t <= end)
+            .order_by(Position.t, Position.id)
+            .limit(MAP_MAX_FIXES)
+        ).all()
+        alerts = db.scalars(
+            select(LocationAlert)
+            .where(
+                LocationAlert.person_id == person_id,
+                LocationAlert.started_at <= end,
+                LocationAlert.ended_at >= start,
+            )
+            .order_by(LocationAlert.started_at.desc())
+        ).all()
+        proof = {int(i) for a in alerts for i in a.position_ids}
+        audit.append(
+            db,
+            actor=principal.actor,
+            action="positions_viewed",
+            subject_type="person",
+            subject_id=person_id,
+            details={"since": start.isoformat(), "until": end.isoformat(), "rows": len(rows), "via": "map"},
+        )
+        return _render(
+            request,
+            principal,
+            person=person,
+            svg=render_svg(zones, [as_fix(r) for r in rows], proof),
+            fixes=len(rows),
+            since=start.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            until=end.strftime("%Y-%m-%dT%H:%M:%SZ"),
+            alerts=_alert_rows(db, alerts),
+        )

@@ -234,6 +234,25 @@ def test_a_late_fix_completes_a_violation_and_it_is_announced_once(api: Api) -> 
     assert len(alert["position_ids"]) == 6
     assert len(case.hooks.events) == 1
 
+    # The workstation: the alerts list and the person's map (inline SVG, no tiles) with the proving fixes.
+    page = api.client.get("/ws/alerts", params={"lang": "en"}, headers=case.officer)
+    assert page.status_code == 200 and page.text.count('class="alert-row"') == 1
+    page = api.client.get(
+        f"/ws/persons/{case.person_id}/location",
+        params={"lang": "en", "since": iso(t0 - timedelta(hours=1)), "until": iso(now)},
+        headers=case.officer,
+    )
+    assert page.status_code == 200
+    assert "<svg" in page.text and 'class="zone zone-exclusion"' in page.text
+    assert page.text.count('class="fix proof"') == 6
+    assert page.text.count('class="fix"') == 1 + 6  # the approach fix and the distant noisy track
+    assert "http" not in page.text.split("<svg", 1)[1].split("</svg>", 1)[0].replace(
+        "http://www.w3.org/2000/svg", ""
+    )
+    assert api.client.get("/ws/alerts", headers=api.as_(Role.PERSON)).status_code == 403
+    api.client.cookies.clear()
+    assert api.client.get("/ws/alerts", follow_redirects=False).status_code == 303
+
 
 def test_device_events_follow_the_policy_table(api: Api) -> None:
     case = _case(api)
