@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -63,7 +63,9 @@ def parse_envelope(body: bytes, max_body_bytes: int) -> SignedEnvelope:
         raise BadInput('send JSON {"batch": "<canonical JSON text>", "signature": "<base64>"}') from exc
 
 
-def _limits(now: datetime, services: Services, max_items: int) -> Any:
+def _limits(
+    now: datetime, services: Services, max_items: int
+) -> Callable[[PositionBatch | EventBatch], Refused | None]:
     loc = services.settings.location
     skew = timedelta(seconds=services.settings.sobriety.clock_skew_s)
     oldest = now - timedelta(days=loc.max_position_age_days)

@@ -187,7 +187,7 @@ def _check_lat_lon(lat: float, lon: float) -> None:
         raise ZoneError("lat must be in [-90, 90] and lon in [-180, 180]")
 
 
-def _ring(coordinates: Any, max_vertices: int) -> list[tuple[float, float]]:
+def _ring(coordinates: object, max_vertices: int) -> list[tuple[float, float]]:
     if not isinstance(coordinates, list) or not 3 <= len(coordinates) <= max_vertices + 1:
         raise ZoneError(f"coordinates must be a list of 3 to {max_vertices} [lon, lat] pairs")
     ring: list[tuple[float, float]] = []
