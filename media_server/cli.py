@@ -480,6 +480,36 @@ def audit_verify() -> None:
 
 
 @main.group()
+def positions() -> None:
+    """Position reports (location monitoring)."""
+
+
+@positions.command("verify")
+@click.option("--person", "person_id", required=True, help="The person's id.")
+def positions_verify(person_id: str) -> None:
+    """Recompute a person's position chain and re-verify its signed batches; exit 1 at the first bad row."""
+    from media_server.db.engine import make_engine, make_session_factory, read_only
+    from media_server.location.chain import verify_person
+
+    engine = make_engine(Settings().database_url)
+    try:
+        with make_session_factory(read_only(engine))() as session:
+            report = verify_person(session, person_id)
+    finally:
+        engine.dispose()
+    if report.ok:
+        head = f", head seq {report.head_seq} {report.head_hash}" if report.head_seq else ""
+        click.echo(f"positions of {person_id} ok: {report.rows_checked} rows checked{head}")
+        return
+    click.echo(
+        f"positions of {person_id} BROKEN at seq {report.first_bad_seq}: {report.reason}; "
+        f"{report.rows_checked} rows checked",
+        err=True,
+    )
+    sys.exit(1)
+
+
+@main.group()
 def evidence() -> None:
     """Evidence store and court packages."""
 

@@ -154,7 +154,11 @@ ROLE_NAMES: dict[str, str] = {
     "person": N_("person"),
 }
 
-DEVICE_KINDS: dict[str, str] = {"av_station": N_("AV station"), "breathalyzer": N_("Breathalyzer")}
+DEVICE_KINDS: dict[str, str] = {
+    "av_station": N_("AV station"),
+    "breathalyzer": N_("Breathalyzer"),
+    "tracker": N_("Location tracker"),
+}
 
 MODALITIES: dict[str, str] = {"face": N_("face"), "voice": N_("voice")}
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from identity.face.config import FaceSettings
@@ -202,6 +202,77 @@ class WebhookSettings(_Group):
     backoff_max_s: float = Field(60.0, gt=0, le=3600, description="Longest wait between two attempts.")
 
 
+class LocationSettings(_Group):
+    """Position reports, zones and device events (media_server.location).
+
+    The jitter rule: a fix counts as inside (outside) a zone only when its whole accuracy circle is inside
+    (outside); a violation needs `min_fixes` consecutive such fixes spanning at least `min_duration_s`.
+    The defaults are engineering choices, not measured on field data (none is available here): an agency
+    should tune them on its own devices' tracks.
+    """
+
+    min_fixes: int = Field(
+        3, ge=1, le=100, description="Consecutive fixes wholly on the wrong side of a zone for a violation."
+    )
+    min_duration_s: float = Field(
+        60.0, ge=0, le=6 * 3600, description="Time from the first to the last of those fixes, at least."
+    )
+    max_gap_s: float = Field(
+        600.0,
+        ge=1,
+        le=86400,
+        description="Two consecutive fixes further apart than this do not make one run (a tracking gap).",
+    )
+    max_accuracy_m: float = Field(
+        150.0,
+        gt=0,
+        le=10000,
+        description="Fixes with a worse accuracy (radius, m) are stored but never count for or against a zone.",
+    )
+    reevaluate_window_s: float = Field(
+        3600.0,
+        ge=60,
+        le=7 * 86400,
+        description="After a batch, positions this far before and after its fixes are re-evaluated in time "
+        "order; at least min_duration_s + min_fixes * max_gap_s, so any breach a new fix belongs to is seen.",
+    )
+    max_position_age_days: int = Field(
+        30,
+        ge=1,
+        le=365,
+        description="Fixes older than this are refused (late batches up to it are accepted).",
+    )
+    max_batch_positions: int = Field(
+        500, ge=1, le=10000, description="Positions in one signed batch, at most."
+    )
+    max_batch_events: int = Field(100, ge=1, le=1000, description="Events in one signed batch, at most.")
+    max_body_bytes: int = Field(
+        512 * 1024, ge=1024, le=16 * 1024 * 1024, description="Largest position or event request body."
+    )
+    max_zones_per_person: int = Field(50, ge=1, le=1000, description="Active zones per person, at most.")
+    max_polygon_vertices: int = Field(
+        2000, ge=3, le=100000, description="Vertices of one polygon zone, at most."
+    )
+    min_circle_radius_m: float = Field(10.0, gt=0, le=1000, description="Smallest circle zone radius (m).")
+    max_zone_extent_m: float = Field(
+        50_000.0,
+        ge=100,
+        le=500_000,
+        description="Largest circle radius / polygon extent from its centre (m); beyond it the local "
+        "projection's scale error grows.",
+    )
+
+    @model_validator(mode="after")
+    def _window_covers_a_breach(self) -> LocationSettings:
+        needed = self.min_duration_s + self.min_fixes * self.max_gap_s
+        if self.reevaluate_window_s < needed:
+            raise ValueError(
+                f"reevaluate_window_s ({self.reevaluate_window_s}) must be at least min_duration_s + "
+                f"min_fixes * max_gap_s ({needed}) so a late fix's whole breach is re-evaluated"
+            )
+        return self
+
+
 class Settings(BaseSettings):
     """The root of the settings tree."""
 
@@ -229,6 +300,7 @@ class Settings(BaseSettings):
     pad: PadSettings = Field(default_factory=PadSettings)
     liveness: LivenessSettings = Field(default_factory=LivenessSettings)
     sobriety: SobrietySettings = Field(default_factory=SobrietySettings)
+    location: LocationSettings = Field(default_factory=LocationSettings)
 
     @property
     def database_url(self) -> str:

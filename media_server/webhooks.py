@@ -42,6 +42,7 @@ class EventType(StrEnum):
     VIOLATION = "violation"  # a FAIL: a missed window, a failed reading, a reviewer's FAIL
     REVIEW = "review"  # a reviewer decided a session
     CHECKIN_DUE = "checkin_due"  # a window opened: carries the one-time link for the SMS/push gateway
+    ALERT = "alert"  # a location or device alert: a zone violation, tamper (violation) or a technical alert
 
 
 @dataclass(frozen=True)
@@ -129,6 +130,38 @@ def violation_event(
             "source": source,
         },
         id=f"violation-{verdict_id}",
+    )
+
+
+def alert_event(
+    *,
+    alert_id: str,
+    person_id: str,
+    kind: str,
+    source: str,
+    code: str,
+    started_at: datetime,
+    ended_at: datetime,
+    zone_id: str | None = None,
+    position_ids: Sequence[int] = (),
+    device_event_id: str | None = None,
+) -> WebhookEvent:
+    """An `alert` event: `kind` violation / technical, `source` zone / device, `code` what happened."""
+    return WebhookEvent(
+        EventType.ALERT,
+        {
+            "alert_id": alert_id,
+            "person_id": person_id,
+            "kind": kind,
+            "source": source,
+            "code": code,
+            "started_at": started_at.astimezone(UTC).isoformat(),
+            "ended_at": ended_at.astimezone(UTC).isoformat(),
+            "zone_id": zone_id,
+            "position_ids": list(position_ids),
+            "device_event_id": device_event_id,
+        },
+        id=f"alert-{alert_id}",
     )
 
 

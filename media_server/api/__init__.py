@@ -7,13 +7,16 @@ from fastapi import APIRouter
 
 def routers() -> list[APIRouter]:
     """Every router of the service, in mount order."""
-    from media_server.api import admin, breath, checkin_page, enrolment, reviews, whip, workstation
+    from media_server.api import admin, breath, checkin_page, enrolment, location, reviews, whip, workstation
 
     return [
         admin.router,
         breath.router,
         enrolment.router,
         reviews.router,
+        location.router,
+        # workstation pages of other modules before the workstation's router: it ends in a catch-all 404
+        location.pages,
         workstation.router,
         whip.router,
         checkin_page.router,

@@ -246,7 +246,9 @@ class DeviceIn(_In):
     serial: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.:-]+$")
     kind: DeviceKind
     person_id: str | None = None
-    public_key_b64: str | None = Field(None, description="Breathalyzer: raw Ed25519 public key, base64.")
+    public_key_b64: str | None = Field(
+        None, description="Breathalyzer or tracker: raw Ed25519 public key, base64."
+    )
     calibrated_on: date | None = Field(
         None, description="Breathalyzer: date its sensor was last calibrated (service record)."
     )
@@ -268,8 +270,8 @@ class DeviceIn(_In):
 @router.post("/devices", status_code=201)
 def register_device(body: DeviceIn, services: ServicesDep, who: AdminDep) -> dict[str, Any]:
     """Register a home station: a breathalyzer with its public key; an AV station gets a key, shown once."""
-    if body.kind is DeviceKind.BREATHALYZER and body.public_key_b64 is None:
-        raise BadInput("a breathalyzer must be registered with its Ed25519 public key")
+    if body.kind.signs_with_ed25519 and body.public_key_b64 is None:
+        raise BadInput(f"a {body.kind.value} must be registered with its Ed25519 public key")
     device_key = new_secret_token("dk") if body.kind is DeviceKind.AV_STATION else None
     with services.sessions.begin() as db:
         if body.person_id is not None and db.get(Person, body.person_id) is None:

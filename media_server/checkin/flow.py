@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 from identity.checks import CheckResult
 from media_server.checkin.checks import annotate_frames, run_checkin_checks
 from media_server.checkin.evidence import store_capture_evidence
 from media_server.checkin.gallery_update import adapt_gallery
+from media_server.db.enums import PositionSource
+from media_server.db.types import utcnow
+from media_server.location.chain import NewFix
+from media_server.location.flow import announce as announce_alerts
+from media_server.location.store import NewAlert, record_checkin_fixes
 from media_server.services import Services
 from media_server.verdict import VerdictOutcome, announce, write_verdict
 from media_server.webrtc.capture import SessionCapture
@@ -30,6 +36,7 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
         write_verdict, services, capture.session_id, checks.results, checks.required
     )
     announce(services, capture.session_id, capture.person_id, capture.kind, outcome, verdict_id)
+    await _record_location(services, capture)
     follow_up = asyncio.create_task(_gallery_follow_up(services, capture, checks.results, outcome))
     services.background.append(follow_up)
     follow_up.add_done_callback(lambda t: services.background.remove(t) if t in services.background else None)
@@ -39,6 +46,44 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
         "reasons": outcome.reasons,
         "session_id": capture.session_id,
     }
+
+
+def _checkin_fix(capture: SessionCapture) -> NewFix | None:
+    """The page's location fix as a position of the person's track (source `checkin`)."""
+    loc = capture.location or {}
+    if loc.get("status") != "ok":
+        return None
+    t_s = loc.get("t_s")
+    at = (
+        capture.started_at + timedelta(seconds=float(t_s))
+        if isinstance(t_s, int | float)
+        else capture.ended_at
+    )
+    return NewFix(
+        t=at,
+        lat=float(loc["lat"]),
+        lon=float(loc["lon"]),
+        accuracy_m=float(loc["accuracy_m"]),
+        source=PositionSource.CHECKIN,
+    )
+
+
+async def _record_location(services: Services, capture: SessionCapture) -> None:
+    """Add the check-in's location to the person's hash-chained track and judge it against their zones."""
+    fix = _checkin_fix(capture)
+    if fix is None:
+        return
+
+    def record() -> list[NewAlert]:
+        with services.sessions.begin() as db:
+            return record_checkin_fixes(db, capture.person_id, [fix], utcnow(), services.settings.location)
+
+    try:
+        alerts = await asyncio.to_thread(record)
+    except Exception:  # the verdict stands; the track misses one fix, which the log says
+        log.exception("check-in location not recorded", extra={"session_id": capture.session_id})
+        return
+    announce_alerts(services, alerts)
 
 
 async def _gallery_follow_up(

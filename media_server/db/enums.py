@@ -58,10 +58,17 @@ class TemplateSource(StrEnum):
 
 
 class DeviceKind(StrEnum):
-    """Home station hardware."""
+    """Home station hardware, and the gateways that report positions and device events."""
 
     AV_STATION = "av_station"
     BREATHALYZER = "breathalyzer"
+    # A person's phone app or a tracker/bracelet gateway: signs position batches and device events (Ed25519).
+    TRACKER = "tracker"
+
+    @property
+    def signs_with_ed25519(self) -> bool:
+        """True for kinds registered with an Ed25519 public key that signs what they send."""
+        return self in (DeviceKind.BREATHALYZER, DeviceKind.TRACKER)
 
 
 class ArtifactKind(StrEnum):
@@ -74,3 +81,49 @@ class ArtifactKind(StrEnum):
     READING = "reading"
     PACKAGE = "package"
     OTHER = "other"
+
+
+class ZoneKind(StrEnum):
+    """Inclusion: the person must be inside during its hours (home at night). Exclusion: must stay out."""
+
+    INCLUSION = "inclusion"
+    EXCLUSION = "exclusion"
+
+
+class AlertKind(StrEnum):
+    """A violation (the person broke a rule) or a technical alert (equipment; never booked as a violation)."""
+
+    VIOLATION = "violation"
+    TECHNICAL = "technical"
+
+
+class AlertSource(StrEnum):
+    """What raised an alert: a zone rule over positions, or a device event."""
+
+    ZONE = "zone"
+    DEVICE = "device"
+
+
+class DeviceEventType(StrEnum):
+    """Events a bracelet, tracker or home-unit gateway reports (media_server.location.policy maps them)."""
+
+    STRAP_OPENED = "strap_opened"
+    STRAP_CLOSED = "strap_closed"
+    CASE_OPENED = "case_opened"
+    CASE_CLOSED = "case_closed"
+    POWER_LOST = "power_lost"
+    POWER_RESTORED = "power_restored"
+    OUT_OF_RANGE = "out_of_range"
+    BACK_IN_RANGE = "back_in_range"
+    LOW_BATTERY = "low_battery"
+    DEVICE_FAULT = "device_fault"
+    HEARTBEAT = "heartbeat"
+
+
+class PositionSource(StrEnum):
+    """Where a position fix came from."""
+
+    GNSS = "gnss"  # satellite fix (GPS, GLONASS, Galileo, BeiDou)
+    NETWORK = "network"  # cell / Wi-Fi positioning
+    FUSED = "fused"  # the phone OS's fused provider
+    CHECKIN = "checkin"  # the browser's geolocation on the check-in page

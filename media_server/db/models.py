@@ -26,19 +26,25 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
 from media_server.db.enums import (
+    AlertKind,
+    AlertSource,
     ArtifactKind,
     Decision,
+    DeviceEventType,
     DeviceKind,
     Modality,
+    PositionSource,
     Role,
     SessionKind,
     SessionStatus,
     TemplateSource,
+    ZoneKind,
 )
 from media_server.db.types import StrEnumType, UTCDateTime, utcnow
 
@@ -388,3 +394,114 @@ class AuditEntry(Base):
         Index("ix_audit_log_subject", "subject_type", "subject_id"),
         {"sqlite_autoincrement": True},
     )
+
+
+# ------------------------------------------------------------------ location monitoring (migration 0007)
+class SignedBatch(Base):
+    """A signed position or event batch exactly as a gateway sent it (body + signature): the evidence.
+
+    Anyone holding the device's public key can re-verify `signature` over `body`.
+    """
+
+    __tablename__ = "signed_batches"
+
+    id: Mapped[str] = _pk()
+    device_id: Mapped[str] = _fk("devices.id")
+    person_id: Mapped[str] = _fk("persons.id")
+    kind: Mapped[str] = mapped_column(String(16))  # "positions" or "events"
+    body: Mapped[str] = mapped_column(Text)
+    signature: Mapped[str] = mapped_column(String(128))
+    sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Position(Base):
+    """One position fix, hash-chained per person in arrival order (`seq`), whatever its fix time `t`.
+
+    `row_hash` is SHA-256 over the canonical JSON of the row's content and `prev_hash` (the person's
+    previous row's hash, 64 zeros first); write only through `media_server.location.chain.append`.
+    """
+
+    __tablename__ = "positions"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    person_id: Mapped[str] = mapped_column(String(UUID_LEN), ForeignKey("persons.id"))
+    seq: Mapped[int] = mapped_column(Integer)
+    t: Mapped[datetime] = mapped_column(UTCDateTime())
+    lat: Mapped[float] = mapped_column(Float)
+    lon: Mapped[float] = mapped_column(Float)
+    accuracy_m: Mapped[float] = mapped_column(Float)
+    source: Mapped[PositionSource] = mapped_column(StrEnumType(PositionSource))
+    device_id: Mapped[str | None] = _fk("devices.id", nullable=True)
+    batch_id: Mapped[str | None] = _fk("signed_batches.id", nullable=True)
+    batch_sha256: Mapped[str | None] = mapped_column(String(SHA256_HEX_LEN))
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    prev_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+    row_hash: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+
+    __table_args__ = (
+        UniqueConstraint("person_id", "seq", name="uq_positions_person_seq"),
+        UniqueConstraint("person_id", "prev_hash", name="uq_positions_person_prev_hash"),
+        Index("ix_positions_person_t", "person_id", "t"),
+        CheckConstraint("accuracy_m > 0", name="accuracy_positive"),
+        {"sqlite_autoincrement": True},
+    )
+
+
+class LocationZone(Base):
+    """An inclusion or exclusion zone of a person: a circle (centre, radius m) or a polygon (lon/lat ring).
+
+    `geometry` is {"type": "circle", "lat", "lon", "radius_m"} or {"type": "polygon", "coordinates":
+    [[lon, lat], ...]}; `hours` is {"start": "HH:MM", "end": "HH:MM"} in the person's time zone, or None
+    (always). Deleting sets `deleted_at`: alerts keep pointing at the zone they were raised under.
+    """
+
+    __tablename__ = "location_zones"
+
+    id: Mapped[str] = _pk()
+    person_id: Mapped[str] = _fk("persons.id")
+    kind: Mapped[ZoneKind] = mapped_column(StrEnumType(ZoneKind))
+    label: Mapped[str] = mapped_column(String(200))
+    geometry: Mapped[dict[str, Any]] = mapped_column(JSON)
+    hours: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    created_by: Mapped[str | None] = _fk("users.id", nullable=True)
+    created_at: Mapped[datetime] = _created_at()
+    deleted_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class DeviceEvent(Base):
+    """One event a gateway reported (strap opened, power lost, ...) with the batch that carried it."""
+
+    __tablename__ = "device_events"
+
+    id: Mapped[str] = _pk()
+    device_id: Mapped[str] = _fk("devices.id")
+    person_id: Mapped[str] = _fk("persons.id")
+    batch_id: Mapped[str] = _fk("signed_batches.id")
+    type: Mapped[DeviceEventType] = mapped_column(StrEnumType(DeviceEventType))
+    t: Mapped[datetime] = mapped_column(UTCDateTime())
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    received_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class LocationAlert(Base):
+    """A violation or technical alert from a zone rule (with the proving positions) or a device event."""
+
+    __tablename__ = "location_alerts"
+
+    id: Mapped[str] = _pk()
+    person_id: Mapped[str] = _fk("persons.id")
+    kind: Mapped[AlertKind] = mapped_column(StrEnumType(AlertKind), index=True)
+    source: Mapped[AlertSource] = mapped_column(StrEnumType(AlertSource))
+    code: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    zone_id: Mapped[str | None] = _fk("location_zones.id", nullable=True)
+    device_event_id: Mapped[str | None] = _fk("device_events.id", nullable=True)
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    position_ids: Mapped[list[Any]] = mapped_column(JSON, default=list)
+    details: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = _created_at()
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+    __table_args__ = (Index("ix_location_alerts_person_started", "person_id", "started_at"),)

@@ -45,6 +45,11 @@ ALL_TABLES = {
     "erasures",
     "audit_log",
     "breath_episodes",
+    "signed_batches",
+    "positions",
+    "location_zones",
+    "device_events",
+    "location_alerts",
 }
 
 

@@ -28,6 +28,7 @@ FLOWS = (
     "gallery",
     "erasure",
     "package",
+    "location",
 )
 WEB = ("api", "app", "webrtc", "auth", "cli")
 # Each layer may import itself and the layers listed after it, never one before it.
@@ -35,7 +36,17 @@ LAYERS = [WEB, FLOWS, ROOT_MODULE, PORTS]
 # The one value type the media layer hands to the check-in flow (a plain dataclass, no behaviour).
 ALLOWED_UPWARD = {("checkin", "media_server.webrtc.capture")}
 # Flow modules whose signatures are counted for bare `Any`.
-TYPED_FLOWS = ("verdict", "artifacts", "jobs", "checkin", "breath", "schedules", "recovery", "gallery")
+TYPED_FLOWS = (
+    "verdict",
+    "artifacts",
+    "jobs",
+    "checkin",
+    "breath",
+    "schedules",
+    "recovery",
+    "gallery",
+    "location",
+)
 
 
 def _imports(path: Path) -> set[str]:
