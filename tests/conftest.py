@@ -1,4 +1,9 @@
-"""Integration fixtures: real services, started by the project's own scripts when not already given."""
+"""Shared fixtures for real services (PostgreSQL, Ceph S3), started by the project's own scripts where absent.
+
+`fresh_pg_url()` makes a uniquely named PostgreSQL database (dropped by `drop_pg_database`); the S3
+fixtures reach the Ceph RGW test server from `scripts/s3-server`. They are used by the integration tests
+and by the production profile of the `api` fixture (tests/api/conftest.py).
+"""
 
 from __future__ import annotations
 
@@ -6,17 +11,24 @@ import os
 import secrets
 import shlex
 import subprocess
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import SecretStr
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 
 from media_server.settings import EvidenceSettings, S3Settings, Settings
 
-REPO = Path(__file__).parents[2]
+REPO = Path(__file__).parents[1]
 S3_SCRIPT = REPO / "scripts" / "s3-server"
+PG_ADMIN_URL = os.environ.get(
+    "KUZET_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
 _S3_ENV = ("KUZET_S3__ENDPOINT", "KUZET_S3__ACCESS_KEY", "KUZET_S3__SECRET_KEY")
 # the smallest part S3 accepts: an 11 MiB file becomes three parts
 S3_TEST_PART_BYTES = 5 * 1024 * 1024
@@ -94,3 +106,38 @@ def s3_settings(s3_server: S3Server, s3_bucket: str, tmp_path: Path) -> Settings
         ),
         evidence=EvidenceSettings(retention_days=1, multipart_part_bytes=S3_TEST_PART_BYTES),
     )
+
+
+def fresh_pg_url(prefix: str = "kuzet_test") -> str:
+    """Create a uniquely named, empty PostgreSQL database and return its URL (fails, never skips)."""
+    name = f"{prefix}_{secrets.token_hex(6)}"
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except DBAPIError as exc:
+        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is required for this test: {exc}")
+    finally:
+        admin.dispose()
+    return make_url(PG_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+
+
+def drop_pg_database(url: str) -> None:
+    """Drop a database made by `fresh_pg_url`, closing whatever connections remain."""
+    name = make_url(url).database
+    admin = create_engine(PG_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    finally:
+        admin.dispose()
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    url = fresh_pg_url()
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
