@@ -27,6 +27,12 @@ class DatabaseSettings(_Group):
 
     url: str = Field("", description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db.")
     echo_sql: bool = Field(False, description="Log every SQL statement (debugging only).")
+    retry_after_s: int = Field(
+        2,
+        ge=1,
+        le=300,
+        description="Retry-After (seconds) sent with a 503 while the database is unreachable.",
+    )
 
 
 class S3Settings(_Group):
