@@ -26,6 +26,7 @@ from sqlalchemy import (
     MetaData,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -285,6 +286,9 @@ class Verdict(Base):
     models: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     manifest_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
     created_at: Mapped[datetime] = _created_at()
+
+    # One automatic verdict per session: a redelivered job or a recovery sweep cannot write a second.
+    __table_args__ = (UniqueConstraint("session_id"),)
 
 
 class Review(Base):

@@ -216,3 +216,33 @@ def test_values_the_code_builds_fit_their_columns(engine: Engine) -> None:
     with Session(engine) as db:
         stored = db.scalars(select(CheckResultRecord).where(CheckResultRecord.session_id == session_id)).one()
         assert stored.to_check().model == pad
+
+
+def test_a_session_takes_one_automatic_verdict(engine: Engine) -> None:
+    from sqlalchemy.exc import IntegrityError
+
+    from media_server.db.enums import Decision
+    from media_server.db.models import Verdict
+
+    with Session(engine) as db, db.begin():
+        person = Person(external_ref="widths-verdict", display_name="One Verdict")
+        db.add(person)
+        db.flush()
+        session = CheckSession(
+            person_id=person.id, kind=SessionKind.BREATH, window_start=WHEN, window_end=WHEN
+        )
+        db.add(session)
+        db.flush()
+        session_id = session.id
+
+    def verdict() -> Verdict:
+        return Verdict(
+            session_id=session_id, decision=Decision.PASS, policy_version="t", manifest_sha256="0" * 64
+        )
+
+    with Session(engine) as db, db.begin():
+        db.add(verdict())
+    with pytest.raises(IntegrityError), Session(engine) as db, db.begin():
+        db.add(verdict())
+    with Session(engine) as db:
+        assert len(db.scalars(select(Verdict).where(Verdict.session_id == session_id)).all()) == 1
