@@ -20,7 +20,7 @@ from media_server.evidence.port import EvidenceStore
 from media_server.keys import ServiceKeys, load_or_create
 from media_server.settings import Settings
 from media_server.webhooks import WebhookNotifier
-from media_server.workers import WorkerPool
+from media_server.workers import AnalysisPool, build_pool
 
 
 @dataclass
@@ -56,7 +56,7 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     store: EvidenceStore
-    workers: WorkerPool
+    workers: AnalysisPool
     metrics: Metrics
     notifier: WebhookNotifier
     background: list[asyncio.Task[Any]] = field(default_factory=list)
@@ -76,7 +76,7 @@ def build_services(settings: Settings) -> Services:
         engine=engine,
         sessions=make_session_factory(engine),
         store=build_store(settings),
-        workers=WorkerPool(settings),
+        workers=build_pool(settings),
         metrics=Metrics(),
         notifier=WebhookNotifier(settings.webhooks),
     )

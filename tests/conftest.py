@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
+import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -141,3 +142,119 @@ def pg_url() -> Iterator[str]:
         yield url
     finally:
         drop_pg_database(url)
+
+
+BROKER_URL = os.environ.get("KUZET_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
+RESULT_BACKEND = os.environ.get("KUZET_TEST_CELERY_BACKEND", "redis://127.0.0.1:6379/3")
+MODELS_DIR = (REPO / "var" / "models").resolve()
+WORKER_READY_TIMEOUT_S = 240.0
+
+
+@dataclass(frozen=True)
+class CeleryQueue:
+    """A broker, result backend and a queue of its own for one test session's `kuzet worker`s."""
+
+    broker_url: str
+    result_backend: str
+    queue: str
+
+    def env(self) -> dict[str, str]:
+        """Environment for a `kuzet worker` (or `kuzet serve`) on this queue."""
+        return {
+            **os.environ,
+            "KUZET_CELERY__BROKER_URL": self.broker_url,
+            "KUZET_CELERY__RESULT_BACKEND": self.result_backend,
+            "KUZET_CELERY__QUEUE": self.queue,
+            "KUZET_MODELS__DIR": str(MODELS_DIR),
+            "KUZET_LOG_LEVEL": "warning",
+            # Celery refuses pickle as root; test machines run as root, deployments must not.
+            "C_FORCE_ROOT": "1",
+            "PYTHONPATH": str(REPO),
+        }
+
+    def settings(self, job_timeout_s: float = 600, **overrides: object) -> Settings:
+        """Settings of an API node that sends its analysis jobs to this queue."""
+        from media_server.settings import CelerySettings
+
+        return Settings(
+            celery=CelerySettings(
+                broker_url=self.broker_url,
+                result_backend=self.result_backend,
+                queue=self.queue,
+                job_timeout_s=job_timeout_s,
+            ),
+            models={"dir": MODELS_DIR},
+            **overrides,  # type: ignore[arg-type]
+        )
+
+
+def start_worker(
+    queue: CeleryQueue, *, concurrency: int = 1, name: str = "w1", log_dir: Path
+) -> subprocess.Popen[bytes]:
+    """Start `kuzet worker` on `queue` in a new process group (so a test can kill -9 it and its children)."""
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out = (log_dir / f"worker-{name}.log").open("ab")
+    return subprocess.Popen(
+        [
+            str(REPO / ".venv" / "bin" / "kuzet"),
+            "worker",
+            f"--concurrency={concurrency}",
+            f"--hostname={name}@%h",
+        ],
+        env=queue.env(),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_worker_ready(queue: CeleryQueue, timeout_s: float = WORKER_READY_TIMEOUT_S) -> None:
+    """Block until a worker on `queue` has its engines loaded and answers a job."""
+    from identity.voice.worker import engine_info_job
+    from media_server.tasks import CeleryWorkerPool
+
+    pool = CeleryWorkerPool(queue.settings(job_timeout_s=timeout_s))
+    try:
+        pool.submit_sync(engine_info_job)
+    finally:
+        pool.shutdown()
+
+
+def stop_worker(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the worker's process group (warm shutdown), SIGKILL after 20 s."""
+    import signal
+
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=10)
+    except ProcessLookupError:
+        pass
+
+
+@pytest.fixture(scope="session")
+def celery_queue() -> CeleryQueue:
+    """A queue of this test session's own on the local RabbitMQ (other sessions' workers never take it)."""
+    try:
+        with socket.create_connection(("127.0.0.1", 5672), timeout=5):
+            pass
+    except OSError as exc:
+        pytest.fail(f"RabbitMQ at 127.0.0.1:5672 is required (scripts/services starts it): {exc}")
+    return CeleryQueue(BROKER_URL, RESULT_BACKEND, f"kuzet.test.{secrets.token_hex(4)}")
+
+
+@pytest.fixture(scope="session")
+def celery_worker(
+    celery_queue: CeleryQueue, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[subprocess.Popen[bytes]]:
+    """One `kuzet worker` (one process) on the session's queue, engines loaded."""
+    proc = start_worker(celery_queue, log_dir=tmp_path_factory.mktemp("celery"))
+    try:
+        wait_worker_ready(celery_queue)
+        yield proc
+    finally:
+        stop_worker(proc)

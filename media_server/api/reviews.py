@@ -222,9 +222,9 @@ def audit_verify(
 )
 def export_session_package(session_id: str, services: ServicesDep, who: ReviewerDep) -> Response:
     """The signed evidence package (ZIP) of a session; the export writes its own audit row."""
-    from media_server.package import PackageError, export_package, load_or_create_signing_key
+    from media_server.package import PackageError, export_package
 
-    key = load_or_create_signing_key(services.settings.data_dir)
+    key = services.keys.evidence_key()
     with services.sessions() as db:
         if db.get(CheckSession, session_id) is None:
             raise NotFoundError("no such session")

@@ -1,8 +1,8 @@
 """The `api` fixture: the app with staff accounts, on each deployment profile.
 
 Profiles (param ids): "sqlite" — the embedded default (SQLite + local evidence directory, in-process
-worker pool); "postgres" — the production profile (a fresh PostgreSQL database per app + the real Ceph S3
-test server from scripts/s3-server). Module-scoped app fixtures take the module-scoped `profile` fixture
+worker pool); "postgres" — the production profile (a fresh PostgreSQL database per app, the real Ceph S3
+test server from scripts/s3-server, and analysis on a `kuzet worker` over RabbitMQ with Redis results). Module-scoped app fixtures take the module-scoped `profile` fixture
 and build their settings with `profile.settings(data_dir)`, so every API test runs on both.
 """
 
@@ -22,9 +22,9 @@ from media_server.app import create_app
 from media_server.db import audit
 from media_server.db.enums import Role
 from media_server.db.models import User
-from media_server.settings import DatabaseSettings, EvidenceSettings, S3Settings, Settings
+from media_server.settings import CelerySettings, DatabaseSettings, EvidenceSettings, S3Settings, Settings
 from media_server.tokens import hash_password
-from tests.conftest import S3_TEST_PART_BYTES, S3Server, drop_pg_database, fresh_pg_url
+from tests.conftest import S3_TEST_PART_BYTES, CeleryQueue, S3Server, drop_pg_database, fresh_pg_url
 
 PASSWORD = "correct-horse-battery"
 ROLES = [Role.ADMIN, Role.OFFICER, Role.REVIEWER, Role.AUDITOR, Role.DEVICE, Role.PERSON]
@@ -39,6 +39,7 @@ class Profile:
     name: str
     s3: S3Server | None = None
     bucket: str = ""
+    celery: CeleryQueue | None = None
 
     @contextlib.contextmanager
     def settings(self, data_dir: Path, **overrides: Any) -> Iterator[Settings]:
@@ -46,7 +47,7 @@ class Profile:
         if self.name == "sqlite":
             yield Settings(data_dir=data_dir, models={"dir": MODELS_DIR}, **overrides)
             return
-        assert self.s3 is not None
+        assert self.s3 is not None and self.celery is not None
         url = fresh_pg_url("kuzet_api")
         try:
             yield Settings(
@@ -61,6 +62,11 @@ class Profile:
                     secure=False,
                 ),
                 evidence=EvidenceSettings(retention_days=1, multipart_part_bytes=S3_TEST_PART_BYTES),
+                celery=CelerySettings(
+                    broker_url=self.celery.broker_url,
+                    result_backend=self.celery.result_backend,
+                    queue=self.celery.queue,
+                ),
                 **overrides,
             )
         finally:
@@ -75,7 +81,13 @@ def profile(request: pytest.FixtureRequest) -> Profile:
     """Each profile in turn (module scope, so module-wide apps are built once per profile)."""
     if request.param == "sqlite":
         return SQLITE
-    return Profile("postgres", request.getfixturevalue("s3_server"), request.getfixturevalue("s3_bucket"))
+    request.getfixturevalue("celery_worker")  # one `kuzet worker` for the whole test session
+    return Profile(
+        "postgres",
+        request.getfixturevalue("s3_server"),
+        request.getfixturevalue("s3_bucket"),
+        request.getfixturevalue("celery_queue"),
+    )
 
 
 @dataclass
