@@ -50,7 +50,15 @@ from sqlalchemy.orm import Session, sessionmaker
 from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
 from identity.face.results import TemplateError, template_from_bytes
 from media_server.db import audit
-from media_server.db.enums import ArtifactKind, Decision, DeviceKind, Modality, SessionKind, SessionStatus
+from media_server.db.enums import (
+    ArtifactKind,
+    Decision,
+    DeviceKind,
+    Modality,
+    SessionKind,
+    SessionStatus,
+    VerdictOrigin,
+)
 from media_server.db.models import (
     Artifact,
     BreathEpisode,
@@ -69,8 +77,8 @@ from media_server.pipeline import (
     store_artifact,
     write_verdict,
 )
-from media_server.verdict import VerdictOutcome
 from media_server.services import Services
+from media_server.verdict import VerdictOutcome
 from sobriety.config import SobrietySettings
 from sobriety.photos import PhotoMatch, judge_breath_photos, phash_from_hex, phash_hex, set_distance
 from sobriety.policy import (
@@ -1062,7 +1070,12 @@ async def tick_episodes(services: Services, now: datetime) -> list[EpisodeTick]:
                 for a in recorded
             ]
             outcome, verdict_id = await asyncio.to_thread(
-                write_verdict, services, session_id, checks, [CheckKind.BREATH_READING]
+                write_verdict,
+                services,
+                session_id,
+                checks,
+                [CheckKind.BREATH_READING],
+                VerdictOrigin.EPISODE_CLOCK,
             )
             announce(services, session_id, person_id, "breath", outcome, verdict_id)
         out.append(EpisodeTick(episode_id, person_id, ep.state.value, session_id, verdict_id, outcome))

@@ -33,15 +33,22 @@ from identity.liveness.landmarks import eye_aspect_ratio, mouth_open_ratio, yaw_
 from identity.pad import worker as pad_worker
 from identity.voice import worker as voice_worker
 from media_server.db import audit
-from media_server.db.enums import ArtifactKind, Decision, Modality, SessionStatus, TemplateSource
+from media_server.db.enums import (
+    ArtifactKind,
+    Decision,
+    Modality,
+    SessionStatus,
+    TemplateSource,
+    VerdictOrigin,
+)
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Verdict
 from media_server.db.types import utcnow
 from media_server.gallery import active_template, save_template
 from media_server.package import load_or_create_signing_key
+from media_server.services import Services
 from media_server.verdict import VerdictOutcome, decide
 from media_server.webhooks import verdict_event, violation_event
 from media_server.webrtc.capture import EndedReason, SessionCapture
-from media_server.services import Services
 
 log = logging.getLogger("kuzet.pipeline")
 
@@ -435,7 +442,11 @@ ADVISORY = frozenset({CheckKind.LOCATION, CheckKind.SPOKEN_DIGITS})
 
 
 def write_verdict(
-    services: Services, session_id: str, results: list[CheckResult], required: list[CheckKind]
+    services: Services,
+    session_id: str,
+    results: list[CheckResult],
+    required: list[CheckKind],
+    origin: VerdictOrigin = VerdictOrigin.ANALYSIS,
 ) -> tuple[VerdictOutcome, str]:
     """Persist results, decide, sign the manifest, store it as evidence, write and audit the verdict."""
     deciding = [r for r in results if r.kind not in ADVISORY]
@@ -480,6 +491,7 @@ def write_verdict(
             thresholds=outcome.thresholds,
             models=outcome.models,
             manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+            origin=origin,
         )
         db.add(verdict)
         db.flush()

@@ -221,7 +221,7 @@ def test_values_the_code_builds_fit_their_columns(engine: Engine) -> None:
 def test_a_session_takes_one_automatic_verdict(engine: Engine) -> None:
     from sqlalchemy.exc import IntegrityError
 
-    from media_server.db.enums import Decision
+    from media_server.db.enums import Decision, VerdictOrigin
     from media_server.db.models import Verdict
 
     with Session(engine) as db, db.begin():
@@ -244,5 +244,10 @@ def test_a_session_takes_one_automatic_verdict(engine: Engine) -> None:
         db.add(verdict())
     with pytest.raises(IntegrityError), Session(engine) as db, db.begin():
         db.add(verdict())
+    with Session(engine) as db, db.begin():  # the breath episode clock books its result beside it, once
+        episode = verdict()
+        episode.origin = VerdictOrigin.EPISODE_CLOCK
+        db.add(episode)
     with Session(engine) as db:
-        assert len(db.scalars(select(Verdict).where(Verdict.session_id == session_id)).all()) == 1
+        rows = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).all()
+        assert sorted(v.origin.value for v in rows) == ["analysis", "episode_clock"]
