@@ -2,20 +2,9 @@
 
 from __future__ import annotations
 
-from collections import Counter
-
 import pytest
 
-COUNTERS: Counter[str] = Counter()
-# Printed even when zero: these are the figures the fault suite exists to show.
-REPORTED = (
-    "jobs redelivered",
-    "orphaned worker processes",
-    "jobs resumed after broker restart",
-    "artifacts spooled while S3 was down",
-    "duplicate verdicts",
-    "evidence lost",
-)
+from tests.faults.counters import COUNTERS, REPORTED
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
