@@ -24,6 +24,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
 
 from identity.checks import CheckKind, CheckResult, Outcome
 from identity.face import worker as face_worker
@@ -44,7 +45,6 @@ from media_server.db.enums import (
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Verdict
 from media_server.db.types import utcnow
 from media_server.gallery import active_template, save_template
-from media_server.package import load_or_create_signing_key
 from media_server.services import Services
 from media_server.verdict import VerdictOutcome, decide
 from media_server.webhooks import verdict_event, violation_event
@@ -470,7 +470,7 @@ def write_verdict(
         "created_at": utcnow().isoformat(),
     }
     manifest_bytes = json.dumps(manifest, sort_keys=True, separators=(",", ":"), default=str).encode()
-    signature = load_or_create_signing_key(services.settings.data_dir).sign(manifest_bytes)
+    signature = services.keys.evidence_key().sign(manifest_bytes)
     ref = store_artifact(
         services,
         session_id,
@@ -479,36 +479,56 @@ def write_verdict(
         {"what": "verdict_manifest", "ed25519_signature_b64": base64.b64encode(signature).decode()},
         data=manifest_bytes,
     )
-    with services.sessions.begin() as db:
-        for r in results:
-            db.add(CheckResultRecord.from_check(session_id, r))
-        verdict = Verdict(
-            session_id=session_id,
-            decision=outcome.decision,
-            reasons=reasons,
-            retake_offered=outcome.retake_offered,
-            policy_version=outcome.policy_version,
-            thresholds=outcome.thresholds,
-            models=outcome.models,
-            manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
-            origin=origin,
+    try:
+        with services.sessions.begin() as db:
+            for r in results:
+                db.add(CheckResultRecord.from_check(session_id, r))
+            verdict = Verdict(
+                session_id=session_id,
+                decision=outcome.decision,
+                reasons=reasons,
+                retake_offered=outcome.retake_offered,
+                policy_version=outcome.policy_version,
+                thresholds=outcome.thresholds,
+                models=outcome.models,
+                manifest_sha256=hashlib.sha256(manifest_bytes).hexdigest(),
+                origin=origin,
+            )
+            db.add(verdict)
+            db.flush()
+            audit.append(
+                db,
+                actor="system",
+                action="verdict_written",
+                subject_type="session",
+                subject_id=session_id,
+                details={
+                    "verdict_id": verdict.id,
+                    "decision": outcome.decision.value,
+                    "manifest_sha256": verdict.manifest_sha256,
+                    "manifest_artifact": ref.artifact_id,
+                },
+            )
+            verdict_id = verdict.id
+    except DbIntegrityError:
+        # UNIQUE(session_id, origin): a redelivered job or a recovery sweep judged it already; keep that one.
+        with services.sessions() as db:
+            first = db.scalars(
+                select(Verdict).where(Verdict.session_id == session_id, Verdict.origin == origin)
+            ).one_or_none()
+        if first is None:
+            raise
+        log.warning(
+            "session already judged; the second verdict was not written", extra={"session_id": session_id}
         )
-        db.add(verdict)
-        db.flush()
-        audit.append(
-            db,
-            actor="system",
-            action="verdict_written",
-            subject_type="session",
-            subject_id=session_id,
-            details={
-                "verdict_id": verdict.id,
-                "decision": outcome.decision.value,
-                "manifest_sha256": verdict.manifest_sha256,
-                "manifest_artifact": ref.artifact_id,
-            },
-        )
-        verdict_id = verdict.id
+        return VerdictOutcome(
+            first.decision,
+            list(first.reasons),
+            first.retake_offered,
+            first.policy_version,
+            dict(first.thresholds),
+            dict(first.models),
+        ), first.id
     services.metrics.verdicts.labels(outcome.decision.value).inc()
     return VerdictOutcome(
         outcome.decision,
