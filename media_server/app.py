@@ -21,6 +21,7 @@ from media_server.errors import KuzetError, status_for
 from media_server.evidence.port import EvidenceError, ObjectLocked
 from media_server.evidence.port import IntegrityError as EvidenceIntegrityError
 from media_server.evidence.port import NotFound as EvidenceNotFound
+from media_server.hygiene import install as install_hygiene
 from media_server.leader import build_lease
 from media_server.recovery import run_recovery
 from media_server.schedules import IssuedSession, derive_seed_key, run_scheduler
@@ -119,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     _install_middleware(app, settings)
     _install_probes(app)
     _include_routers(app)
+    install_hygiene(app)
     from media_server.webrtc.ingest import install as install_whip
 
     install_whip(app)

@@ -31,6 +31,25 @@ def serve(host: str | None, port: int | None) -> None:
     uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)
 
 
+@main.command()
+@click.option(
+    "--concurrency", type=int, default=None, help="Worker processes (default: KUZET_WORKERS__PROCESSES)."
+)
+@click.option("--hostname", default=None, help="Celery node name (default: kuzet-<pid>@<host>).")
+def worker(concurrency: int | None, hostname: str | None) -> None:
+    """Run a Celery analysis worker (needs KUZET_CELERY__BROKER_URL and a result backend or KUZET_REDIS__URL)."""
+    from media_server.tasks import run_worker
+
+    settings = Settings()
+    if not settings.celery.broker_url:
+        click.echo("KUZET_CELERY__BROKER_URL is not set: there is no queue to work on", err=True)
+        sys.exit(2)
+    if concurrency is not None and not 1 <= concurrency <= 64:
+        click.echo("--concurrency must be 1..64", err=True)
+        sys.exit(2)
+    run_worker(settings, concurrency=concurrency, hostname=hostname)
+
+
 @main.command("check-config")
 def check_config() -> None:
     """Validate the configuration and print the effective settings (secrets hidden)."""
@@ -516,11 +535,36 @@ def evidence() -> None:
 
 @evidence.command("pubkey")
 def evidence_pubkey() -> None:
-    """Print the evidence signing public key (base64) and its SHA-256 fingerprint (created on first use)."""
-    from media_server.keys import load_or_create_signing_key
+    """Print the evidence signing public key (base64) and its SHA-256 fingerprint.
+
+    The key is KUZET_EVIDENCE__SIGNING_KEY_FILE (shared by every node), else the data_dir key (created on
+    first use)."""
+    from media_server.keys import load_signing_key
     from media_server.package import fingerprint, public_key_b64
 
-    pub = public_key_b64(load_or_create_signing_key(Settings().data_dir))
+    try:
+        pub = public_key_b64(load_signing_key(Settings()))
+    except ValueError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(2)
+    click.echo(f"public key   {pub}")
+    click.echo(f"fingerprint  {fingerprint(pub)}")
+
+
+@evidence.command("keygen")
+@click.option("--out", "out_path", type=click.Path(dir_okay=False, path_type=Path), required=True)
+def evidence_keygen(out_path: Path) -> None:
+    """Create an Ed25519 evidence signing key file for KUZET_EVIDENCE__SIGNING_KEY_FILE (never overwrites)."""
+    from media_server.keys import write_signing_key
+    from media_server.package import fingerprint, public_key_b64
+
+    try:
+        key = write_signing_key(out_path)
+    except FileExistsError:
+        click.echo(f"{out_path} exists; refusing to replace a signing key", err=True)
+        sys.exit(1)
+    pub = public_key_b64(key)
+    click.echo(f"wrote {out_path} (mode 0600)")
     click.echo(f"public key   {pub}")
     click.echo(f"fingerprint  {fingerprint(pub)}")
 
@@ -533,11 +577,11 @@ def evidence_export(session_id: str, out_path: Path, exporter: str) -> None:
     """Write the signed evidence package (ZIP) of SESSION_ID to --out."""
     from media_server.db.engine import make_engine, make_session_factory
     from media_server.evidence import build_store
-    from media_server.keys import load_or_create_signing_key
+    from media_server.keys import load_signing_key
     from media_server.package import PackageError, write_package
 
     settings = Settings()
-    key = load_or_create_signing_key(settings.data_dir)
+    key = load_signing_key(settings)
     engine = make_engine(settings.database_url)
     tmp = out_path.with_name(out_path.name + ".part")
     try:

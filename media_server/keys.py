@@ -20,10 +20,46 @@ SIGNING_KEY_FILE = "evidence_signing_key.pem"
 
 @dataclass(frozen=True)
 class ServiceKeys:
-    """HMAC key for tokens/cookies and the AES-256-GCM key for biometric templates."""
+    """HMAC key for tokens/cookies, the AES-256-GCM key for biometric templates, and the Ed25519 key
+    that signs evidence manifests and packages (loaded once per node)."""
 
     secret_key: bytes
     template_key: bytes
+    signing_key: Ed25519PrivateKey | None = None
+
+    def evidence_key(self) -> Ed25519PrivateKey:
+        """The evidence signing key; a node built without one cannot sign."""
+        if self.signing_key is None:
+            raise RuntimeError("no evidence signing key was loaded for this node")
+        return self.signing_key
+
+
+def load_signing_key(settings: Settings) -> Ed25519PrivateKey:
+    """The evidence signing key: the configured file (shared by every node; never created here), or
+    `<data_dir>/evidence_signing_key.pem`, created on first use, when none is configured."""
+    path = settings.evidence.signing_key_file
+    if path is None:
+        return load_or_create_signing_key(settings.data_dir)
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except FileNotFoundError as exc:
+        raise ValueError(f"KUZET_EVIDENCE__SIGNING_KEY_FILE {path} does not exist") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise ValueError(f"KUZET_EVIDENCE__SIGNING_KEY_FILE {path} does not hold an Ed25519 private key")
+    return key
+
+
+def write_signing_key(path: Path) -> Ed25519PrivateKey:
+    """Generate a new Ed25519 evidence key into `path` (PKCS#8 PEM, mode 0600); refuses to overwrite."""
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+    return key
 
 
 def load_or_create(settings: Settings) -> ServiceKeys:
@@ -46,7 +82,9 @@ def load_or_create(settings: Settings) -> ServiceKeys:
     template_key = base64.b64decode(template)
     if len(template_key) != 32:
         raise ValueError("KUZET_AUTH__TEMPLATE_KEY must be base64 of exactly 32 bytes")
-    return ServiceKeys(secret_key=secret.encode(), template_key=template_key)
+    return ServiceKeys(
+        secret_key=secret.encode(), template_key=template_key, signing_key=load_signing_key(settings)
+    )
 
 
 def _write_private(path: Path, text: str) -> None:

@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from media_server.evidence import build_store
 from media_server.evidence.port import EvidenceStore
-from media_server.keys import ServiceKeys, load_or_create, load_or_create_signing_key
+from media_server.keys import ServiceKeys, load_or_create
 from media_server.settings import Settings
 from media_server.webhooks import WebhookNotifier
-from media_server.workers import WorkerPool
+from media_server.workers import AnalysisPool, build_pool
 
 
 @dataclass
@@ -62,7 +62,7 @@ class Services:
     engine: Engine
     sessions: sessionmaker[Session]
     store: EvidenceStore
-    workers: WorkerPool
+    workers: AnalysisPool
     metrics: Metrics
     notifier: WebhookNotifier
     # Ed25519 evidence-signing key, loaded once (never read from disk per verdict).
@@ -80,16 +80,17 @@ def build_services(settings: Settings) -> Services:
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
+    keys = load_or_create(settings)
     metrics = Metrics()
     metrics.review_queue.set_function(lambda: queue_length_probe(sessions))
     return Services(
         settings=settings,
-        keys=load_or_create(settings),
+        keys=keys,
         engine=engine,
         sessions=sessions,
         store=build_store(settings),
-        workers=WorkerPool(settings),
+        workers=build_pool(settings),
         metrics=metrics,
         notifier=WebhookNotifier(settings.webhooks),
-        signing_key=load_or_create_signing_key(settings.data_dir),
+        signing_key=keys.evidence_key(),
     )

@@ -27,6 +27,12 @@ class DatabaseSettings(_Group):
 
     url: str = Field("", description="SQLAlchemy URL, e.g. postgresql+psycopg://user@host/db.")
     echo_sql: bool = Field(False, description="Log every SQL statement (debugging only).")
+    retry_after_s: int = Field(
+        2,
+        ge=1,
+        le=300,
+        description="Retry-After (seconds) sent with a 503 while the database is unreachable.",
+    )
 
 
 class S3Settings(_Group):
@@ -58,6 +64,11 @@ class EvidenceSettings(_Group):
     spool_retry_s: float = Field(
         10.0, gt=0, le=3600, description="How often spooled artifacts are retried while S3 is unreachable."
     )
+    signing_key_file: Path | None = Field(
+        None,
+        description="Ed25519 PKCS#8 PEM key every node signs evidence with (`kuzet evidence keygen`); "
+        "unset = <data_dir>/evidence_signing_key.pem, created on first use (one node only).",
+    )
 
 
 class RedisSettings(_Group):
@@ -81,7 +92,35 @@ class ModelsSettings(_Group):
 class WorkerSettings(_Group):
     """CPU-heavy engines run in a spawn process pool, never on the event loop."""
 
-    processes: int = Field(2, ge=1, le=64, description="Worker processes for face/voice/PAD engines.")
+    processes: int = Field(
+        2,
+        ge=1,
+        le=64,
+        description="Worker processes for face/voice/PAD engines (per node or `kuzet worker`).",
+    )
+
+
+class CelerySettings(_Group):
+    """Analysis on Celery workers (`kuzet worker`). Empty broker = the in-process spawn pool."""
+
+    broker_url: str = Field(
+        "", description="AMQP broker, e.g. amqp://guest:guest@127.0.0.1:5672//; empty = in-process pool."
+    )
+    result_backend: str = Field(
+        "", description="Celery result backend; empty = the Redis at KUZET_REDIS__URL (required then)."
+    )
+    queue: str = Field(
+        "kuzet.analysis", min_length=1, max_length=200, description="Queue the analysis jobs go to."
+    )
+    job_timeout_s: float = Field(
+        600, ge=5, le=3600, description="Longest wait for one analysis job (redeliveries included)."
+    )
+    result_poll_s: float = Field(
+        0.05, ge=0.005, le=5, description="How often a waiting API node polls for a job's result."
+    )
+    result_expires_s: int = Field(
+        3600, ge=60, le=7 * 86400, description="How long a job's result is kept in the backend."
+    )
 
 
 class AuthSettings(_Group):
@@ -290,6 +329,7 @@ class Settings(BaseSettings):
     models: ModelsSettings = Field(default_factory=ModelsSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
+    celery: CelerySettings = Field(default_factory=CelerySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     gallery: GallerySettings = Field(default_factory=GallerySettings)

@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 from identity.checks import CheckKind, CheckResult, Outcome
 from media_server.artifacts import store_artifact
 from media_server.db import audit
-from media_server.db.enums import ArtifactKind, Decision
+from media_server.db.enums import ArtifactKind, Decision, VerdictOrigin
 from media_server.db.models import Artifact, CheckResultRecord, Verdict
 from media_server.db.types import utcnow
 from media_server.services import Services
@@ -149,6 +149,7 @@ def write_verdict_if(
     *,
     actor: str = "system",
     action: str = "verdict_written",
+    origin: VerdictOrigin = VerdictOrigin.ANALYSIS,
 ) -> tuple[VerdictOutcome, str] | None:
     """Decide, sign and store the manifest, then write results + verdict + audit in one transaction.
 
@@ -196,6 +197,7 @@ def write_verdict_if(
                 thresholds=outcome.thresholds,
                 models=outcome.models,
                 manifest_sha256=hashlib.sha256(body).hexdigest(),
+                origin=origin,
             )
             db.add(verdict)
             db.flush()
@@ -228,14 +230,20 @@ def _not_judged_yet(session_id: str) -> Callable[[Session], bool]:
 
 
 def write_verdict(
-    services: Services, session_id: str, results: list[CheckResult], required: list[CheckKind]
+    services: Services,
+    session_id: str,
+    results: list[CheckResult],
+    required: list[CheckKind],
+    origin: VerdictOrigin = VerdictOrigin.ANALYSIS,
 ) -> tuple[VerdictOutcome, str]:
     """`write_verdict_if` without a guard (blocking; call in a thread).
 
     Idempotent by session: when the session was already judged (a redelivered job, a second node), the
     verdict it has is returned and nothing is written twice.
     """
-    written = write_verdict_if(services, session_id, results, required, _not_judged_yet(session_id))
+    written = write_verdict_if(
+        services, session_id, results, required, _not_judged_yet(session_id), origin=origin
+    )
     if written is not None:
         return written
     existing = stored_verdict(services, session_id)

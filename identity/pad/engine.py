@@ -6,6 +6,7 @@ processes or command-line tools, never in the API process.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,14 +37,24 @@ class _Loaded:
     entry: ModelEntry
 
 
+# A stamp is stored in columns of these widths (media_server/db/models.py); a fused stamp must fit them.
+STAMP_NAME_MAX_CHARS = 64
+STAMP_VERSION_MAX_CHARS = 64
+
+
 def combined_stamp(entries: list[ModelEntry]) -> ModelStamp:
-    """One stamp for the fused pair: names, versions and sha256s joined with '+' in model order."""
+    """One stamp for the fused models: names and versions joined with '+' in model order; the weights
+    hash is the SHA-256 (64 hex) of the members' sha256s joined with '+', so it has the width of one.
+
+    Anyone can recompute it from models/manifest.json: `sha256("+".join(member sha256s))`.
+    """
     stamps = [e.stamp() for e in entries]
-    return ModelStamp(
-        name="+".join(s.name for s in stamps),
-        version="+".join(s.version for s in stamps),
-        weights_sha256="+".join(s.weights_sha256 for s in stamps),
-    )
+    name = "+".join(s.name for s in stamps)
+    version = "+".join(s.version for s in stamps)
+    if len(name) > STAMP_NAME_MAX_CHARS or len(version) > STAMP_VERSION_MAX_CHARS:
+        raise ModelError(f"fused stamp {name} {version} exceeds {STAMP_NAME_MAX_CHARS} characters")
+    joined = "+".join(s.weights_sha256 for s in stamps)
+    return ModelStamp(name=name, version=version, weights_sha256=hashlib.sha256(joined.encode()).hexdigest())
 
 
 class PadEngine:

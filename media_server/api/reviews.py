@@ -29,6 +29,7 @@ from media_server.db.models import (
     Verdict,
 )
 from media_server.errors import BadInput, NotFoundError
+from media_server.hygiene import INT32_MAX
 from media_server.package import iso, review_view, verdict_view
 
 router = APIRouter(prefix="/api/v1", tags=["reviews"])
@@ -177,7 +178,9 @@ def _audit_row(e: AuditEntry) -> dict[str, Any]:
 def audit_rows(
     services: ServicesDep,
     who: AuditorDep,
-    after_id: Annotated[int, Query(ge=0, description="Return rows with a larger id.")] = 0,
+    after_id: Annotated[
+        int, Query(ge=0, le=INT32_MAX, description="Return rows with a larger id (audit ids are 32-bit).")
+    ] = 0,
     limit: Annotated[int, Query(ge=1, le=AUDIT_PAGE_MAX)] = AUDIT_PAGE_DEFAULT,
 ) -> dict[str, Any]:
     """Audit rows in chain order, a page at a time; `next_after_id` is null on the last page."""

@@ -15,7 +15,7 @@ from media_server.breath.episodes import _save_episode, episode_from_json
 from media_server.breath.flow import now_utc
 from media_server.breath.values import SYSTEM_ACTOR
 from media_server.db import audit
-from media_server.db.enums import SessionKind, SessionStatus
+from media_server.db.enums import SessionKind, SessionStatus, VerdictOrigin
 from media_server.db.models import BreathEpisode, CheckSession
 from media_server.services import Services
 from media_server.verdict import VerdictOutcome, announce, write_verdict
@@ -133,7 +133,12 @@ async def tick_episodes(services: Services, now: datetime) -> list[EpisodeTick]:
                 _open_booking_session, services, person_id, episode_id, session_id, ep, now
             )
             outcome, verdict_id = await asyncio.to_thread(
-                write_verdict, services, booked, checks, [CheckKind.BREATH_READING]
+                write_verdict,
+                services,
+                booked,
+                checks,
+                [CheckKind.BREATH_READING],
+                VerdictOrigin.EPISODE_CLOCK,
             )
             announce(services, booked, person_id, "breath", outcome, verdict_id)
             session_id = booked

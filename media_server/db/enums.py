@@ -43,6 +43,13 @@ class Decision(StrEnum):
     REVIEW = "review"
 
 
+class VerdictOrigin(StrEnum):
+    """What wrote an automatic verdict: a session has at most one of each (UNIQUE(session_id, origin))."""
+
+    ANALYSIS = "analysis"  # the session's own checks (check-in pipeline, breath test, scheduler)
+    EPISODE_CLOCK = "episode_clock"  # a breath episode's result booked onto its last session
+
+
 class Modality(StrEnum):
     """Which biometric an enrolment template holds."""
 

@@ -44,6 +44,7 @@ from media_server.db.enums import (
     SessionKind,
     SessionStatus,
     TemplateSource,
+    VerdictOrigin,
     ZoneKind,
 )
 from media_server.db.types import StrEnumType, UTCDateTime, utcnow
@@ -290,7 +291,16 @@ class Verdict(Base):
     thresholds: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     models: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     manifest_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+    origin: Mapped[VerdictOrigin] = mapped_column(
+        StrEnumType(VerdictOrigin),
+        default=VerdictOrigin.ANALYSIS,
+        server_default=VerdictOrigin.ANALYSIS.value,
+    )
     created_at: Mapped[datetime] = _created_at()
+
+    # One automatic verdict per session and origin: a redelivered job or a recovery sweep cannot write a
+    # second analysis verdict (the breath episode clock books its result beside it, once).
+    __table_args__ = (UniqueConstraint("session_id", "origin"),)
 
 
 class Review(Base):

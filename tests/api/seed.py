@@ -29,7 +29,7 @@ from media_server.db.enums import ArtifactKind, SessionKind, SessionStatus
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Person, Verdict
 from media_server.db.types import utcnow
 from media_server.verdict import decide
-from tests.api.conftest import PASSWORD, ROLES, Api
+from tests.api.conftest import PASSWORD, ROLES, SQLITE, Api, Profile
 
 FRAME_SIDE_PX = 320
 FRAME_TIMES_S = (0.5, 1.5, 2.5)
@@ -477,15 +477,15 @@ def app_settings(data_dir: Path) -> Any:
 
 
 @contextlib.contextmanager
-def staff_app(data_dir: Path) -> Iterator[Api]:
-    """The app (TestClient, lifespan run) on `app_settings(data_dir)` with `create_staff`; no cookies."""
+def staff_app(data_dir: Path, profile: Profile = SQLITE) -> Iterator[Api]:
+    """The app (TestClient, lifespan run) on `profile` (default: embedded) with `create_staff`; no cookies."""
     from fastapi.testclient import TestClient
 
     from media_server.app import create_app
 
-    settings = app_settings(data_dir)
-    app = create_app(settings)
-    with TestClient(app) as client:
-        create_staff(app.state.services)
-        client.cookies.clear()
-        yield Api(client=client, services=app.state.services, settings=settings)
+    with profile.settings(data_dir) as settings:
+        app = create_app(settings)
+        with TestClient(app) as client:
+            create_staff(app.state.services)
+            client.cookies.clear()
+            yield Api(client=client, services=app.state.services, settings=settings)

@@ -44,10 +44,9 @@ from media_server.db.models import (
     PhotoFingerprint,
     Verdict,
 )
-from media_server.settings import Settings
 from sobriety.occlusion import occlude_mouth
 from sobriety.simulator import multipart_parts, public_key_b64, sign_reading, simulated_reading
-from tests.api.conftest import Api
+from tests.api.conftest import Api, Profile
 from tests.api.seed import create_staff
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,15 +134,13 @@ class BreathApp(Api):
 
 
 @pytest.fixture(scope="module")
-def breath_api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BreathApp]:
-    settings = Settings(
-        data_dir=tmp_path_factory.mktemp("breath") / "var", models={"dir": MODELS_DIR.resolve()}
-    )
-    app = create_app(settings)
-    with TestClient(app) as client:
-        create_staff(app.state.services)
-        client.cookies.clear()
-        yield BreathApp(client=client, services=app.state.services, settings=settings, app=app)
+def breath_api(tmp_path_factory: pytest.TempPathFactory, profile: Profile) -> Iterator[BreathApp]:
+    with profile.settings(tmp_path_factory.mktemp("breath") / "var") as settings:
+        app = create_app(settings)
+        with TestClient(app) as client:
+            create_staff(app.state.services)
+            client.cookies.clear()
+            yield BreathApp(client=client, services=app.state.services, settings=settings, app=app)
 
 
 @pytest.fixture

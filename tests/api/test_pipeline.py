@@ -133,6 +133,28 @@ def test_technical_failure_is_review_with_retake_not_fail(api: Api) -> None:
     assert outcome.decision is Decision.REVIEW and outcome.retake_offered
 
 
+def test_a_session_judged_twice_keeps_its_first_verdict(api: Api) -> None:
+    """A redelivered job or a recovery sweep judging again gets the first verdict back (UNIQUE constraint)."""
+    _, session_id = _session(api)
+    first_results = [CheckResult(CheckKind.FACE, Outcome.PASS, "match", "Face matches.", 0.3, 0.5, STAMP)]
+    again_results = [CheckResult(CheckKind.FACE, Outcome.FAIL, "mismatch", "Different.", 0.9, 0.5, STAMP)]
+    first, first_id = write_verdict(api.services, session_id, first_results, [CheckKind.FACE])
+    again, again_id = write_verdict(api.services, session_id, again_results, [CheckKind.FACE])
+    assert again_id == first_id and again.decision is first.decision is Decision.PASS
+    with api.services.sessions() as db:
+        assert len(db.scalars(select(Verdict).where(Verdict.session_id == session_id)).all()) == 1
+        written = db.scalars(
+            select(AuditEntry).where(
+                AuditEntry.action == "verdict_written", AuditEntry.subject_id == session_id
+            )
+        ).all()
+        assert len(written) == 1
+        assert (
+            len(db.scalars(select(CheckResultRecord).where(CheckResultRecord.session_id == session_id)).all())
+            == 1
+        )
+
+
 def _pad(outcome: Outcome, score: float) -> CheckResult:
     return CheckResult(CheckKind.PAD, outcome, outcome.value, "x", score=score, threshold=0.55, model=STAMP)
 

@@ -23,7 +23,7 @@ from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Role
 from media_server.db.models import AuditEntry, CheckSession, Device, Person, Review, User
 from media_server.package import verify_package
-from tests.api.conftest import ROLES
+from tests.api.conftest import ROLES, Profile
 from tests.api.seed import SeededSession, seed_flagged_checkin, staff_app
 
 ADMIN, OFFICER, REVIEWER, AUDITOR, DEVICE, PERSON = ROLES
@@ -48,8 +48,8 @@ class World:
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
-    with staff_app(tmp_path_factory.mktemp("roles") / "var") as api:
+def world(tmp_path_factory: pytest.TempPathFactory, profile: Profile) -> Iterator[World]:
+    with staff_app(tmp_path_factory.mktemp("roles") / "var", profile) as api:
         headers = {role: api.as_(role) for role in ROLES}
         api.client.cookies.clear()  # the logins also set a cookie; each request below names its caller
         seeded = seed_flagged_checkin(api.services)

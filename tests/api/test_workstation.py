@@ -18,15 +18,15 @@ from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, Role
 from media_server.db.models import Artifact, AuditEntry, Review
 from media_server.package import verify_package
-from tests.api.conftest import PASSWORD, Api
+from tests.api.conftest import PASSWORD, Api, Profile
 from tests.api.seed import FACE_THRESHOLD, SeededSession, seed_breath_session, seed_flagged_checkin, staff_app
 
 ARTIFACT_SRC = re.compile(r'src="/ws/artifacts/([0-9a-f-]{36})"')
 
 
 @pytest.fixture(scope="module")
-def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    with staff_app(tmp_path_factory.mktemp("workstation") / "var") as app:
+def api(tmp_path_factory: pytest.TempPathFactory, profile: Profile) -> Iterator[Api]:
+    with staff_app(tmp_path_factory.mktemp("workstation") / "var", profile) as app:
         yield app
 
 
