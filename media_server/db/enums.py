@@ -74,3 +74,17 @@ class ArtifactKind(StrEnum):
     READING = "reading"
     PACKAGE = "package"
     OTHER = "other"
+
+
+class PersonStatus(StrEnum):
+    """A supervised person's life cycle: active, supervision ended (retention clock runs), erased."""
+
+    ACTIVE = "active"
+    SUPERVISION_ENDED = "supervision_ended"
+    ERASED = "erased"
+
+
+class RejectionSource(StrEnum):
+    """Which entry point refused a submission whose bytes were kept."""
+
+    BREATH = "breath"
