@@ -46,6 +46,12 @@ class Metrics:
         self.spooled = Counter(
             "kuzet_evidence_spooled_total", "Artifacts spooled locally", registry=self.registry
         )
+        self.dead_letters = Counter(
+            "kuzet_webhook_dead_letters_total",
+            "Webhook deliveries that failed for good (stored as dead letters)",
+            ["event"],
+            registry=self.registry,
+        )
 
 
 @dataclass
@@ -69,18 +75,23 @@ def build_services(settings: Settings) -> Services:
     """Build every resource (database migrated to head, evidence store, worker pool)."""
     from media_server.db.engine import make_engine, make_session_factory
     from media_server.db.migrate import upgrade
+    from media_server.dead_letters import DbDeadLetters
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    metrics = Metrics()
     return Services(
         settings=settings,
         keys=load_or_create(settings),
         engine=engine,
-        sessions=make_session_factory(engine),
+        sessions=sessions,
         store=build_store(settings),
         workers=WorkerPool(settings),
-        metrics=Metrics(),
-        notifier=WebhookNotifier(settings.webhooks),
+        metrics=metrics,
+        notifier=WebhookNotifier(
+            settings.webhooks, dead_letters=DbDeadLetters(sessions, metrics.dead_letters)
+        ),
         signing_key=load_or_create_signing_key(settings.data_dir),
     )

@@ -15,7 +15,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PURE_FORBIDDEN = ("media_server", "fastapi", "starlette", "sqlalchemy", "minio", "aiortc", "uvicorn")
 
-PORTS = ("db", "evidence", "keys", "settings", "workers", "webhooks", "errors", "tokens", "logs", "leader")
+PORTS = (
+    "db",
+    "evidence",
+    "keys",
+    "settings",
+    "workers",
+    "webhooks",
+    "dead_letters",
+    "errors",
+    "tokens",
+    "logs",
+    "leader",
+)
 ROOT_MODULE = ("services",)
 FLOWS = ("verdict", "artifacts", "jobs", "checkin", "breath", "schedules", "gallery", "erasure", "package")
 WEB = ("api", "app", "webrtc", "auth", "cli")
