@@ -123,7 +123,12 @@ def flagged_sessions(db: Any) -> list[dict[str, Any]]:
         .join(ranked, (ranked.c.verdict_id == Verdict.id) & (ranked.c.rank == 1))
         .join(CheckSession, Verdict.session_id == CheckSession.id)
         .join(Person, CheckSession.person_id == Person.id)
-        .where(Verdict.decision.in_([Decision.REVIEW, Decision.FAIL]), Verdict.id.not_in(reviewed))
+        .where(
+            Verdict.decision.in_([Decision.REVIEW, Decision.FAIL]),
+            Verdict.id.not_in(reviewed),
+            # An erased person's sessions leave the queue: nobody decides about data that is gone.
+            Person.erased_at.is_(None),
+        )
         .order_by(Verdict.created_at, Verdict.id)
     ).all()
     return [

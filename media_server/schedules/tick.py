@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from identity.checks import CheckKind, CheckResult, Outcome
 from media_server.breath.adapters import prune_nonces
 from media_server.db import audit
-from media_server.db.enums import Decision, SessionKind, SessionStatus
+from media_server.db.enums import Decision, PersonStatus, SessionKind, SessionStatus
 from media_server.db.models import CheckSession, Person, Schedule, Verdict
 from media_server.schedules.rules import (
     CHECKIN_TOKEN_PREFIX,
@@ -37,6 +37,7 @@ from media_server.schedules.rules import (
     parse_rule,
     windows_between,
 )
+from media_server.lifecycle import require_active
 from media_server.services import Services
 from media_server.tokens import new_secret_token, token_hash
 from media_server.verdict import VerdictOutcome, announce, verdict_events, write_verdict_if
@@ -161,7 +162,11 @@ def materialise_sessions(
     schedules = db.scalars(
         select(Schedule)
         .join(Person, Person.id == Schedule.person_id)
-        .where(Schedule.active.is_(True), Person.erased_at.is_(None))
+        .where(
+            Schedule.active.is_(True),
+            Person.erased_at.is_(None),
+            Person.status == PersonStatus.ACTIVE,
+        )
         .order_by(Schedule.created_at, Schedule.id)
     ).all()
     issued: list[IssuedSession] = []
@@ -203,9 +208,7 @@ def request_on_demand(
 ) -> IssuedSession:
     """An officer's on-demand test: a session whose window opens now, committed with its audit entry."""
     now = _require_aware(now)
-    person = db.get(Person, person_id)
-    if person is None or person.erased_at is not None:
-        raise LookupError(f"no such person: {person_id}")
+    require_active(db, person_id)  # NotFoundError / PersonNotActive (410)
     created = _create_session(
         db,
         session_id=str(uuid.uuid4()),
