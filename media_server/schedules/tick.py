@@ -26,6 +26,7 @@ from media_server.breath.adapters import prune_nonces
 from media_server.db import audit
 from media_server.db.enums import Decision, PersonStatus, SessionKind, SessionStatus
 from media_server.db.models import CheckSession, Person, Schedule, Verdict
+from media_server.lifecycle import require_active
 from media_server.schedules.rules import (
     CHECKIN_TOKEN_PREFIX,
     SCHEDULER_ACTOR,
@@ -37,7 +38,6 @@ from media_server.schedules.rules import (
     parse_rule,
     windows_between,
 )
-from media_server.lifecycle import require_active
 from media_server.services import Services
 from media_server.tokens import new_secret_token, token_hash
 from media_server.verdict import VerdictOutcome, announce, verdict_events, write_verdict_if
