@@ -4,11 +4,16 @@
 `kuzet_webhook_dead_letters_total{event}`); `list_dead_letters` and `retry_dead_letter` serve the admin
 API (`GET /api/v1/webhooks/dead-letters`, `POST .../{id}/retry`). A retry sends the same body (same event
 id, so a receiver drops a duplicate) to the same URL; success marks the letter resolved.
+
+A `checkin_due` letter is stored without its link: only the token's hash may be kept, so the database
+never holds a usable credential. Its remedy is the officer's resend (`POST /api/v1/sessions/{id}/
+resend-link`), not a retry.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -23,6 +28,25 @@ from media_server.db.types import utcnow
 from media_server.webhooks import DeliveryResult, WebhookNotifier
 
 ERROR_MAX_CHARS = 2000
+CHECKIN_DUE = "checkin_due"
+LINK_FIELD = "checkin_path"
+
+
+class NotRetryable(Exception):
+    """A dead letter that must not be sent again as stored (a redacted check-in link)."""
+
+
+def _redacted(event_type: str, body: bytes) -> str:
+    """The body to store: a `checkin_due` event loses its one-time link."""
+    text = body.decode("utf-8")
+    if event_type != CHECKIN_DUE:
+        return text
+    payload = json.loads(text)
+    data = payload.get("data") or {}
+    if LINK_FIELD in data:
+        data[LINK_FIELD] = None
+        data["link_redacted"] = True
+    return json.dumps(payload, sort_keys=True, separators=(",", ":"))
 
 
 class DbDeadLetters:
@@ -39,7 +63,7 @@ class DbDeadLetters:
                 event_id=event_id,
                 event_type=event_type,
                 url=result.url,
-                body=body.decode("utf-8"),
+                body=_redacted(event_type, body),
                 attempts=result.attempts,
                 last_status=result.status,
                 last_error=(result.error or "")[:ERROR_MAX_CHARS] or None,
@@ -101,7 +125,10 @@ class RetryOutcome:
 async def retry_dead_letter(
     sessions: sessionmaker[Session], notifier: WebhookNotifier, letter_id: str, *, actor: str
 ) -> RetryOutcome | None:
-    """Send a dead letter again (with the notifier's retries); None when there is no such letter."""
+    """Send a dead letter again (with the notifier's retries); None when there is no such letter.
+
+    NotRetryable for a `checkin_due` letter (its link was not stored: resend the session's link).
+    """
 
     def load() -> tuple[str, str, str, str] | None:
         with sessions() as db:
@@ -112,6 +139,8 @@ async def retry_dead_letter(
     if loaded is None:
         return None
     url, body, event_type, event_id = loaded
+    if event_type == CHECKIN_DUE:
+        raise NotRetryable("a check-in link is not stored; resend the session's link instead")
     result = await notifier.redeliver(url, body.encode("utf-8"), event_type, event_id)
 
     def save() -> dict[str, Any]:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from datetime import timedelta
 from typing import Any
 
 from identity.checks import CheckResult
 from media_server.checkin.checks import annotate_frames, run_checkin_checks
 from media_server.checkin.evidence import store_capture_evidence
 from media_server.checkin.gallery_update import adapt_gallery
+from media_server.db.enums import SessionKind
+from media_server.db.types import utcnow
+from media_server.links import deliver_link
+from media_server.schedules.tick import IssuedSession, issue_retake
 from media_server.services import Services
 from media_server.verdict import VerdictOutcome, announce, write_verdict
 from media_server.webrtc.capture import SessionCapture
@@ -30,6 +35,11 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
         write_verdict, services, capture.session_id, checks.results, checks.required
     )
     announce(services, capture.session_id, capture.person_id, capture.kind, outcome, verdict_id)
+    retake = None
+    if outcome.retake_offered and capture.kind == SessionKind.CHECKIN.value:
+        retake = await asyncio.to_thread(_issue_retake, services, capture.session_id)
+        if retake is not None:
+            await deliver_link(services, retake)
     follow_up = asyncio.create_task(_gallery_follow_up(services, capture, checks.results, outcome))
     services.background.append(follow_up)
     follow_up.add_done_callback(lambda t: services.background.remove(t) if t in services.background else None)
@@ -38,7 +48,24 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
         "retake": outcome.retake_offered,
         "reasons": outcome.reasons,
         "session_id": capture.session_id,
+        # A fresh link went to the person's phone gateway (the page cannot show it: it is one-time).
+        "retake_link_sent": retake is not None,
     }
+
+
+def _issue_retake(services: Services, session_id: str) -> IssuedSession | None:
+    """A fresh link after a technical failure (dropped connection, camera lost, engine down)."""
+    cfg = services.settings.schedules
+    with services.sessions() as db:
+        return issue_retake(
+            db,
+            original_id=session_id,
+            now=utcnow(),
+            duration=timedelta(minutes=cfg.retake_window_min),
+            actor="system",
+            reason="technical_failure",
+            max_depth=cfg.max_automatic_retakes,
+        )
 
 
 async def _gallery_follow_up(

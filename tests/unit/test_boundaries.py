@@ -29,14 +29,38 @@ PORTS = (
     "leader",
 )
 ROOT_MODULE = ("services",)
-FLOWS = ("verdict", "artifacts", "jobs", "checkin", "breath", "schedules", "gallery", "erasure", "package")
+FLOWS = (
+    "verdict",
+    "artifacts",
+    "jobs",
+    "checkin",
+    "breath",
+    "schedules",
+    "gallery",
+    "erasure",
+    "package",
+    "lifecycle",
+    "links",
+    "retention",
+)
 WEB = ("api", "app", "webrtc", "auth", "cli")
 # Each layer may import itself and the layers listed after it, never one before it.
 LAYERS = [WEB, FLOWS, ROOT_MODULE, PORTS]
 # The one value type the media layer hands to the check-in flow (a plain dataclass, no behaviour).
 ALLOWED_UPWARD = {("checkin", "media_server.webrtc.capture")}
 # Flow modules whose signatures are counted for bare `Any`.
-TYPED_FLOWS = ("verdict", "artifacts", "jobs", "checkin", "breath", "schedules", "gallery")
+TYPED_FLOWS = (
+    "verdict",
+    "artifacts",
+    "jobs",
+    "checkin",
+    "breath",
+    "schedules",
+    "gallery",
+    "lifecycle",
+    "links",
+    "retention",
+)
 
 
 def _imports(path: Path) -> set[str]:
