@@ -7,10 +7,20 @@ from fastapi import APIRouter
 
 def routers() -> list[APIRouter]:
     """Every router of the service, in mount order."""
-    from media_server.api import admin, breath, checkin_page, enrolment, reviews, whip, workstation
+    from media_server.api import (
+        admin,
+        breath,
+        checkin_page,
+        enrolment,
+        lifecycle,
+        reviews,
+        whip,
+        workstation,
+    )
 
     return [
         admin.router,
+        lifecycle.router,
         breath.router,
         enrolment.router,
         reviews.router,
