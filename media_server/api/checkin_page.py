@@ -20,6 +20,7 @@ from media_server.db.models import CheckSession
 from media_server.db.types import utcnow
 from media_server.errors import BadInput, Gone, NotFoundError
 from media_server.lifecycle import PersonNotActive, refuse_entry, require_active
+from media_server.schedules.tick import PAGE_OPENED_META
 from media_server.services import Services
 from media_server.settings import Settings
 from media_server.tokens import token_hash
@@ -82,29 +83,31 @@ def _settings(request: Request) -> Settings:
     return settings or Settings()
 
 
-PAGE_OPENED_META = "page_opened_at"
-
-
 def note_page_opened(services: Services, token: str) -> None:
     """Refuse a revoked link or a person no longer supervised (Gone / PersonNotActive); otherwise mark
     an open scheduled session as opened once, so a window opened but never connected is told apart from
     one never opened (`schedules.tick.mark_missed`). Unknown tokens pass: POST /whip refuses them."""
-    with services.sessions.begin() as db:
+    refused: PersonNotActive | None = None
+    with services.sessions() as db:
         row = db.scalars(
             select(CheckSession).where(CheckSession.token_hash == token_hash(token))
         ).one_or_none()
         if row is None:
             return
+        session_id = row.id
         try:
             require_active(db, row.person_id)
-        except PersonNotActive as refused:
-            db.rollback()
-            refuse_entry(services.sessions, refused, "checkin_page", {"session_id": row.id})
-            raise
-        if row.status is SessionStatus.CANCELLED:
-            raise Gone("this check-in link was revoked; ask your officer for a new one")
-        if row.status is SessionStatus.SCHEDULED and PAGE_OPENED_META not in (row.meta or {}):
-            row.meta = {**(row.meta or {}), PAGE_OPENED_META: utcnow().isoformat()}
+        except PersonNotActive as exc:
+            refused = exc
+        else:
+            if row.status is SessionStatus.CANCELLED:
+                raise Gone("this check-in link was revoked; ask your officer for a new one")
+            if row.status is SessionStatus.SCHEDULED and PAGE_OPENED_META not in (row.meta or {}):
+                row.meta = {**(row.meta or {}), PAGE_OPENED_META: utcnow().isoformat()}
+                db.commit()
+    if refused is not None:
+        refuse_entry(services.sessions, refused, "checkin_page", {"session_id": session_id})
+        raise refused
 
 
 def _refused_page(language: str, strings: dict[str, dict[str, str]], status: int) -> HTMLResponse:
