@@ -55,10 +55,21 @@ PHOTO = b"\xff\xd8\xff\xe0 a station photo (bytes only; never judged here)"
 
 
 # ------------------------------------------------------------------------------------------ helpers
+_TOKENS: dict[tuple[str, Role], dict[str, str]] = {}
+
+
+def _as(api: Api, role: Role) -> dict[str, str]:
+    """Bearer headers for `role`, logging in once per app (an argon2 check per login is slow)."""
+    key = (str(api.settings.data_dir), role)  # one app per test directory
+    if key not in _TOKENS:
+        _TOKENS[key] = api.as_(role)
+    return _TOKENS[key]
+
+
 def _person(api: Api, ref: str) -> str:
     r = api.client.post(
         "/api/v1/persons",
-        headers=api.as_(Role.OFFICER),
+        headers=_as(api, Role.OFFICER),
         json={"external_ref": ref, "display_name": "Test Person"},
     )
     assert r.status_code == 201, r.text
@@ -66,7 +77,7 @@ def _person(api: Api, ref: str) -> str:
 
 
 def _device(api: Api, body: dict[str, Any]) -> dict[str, Any]:
-    r = api.client.post("/api/v1/devices", headers=api.as_(Role.ADMIN), json=body)
+    r = api.client.post("/api/v1/devices", headers=_as(api, Role.ADMIN), json=body)
     assert r.status_code == 201, r.text
     return dict(r.json())
 
@@ -87,7 +98,7 @@ def _breathalyzer(api: Api, pid: str, serial: str) -> Ed25519PrivateKey:
 
 
 def _checkin(api: Api, pid: str) -> dict[str, Any]:
-    r = api.client.post(f"/api/v1/persons/{pid}/checkins", headers=api.as_(Role.OFFICER), json={})
+    r = api.client.post(f"/api/v1/persons/{pid}/checkins", headers=_as(api, Role.OFFICER), json={})
     assert r.status_code == 201, r.text
     return dict(r.json())
 
@@ -153,7 +164,7 @@ def _stored(api: Api) -> dict[str, int]:
 
 
 def _queue(api: Api) -> set[str]:
-    r = api.client.get("/api/v1/reviews/queue", headers=api.as_(Role.REVIEWER))
+    r = api.client.get("/api/v1/reviews/queue", headers=_as(api, Role.REVIEWER))
     assert r.status_code == 200, r.text
     return {item["session_id"] for item in r.json()["items"]}
 
@@ -171,7 +182,7 @@ def test_erased_person_is_refused_everywhere_and_nothing_new_is_stored(api: Api)
     link = _checkin(api, pid)
     r = api.client.post(
         f"/api/v1/persons/{pid}/schedules",
-        headers=api.as_(Role.OFFICER),
+        headers=_as(api, Role.OFFICER),
         json={"rule": {"type": "daily", "start": "09:00", "end": "10:00"}},
     )
     assert r.status_code == 201, r.text
@@ -180,7 +191,7 @@ def test_erased_person_is_refused_everywhere_and_nothing_new_is_stored(api: Api)
     assert api.client.get(link["url"]).status_code == 200  # the page opens while the person is supervised
 
     r = api.client.post(
-        f"/api/v1/persons/{pid}/erase", headers=api.as_(Role.ADMIN), json={"reason": "court order 7"}
+        f"/api/v1/persons/{pid}/erase", headers=_as(api, Role.ADMIN), json={"reason": "court order 7"}
     )
     assert r.status_code == 200, r.text
     proof = r.json()
@@ -209,11 +220,13 @@ def test_erased_person_is_refused_everywhere_and_nothing_new_is_stored(api: Api)
     [entry] = _audit(api, "person.erased")
     assert entry.details["reason"] == "court order 7" and entry.details["on_request"] is True
 
-    check = api.client.get(f"/api/v1/erasures/{proof['erasure_id']}/verify", headers=api.as_(Role.AUDITOR))
+    check = api.client.get(f"/api/v1/erasures/{proof['erasure_id']}/verify", headers=_as(api, Role.AUDITOR))
     assert check.status_code == 200 and check.json()["ok"] is True, check.text
     assert check.json()["recomputed_sha256"] == proof["proof_sha256"]
     assert (
-        api.client.post(f"/api/v1/persons/{pid}/checkins", headers=api.as_(Role.OFFICER), json={}).status_code
+        api.client.post(
+            f"/api/v1/persons/{pid}/checkins", headers=_as(api, Role.OFFICER), json={}
+        ).status_code
         == 410
     )
 
@@ -221,11 +234,11 @@ def test_erased_person_is_refused_everywhere_and_nothing_new_is_stored(api: Api)
 def test_erasure_needs_an_admin_and_a_reason(api: Api) -> None:
     pid = _person(api, "KZ-ERASE-2")
     url = f"/api/v1/persons/{pid}/erase"
-    assert api.client.post(url, headers=api.as_(Role.OFFICER), json={"reason": "request"}).status_code == 403
-    assert api.client.post(url, headers=api.as_(Role.ADMIN), json={}).status_code == 422
+    assert api.client.post(url, headers=_as(api, Role.OFFICER), json={"reason": "request"}).status_code == 403
+    assert api.client.post(url, headers=_as(api, Role.ADMIN), json={}).status_code == 422
     assert (
         api.client.post(
-            "/api/v1/persons/nope/erase", headers=api.as_(Role.ADMIN), json={"reason": "x y z"}
+            "/api/v1/persons/nope/erase", headers=_as(api, Role.ADMIN), json={"reason": "x y z"}
         ).status_code
         == 404
     )
@@ -239,9 +252,9 @@ def test_end_of_supervision_revokes_at_once_and_starts_the_retention_clock(api: 
     ended = date.today() - timedelta(days=1)
     url = f"/api/v1/persons/{pid}/end-supervision"
     future = (date.today() + timedelta(days=3)).isoformat()
-    assert api.client.post(url, headers=api.as_(Role.OFFICER), json={"ended_on": future}).status_code == 409
+    assert api.client.post(url, headers=_as(api, Role.OFFICER), json={"ended_on": future}).status_code == 409
     r = api.client.post(
-        url, headers=api.as_(Role.OFFICER), json={"ended_on": ended.isoformat(), "reason": "order served"}
+        url, headers=_as(api, Role.OFFICER), json={"ended_on": ended.isoformat(), "reason": "order served"}
     )
     assert r.status_code == 200, r.text
     out = r.json()
@@ -249,10 +262,10 @@ def test_end_of_supervision_revokes_at_once_and_starts_the_retention_clock(api: 
     assert out["status"] == "supervision_ended" and out["links_revoked"] == 1 and out["devices_revoked"] == 1
     assert out["retention_until"].startswith((ended + timedelta(days=days)).isoformat())
     assert (
-        api.client.post(url, headers=api.as_(Role.OFFICER), json={"ended_on": ended.isoformat()}).status_code
+        api.client.post(url, headers=_as(api, Role.OFFICER), json={"ended_on": ended.isoformat()}).status_code
         == 409
     )
-    view = api.client.get(f"/api/v1/persons/{pid}", headers=api.as_(Role.OFFICER)).json()
+    view = api.client.get(f"/api/v1/persons/{pid}", headers=_as(api, Role.OFFICER)).json()
     assert view["status"] == "supervision_ended" and view["supervision_ended_on"] == ended.isoformat()
 
     before = _stored(api)
@@ -262,7 +275,7 @@ def test_end_of_supervision_revokes_at_once_and_starts_the_retention_clock(api: 
     assert _stored(api) == before
     r = api.client.post(
         f"/api/v1/persons/{pid}/schedules",
-        headers=api.as_(Role.OFFICER),
+        headers=_as(api, Role.OFFICER),
         json={"rule": {"type": "daily", "start": "09:00", "end": "10:00"}},
     )
     assert r.status_code == 410, r.text
@@ -289,7 +302,7 @@ def test_rejected_submission_is_owned_evidence_that_retention_erases(api: Api) -
             assert api.services.store.stat(row.key).size == row.size
         keys = [row.key for row in rows]
 
-    report = api.client.get("/api/v1/retention/report", headers=api.as_(Role.AUDITOR))
+    report = api.client.get("/api/v1/retention/report", headers=_as(api, Role.AUDITOR))
     assert report.status_code == 200, r.text
     loose = report.json()["unattributed"]
     assert loose["rejections"] == 1 and loose["objects"] == 3 and loose["first_due_for_erasure"]
@@ -307,7 +320,7 @@ def test_rejected_submission_is_owned_evidence_that_retention_erases(api: Api) -
     with api.services.sessions() as db:
         [proof] = erase_due(db, store, later, unattributed_after=timedelta(days=90))
     assert proof.counts["rejection_artifacts_deleted"] == 3 and sorted(proof.deleted_keys) == sorted(keys)
-    check = api.client.get(f"/api/v1/erasures/{proof.erasure_id}/verify", headers=api.as_(Role.AUDITOR))
+    check = api.client.get(f"/api/v1/erasures/{proof.erasure_id}/verify", headers=_as(api, Role.AUDITOR))
     assert check.json()["ok"] is True, check.text
 
 
@@ -317,12 +330,12 @@ def test_retention_report_says_what_is_held_and_why(api: Api) -> None:
     _flagged(api, active)
     r = api.client.post(
         f"/api/v1/persons/{ended}/end-supervision",
-        headers=api.as_(Role.ADMIN),
+        headers=_as(api, Role.ADMIN),
         json={"ended_on": date.today().isoformat()},
     )
     assert r.status_code == 200, r.text
-    assert api.client.get("/api/v1/retention/report", headers=api.as_(Role.OFFICER)).status_code == 403
-    report = api.client.get("/api/v1/retention/report", headers=api.as_(Role.ADMIN)).json()
+    assert api.client.get("/api/v1/retention/report", headers=_as(api, Role.OFFICER)).status_code == 403
+    report = api.client.get("/api/v1/retention/report", headers=_as(api, Role.ADMIN)).json()
     by_id = {p["person_id"]: p for p in report["persons"]}
     assert by_id[active]["status"] == "active" and by_id[active]["held"]["sessions"] == 1
     assert by_id[active]["held"]["objects"] == 1 and by_id[active]["objects_by_kind"] == {"other": 1}
@@ -336,8 +349,8 @@ def test_officer_resend_revokes_the_old_link_and_returns_a_fresh_one(api: Api) -
     link = _checkin(api, pid)
     assert api.client.get(link["url"]).status_code == 200
     url = f"/api/v1/sessions/{link['session_id']}/resend-link"
-    assert api.client.post(url, headers=api.as_(Role.REVIEWER)).status_code == 403
-    r = api.client.post(url, headers=api.as_(Role.OFFICER))
+    assert api.client.post(url, headers=_as(api, Role.REVIEWER)).status_code == 403
+    r = api.client.post(url, headers=_as(api, Role.OFFICER))
     assert r.status_code == 201, r.text
     fresh = r.json()
     assert fresh["replaces"] == link["session_id"] and fresh["token"] != link["token"]
@@ -351,7 +364,8 @@ def test_officer_resend_revokes_the_old_link_and_returns_a_fresh_one(api: Api) -
         assert new.meta["retake_of"] == old.id and new.meta["link"]["status"] == "handed_to_officer"
         assert "page_opened_at" in new.meta  # the page records its first opening (never-connected is ours)
     assert (
-        api.client.post("/api/v1/sessions/nope/resend-link", headers=api.as_(Role.OFFICER)).status_code == 404
+        api.client.post("/api/v1/sessions/nope/resend-link", headers=_as(api, Role.OFFICER)).status_code
+        == 404
     )
 
 
@@ -410,7 +424,7 @@ def test_failed_webhooks_become_dead_letters_admins_can_retry(api: Api, receiver
 
     pid = _person(api, "KZ-DL-1")
     link = _checkin(api, pid)
-    r = api.client.post(f"/api/v1/sessions/{link['session_id']}/resend-link", headers=api.as_(Role.OFFICER))
+    r = api.client.post(f"/api/v1/sessions/{link['session_id']}/resend-link", headers=_as(api, Role.OFFICER))
     assert r.status_code == 201, r.text
     token = r.json()["token"]
 
@@ -437,20 +451,20 @@ def test_failed_webhooks_become_dead_letters_admins_can_retry(api: Api, receiver
     ):  # the link was handed to the officer: a gateway failure does not undo that
         assert db.get_one(CheckSession, r.json()["session_id"]).meta["link"]["status"] == "handed_to_officer"
 
-    listed = api.client.get("/api/v1/webhooks/dead-letters", headers=api.as_(Role.ADMIN))
+    listed = api.client.get("/api/v1/webhooks/dead-letters", headers=_as(api, Role.ADMIN))
     assert listed.status_code == 200 and len(listed.json()["items"]) == 2
-    assert api.client.get("/api/v1/webhooks/dead-letters", headers=api.as_(Role.OFFICER)).status_code == 403
+    assert api.client.get("/api/v1/webhooks/dead-letters", headers=_as(api, Role.OFFICER)).status_code == 403
     metrics = api.client.get("/metrics").text
     assert 'kuzet_webhook_dead_letters_total{event="verdict"} 1.0' in metrics
     base = "/api/v1/webhooks/dead-letters"
     assert (
-        api.client.post(f"{base}/{by_type['checkin_due'].id}/retry", headers=api.as_(Role.ADMIN)).status_code
+        api.client.post(f"{base}/{by_type['checkin_due'].id}/retry", headers=_as(api, Role.ADMIN)).status_code
         == 409
     )
-    retried = api.client.post(f"{base}/{by_type['verdict'].id}/retry", headers=api.as_(Role.ADMIN))
+    retried = api.client.post(f"{base}/{by_type['verdict'].id}/retry", headers=_as(api, Role.ADMIN))
     assert retried.status_code == 200 and retried.json()["delivered"] is True, retried.text
     assert retried.json()["resolved_at"] and receiver.bodies[-1] == by_type["verdict"].body.encode()
-    remaining = api.client.get(base, headers=api.as_(Role.ADMIN)).json()["items"]
+    remaining = api.client.get(base, headers=_as(api, Role.ADMIN)).json()["items"]
     assert [i["event_type"] for i in remaining] == ["checkin_due"]
 
 
@@ -474,7 +488,7 @@ def test_superseded_templates_are_deleted(api: Api) -> None:
         rows = db.scalars(select(Enrolment).where(Enrolment.person_id == pid)).all()
     assert len(rows) == 1 + api.settings.gallery.superseded_templates_kept and rows[0].active
     r = api.client.post(
-        f"/api/v1/persons/{pid}/erase", headers=api.as_(Role.ADMIN), json={"reason": "request"}
+        f"/api/v1/persons/{pid}/erase", headers=_as(api, Role.ADMIN), json={"reason": "request"}
     )
     assert r.status_code == 200 and r.json()["counts"]["templates"] == 1
     with api.services.sessions() as db:
