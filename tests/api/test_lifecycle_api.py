@@ -17,6 +17,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 from aiortc import RTCPeerConnection
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -494,3 +495,39 @@ def test_superseded_templates_are_deleted(api: Api) -> None:
     with api.services.sessions() as db:
         assert db.scalar(select(func.count()).select_from(Enrolment).where(Enrolment.person_id == pid)) == 0
         assert db.scalar(select(func.count()).select_from(Erasure).where(Erasure.person_id == pid)) == 1
+
+
+# ------------------------------------------------------------------------ a dropped connection
+def test_a_dropped_check_in_is_review_and_a_fresh_link_is_issued(api: Api) -> None:
+    from media_server.checkin.flow import finish_session
+    from media_server.webrtc.capture import EndedReason, SessionCapture
+
+    pid = _person(api, "KZ-DROP-1")
+    link = _checkin(api, pid)
+    now = datetime.now(UTC)
+    capture = SessionCapture(
+        session_id=link["session_id"],
+        person_id=pid,
+        kind="checkin",
+        device_id=None,
+        challenge=None,
+        recording_path=None,
+        frames=[],
+        audio_pcm16k=np.zeros(0, dtype=np.float32),
+        audio_t0_s=None,
+        events=[],
+        location=None,
+        ended_reason=EndedReason.CONNECTION_FAILED,
+        started_at=now,
+        ended_at=now,
+    )
+    reply = api.client.portal.call(finish_session, api.services, capture)  # type: ignore[union-attr]
+    assert reply["decision"] == "review" and reply["retake"] is True and reply["retake_link_sent"] is True
+    with api.services.sessions() as db:
+        [fresh] = db.scalars(
+            select(CheckSession).where(CheckSession.person_id == pid, CheckSession.id != link["session_id"])
+        ).all()
+        assert fresh.status is SessionStatus.SCHEDULED and fresh.meta["retake_of"] == link["session_id"]
+        # No webhook is configured in this app: the link is recorded as not delivered, so if the person
+        # never comes, the window closes as our failure (REVIEW), not as a missed test.
+        assert fresh.meta["link"]["status"] == "not_configured"
