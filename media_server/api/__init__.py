@@ -16,6 +16,7 @@ def routers() -> list[APIRouter]:
         reviews,
         whip,
         workstation,
+        ws_admin,
     )
 
     return [
@@ -25,6 +26,7 @@ def routers() -> list[APIRouter]:
         enrolment.router,
         reviews.router,
         workstation.router,
+        ws_admin.router,
         whip.router,
         checkin_page.router,
     ]

@@ -455,6 +455,11 @@ def test_failed_webhooks_become_dead_letters_admins_can_retry(api: Api, receiver
     listed = api.client.get("/api/v1/webhooks/dead-letters", headers=_as(api, Role.ADMIN))
     assert listed.status_code == 200 and len(listed.json()["items"]) == 2
     assert api.client.get("/api/v1/webhooks/dead-letters", headers=_as(api, Role.OFFICER)).status_code == 403
+    page = api.client.get("/ws/dead-letters?lang=en", headers=_as(api, Role.ADMIN))
+    assert (
+        page.status_code == 200 and "verdict-v-9" in page.text and "resend it from the session" in page.text
+    )
+    assert api.client.get("/ws/dead-letters", headers=_as(api, Role.REVIEWER)).status_code == 403
     metrics = api.client.get("/metrics").text
     assert 'kuzet_webhook_dead_letters_total{event="verdict"} 1.0' in metrics
     base = "/api/v1/webhooks/dead-letters"
