@@ -273,6 +273,11 @@ def test_end_of_supervision_revokes_at_once_and_starts_the_retention_clock(api: 
     assert _whip(api, link["token"]).status_code == 410
     assert _whip(api, station_key).status_code == 401
     assert api.client.get(link["url"]).status_code == 410
+    # Even a station key switched back on by mistake opens nothing for a person no longer supervised.
+    with api.services.sessions.begin() as db:
+        db.scalars(select(Device).where(Device.serial == "AV-2")).one().active = True
+    again = _whip(api, station_key)
+    assert again.status_code == 410 and again.json()["error"] == "person_not_active", again.text
     assert _stored(api) == before
     r = api.client.post(
         f"/api/v1/persons/{pid}/schedules",
