@@ -11,8 +11,11 @@ from identity.checks import CheckResult
 from media_server.checkin.checks import annotate_frames, run_checkin_checks
 from media_server.checkin.evidence import store_capture_evidence
 from media_server.checkin.gallery_update import adapt_gallery
-from media_server.db.enums import SessionKind
+from media_server.db import audit
+from media_server.db.enums import PersonStatus, SessionKind, SessionStatus
+from media_server.db.models import CheckSession, Person
 from media_server.db.types import utcnow
+from media_server.lifecycle import status_of
 from media_server.links import deliver_link
 from media_server.schedules.tick import IssuedSession, issue_retake
 from media_server.services import Services
@@ -26,8 +29,16 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
     """The session sink: evidence, checks, verdict. Returns the outcome the check-in page shows.
 
     The adaptive-gallery update is slow (a face enrolment job) and changes nothing the person is told,
-    so it runs after the reply, tracked in `services.background` until it ends.
+    so it runs after the reply, tracked in `services.background` until it ends. A person erased while
+    the session was live is not judged and nothing of the capture is stored.
     """
+    if await asyncio.to_thread(_erased_meanwhile, services, capture):
+        return {
+            "decision": "cancelled",
+            "retake": False,
+            "reasons": ["person_erased"],
+            "session_id": capture.session_id,
+        }
     await asyncio.to_thread(store_capture_evidence, services, capture)
     checks = await run_checkin_checks(services, capture)
     await asyncio.to_thread(annotate_frames, services, capture.session_id, checks.results)
@@ -51,6 +62,28 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
         # A fresh link went to the person's phone gateway (the page cannot show it: it is one-time).
         "retake_link_sent": retake is not None,
     }
+
+
+def _erased_meanwhile(services: Services, capture: SessionCapture) -> bool:
+    """True (session cancelled, one audit line) when the person was erased while the session ran."""
+    with services.sessions.begin() as db:
+        person = db.get(Person, capture.person_id)
+        if person is None or status_of(person) is not PersonStatus.ERASED:
+            return False
+        row = db.get(CheckSession, capture.session_id)
+        if row is not None:
+            row.status = SessionStatus.CANCELLED
+            row.ended_at = utcnow()
+            row.meta = {**(row.meta or {}), "dropped": "person erased during the session"}
+        audit.append(
+            db,
+            "system",
+            "entry_refused",
+            "person",
+            capture.person_id,
+            {"entry": "whip_capture", "status": PersonStatus.ERASED.value, "session_id": capture.session_id},
+        )
+        return True
 
 
 def _issue_retake(services: Services, session_id: str) -> IssuedSession | None:

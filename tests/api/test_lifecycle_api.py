@@ -508,15 +508,12 @@ def test_superseded_templates_are_deleted(api: Api) -> None:
 
 
 # ------------------------------------------------------------------------ a dropped connection
-def test_a_dropped_check_in_is_review_and_a_fresh_link_is_issued(api: Api) -> None:
-    from media_server.checkin.flow import finish_session
+def _dropped(session_id: str, pid: str) -> Any:
     from media_server.webrtc.capture import EndedReason, SessionCapture
 
-    pid = _person(api, "KZ-DROP-1")
-    link = _checkin(api, pid)
     now = datetime.now(UTC)
-    capture = SessionCapture(
-        session_id=link["session_id"],
+    return SessionCapture(
+        session_id=session_id,
         person_id=pid,
         kind="checkin",
         device_id=None,
@@ -531,6 +528,14 @@ def test_a_dropped_check_in_is_review_and_a_fresh_link_is_issued(api: Api) -> No
         started_at=now,
         ended_at=now,
     )
+
+
+def test_a_dropped_check_in_is_review_and_a_fresh_link_is_issued(api: Api) -> None:
+    from media_server.checkin.flow import finish_session
+
+    pid = _person(api, "KZ-DROP-1")
+    link = _checkin(api, pid)
+    capture = _dropped(link["session_id"], pid)
     reply = api.client.portal.call(finish_session, api.services, capture)  # type: ignore[union-attr]
     assert reply["decision"] == "review" and reply["retake"] is True and reply["retake_link_sent"] is True
     with api.services.sessions() as db:
@@ -541,3 +546,19 @@ def test_a_dropped_check_in_is_review_and_a_fresh_link_is_issued(api: Api) -> No
         # No webhook is configured in this app: the link is recorded as not delivered, so if the person
         # never comes, the window closes as our failure (REVIEW), not as a missed test.
         assert fresh.meta["link"]["status"] == "not_configured"
+
+
+def test_a_session_live_while_its_person_is_erased_stores_nothing(api: Api) -> None:
+    from media_server.checkin.flow import finish_session
+
+    pid = _person(api, "KZ-DROP-2")
+    link = _checkin(api, pid)
+    r = api.client.post(
+        f"/api/v1/persons/{pid}/erase", headers=_as(api, Role.ADMIN), json={"reason": "request"}
+    )
+    assert r.status_code == 200, r.text
+    before = _stored(api)
+    reply = api.client.portal.call(finish_session, api.services, _dropped(link["session_id"], pid))  # type: ignore[union-attr]
+    assert reply["decision"] == "cancelled" and reply["reasons"] == ["person_erased"]
+    assert _stored(api) == before
+    assert "whip_capture" in [e.details["entry"] for e in _audit(api, "entry_refused")]
