@@ -23,6 +23,7 @@ from media_server.evidence.port import IntegrityError as EvidenceIntegrityError
 from media_server.evidence.port import NotFound as EvidenceNotFound
 from media_server.leader import build_lease
 from media_server.links import deliver_link
+from media_server.recovery import run_recovery
 from media_server.schedules import IssuedSession, derive_seed_key, run_scheduler
 from media_server.services import Services, build_services
 from media_server.settings import Settings
@@ -62,6 +63,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         services.background.append(asyncio.create_task(_flush_spool_forever(services)))
         lease = build_lease(settings.redis.url, "scheduler", int(settings.redis.lease_ttl_s * 1000))
+        services.background.append(asyncio.create_task(run_recovery(services, lease.acquire)))
         services.background.append(
             asyncio.create_task(run_episode_clock(services, settings.schedules.tick_s, lease.acquire))
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -52,6 +52,11 @@ class Metrics:
             ["event"],
             registry=self.registry,
         )
+        self.review_queue = Gauge(
+            "kuzet_review_queue_length",
+            "Sessions waiting for a reviewer (counted on scrape)",
+            registry=self.registry,
+        )
 
 
 @dataclass
@@ -76,12 +81,14 @@ def build_services(settings: Settings) -> Services:
     from media_server.db.engine import make_engine, make_session_factory
     from media_server.db.migrate import upgrade
     from media_server.dead_letters import DbDeadLetters
+    from media_server.review_queue import queue_length_probe
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
     sessions = make_session_factory(engine)
     metrics = Metrics()
+    metrics.review_queue.set_function(lambda: queue_length_probe(sessions))
     return Services(
         settings=settings,
         keys=load_or_create(settings),

@@ -198,6 +198,14 @@ class SchedulesSettings(_Group):
         description="Fresh links issued automatically in a row after technical failures (then an officer "
         "resends by hand).",
     )
+    recovery_grace_s: int = Field(
+        120,
+        ge=10,
+        le=86400,
+        description="A session with stored evidence but no verdict this long after it should have been "
+        "judged (a breath test after arrival; a check-in after its longest possible end) is re-judged by the "
+        "recovery sweep (at start and on the leader's tick).",
+    )
 
 
 WEBHOOK_SECRET_MIN_CHARS = 16

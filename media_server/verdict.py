@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
 from identity.checks import CheckKind, CheckResult, Outcome
@@ -179,50 +180,87 @@ def write_verdict_if(
         {"what": "verdict_manifest", "ed25519_signature_b64": base64.b64encode(signature).decode()},
         data=body,
     )
-    with services.sessions.begin() as db:
-        if guard is not None and not guard(db):
-            db.rollback()
-            return None
-        for r in results:
-            db.add(CheckResultRecord.from_check(session_id, r))
-        verdict = Verdict(
-            session_id=session_id,
-            decision=outcome.decision,
-            reasons=outcome.reasons,
-            retake_offered=outcome.retake_offered,
-            policy_version=outcome.policy_version,
-            thresholds=outcome.thresholds,
-            models=outcome.models,
-            manifest_sha256=hashlib.sha256(body).hexdigest(),
-        )
-        db.add(verdict)
-        db.flush()
-        audit.append(
-            db,
-            actor=actor,
-            action=action,
-            subject_type="session",
-            subject_id=session_id,
-            details={
-                "verdict_id": verdict.id,
-                "decision": outcome.decision.value,
-                "manifest_sha256": verdict.manifest_sha256,
-                "manifest_artifact": ref.artifact_id,
-            },
-        )
-        verdict_id = verdict.id
+    try:
+        with services.sessions.begin() as db:
+            if guard is not None and not guard(db):
+                db.rollback()
+                return None
+            for r in results:
+                db.add(CheckResultRecord.from_check(session_id, r))
+            verdict = Verdict(
+                session_id=session_id,
+                decision=outcome.decision,
+                reasons=outcome.reasons,
+                retake_offered=outcome.retake_offered,
+                policy_version=outcome.policy_version,
+                thresholds=outcome.thresholds,
+                models=outcome.models,
+                manifest_sha256=hashlib.sha256(body).hexdigest(),
+            )
+            db.add(verdict)
+            db.flush()
+            audit.append(
+                db,
+                actor=actor,
+                action=action,
+                subject_type="session",
+                subject_id=session_id,
+                details={
+                    "verdict_id": verdict.id,
+                    "decision": outcome.decision.value,
+                    "manifest_sha256": verdict.manifest_sha256,
+                    "manifest_artifact": ref.artifact_id,
+                },
+            )
+            verdict_id = verdict.id
+    except DbIntegrityError:
+        # verdicts.session_id is unique: another node or a redelivered job judged this session first.
+        return None
     services.metrics.verdicts.labels(outcome.decision.value).inc()
     return outcome, verdict_id
+
+
+def _not_judged_yet(session_id: str) -> Callable[[Session], bool]:
+    def guard(db: Session) -> bool:
+        return db.scalar(select(Verdict.id).where(Verdict.session_id == session_id).limit(1)) is None
+
+    return guard
 
 
 def write_verdict(
     services: Services, session_id: str, results: list[CheckResult], required: list[CheckKind]
 ) -> tuple[VerdictOutcome, str]:
-    """`write_verdict_if` without a guard: always writes (blocking; call in a thread)."""
-    written = write_verdict_if(services, session_id, results, required)
-    if written is None:  # only a guard can refuse
-        raise RuntimeError("verdict was not written")
-    return written
+    """`write_verdict_if` without a guard (blocking; call in a thread).
+
+    Idempotent by session: when the session was already judged (a redelivered job, a second node), the
+    verdict it has is returned and nothing is written twice.
+    """
+    written = write_verdict_if(services, session_id, results, required, _not_judged_yet(session_id))
+    if written is not None:
+        return written
+    existing = stored_verdict(services, session_id)
+    if existing is None:
+        raise RuntimeError(f"verdict for session {session_id} was neither written nor found")
+    return existing
+
+
+def stored_verdict(services: Services, session_id: str) -> tuple[VerdictOutcome, str] | None:
+    """The verdict a session already has (each session has at most one), as written."""
+    with services.sessions() as db:
+        row = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).first()
+        if row is None:
+            return None
+        return (
+            VerdictOutcome(
+                decision=row.decision,
+                reasons=list(row.reasons),
+                retake_offered=row.retake_offered,
+                policy_version=row.policy_version,
+                thresholds=dict(row.thresholds),
+                models=dict(row.models),
+            ),
+            row.id,
+        )
 
 
 def verdict_events(

@@ -15,10 +15,8 @@ from media_server.errors import Forbidden
 
 router = APIRouter(prefix="/ws", tags=["workstation"], include_in_schema=False)
 
-FLASHES = {
-    "delivered": {"ru": "Доставлено.", "en": "Delivered."},
-    "failed": {"ru": "Снова не доставлено.", "en": "Delivery failed again."},
-}
+# Confirmation banners a redirect may ask for, by key (the template holds their text).
+FLASHES = frozenset({"delivered", "failed"})
 
 
 def _admin(request: Request) -> Principal | RedirectResponse:
@@ -35,7 +33,8 @@ def dead_letters_page(request: Request, services: ServicesDep) -> Response:
         return who
     with services.sessions() as db:
         rows = [dead_letter_view(r) for r in list_dead_letters(db)]
-    flash = FLASHES.get(request.query_params.get("flash", ""), {}).get(_lang(request))
+    asked = request.query_params.get("flash", "")
+    flash = asked if asked in FLASHES else None
     return _page(request, "dead_letters.html", who, rows=rows, flash=flash)
 
 

@@ -15,9 +15,8 @@ from media_server.breath.episodes import _save_episode, episode_from_json
 from media_server.breath.flow import now_utc
 from media_server.breath.values import SYSTEM_ACTOR
 from media_server.db import audit
-from media_server.db.models import (
-    BreathEpisode,
-)
+from media_server.db.enums import SessionKind, SessionStatus
+from media_server.db.models import BreathEpisode, CheckSession
 from media_server.services import Services
 from media_server.verdict import VerdictOutcome, announce, write_verdict
 from sobriety.config import SobrietySettings
@@ -75,11 +74,39 @@ def _tick_episodes_sync(
     return changed
 
 
+def _open_booking_session(
+    services: Services, person_id: str, episode_id: str, follows: str, ep: Episode, now: datetime
+) -> str:
+    """The session of a retest the episode expected and did not get (missed), audited."""
+    with services.sessions.begin() as db:
+        row = CheckSession(
+            person_id=person_id,
+            kind=SessionKind.BREATH,
+            status=SessionStatus.MISSED,
+            window_start=min(ep.due_at, now),
+            window_end=min(ep.window_end, now),
+            meta={"source": "episode_clock", "episode_id": episode_id, "follows": follows},
+        )
+        db.add(row)
+        db.flush()
+        audit.append(
+            db,
+            SYSTEM_ACTOR,
+            "breath_retest_booked",
+            "session",
+            row.id,
+            {"episode_id": episode_id, "follows": follows, "state": ep.state.value},
+        )
+        return row.id
+
+
 async def tick_episodes(services: Services, now: datetime) -> list[EpisodeTick]:
     """Advance every open breath episode to `now`: a missed or unconfirmed test gets its verdict booked.
 
-    A result the state machine records (RECORD_RESULT) becomes a check on the episode's last session and a
-    verdict through the normal policy, so it reaches the review queue and the webhook like any other.
+    A result the state machine records (RECORD_RESULT) becomes a session of its own (the test that was
+    not taken, linked to the episode and to the session it follows) with a check and a verdict through the
+    normal policy, so it reaches the review queue and the webhook like any other; every session has at most
+    one verdict.
     """
     out: list[EpisodeTick] = []
     for episode_id, person_id, session_id, actions, ep in await asyncio.to_thread(
@@ -102,10 +129,14 @@ async def tick_episodes(services: Services, now: datetime) -> list[EpisodeTick]:
                 )
                 for a in recorded
             ]
-            outcome, verdict_id = await asyncio.to_thread(
-                write_verdict, services, session_id, checks, [CheckKind.BREATH_READING]
+            booked = await asyncio.to_thread(
+                _open_booking_session, services, person_id, episode_id, session_id, ep, now
             )
-            announce(services, session_id, person_id, "breath", outcome, verdict_id)
+            outcome, verdict_id = await asyncio.to_thread(
+                write_verdict, services, booked, checks, [CheckKind.BREATH_READING]
+            )
+            announce(services, booked, person_id, "breath", outcome, verdict_id)
+            session_id = booked
         out.append(EpisodeTick(episode_id, person_id, ep.state.value, session_id, verdict_id, outcome))
     return out
 

@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from datetime import date, datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from identity.checks import CheckResult
 from media_server.breath.values import SYSTEM_ACTOR, Retest
 from media_server.db import audit
 from media_server.db.models import (
     BreathEpisode,
+    Device,
     Person,
 )
 from media_server.services import Services
@@ -27,6 +30,8 @@ from sobriety.policy import (
     RetestEvent,
     RetestState,
     TestStage,
+    evaluate_reading,
+    event_for,
     expected_stage,
     next_state,
     open_episode,
@@ -160,21 +165,63 @@ def _retest_of(step: _EpisodeStep, now: datetime) -> Retest | None:
     return None
 
 
-def order_limit(services: Services, person_id: str) -> tuple[OrderLimit, str]:
-    """The person's court-order limit, or the service default; and which one it is."""
-    settings: SobrietySettings = services.settings.sobriety
-    with services.sessions() as db:
-        person = db.get(Person, person_id)
-        if person is not None and person.order_brac_limit is not None and person.order_brac_unit:
-            return OrderLimit(person.order_brac_limit, AlcoholUnit(person.order_brac_unit)), "court_order"
+@dataclass(frozen=True)
+class BreathContext:
+    """What a submission is judged against, loaded once: the person's names, the order, the calibration."""
+
+    person_names: tuple[str, ...]
+    order: OrderLimit
+    order_source: str
+    calibrated_on: date | None
+
+
+def _order_of(person: Person | None, settings: SobrietySettings) -> tuple[OrderLimit, str]:
+    if person is not None and person.order_brac_limit is not None and person.order_brac_unit:
+        return OrderLimit(person.order_brac_limit, AlcoholUnit(person.order_brac_unit)), "court_order"
     return OrderLimit.default(settings), "default_limit_g_210l"
 
 
-def _stage_for(services: Services, person_id: str, reading: BreathReading, now: datetime) -> TestStage:
+def order_limit(services: Services, person_id: str) -> tuple[OrderLimit, str]:
+    """The person's court-order limit, or the service default; and which one it is."""
+    with services.sessions() as db:
+        return _order_of(db.get(Person, person_id), services.settings.sobriety)
+
+
+def load_context(services: Services, person_id: str, device_id: str) -> BreathContext:
+    """The person and the station, read once in one transaction."""
+    with services.sessions() as db:
+        person = db.get(Person, person_id)
+        device = db.get(Device, device_id)
+        order, source = _order_of(person, services.settings.sobriety)
+        names = (person.id, person.external_ref) if person is not None else ()
+        return BreathContext(names, order, source, device.calibrated_on if device is not None else None)
+
+
+def judge_reading_and_advance(
+    services: Services,
+    person_id: str,
+    session_id: str,
+    reading: BreathReading,
+    context: BreathContext,
+    reading_used: Callable[[CheckResult], bool],
+    now: datetime,
+) -> tuple[_EpisodeStep, TestStage, CheckResult]:
+    """In ONE locked transaction: the stage the episode expects, the reading against the order at that
+    stage, and the episode moved on by it — so two concurrent tests of one person cannot both be judged
+    at the same stage. `reading_used(check)` is False when the photos show the reading is not the person's.
+    """
     settings: SobrietySettings = services.settings.sobriety
     with services.sessions.begin() as db:
-        _, ep = _current_episode(db, person_id, reading.timestamp, now, settings)
-        return expected_stage(ep)
+        row, ep = _current_episode(db, person_id, reading.timestamp, now, settings)
+        stage = expected_stage(ep)
+        check = evaluate_reading(reading.brac, AlcoholUnit(reading.unit), context.order, stage, settings)
+        check = replace(check, details={**check.details, "order_limit_source": context.order_source})
+        event = (
+            event_for(check, reading.timestamp)
+            if reading_used(check)
+            else RetestEvent(EventKind.REJECTED, reading.timestamp)
+        )
+        return _advance_in(db, row, ep, person_id, session_id, event, now, settings), stage, check
 
 
 def _advance_episode(
@@ -183,33 +230,47 @@ def _advance_episode(
     settings: SobrietySettings = services.settings.sobriety
     with services.sessions.begin() as db:
         row, ep = _current_episode(db, person_id, event.at, now, settings)
-        new_ep, actions = next_state(ep, event, now, settings)
-        if row is None:
-            row = BreathEpisode(
-                person_id=person_id,
-                first_session_id=session_id,
-                history=[],
-                created_at=now,
-                state=new_ep.state.value,
-                stage=expected_stage(new_ep).value,
-                due_at=new_ep.due_at,
-                window_end=new_ep.window_end,
-                episode=episode_to_json(new_ep),
-            )
-            db.add(row)
-        _save_episode(row, new_ep, actions, session_id, now, event.kind.value)
-        db.flush()
-        audit.append(
-            db,
-            SYSTEM_ACTOR,
-            "breath_episode_updated",
-            "session",
-            session_id,
-            {
-                "episode_id": row.id,
-                "event": event.kind.value,
-                "state": new_ep.state.value,
-                "actions": [a.code for a in actions],
-            },
+        return _advance_in(db, row, ep, person_id, session_id, event, now, settings)
+
+
+def _advance_in(
+    db: Session,
+    row: BreathEpisode | None,
+    ep: Episode,
+    person_id: str,
+    session_id: str,
+    event: RetestEvent,
+    now: datetime,
+    settings: SobrietySettings,
+) -> _EpisodeStep:
+    """Move the (locked) episode on by `event` in the caller's transaction, and audit it."""
+    new_ep, actions = next_state(ep, event, now, settings)
+    if row is None:
+        row = BreathEpisode(
+            person_id=person_id,
+            first_session_id=session_id,
+            history=[],
+            created_at=now,
+            state=new_ep.state.value,
+            stage=expected_stage(new_ep).value,
+            due_at=new_ep.due_at,
+            window_end=new_ep.window_end,
+            episode=episode_to_json(new_ep),
         )
-        return _EpisodeStep(row.id, new_ep, actions)
+        db.add(row)
+    _save_episode(row, new_ep, actions, session_id, now, event.kind.value)
+    db.flush()
+    audit.append(
+        db,
+        SYSTEM_ACTOR,
+        "breath_episode_updated",
+        "session",
+        session_id,
+        {
+            "episode_id": row.id,
+            "event": event.kind.value,
+            "state": new_ep.state.value,
+            "actions": [a.code for a in actions],
+        },
+    )
+    return _EpisodeStep(row.id, new_ep, actions)

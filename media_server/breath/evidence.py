@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
@@ -9,6 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select, update
+from sqlalchemy.orm import Session
 
 from identity.checks import CheckResult, Outcome
 from media_server.artifacts import StoredRef, store_artifact
@@ -23,6 +25,7 @@ from media_server.db.enums import (
     SessionStatus,
 )
 from media_server.db.models import (
+    Artifact,
     BreathNonce,
     CheckSession,
     Device,
@@ -86,13 +89,18 @@ def _route(services: Services, upload: Upload, now: datetime) -> _Route:
             )
             return _Route(serial, device.id, None, None, problem=problem, inactive_person=person.id)
         nonce = fields.get("nonce")
-        may_claim = (
+        signed = (
             device.active
             and device.public_key_b64 is not None
             and isinstance(nonce, str)
             and verify_signature(upload.reading, upload.signature, device.public_key_b64)
-            and db.get(BreathNonce, (device.id, nonce[:128])) is None
         )
+        spent = isinstance(nonce, str) and db.get(BreathNonce, (device.id, nonce[:128])) is not None
+        if signed and spent:
+            original = _original_submission(db, person.id, upload)
+            if original is not None:
+                return _Route(serial, device.id, person.id, original, resend=True)
+        may_claim = signed and not spent
         if may_claim:
             open_rows = db.scalars(
                 select(CheckSession)
@@ -143,6 +151,67 @@ def _route(services: Services, upload: Upload, now: datetime) -> _Route:
             {"device_id": device.id, "serial": serial, "unscheduled": True},
         )
         return _Route(serial, device.id, person.id, session.id)
+
+
+def _original_submission(db: Session, person_id: str, upload: Upload) -> str | None:
+    """The breath session that already stored this exact reading and signature, if any.
+
+    Same nonce + same signature is the same request (a station resending after a lost answer or a
+    server crash): it is answered from that session, never booked as a replay.
+    """
+    reading_sha = hashlib.sha256(upload.reading).hexdigest()
+    signature_sha = hashlib.sha256(upload.signature.encode("utf-8")).hexdigest()
+    candidates = db.scalars(
+        select(Artifact.session_id)
+        .join(CheckSession, CheckSession.id == Artifact.session_id)
+        .where(
+            Artifact.kind == ArtifactKind.READING,
+            Artifact.sha256 == reading_sha,
+            CheckSession.person_id == person_id,
+            CheckSession.kind == SessionKind.BREATH,
+        )
+        .order_by(Artifact.created_at)
+    ).all()
+    for session_id in candidates:
+        signatures = db.scalars(
+            select(Artifact.sha256).where(
+                Artifact.session_id == session_id,
+                Artifact.kind == ArtifactKind.OTHER,
+                Artifact.sha256 == signature_sha,
+            )
+        ).all()
+        if signatures:
+            return session_id
+    return None
+
+
+def stored_upload(services: Services, session_id: str) -> tuple[Upload, list[StoredRef]] | None:
+    """The submission a breath session stored (reading, signature, photos in order) and its refs."""
+    with services.sessions() as db:
+        rows = db.scalars(
+            select(Artifact).where(Artifact.session_id == session_id).order_by(Artifact.created_at)
+        ).all()
+        reading = next((a for a in rows if a.kind is ArtifactKind.READING), None)
+        signature = next(
+            (a for a in rows if a.kind is ArtifactKind.OTHER and a.meta.get("what") == "reading_signature"),
+            None,
+        )
+        photos = sorted(
+            (a for a in rows if a.kind is ArtifactKind.PHOTO), key=lambda a: int(a.meta.get("index", 0))
+        )
+        if reading is None or signature is None:
+            return None
+        refs = [StoredRef(a.id, a.key, a.sha256, a.size, a.kind) for a in [reading, signature, *photos]]
+        photo_meta = [
+            (str(a.meta.get("field", f"photo_{i}")), a.key, a.content_type) for i, a in enumerate(photos)
+        ]
+        reading_key, signature_key = reading.key, signature.key
+    upload = Upload(
+        reading=services.store.get_bytes(reading_key),
+        signature=services.store.get_bytes(signature_key).decode("utf-8"),
+        photos=[(name, services.store.get_bytes(key), ctype) for name, key, ctype in photo_meta],
+    )
+    return upload, refs
 
 
 def _photo_content_type(declared: str) -> str:

@@ -5,8 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import replace
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
+
+from sqlalchemy import select
 
 from identity.checks import CheckKind, CheckResult, Outcome
 from media_server.artifacts import StoredRef
@@ -15,16 +17,18 @@ from media_server.breath.episodes import (
     _advance_episode,
     _EpisodeStep,
     _retest_of,
-    _stage_for,
     episode_to_json,
-    order_limit,
+    judge_reading_and_advance,
+    load_context,
 )
 from media_server.breath.evidence import (
     _audit_loose_rejection,
+    _lenient_fields,
     _refs_view,
     _route,
     _store_loose_evidence,
     _store_session_evidence,
+    stored_upload,
 )
 from media_server.breath.photos import _photo_checks
 from media_server.breath.values import (
@@ -40,9 +44,9 @@ from media_server.breath.values import (
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, PersonStatus, SessionStatus
 from media_server.db.models import (
+    CheckResultRecord,
     CheckSession,
-    Device,
-    Person,
+    Verdict,
 )
 from media_server.db.types import utcnow
 from media_server.lifecycle import PersonNotActive, refuse_entry
@@ -53,15 +57,13 @@ from sobriety.policy import (
     ActionKind,
     EventKind,
     RetestEvent,
-    evaluate_reading,
-    event_for,
 )
 from sobriety.reading import (
     Admission,
+    NonceLedger,
     admit_submission,
     validate_reading,
 )
-from sobriety.units import AlcoholUnit
 
 log = logging.getLogger("kuzet.breath")
 
@@ -148,30 +150,34 @@ def _audit_session_rejection(
         )
 
 
-def _admit(services: Services, upload: Upload, now: datetime) -> Admission:
+class _ResumeLedger:
+    """The nonce ledger when a stored submission is judged again: its own nonce is not a replay."""
+
+    def __init__(self, inner: NonceLedger, device_id: str, nonce: object) -> None:
+        self._inner, self._own = inner, (device_id, nonce)
+
+    def seen(self, device_id: str, nonce: str) -> bool:
+        return (device_id, nonce) != self._own and self._inner.seen(device_id, nonce)
+
+    def remember(self, device_id: str, nonce: str, at: datetime) -> bool:
+        if (device_id, nonce) == self._own:
+            self._inner.remember(device_id, nonce, at)
+            return True
+        return self._inner.remember(device_id, nonce, at)
+
+
+def _admit(services: Services, upload: Upload, now: datetime, ledger: NonceLedger | None = None) -> Admission:
     return admit_submission(
         upload.reading,
         upload.signature,
         DbDeviceRegistry(services.sessions),
-        DbNonceLedger(services.sessions),
+        ledger or DbNonceLedger(services.sessions),
         now,
         services.settings.sobriety,
     )
 
 
-def _registry_calibration(services: Services, device_id: str) -> date | None:
-    with services.sessions() as db:
-        row = db.get(Device, device_id)
-        return row.calibrated_on if row is not None else None
-
-
-def _person_matches(services: Services, person_id: str, named: str) -> bool:
-    with services.sessions() as db:
-        person = db.get(Person, person_id)
-        return person is not None and named in (person.id, person.external_ref)
-
-
-def _reading_used(reading_check: CheckResult, photo_checks: list[CheckResult]) -> bool:
+def _reading_used(photo_checks: list[CheckResult]) -> bool:
     """False when the photos clearly show another person or a reused photo (the reading is not theirs)."""
     return not any(
         c.outcome is Outcome.FAIL and c.kind in (CheckKind.FACE, CheckKind.PHOTO_REUSE) for c in photo_checks
@@ -198,7 +204,6 @@ def _not_used(reading_check: CheckResult, step: _EpisodeStep) -> CheckResult:
 
 async def submit_breath_test(services: Services, upload: Upload, now: datetime) -> BreathOutcome:
     """The whole breath-test flow for one bounded upload; `now` is the aware server time."""
-    settings: SobrietySettings = services.settings.sobriety
     route = await asyncio.to_thread(_route, services, upload, now)
 
     # 0. A station of a person no longer under supervision: refused, nothing stored but an audit line.
@@ -224,17 +229,34 @@ async def submit_breath_test(services: Services, upload: Upload, now: datetime) 
             )
         await asyncio.to_thread(_audit_loose_rejection, services, route, rejection, evidence)
         return BreathOutcome(session_id=None, rejection=rejection, checks=[rejection], evidence=evidence)
+    if route.resend:
+        return await answer_resend(services, route, upload)
     assert route.person_id is not None and route.device_id is not None
     refs = await asyncio.to_thread(_store_session_evidence, services, route.session_id, upload)
+    return await _judge(services, route, upload, refs, now, None)
+
+
+async def _judge(
+    services: Services,
+    route: _Route,
+    upload: Upload,
+    refs: list[StoredRef],
+    now: datetime,
+    ledger: NonceLedger | None,
+) -> BreathOutcome:
+    """Steps 2-4 on stored evidence: admission, the reading, the photos, the episode and the verdict."""
+    settings: SobrietySettings = services.settings.sobriety
+    assert route.session_id is not None and route.person_id is not None and route.device_id is not None
 
     # 2. Admission and validity.
-    admission = await asyncio.to_thread(_admit, services, upload, now)
+    admission = await asyncio.to_thread(_admit, services, upload, now, ledger)
     if not admission.accepted or admission.reading is None:
         rejection = admission.rejection or _sig(Outcome.FAIL, "invalid_reading", "Reading was not admitted.")
         return await _reject(services, route, rejection, list(admission.checks), refs, now)
     reading = admission.reading
     checks = list(admission.checks)
-    if not await asyncio.to_thread(_person_matches, services, route.person_id, reading.person_id):
+    context = await asyncio.to_thread(load_context, services, route.person_id, route.device_id)
+    if reading.person_id not in context.person_names:
         mismatch = CheckResult(
             CheckKind.BREATH_READING,
             Outcome.INCONCLUSIVE,
@@ -243,8 +265,7 @@ async def submit_breath_test(services: Services, upload: Upload, now: datetime) 
             details={"named": reading.person_id},
         )
         return await _reject(services, route, mismatch, [*checks, mismatch], refs, now)
-    calibrated = await asyncio.to_thread(_registry_calibration, services, route.device_id)
-    validity = validate_reading(reading, now, settings, len(upload.photos), calibrated)
+    validity = validate_reading(reading, now, settings, len(upload.photos), context.calibrated_on)
     checks += validity
     invalid = next((c for c in validity if not c.passed), None)
     if invalid is not None:
@@ -267,11 +288,7 @@ async def submit_breath_test(services: Services, upload: Upload, now: datetime) 
             episode={"id": step.episode_id, **episode_to_json(step.episode)},
         )
 
-    # 3. The reading against the order at the stage the episode expects; the photos in the worker pool.
-    stage = await asyncio.to_thread(_stage_for, services, route.person_id, reading, now)
-    order, source = await asyncio.to_thread(order_limit, services, route.person_id)
-    reading_check = evaluate_reading(reading.brac, AlcoholUnit(reading.unit), order, stage, settings)
-    reading_check = replace(reading_check, details={**reading_check.details, "order_limit_source": source})
+    # 3. The photos in the worker pool (they do not depend on the episode; no lock is held meanwhile).
     photo_refs = [r for r in refs if r.kind is ArtifactKind.PHOTO]
     photos = [(r.artifact_id, data) for r, (_, data, _) in zip(photo_refs, upload.photos, strict=True)]
     try:
@@ -288,13 +305,18 @@ async def submit_breath_test(services: Services, upload: Upload, now: datetime) 
             )
         ]
 
-    # 4. The retest episode, then the verdict.
-    event = (
-        event_for(reading_check, reading.timestamp)
-        if _reading_used(reading_check, photo_checks)
-        else RetestEvent(EventKind.REJECTED, reading.timestamp)
+    # 4. One locked transaction: the episode's stage, the reading against the order at it, the episode moved
+    #    on; then the verdict.
+    step, stage, reading_check = await asyncio.to_thread(
+        judge_reading_and_advance,
+        services,
+        route.person_id,
+        route.session_id,
+        reading,
+        context,
+        lambda _check: _reading_used(photo_checks),
+        now,
     )
-    step = await asyncio.to_thread(_advance_episode, services, route.person_id, route.session_id, event, now)
     reading_check = _not_used(reading_check, step)
     results = [*checks, reading_check, *photo_checks]
     outcome, verdict_id = await asyncio.to_thread(
@@ -320,6 +342,78 @@ async def submit_breath_test(services: Services, upload: Upload, now: datetime) 
         episode={"id": step.episode_id, **episode_to_json(step.episode)},
         evidence=_refs_view(refs),
     )
+
+
+def _stored_outcome(services: Services, session_id: str, refs: list[StoredRef]) -> BreathOutcome | None:
+    """The answer a session already got: its latest verdict and the checks it was judged on."""
+    with services.sessions() as db:
+        verdict = db.scalars(
+            select(Verdict).where(Verdict.session_id == session_id).order_by(Verdict.created_at.desc())
+        ).first()
+        if verdict is None:
+            return None
+        session = db.get(CheckSession, session_id)
+        rejected = (session.meta or {}).get("rejected") if session is not None else None
+        checks = [
+            r.to_check()
+            for r in db.scalars(
+                select(CheckResultRecord)
+                .where(CheckResultRecord.session_id == session_id)
+                .order_by(CheckResultRecord.created_at)
+            ).all()
+        ]
+        rejection = next((c for c in checks if c.code == rejected), None) if rejected else None
+        return BreathOutcome(
+            session_id=session_id,
+            rejection=rejection,
+            checks=checks,
+            decision=verdict.decision,
+            reasons=list(verdict.reasons),
+            verdict_id=verdict.id,
+            episode={"id": (session.meta or {}).get("episode_id")} if session is not None else None,
+            evidence=_refs_view(refs),
+        )
+
+
+def _arrival(services: Services, session_id: str) -> datetime:
+    with services.sessions() as db:
+        row = db.get(CheckSession, session_id)
+        return (row.started_at if row is not None and row.started_at else None) or utcnow()
+
+
+async def answer_resend(services: Services, route: _Route, upload: Upload) -> BreathOutcome:
+    """A byte-identical resend: the original answer, or (after a crash) the original submission judged now.
+
+    Nothing new is stored. A session still without a verdict is judged from its stored evidence as of
+    its arrival time, with its own nonce not counted as a replay.
+    """
+    assert route.session_id is not None
+    stored = await asyncio.to_thread(stored_upload, services, route.session_id)
+    refs = stored[1] if stored is not None else []
+    answered = await asyncio.to_thread(_stored_outcome, services, route.session_id, refs)
+    if answered is not None:
+        return answered
+    return await rejudge(services, route.session_id)
+
+
+async def rejudge(services: Services, session_id: str) -> BreathOutcome:
+    """Judge a stored breath submission that has no verdict (crash recovery); idempotent per session."""
+    stored = await asyncio.to_thread(stored_upload, services, session_id)
+    answered = await asyncio.to_thread(_stored_outcome, services, session_id, stored[1] if stored else [])
+    if answered is not None:
+        return answered
+    with services.sessions() as db:
+        row = db.get(CheckSession, session_id)
+        person_id = row.person_id if row is not None else None
+        device_id = row.device_id if row is not None else None
+        scheduled = bool(row is not None and not (row.meta or {}).get("unscheduled"))
+    if stored is None or person_id is None or device_id is None:
+        raise ValueError(f"breath session {session_id} has no stored submission to judge")
+    upload, refs = stored
+    nonce = _lenient_fields(upload.reading).get("nonce")
+    route = _Route(None, device_id, person_id, session_id, scheduled=scheduled)
+    ledger = _ResumeLedger(DbNonceLedger(services.sessions), device_id, nonce)
+    return await _judge(services, route, upload, refs, _arrival(services, session_id), ledger)
 
 
 def now_utc() -> datetime:

@@ -98,23 +98,40 @@ def _unreadable_summary(job: PhotoJobResult, total: int) -> CheckResult | None:
     )
 
 
+def _merge(parts: list[PhotoJobResult]) -> PhotoJobResult:
+    """Per-photo job results, in upload order, as one test's result."""
+    problem = next((p.problem for p in parts if p.problem is not None), None)
+    if problem is not None:
+        return PhotoJobResult(problem=problem)
+    return PhotoJobResult(
+        analyses=[a for p in parts for a in p.analyses],
+        unreadable=[u for p in parts for u in p.unreadable],
+    )
+
+
 async def _photo_checks(
     services: Services, person_id: str, session_id: str, photos: list[tuple[str, bytes]]
 ) -> list[CheckResult]:
     settings: SobrietySettings = services.settings.sobriety
     gallery, model, problem = await asyncio.to_thread(_gallery, services, person_id)
-    got = await run_engine(
-        services,
-        CheckKind.BREATH_PHOTO,
-        analyse_photos_job,
-        photos,
-        gallery,
-        model,
-        settings.model_dump(mode="json"),
-    )
-    if isinstance(got, CheckResult):  # the pool or the job crashed: technical, never a verdict
-        return [got]
-    job: PhotoJobResult = got
+    # One job per photo, all in flight at once: the pool spreads them over its processes.
+    jobs = [
+        run_engine(
+            services,
+            CheckKind.BREATH_PHOTO,
+            analyse_photos_job,
+            [photo],
+            gallery,
+            model,
+            settings.model_dump(mode="json"),
+        )
+        for photo in photos
+    ]
+    got = await asyncio.gather(*jobs)
+    crashed = next((g for g in got if isinstance(g, CheckResult)), None)
+    if crashed is not None:  # the pool or a job crashed: technical, never a verdict
+        return [crashed]
+    job = _merge([g for g in got if isinstance(g, PhotoJobResult)])
     if job.problem is not None:
         return [job.problem]
     checks = await asyncio.to_thread(_judge_photos, services, person_id, session_id, job)

@@ -102,6 +102,8 @@ class _Route:
     problem: CheckResult | None = None
     # The device's person is no longer under supervision: refuse, store nothing but an audit line.
     inactive_person: str | None = None
+    # A byte-identical resend (same reading, same signature) of a submission already stored on `session_id`.
+    resend: bool = False
 
 
 def _sig(outcome: Outcome, code: str, message: str, **details: object) -> CheckResult:

@@ -203,3 +203,17 @@ def test_adaptive_gallery_refreshes_only_from_a_confident_pass(api: Api) -> None
         assert "template_adapted" in db.scalars(select(AuditEntry.action)).all()
     merged = template_from_bytes(active_template(api.services, person_id, Modality.FACE) or b"")
     assert merged.metadata["n_enrolled"] == 2 and merged.embeddings.shape[0] > 2
+
+
+def test_a_session_is_judged_once_even_when_its_job_runs_twice(api: Api) -> None:
+    """A redelivered or repeated judging job returns the verdict the session already has."""
+    _, session_id = _session(api)
+    results = [
+        CheckResult(CheckKind.FACE, Outcome.PASS, "match", "Face matches."),
+        CheckResult(CheckKind.PAD, Outcome.PASS, "live", "Live face."),
+    ]
+    first, first_id = write_verdict(api.services, session_id, results, [CheckKind.FACE, CheckKind.PAD])
+    again, again_id = write_verdict(api.services, session_id, results[:1], [CheckKind.FACE, CheckKind.PAD])
+    assert again_id == first_id and again.decision is first.decision is Decision.PASS
+    with api.services.sessions() as db:
+        assert len(db.scalars(select(Verdict).where(Verdict.session_id == session_id)).all()) == 1
