@@ -25,8 +25,8 @@ def routers() -> list[APIRouter]:
         breath.router,
         enrolment.router,
         reviews.router,
+        ws_admin.router,  # before the workstation's catch-all /ws/{path} page
         workstation.router,
-        ws_admin.router,
         whip.router,
         checkin_page.router,
     ]

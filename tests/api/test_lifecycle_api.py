@@ -452,9 +452,8 @@ def test_failed_webhooks_become_dead_letters_admins_can_retry(api: Api, receiver
     by_type = {row.event_type: row for row in letters()}
     assert token not in by_type["checkin_due"].body and '"link_redacted":true' in by_type["checkin_due"].body
     assert by_type["verdict"].last_status == 503 and by_type["verdict"].event_id == "verdict-v-9"
-    with (
-        services.sessions() as db
-    ):  # the link was handed to the officer: a gateway failure does not undo that
+    # The link was handed to the officer: a gateway failure does not undo that.
+    with services.sessions() as db:
         assert db.get_one(CheckSession, r.json()["session_id"]).meta["link"]["status"] == "handed_to_officer"
 
     listed = api.client.get("/api/v1/webhooks/dead-letters", headers=_as(api, Role.ADMIN))
