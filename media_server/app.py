@@ -23,11 +23,11 @@ from media_server.evidence.port import IntegrityError as EvidenceIntegrityError
 from media_server.evidence.port import NotFound as EvidenceNotFound
 from media_server.hygiene import install as install_hygiene
 from media_server.leader import build_lease
+from media_server.links import deliver_link
 from media_server.recovery import run_recovery
 from media_server.schedules import IssuedSession, derive_seed_key, run_scheduler
 from media_server.services import Services, build_services
 from media_server.settings import Settings
-from media_server.webhooks import EventType, WebhookEvent
 
 log = logging.getLogger("kuzet")
 
@@ -44,26 +44,11 @@ async def _flush_spool_forever(services: Services) -> None:
 
 
 def _link_deliverer(services: Services) -> Callable[[IssuedSession], Awaitable[None]]:
-    """One-time links go to the agency's SMS/push gateway through the webhook (it holds the phone numbers)."""
+    """One-time links go to the agency's SMS/push gateway through the webhook (it holds the phone numbers);
+    `media_server.links.deliver_link` records on the session whether the gateway accepted it."""
 
     async def deliver(issued: IssuedSession) -> None:
-        event = WebhookEvent(
-            EventType.CHECKIN_DUE,
-            {
-                "session_id": issued.session_id,
-                "person_id": issued.person_id,
-                "kind": issued.kind.value,
-                "window_start": issued.window_start.isoformat(),
-                "window_end": issued.window_end.isoformat(),
-                "checkin_path": f"/checkin/{issued.token}",
-            },
-        )
-        if services.notifier.enabled:
-            services.notifier.submit(event)
-        else:
-            log.warning(
-                "no webhook configured: check-in link not delivered", extra={"session_id": issued.session_id}
-            )
+        await deliver_link(services, issued)
 
     return deliver
 

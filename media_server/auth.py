@@ -18,7 +18,8 @@ from sqlalchemy.orm import Session
 from media_server.db.enums import DeviceKind, Role, SessionKind, SessionStatus
 from media_server.db.models import CheckSession, Device, User
 from media_server.db.types import utcnow
-from media_server.errors import Forbidden, Unauthorized
+from media_server.errors import Forbidden, Gone, Unauthorized
+from media_server.lifecycle import require_active
 from media_server.services import Services
 from media_server.tokens import token_hash, verify_token
 
@@ -97,7 +98,11 @@ class WhipPrincipal:
 
 
 def authenticate_whip(db: Session, authorization: str | None, max_session_s: float) -> WhipPrincipal:
-    """Spend a one-time check-in token, or open a station session for a device key; raises Unauthorized."""
+    """Spend a one-time check-in token, or open a station session for a device key; raises Unauthorized.
+
+    A person whose supervision ended or who was erased is refused (`lifecycle.PersonNotActive`, 410)
+    before anything is written; so is a link revoked by an officer's resend or by the life cycle (Gone).
+    """
     token = bearer(authorization)
     if token is None:
         raise Unauthorized("a Bearer credential (check-in token or device key) is required")
@@ -109,6 +114,7 @@ def authenticate_whip(db: Session, authorization: str | None, max_session_s: flo
             raise Unauthorized("unknown or deactivated device key")
         if device.person_id is None:
             raise Unauthorized("this station is not assigned to a person")
+        require_active(db, device.person_id)
         row = CheckSession(
             person_id=device.person_id,
             kind=SessionKind.STATION,
@@ -126,6 +132,9 @@ def authenticate_whip(db: Session, authorization: str | None, max_session_s: flo
     if found is None:
         raise Unauthorized("unknown check-in link")
     row = found
+    require_active(db, row.person_id)
+    if row.status is SessionStatus.CANCELLED:
+        raise Gone("this check-in link was revoked; ask your officer for a new one")
     if now < row.window_start:
         raise Unauthorized("this check-in is not open yet")
     if now > row.window_end:

@@ -6,10 +6,15 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from media_server.settings import Settings
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
+    from sqlalchemy.orm import Session, sessionmaker
 
 
 @click.group()
@@ -622,7 +627,7 @@ def retention() -> None:
 @retention.command("erase-due")
 def retention_erase_due() -> None:
     """Erase every person whose retention has ended (objects still locked are reported and retried later)."""
-    from datetime import UTC, datetime
+    from datetime import UTC, datetime, timedelta
 
     from media_server.db.engine import make_engine, make_session_factory
     from media_server.erasure import erase_due
@@ -632,7 +637,12 @@ def retention_erase_due() -> None:
     engine = make_engine(settings.database_url)
     try:
         with make_session_factory(engine)() as session:
-            proofs = erase_due(session, build_store(settings), datetime.now(UTC))
+            proofs = erase_due(
+                session,
+                build_store(settings),
+                datetime.now(UTC),
+                unattributed_after=timedelta(days=settings.retention.unattributed_days),
+            )
     finally:
         engine.dispose()
     for proof in proofs:
@@ -641,6 +651,143 @@ def retention_erase_due() -> None:
         for kept in proof.retained:
             click.echo(f"  kept {kept.key}: {kept.reason}")
     click.echo(f"{len(proofs)} person(s) processed")
+
+
+def _database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
+    """The configured database, migrated to head, and a session factory on it."""
+    from media_server.db.engine import make_engine, make_session_factory
+    from media_server.db.migrate import upgrade
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    return engine, make_session_factory(engine)
+
+
+@retention.command("report")
+@click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
+def retention_report_cmd(as_json: bool) -> None:
+    """What is held per person (templates, sessions, evidence objects and bytes) and why."""
+    from datetime import UTC, datetime
+
+    from media_server.retention import retention_report
+
+    settings = Settings()
+    engine, factory = _database(settings)
+    try:
+        with factory() as session:
+            report = retention_report(session, settings.retention, datetime.now(UTC))
+    finally:
+        engine.dispose()
+    if as_json:
+        click.echo(json.dumps(report, indent=2, sort_keys=True))
+        return
+    for p in report["persons"]:
+        held = p["held"]
+        click.echo(
+            f"{p['person_id']} {p['external_ref']} {p['status']}: {held['templates']} template(s), "
+            f"{held['sessions']} session(s), {held['objects']} object(s) / {held['object_bytes']} bytes, "
+            f"{held['rejection_objects']} rejected-submission object(s)"
+        )
+        click.echo(f"  why: {p['why']}")
+    loose = report["unattributed"]
+    click.echo(
+        f"unattributed: {loose['rejections']} rejection(s), {loose['objects']} object(s) / "
+        f"{loose['object_bytes']} bytes; first due {loose['first_due_for_erasure'] or '-'}"
+    )
+
+
+@retention.command("verify-erasure")
+@click.argument("erasure_id")
+def retention_verify_erasure(erasure_id: str) -> None:
+    """Recompute an erasure's proof from the rows it marked; exit 1 on any mismatch."""
+    from media_server.erasure import verify_erasure
+    from media_server.evidence import build_store
+
+    settings = Settings()
+    engine, factory = _database(settings)
+    try:
+        with factory() as session:
+            check = verify_erasure(session, build_store(settings), erasure_id)
+    except LookupError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    finally:
+        engine.dispose()
+    click.echo(f"erasure {check.erasure_id} of {check.person_id}: proof {check.proof_sha256}")
+    click.echo(f"  recomputed {check.recomputed_sha256} over {check.deleted_keys} deleted object(s)")
+    for problem in check.problems:
+        click.echo(f"  PROBLEM {problem}")
+    click.echo("ok" if check.ok else "NOT OK")
+    sys.exit(0 if check.ok else 1)
+
+
+@main.group()
+def persons() -> None:
+    """A supervised person's life cycle: end of supervision, erasure on request (audited as `cli`)."""
+
+
+@persons.command("end-supervision")
+@click.option("--person", "person_id", required=True, help="Person id.")
+@click.option("--ended-on", required=True, type=click.DateTime(formats=["%Y-%m-%d"]), help="YYYY-MM-DD")
+@click.option("--reason", default="order ended", show_default=True)
+def persons_end_supervision(person_id: str, ended_on: datetime, reason: str) -> None:
+    """Record the order's end date: devices, schedules and open links are revoked at once."""
+    from media_server.errors import KuzetError
+    from media_server.lifecycle import end_supervision
+
+    settings = Settings()
+    engine, factory = _database(settings)
+    try:
+        with factory() as session:
+            out = end_supervision(
+                session,
+                person_id,
+                ended_on.date(),
+                actor="cli",
+                reason=reason,
+                settings=settings.retention,
+            )
+    except KuzetError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    finally:
+        engine.dispose()
+    click.echo(json.dumps(out, sort_keys=True))
+
+
+@persons.command("erase")
+@click.option("--person", "person_id", required=True, help="Person id.")
+@click.option("--reason", required=True, help="Why (recorded in the audit log and the proof's audit entry).")
+def persons_erase(person_id: str, reason: str) -> None:
+    """Erase a person on request now (evidence under object lock stays until it is free); prints the proof."""
+    from datetime import UTC
+
+    from media_server.erasure import erase_person
+    from media_server.evidence import build_store
+
+    settings = Settings()
+    engine, factory = _database(settings)
+    try:
+        with factory() as session:
+            proof = erase_person(
+                session,
+                build_store(settings),
+                person_id,
+                datetime.now(UTC),
+                actor="cli",
+                reason=reason,
+                on_request=True,
+            )
+    except (LookupError, ValueError) as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    finally:
+        engine.dispose()
+    click.echo(f"{proof.person_id} erasure={proof.erasure_id or '-'} proof={proof.proof_sha256}")
+    click.echo(f"  counts {json.dumps(proof.counts, sort_keys=True)}")
+    for kept in proof.retained:
+        click.echo(f"  kept {kept.key}: {kept.reason}")
 
 
 if __name__ == "__main__":

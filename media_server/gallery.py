@@ -1,10 +1,15 @@
-"""Biometric templates at rest: AES-GCM encrypted per person; one active template per modality."""
+"""Biometric templates at rest: AES-GCM encrypted per person; one active template per modality.
+
+Housekeeping: a saved template supersedes the active one, and superseded templates beyond
+`gallery.superseded_templates_kept` (default 0) are deleted in the same transaction, so a person holds
+at most 1 + that many template rows per modality however often the adaptive gallery refreshes.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 
 from identity.checks import ModelStamp
 from media_server.db import audit
@@ -43,7 +48,8 @@ def save_template(
     source: TemplateSource,
     details: dict[str, Any],
 ) -> str:
-    """Encrypt and store a template as the person's active one (the previous stays, inactive); audited."""
+    """Encrypt and store a template as the person's active one; superseded ones beyond the kept number
+    are deleted; audited (with how many were deleted)."""
     nonce, ciphertext = encrypt_template(services.keys.template_key, template, person_id)
     with services.sessions.begin() as db:
         db.execute(
@@ -66,6 +72,19 @@ def save_template(
         )
         db.add(row)
         db.flush()
+        kept = services.settings.gallery.superseded_templates_kept
+        superseded = db.scalars(
+            select(Enrolment.id)
+            .where(
+                Enrolment.person_id == person_id,
+                Enrolment.modality == modality,
+                Enrolment.active.is_(False),
+            )
+            .order_by(Enrolment.created_at.desc(), Enrolment.id.desc())
+        ).all()
+        doomed = list(superseded[kept:])
+        if doomed:
+            db.execute(delete(Enrolment).where(Enrolment.id.in_(doomed)))
         audit.append(
             db,
             actor=actor,
@@ -77,6 +96,7 @@ def save_template(
                 "enrolment_id": row.id,
                 "n_samples": n_samples,
                 "model": model.name,
+                "superseded_deleted": len(doomed),
                 **details,
             },
         )

@@ -199,6 +199,9 @@ REASONS: dict[str, str] = {
         "The server stopped before this session was judged; its evidence is kept and a retake is offered."
     ),
     "technical_failure": N_("The session ended in a technical failure; a retake is offered."),
+    "link_not_delivered": N_("The check-in link never reached the person; a fresh link is sent."),
+    "never_connected": N_("The check-in page was opened but never connected; a fresh link is sent."),
+    "person_not_active": N_("This person is no longer under supervision; nothing was stored."),
     "engine_error": N_("An analysis engine failed."),
     "template_unreadable": N_("The enrolment template could not be read."),
     # face and photo quality

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.sql import Select
 
 from media_server.db.enums import Decision
-from media_server.db.models import Review, Verdict
+from media_server.db.models import CheckSession, Person, Review, Verdict
 
 
 def latest_verdict_ids() -> Select[Any]:
@@ -25,14 +25,18 @@ def latest_verdict_ids() -> Select[Any]:
 
 
 def pending_review_count(db: Session) -> int:
-    """Sessions whose latest verdict is REVIEW or FAIL and that no reviewer has decided yet."""
+    """Sessions whose latest verdict is REVIEW or FAIL and that no reviewer has decided yet (erased
+    persons' sessions excluded, as in the queue)."""
     count = db.scalar(
         select(func.count())
         .select_from(Verdict)
+        .join(CheckSession, Verdict.session_id == CheckSession.id)
+        .join(Person, CheckSession.person_id == Person.id)
         .where(
             Verdict.id.in_(latest_verdict_ids()),
             Verdict.decision.in_([Decision.REVIEW, Decision.FAIL]),
             Verdict.id.not_in(select(Review.verdict_id)),
+            Person.erased_at.is_(None),
         )
     )
     return int(count or 0)

@@ -46,6 +46,12 @@ class Metrics:
         self.spooled = Counter(
             "kuzet_evidence_spooled_total", "Artifacts spooled locally", registry=self.registry
         )
+        self.dead_letters = Counter(
+            "kuzet_webhook_dead_letters_total",
+            "Webhook deliveries that failed for good (stored as dead letters)",
+            ["event"],
+            registry=self.registry,
+        )
         self.review_queue = Gauge(
             "kuzet_review_queue_length",
             "Sessions waiting for a reviewer (counted on scrape)",
@@ -74,6 +80,7 @@ def build_services(settings: Settings) -> Services:
     """Build every resource (database migrated to head, evidence store, worker pool)."""
     from media_server.db.engine import make_engine, make_session_factory
     from media_server.db.migrate import upgrade
+    from media_server.dead_letters import DbDeadLetters
     from media_server.review_queue import queue_length_probe
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
@@ -91,6 +98,8 @@ def build_services(settings: Settings) -> Services:
         store=build_store(settings),
         workers=build_pool(settings),
         metrics=metrics,
-        notifier=WebhookNotifier(settings.webhooks),
+        notifier=WebhookNotifier(
+            settings.webhooks, dead_letters=DbDeadLetters(sessions, metrics.dead_letters)
+        ),
         signing_key=keys.evidence_key(),
     )

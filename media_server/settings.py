@@ -153,6 +153,13 @@ class GallerySettings(_Group):
         le=100,
         description="Adaptive embeddings kept beside the enrolled ones (oldest dropped first).",
     )
+    superseded_templates_kept: int = Field(
+        0,
+        ge=0,
+        le=10,
+        description="Superseded templates kept per person and modality (for rollback); older ones are "
+        "deleted from storage when a new template is saved.",
+    )
 
 
 class MediaSettings(_Group):
@@ -220,6 +227,16 @@ class SchedulesSettings(_Group):
     on_demand_duration_min: int = Field(
         30, ge=5, le=24 * 60, description="Length of an on-demand test window an officer requests."
     )
+    retake_window_min: int = Field(
+        60, ge=5, le=24 * 60, description="Length of the window of a fresh link issued after our failure."
+    )
+    max_automatic_retakes: int = Field(
+        2,
+        ge=0,
+        le=10,
+        description="Fresh links issued automatically in a row after technical failures (then an officer "
+        "resends by hand).",
+    )
     recovery_grace_s: int = Field(
         120,
         ge=10,
@@ -228,6 +245,9 @@ class SchedulesSettings(_Group):
         "judged (a breath test after arrival; a check-in after its longest possible end) is re-judged by the "
         "recovery sweep (at start and on the leader's tick).",
     )
+
+
+WEBHOOK_SECRET_MIN_CHARS = 16
 
 
 class WebhookSettings(_Group):
@@ -239,6 +259,33 @@ class WebhookSettings(_Group):
     max_attempts: int = Field(5, ge=1, le=20, description="Delivery attempts per URL before giving up.")
     backoff_initial_s: float = Field(1.0, gt=0, le=60, description="Wait before the first retry; doubles.")
     backoff_max_s: float = Field(60.0, gt=0, le=3600, description="Longest wait between two attempts.")
+
+    @model_validator(mode="after")
+    def _secret_with_urls(self) -> WebhookSettings:
+        # An empty key signs with HMAC(b"", ...): anyone could forge events. Refuse to start instead.
+        if self.urls and len(self.secret.get_secret_value()) < WEBHOOK_SECRET_MIN_CHARS:
+            raise ValueError(
+                f"webhooks.secret must be set (at least {WEBHOOK_SECRET_MIN_CHARS} characters) "
+                "when webhooks.urls are configured"
+            )
+        return self
+
+
+class RetentionSettings(_Group):
+    """How long personal data is held (see README "Personal data")."""
+
+    after_supervision_days: int = Field(
+        365 * 3,
+        ge=0,
+        le=3650,
+        description="Days after the order's end date (supervision_ended_on) until a person is erased.",
+    )
+    unattributed_days: int = Field(
+        90,
+        ge=1,
+        le=3650,
+        description="Days the bytes of a rejected submission that belongs to no person are kept.",
+    )
 
 
 class LocationSettings(_Group):
@@ -335,6 +382,7 @@ class Settings(BaseSettings):
     gallery: GallerySettings = Field(default_factory=GallerySettings)
     schedules: SchedulesSettings = Field(default_factory=SchedulesSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     face: FaceSettings = Field(default_factory=FaceSettings)
     voice: VoiceSettings = Field(default_factory=VoiceSettings)
     pad: PadSettings = Field(default_factory=PadSettings)

@@ -5,6 +5,8 @@ secret>`, `X-Kuzet-Event` (the event type) and `X-Kuzet-Delivery` (the event id,
 retries so a receiver can drop duplicates). The body holds ids, decisions and reasons, never
 biometric data. Deliveries run on the event loop with httpx's async client (no thread blocks) and
 retry connection errors, timeouts, 429 and 5xx with doubling back-off; other 4xx are final.
+A delivery that fails for good is handed, with its exact body, to a `DeadLetterSink`
+(`media_server.dead_letters.DbDeadLetters` stores it for admins to see and retry).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -75,6 +77,12 @@ class DeliveryResult:
     attempts: int
     status: int | None
     error: str | None = None
+
+
+class DeadLetterSink(Protocol):
+    """Keeps a delivery that failed for good (blocking; the notifier calls it in a thread)."""
+
+    def record(self, event_id: str, event_type: str, body: bytes, result: DeliveryResult) -> None: ...
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -171,8 +179,15 @@ class WebhookNotifier:
     Build one in the app lifespan and `aclose()` it at shutdown (pending deliveries are awaited).
     """
 
-    def __init__(self, settings: WebhookSettings, *, client: httpx.AsyncClient | None = None) -> None:
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        *,
+        client: httpx.AsyncClient | None = None,
+        dead_letters: DeadLetterSink | None = None,
+    ) -> None:
         self._settings = settings
+        self._dead_letters = dead_letters
         self._secret = settings.secret.get_secret_value().encode()
         self._client = client or httpx.AsyncClient(timeout=settings.timeout_s, follow_redirects=False)
         self._owns_client = client is None
@@ -203,21 +218,55 @@ class WebhookNotifier:
                 status, error = None, f"{type(exc).__name__}: {exc}"
             if attempt < attempts:
                 await asyncio.sleep(self._backoff_s(attempt))
-        log.warning("webhook delivery failed", extra={"url": url, "attempts": attempts, "error": error})
         return DeliveryResult(url, False, attempts, status, error)
 
+    def _headers(self, body: bytes, event_type: str, event_id: str) -> dict[str, str]:
+        return {
+            "Content-Type": "application/json",
+            SIGNATURE_HEADER: sign(self._secret, body),
+            EVENT_HEADER: event_type,
+            DELIVERY_HEADER: event_id,
+        }
+
+    async def _dead_letter(self, event_id: str, event_type: str, body: bytes, result: DeliveryResult) -> None:
+        log.warning(
+            "webhook delivery failed for good",
+            extra={
+                "url": result.url,
+                "event_type": event_type,
+                "event_id": event_id,
+                "attempts": result.attempts,
+                "error": result.error,
+            },
+        )
+        if self._dead_letters is None:
+            return
+        try:
+            await asyncio.to_thread(self._dead_letters.record, event_id, event_type, body, result)
+        except Exception:
+            log.exception("could not store the dead letter", extra={"event_id": event_id})
+
     async def send(self, event: WebhookEvent) -> list[DeliveryResult]:
-        """Deliver `event` to every URL and wait for the outcome (retries included)."""
+        """Deliver `event` to every URL and wait for the outcome (retries included).
+
+        A URL that failed for good is handed to the dead-letter sink with the exact body.
+        """
         if not self._settings.urls:
             return []
         body = event.body()
-        headers = {
-            "Content-Type": "application/json",
-            SIGNATURE_HEADER: sign(self._secret, body),
-            EVENT_HEADER: event.type.value,
-            DELIVERY_HEADER: json.loads(body)["id"],
-        }
-        return list(await asyncio.gather(*(self._deliver(url, body, headers) for url in self._settings.urls)))
+        event_id = str(json.loads(body)["id"])
+        headers = self._headers(body, event.type.value, event_id)
+        results = list(
+            await asyncio.gather(*(self._deliver(url, body, headers) for url in self._settings.urls))
+        )
+        for result in results:
+            if not result.delivered:
+                await self._dead_letter(event_id, event.type.value, body, result)
+        return results
+
+    async def redeliver(self, url: str, body: bytes, event_type: str, event_id: str) -> DeliveryResult:
+        """Deliver a stored body once more to `url` (a dead letter's retry; signed with today's secret)."""
+        return await self._deliver(url, body, self._headers(body, event_type, event_id))
 
     def submit(self, event: WebhookEvent) -> asyncio.Task[list[DeliveryResult]] | None:
         """Deliver in the background (call from the event loop); the task is kept until it ends."""

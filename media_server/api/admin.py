@@ -21,6 +21,7 @@ from media_server.db.enums import DeviceKind, Role, SessionKind
 from media_server.db.models import Device, Person, Schedule, User
 from media_server.db.types import utcnow
 from media_server.errors import BadInput, Conflict, NotFoundError, Unauthorized
+from media_server.lifecycle import require_active, status_of
 from media_server.schedules import parse_rule, request_on_demand, rule_to_json
 from media_server.tokens import check_password, hash_password, new_secret_token, sign_token, token_hash
 from sobriety.units import AlcoholUnit
@@ -133,6 +134,9 @@ def person_view(p: Person) -> dict[str, Any]:
         "display_name": p.display_name,
         "timezone": p.timezone,
         "erased": p.erased_at is not None,
+        "status": status_of(p).value,
+        "supervision_ended_on": p.supervision_ended_on.isoformat() if p.supervision_ended_on else None,
+        "retention_until": p.retention_until.isoformat() if p.retention_until else None,
     }
 
 
@@ -369,9 +373,7 @@ def create_schedule(
     except (ValueError, TypeError) as exc:
         raise BadInput(f"invalid schedule rule: {exc}") from exc
     with services.sessions.begin() as db:
-        person = db.get(Person, person_id)
-        if person is None or person.erased_at is not None:
-            raise NotFoundError("no such person")
+        person = require_active(db, person_id)  # 404, or 410 once supervision ended
         row = Schedule(
             person_id=person_id, kind=body.kind, rule=rule, timezone=person.timezone, created_by=who.user_id
         )

@@ -13,6 +13,7 @@ then judged (media_server.breath); rejections answer {error, message, ...} with:
 * 400 not_canonical, invalid_reading, weak_nonce - the station sent a malformed reading;
 * 401 unknown_device, device_revoked, bad_signature - the signature cannot be trusted;
 * 409 replayed_nonce - the nonce was used before;
+* 410 person_not_active - the station's person is no longer under supervision (nothing is stored);
 * 422 stale_reading, future_timestamp and every `validate_reading` failure (calibration, blow timing,
   photo timing or count, implausible value), device_unassigned, person_mismatch.
 
@@ -54,6 +55,7 @@ STATUS_FOR_CODE: dict[str, int] = {
     "device_revoked": 401,
     "bad_signature": 401,
     "replayed_nonce": 409,
+    "person_not_active": 410,
 }
 DEFAULT_REJECTION_STATUS = 422
 
@@ -140,6 +142,7 @@ def _response(outcome: BreathOutcome) -> JSONResponse:
         400: {"description": "Malformed upload or reading"},
         401: {"description": "Unknown or revoked device, or a signature that does not verify"},
         409: {"description": "Replayed nonce"},
+        410: {"description": "The station's person is no longer under supervision"},
         413: {"description": "Upload too large"},
         422: {"description": "Stale reading, expired calibration, invalid blow or photo timing"},
     },

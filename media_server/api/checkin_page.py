@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import html as html_lib
 import json
 import re
 from functools import lru_cache
@@ -11,10 +13,18 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from sqlalchemy import select
 
-from media_server.errors import BadInput, NotFoundError
+from media_server.db.enums import SessionStatus
+from media_server.db.models import CheckSession
+from media_server.db.types import utcnow
+from media_server.errors import BadInput, Gone, NotFoundError
 from media_server.i18n import checkin_strings
+from media_server.lifecycle import PersonNotActive, refuse_entry, require_active
+from media_server.schedules.tick import PAGE_OPENED_META
+from media_server.services import Services
 from media_server.settings import Settings
+from media_server.tokens import token_hash
 from media_server.webrtc.ice import parse_ice_server
 
 router = APIRouter(tags=["checkin"])
@@ -71,13 +81,55 @@ def _settings(request: Request) -> Settings:
     return settings or Settings()
 
 
+def note_page_opened(services: Services, token: str) -> None:
+    """Refuse a revoked link or a person no longer supervised (Gone / PersonNotActive); otherwise mark
+    an open scheduled session as opened once, so a window opened but never connected is told apart from
+    one never opened (`schedules.tick.mark_missed`). Unknown tokens pass: POST /whip refuses them."""
+    refused: PersonNotActive | None = None
+    with services.sessions() as db:
+        row = db.scalars(
+            select(CheckSession).where(CheckSession.token_hash == token_hash(token))
+        ).one_or_none()
+        if row is None:
+            return
+        session_id = row.id
+        try:
+            require_active(db, row.person_id)
+        except PersonNotActive as exc:
+            refused = exc
+        else:
+            if row.status is SessionStatus.CANCELLED:
+                raise Gone("this check-in link was revoked; ask your officer for a new one")
+            if row.status is SessionStatus.SCHEDULED and PAGE_OPENED_META not in (row.meta or {}):
+                row.meta = {**(row.meta or {}), PAGE_OPENED_META: utcnow().isoformat()}
+                db.commit()
+    if refused is not None:
+        refuse_entry(services.sessions, refused, "checkin_page", {"session_id": session_id})
+        raise refused
+
+
+def _refused_page(language: str, strings: dict[str, dict[str, str]], status: int) -> HTMLResponse:
+    message = html_lib.escape(strings[language]["error.link"])
+    body = f'<!doctype html><html lang="{language}"><meta charset="utf-8"><p>{message}</p></html>'
+    return HTMLResponse(body, status_code=status, headers=_PAGE_HEADERS)
+
+
 @router.get("/checkin/{token}", response_class=HTMLResponse)
 async def checkin_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
-    """The page behind a one-time check-in link. The token is spent by POST /whip, not here."""
+    """The page behind a one-time check-in link. The token is spent by POST /whip, not here.
+
+    A revoked link, or one of a person no longer under supervision, answers 410 with a short page.
+    """
     if not _TOKEN.match(token):
         raise BadInput("this is not a check-in link")
     language = pick_language(lang, request.headers.get("accept-language"))
     strings = load_strings()
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is not None:
+        try:
+            await asyncio.to_thread(note_page_opened, services, token)
+        except Gone:
+            return _refused_page(language, strings, 410)
     config: dict[str, Any] = {
         "token": token,
         "whipUrl": "/whip",

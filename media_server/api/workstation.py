@@ -271,6 +271,8 @@ def flagged_sessions(db: Session) -> list[dict[str, Any]]:
             Verdict.id.in_(_latest_verdicts()),
             Verdict.decision.in_([Decision.REVIEW, Decision.FAIL]),
             Verdict.id.not_in(select(Review.verdict_id)),
+            # An erased person's sessions leave the queue: nobody decides about data that is gone.
+            Person.erased_at.is_(None),
         )
         .order_by(Verdict.created_at, Verdict.id)
     ).all()

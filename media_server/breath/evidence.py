@@ -16,14 +16,24 @@ from identity.checks import CheckResult, Outcome
 from media_server.artifacts import StoredRef, store_artifact
 from media_server.breath.values import PHOTO_CONTENT_TYPES, SYSTEM_ACTOR, Upload, _Route, _sig
 from media_server.db import audit
-from media_server.db.enums import ArtifactKind, DeviceKind, SessionKind, SessionStatus
+from media_server.db.enums import (
+    ArtifactKind,
+    DeviceKind,
+    PersonStatus,
+    RejectionSource,
+    SessionKind,
+    SessionStatus,
+)
 from media_server.db.models import (
     Artifact,
     BreathNonce,
     CheckSession,
     Device,
     Person,
+    Rejection,
+    RejectionArtifact,
 )
+from media_server.lifecycle import status_of
 from media_server.services import Services
 from sobriety.reading import (
     verify_signature,
@@ -60,7 +70,7 @@ def _route(services: Services, upload: Upload, now: datetime) -> _Route:
             )
             return _Route(serial, device.id, None, None, problem=problem)
         person = db.get(Person, device.person_id)
-        if person is None or person.erased_at is not None:
+        if person is None:
             problem = _sig(
                 Outcome.INCONCLUSIVE,
                 "device_unassigned",
@@ -68,6 +78,16 @@ def _route(services: Services, upload: Upload, now: datetime) -> _Route:
                 serial=serial,
             )
             return _Route(serial, device.id, None, None, problem=problem)
+        state = status_of(person)
+        if state is not PersonStatus.ACTIVE:
+            problem = _sig(
+                Outcome.INCONCLUSIVE,
+                "person_not_active",
+                "This station's person is no longer under supervision; nothing was stored.",
+                serial=serial,
+                status=state.value,
+            )
+            return _Route(serial, device.id, None, None, problem=problem, inactive_person=person.id)
         nonce = fields.get("nonce")
         signed = (
             device.active
@@ -234,7 +254,11 @@ def _store_session_evidence(services: Services, session_id: str, upload: Upload)
 
 
 def _store_loose_evidence(services: Services, upload: Upload) -> list[dict[str, Any]]:
-    """Store the bytes of a submission that names no known device/person; returns key, sha256, what."""
+    """Store the bytes of a submission that names no known device/person; returns key, sha256, what.
+
+    They become `rejection_artifacts` of the rejection record (`_record_rejection`), so retention and
+    erasure find them.
+    """
     items: list[tuple[str, bytes, str]] = [
         ("breath_reading", upload.reading, "application/json"),
         ("reading_signature", upload.signature.encode("utf-8"), "text/plain"),
@@ -247,7 +271,16 @@ def _store_loose_evidence(services: Services, upload: Upload) -> list[dict[str, 
         )
         if stored.spooled:
             services.metrics.spooled.inc()
-        out.append({"what": what, "key": stored.key, "sha256": stored.sha256, "size": stored.size})
+        out.append(
+            {
+                "what": what,
+                "key": stored.key,
+                "sha256": stored.sha256,
+                "size": stored.size,
+                "content_type": content_type,
+                "spooled": stored.spooled,
+            }
+        )
     return out
 
 
@@ -261,7 +294,32 @@ def _refs_view(refs: Sequence[StoredRef]) -> list[dict[str, Any]]:
 def _audit_loose_rejection(
     services: Services, route: _Route, rejection: CheckResult, evidence: list[dict[str, Any]]
 ) -> None:
+    """The rejection record, its artifacts (the stored objects) and the audit line, in one transaction."""
     with services.sessions.begin() as db:
+        record = Rejection(
+            source=RejectionSource.BREATH,
+            code=rejection.code,
+            message=rejection.message,
+            device_id=route.device_id,
+            person_id=route.person_id,
+            serial=route.serial,
+        )
+        db.add(record)
+        db.flush()
+        for item in evidence:
+            row = RejectionArtifact(
+                rejection_id=record.id,
+                key=item["key"],
+                sha256=item["sha256"],
+                size=item["size"],
+                content_type=item["content_type"],
+                what=item["what"],
+                spooled=item["spooled"],
+                meta={},
+            )
+            db.add(row)
+            db.flush()
+            item["rejection_artifact_id"] = row.id
         audit.append(
             db,
             SYSTEM_ACTOR,
@@ -272,6 +330,10 @@ def _audit_loose_rejection(
                 "code": rejection.code,
                 "outcome": rejection.outcome.value,
                 "serial": route.serial,
-                "artifacts": evidence,
+                "rejection_id": record.id,
+                "artifacts": [
+                    {k: item[k] for k in ("what", "key", "sha256", "size", "rejection_artifact_id")}
+                    for item in evidence
+                ],
             },
         )

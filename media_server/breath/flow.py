@@ -42,13 +42,14 @@ from media_server.breath.values import (
     _sig,
 )
 from media_server.db import audit
-from media_server.db.enums import ArtifactKind, SessionStatus
+from media_server.db.enums import ArtifactKind, PersonStatus, SessionStatus
 from media_server.db.models import (
     CheckResultRecord,
     CheckSession,
     Verdict,
 )
 from media_server.db.types import utcnow
+from media_server.lifecycle import PersonNotActive, refuse_entry
 from media_server.services import Services
 from media_server.verdict import announce, write_verdict
 from sobriety.config import SobrietySettings
@@ -204,6 +205,18 @@ def _not_used(reading_check: CheckResult, step: _EpisodeStep) -> CheckResult:
 async def submit_breath_test(services: Services, upload: Upload, now: datetime) -> BreathOutcome:
     """The whole breath-test flow for one bounded upload; `now` is the aware server time."""
     route = await asyncio.to_thread(_route, services, upload, now)
+
+    # 0. A station of a person no longer under supervision: refused, nothing stored but an audit line.
+    if route.inactive_person is not None and route.problem is not None:
+        state = PersonStatus(route.problem.details.get("status", PersonStatus.ERASED.value))
+        await asyncio.to_thread(
+            refuse_entry,
+            services.sessions,
+            PersonNotActive(route.inactive_person, state),
+            "breath",
+            {"device_id": route.device_id, "serial": route.serial},
+        )
+        return BreathOutcome(session_id=None, rejection=route.problem, checks=[route.problem])
 
     # 1. Evidence first.
     if route.session_id is None:

@@ -100,6 +100,8 @@ class _Route:
     session_id: str | None
     scheduled: bool = False
     problem: CheckResult | None = None
+    # The device's person is no longer under supervision: refuse, store nothing but an audit line.
+    inactive_person: str | None = None
     # A byte-identical resend (same reading, same signature) of a submission already stored on `session_id`.
     resend: bool = False
 

@@ -11,11 +11,16 @@ from identity.checks import CheckResult
 from media_server.checkin.checks import annotate_frames, run_checkin_checks
 from media_server.checkin.evidence import store_capture_evidence
 from media_server.checkin.gallery_update import adapt_gallery
-from media_server.db.enums import PositionSource
+from media_server.db import audit
+from media_server.db.enums import PersonStatus, PositionSource, SessionKind, SessionStatus
+from media_server.db.models import CheckSession, Person
 from media_server.db.types import utcnow
+from media_server.lifecycle import status_of
+from media_server.links import deliver_link
 from media_server.location.chain import NewFix
 from media_server.location.flow import announce as announce_alerts
 from media_server.location.store import NewAlert, record_checkin_fixes
+from media_server.schedules.tick import IssuedSession, issue_retake
 from media_server.services import Services
 from media_server.verdict import VerdictOutcome, announce, write_verdict
 from media_server.webrtc.capture import SessionCapture
@@ -27,8 +32,16 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
     """The session sink: evidence, checks, verdict. Returns the outcome the check-in page shows.
 
     The adaptive-gallery update is slow (a face enrolment job) and changes nothing the person is told,
-    so it runs after the reply, tracked in `services.background` until it ends.
+    so it runs after the reply, tracked in `services.background` until it ends. A person erased while
+    the session was live is not judged and nothing of the capture is stored.
     """
+    if await asyncio.to_thread(_erased_meanwhile, services, capture):
+        return {
+            "decision": "cancelled",
+            "retake": False,
+            "reasons": ["person_erased"],
+            "session_id": capture.session_id,
+        }
     await asyncio.to_thread(store_capture_evidence, services, capture)
     checks = await run_checkin_checks(services, capture)
     await asyncio.to_thread(annotate_frames, services, capture.session_id, checks.results)
@@ -37,6 +50,11 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
     )
     announce(services, capture.session_id, capture.person_id, capture.kind, outcome, verdict_id)
     await _record_location(services, capture)
+    retake = None
+    if outcome.retake_offered and capture.kind == SessionKind.CHECKIN.value:
+        retake = await asyncio.to_thread(_issue_retake, services, capture.session_id)
+        if retake is not None:
+            await deliver_link(services, retake)
     follow_up = asyncio.create_task(_gallery_follow_up(services, capture, checks.results, outcome))
     services.background.append(follow_up)
     follow_up.add_done_callback(lambda t: services.background.remove(t) if t in services.background else None)
@@ -45,6 +63,8 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
         "retake": outcome.retake_offered,
         "reasons": outcome.reasons,
         "session_id": capture.session_id,
+        # A fresh link went to the person's phone gateway (the page cannot show it: it is one-time).
+        "retake_link_sent": retake is not None,
     }
 
 
@@ -84,6 +104,43 @@ async def _record_location(services: Services, capture: SessionCapture) -> None:
         log.exception("check-in location not recorded", extra={"session_id": capture.session_id})
         return
     announce_alerts(services, alerts)
+
+
+def _erased_meanwhile(services: Services, capture: SessionCapture) -> bool:
+    """True (session cancelled, one audit line) when the person was erased while the session ran."""
+    with services.sessions.begin() as db:
+        person = db.get(Person, capture.person_id)
+        if person is None or status_of(person) is not PersonStatus.ERASED:
+            return False
+        row = db.get(CheckSession, capture.session_id)
+        if row is not None:
+            row.status = SessionStatus.CANCELLED
+            row.ended_at = utcnow()
+            row.meta = {**(row.meta or {}), "dropped": "person erased during the session"}
+        audit.append(
+            db,
+            "system",
+            "entry_refused",
+            "person",
+            capture.person_id,
+            {"entry": "whip_capture", "status": PersonStatus.ERASED.value, "session_id": capture.session_id},
+        )
+        return True
+
+
+def _issue_retake(services: Services, session_id: str) -> IssuedSession | None:
+    """A fresh link after a technical failure (dropped connection, camera lost, engine down)."""
+    cfg = services.settings.schedules
+    with services.sessions() as db:
+        return issue_retake(
+            db,
+            original_id=session_id,
+            now=utcnow(),
+            duration=timedelta(minutes=cfg.retake_window_min),
+            actor="system",
+            reason="technical_failure",
+            max_depth=cfg.max_automatic_retakes,
+        )
 
 
 async def _gallery_follow_up(

@@ -134,3 +134,17 @@ class PositionSource(StrEnum):
     NETWORK = "network"  # cell / Wi-Fi positioning
     FUSED = "fused"  # the phone OS's fused provider
     CHECKIN = "checkin"  # the browser's geolocation on the check-in page
+
+
+class PersonStatus(StrEnum):
+    """A supervised person's life cycle: active, supervision ended (retention clock runs), erased."""
+
+    ACTIVE = "active"
+    SUPERVISION_ENDED = "supervision_ended"
+    ERASED = "erased"
+
+
+class RejectionSource(StrEnum):
+    """Which entry point refused a submission whose bytes were kept."""
+
+    BREATH = "breath"

@@ -39,7 +39,9 @@ from media_server.db.enums import (
     DeviceEventType,
     DeviceKind,
     Modality,
+    PersonStatus,
     PositionSource,
+    RejectionSource,
     Role,
     SessionKind,
     SessionStatus,
@@ -93,7 +95,11 @@ def _fk(target: str, *, nullable: bool = False) -> Mapped[Any]:
 
 
 class Person(Base):
-    """A supervised person. Erasure blanks personal data and sets `erased_at`; the row stays."""
+    """A supervised person. Erasure blanks personal data and sets `erased_at`; the row stays.
+
+    `status` is the life cycle (media_server.lifecycle): active -> supervision_ended (the order's end
+    date `supervision_ended_on`; `retention_until` counts from it) -> erased.
+    """
 
     __tablename__ = "persons"
 
@@ -107,6 +113,10 @@ class Person(Base):
     # The court order's alcohol limit and its unit; both None = the service default applies.
     order_brac_limit: Mapped[float | None] = mapped_column(Float)
     order_brac_unit: Mapped[str | None] = mapped_column(String(16))
+    status: Mapped[PersonStatus] = mapped_column(
+        StrEnumType(PersonStatus), default=PersonStatus.ACTIVE, server_default=PersonStatus.ACTIVE.value
+    )
+    supervision_ended_on: Mapped[date | None] = mapped_column(Date)
 
 
 class User(Base):
@@ -379,6 +389,65 @@ class Erasure(Base):
     erased_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     counts: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     proof_sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+
+
+class Rejection(Base):
+    """A submission refused before it could belong to a session (unknown device, bad signature, ...).
+
+    Its bytes are kept as `RejectionArtifact`s so retention and erasure cover them; `person_id` is the
+    person the submitting device is assigned to, when there is one (None: nobody's, kept for
+    `retention.unattributed_days`).
+    """
+
+    __tablename__ = "rejections"
+
+    id: Mapped[str] = _pk()
+    source: Mapped[RejectionSource] = mapped_column(StrEnumType(RejectionSource))
+    code: Mapped[str] = mapped_column(String(64))
+    message: Mapped[str] = mapped_column(Text)
+    device_id: Mapped[str | None] = _fk("devices.id", nullable=True)
+    person_id: Mapped[str | None] = _fk("persons.id", nullable=True)
+    serial: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = _created_at()
+
+
+class RejectionArtifact(Base):
+    """One stored object of a rejected submission: store key, SHA-256, size; `meta` marks erasure."""
+
+    __tablename__ = "rejection_artifacts"
+
+    id: Mapped[str] = _pk()
+    rejection_id: Mapped[str] = _fk("rejections.id")
+    key: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(SHA256_HEX_LEN))
+    size: Mapped[int] = mapped_column(BigInteger)
+    content_type: Mapped[str] = mapped_column(String(128))
+    what: Mapped[str] = mapped_column(String(64))
+    spooled: Mapped[bool] = mapped_column(Boolean, default=False)
+    meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = _created_at()
+
+
+class WebhookDeadLetter(Base):
+    """A webhook delivery that failed for good: the exact signed body, its URL and the last error.
+
+    `resolved_at` is set when a later retry delivered it.
+    """
+
+    __tablename__ = "webhook_dead_letters"
+
+    id: Mapped[str] = _pk()
+    event_id: Mapped[str] = mapped_column(String(128), index=True)
+    event_type: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(2048))
+    body: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    last_status: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    retries: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = _created_at()
+    retried_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    resolved_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), index=True)
 
 
 class AuditEntry(Base):

@@ -1,10 +1,13 @@
 """The scheduler tick (database side): windows become sessions with one-time links; unattended windows close.
 
 `materialise_sessions` turns windows into session rows with a one-time check-in token (only its sha256
-is stored); `mark_missed` books unattended windows through the one verdict path (`media_server.verdict`):
-a missed window is a FAIL (a missed test is a violation), a session that ended in a technical failure
-gets REVIEW with a retake offered. Every created or closed session is written to the audit log, and each
-closed window has a signed verdict manifest like any other verdict.
+is stored); a random window is created (and so announced) only once it has opened, never ahead.
+`mark_missed` books unattended windows through the one verdict path (`media_server.verdict`): a window
+the person was told of (its link delivered) and never opened is a FAIL (a missed test is a violation).
+Our failures are never theirs: a link that was never delivered, a page opened but never connected, and
+a session that ended in a technical failure get REVIEW (TECHNICAL) and a fresh link (`issue_retake`,
+at most `schedules.max_automatic_retakes` in a row). Every created or closed session is written to the
+audit log, and each closed window has a signed verdict manifest like any other verdict.
 """
 
 from __future__ import annotations
@@ -24,8 +27,9 @@ from sqlalchemy.orm import Session
 from identity.checks import CheckKind, CheckResult, Outcome
 from media_server.breath.adapters import prune_nonces
 from media_server.db import audit
-from media_server.db.enums import Decision, SessionKind, SessionStatus
+from media_server.db.enums import Decision, PersonStatus, SessionKind, SessionStatus
 from media_server.db.models import CheckSession, Person, Schedule, Verdict
+from media_server.lifecycle import require_active
 from media_server.schedules.rules import (
     CHECKIN_TOKEN_PREFIX,
     SCHEDULER_ACTOR,
@@ -66,7 +70,10 @@ class IssuedSession:
 
 @dataclass(frozen=True)
 class ClosedSession:
-    """A window that closed without a completed check: missed (FAIL) or technical failure (REVIEW)."""
+    """A window that closed without a completed check: missed (FAIL) or technical failure (REVIEW).
+
+    `retake` is the fresh link issued after a technical failure (deliver it), when one was issued.
+    """
 
     session_id: str
     person_id: str
@@ -77,6 +84,23 @@ class ClosedSession:
     decision: Decision
     reason: str
     outcome: VerdictOutcome
+    retake: IssuedSession | None = None
+
+
+# Session meta: how the one-time link reached the person (`media_server.links.record_link_delivery`).
+LINK_META = "link"
+LINK_DELIVERED = "delivered"  # the SMS/push gateway accepted the checkin_due webhook
+LINK_HANDED_TO_OFFICER = "handed_to_officer"  # returned to the officer who requested it
+LINK_FAILED = "failed"  # every attempt failed (a dead letter holds the event, without the token)
+LINK_NOT_CONFIGURED = "not_configured"  # no webhook URL: nobody was told
+PAGE_OPENED_META = "page_opened_at"  # set by the check-in page on first open
+RETAKE_RULE = "retake"
+
+
+def link_delivered(meta: dict[str, Any] | None) -> bool:
+    """Whether the person was given this session's link (by the gateway or by their officer)."""
+    state = ((meta or {}).get(LINK_META) or {}).get("status")
+    return state in (LINK_DELIVERED, LINK_HANDED_TO_OFFICER)
 
 
 def session_id_for(schedule_id: str, window_start: datetime) -> str:
@@ -161,7 +185,11 @@ def materialise_sessions(
     schedules = db.scalars(
         select(Schedule)
         .join(Person, Person.id == Schedule.person_id)
-        .where(Schedule.active.is_(True), Person.erased_at.is_(None))
+        .where(
+            Schedule.active.is_(True),
+            Person.erased_at.is_(None),
+            Person.status == PersonStatus.ACTIVE,
+        )
         .order_by(Schedule.created_at, Schedule.id)
     ).all()
     issued: list[IssuedSession] = []
@@ -174,6 +202,8 @@ def materialise_sessions(
         ):
             if window.start < schedule.created_at or window.end <= now:
                 continue
+            if rule.type is RuleType.RANDOM and window.start > now:
+                continue  # a random test is announced when it opens, never ahead of time
             sid = session_id_for(schedule.id, window.start)
             if db.get(CheckSession, sid) is not None:
                 continue
@@ -203,22 +233,100 @@ def request_on_demand(
 ) -> IssuedSession:
     """An officer's on-demand test: a session whose window opens now, committed with its audit entry."""
     now = _require_aware(now)
-    person = db.get(Person, person_id)
-    if person is None or person.erased_at is not None:
-        raise LookupError(f"no such person: {person_id}")
+    require_active(db, person_id)  # NotFoundError / PersonNotActive (410)
     created = _create_session(
         db,
         session_id=str(uuid.uuid4()),
         person_id=person_id,
         kind=kind,
         window=on_demand_window(now, duration),
-        meta={"rule_type": RuleType.ON_DEMAND.value, "requested_by": requested_by},
+        meta={
+            "rule_type": RuleType.ON_DEMAND.value,
+            "requested_by": requested_by,
+            LINK_META: {"status": LINK_HANDED_TO_OFFICER, "at": now.isoformat()},
+        },
         actor=requested_by,
         action="session.on_demand",
     )
     if created is None:  # a fresh uuid4 cannot collide; kept for the type checker
         raise RuntimeError("on-demand session could not be created")
     return created
+
+
+def issue_retake(
+    db: Session,
+    *,
+    original_id: str,
+    now: datetime,
+    duration: timedelta,
+    actor: str,
+    reason: str,
+    max_depth: int | None = None,
+    session_id: str | None = None,
+    link_status: str | None = None,
+) -> IssuedSession | None:
+    """A fresh link after our failure: a new session of the same person and kind, opening now.
+
+    None when the person is no longer supervised, when `max_depth` automatic retakes in a row were
+    already issued, or when this retake exists (automatic retakes have a deterministic id, so a second
+    tick issues nothing). Committed with its audit entry (`session.retake`).
+    """
+    now = _require_aware(now)
+    original = db.get(CheckSession, original_id)
+    if original is None:
+        raise LookupError(f"no such session: {original_id}")
+    person = db.get(Person, original.person_id)
+    if person is None or person.erased_at is not None or person.status is not PersonStatus.ACTIVE:
+        return None
+    depth = int((original.meta or {}).get("retake_depth", 0)) + 1
+    if max_depth is not None and depth > max_depth:
+        audit.append(
+            db,
+            actor,
+            "session.retake_limit",
+            "session",
+            original_id,
+            {"depth": depth, "reason": reason, "max": max_depth},
+        )
+        db.commit()
+        return None
+    meta: dict[str, Any] = {
+        "rule_type": RETAKE_RULE,
+        "retake_of": original_id,
+        "retake_depth": depth,
+        "retake_reason": reason,
+    }
+    if link_status is not None:
+        meta[LINK_META] = {"status": link_status, "at": now.isoformat()}
+    return _create_session(
+        db,
+        session_id=session_id or str(uuid.uuid5(SESSION_ID_NAMESPACE, f"retake|{original_id}")),
+        person_id=original.person_id,
+        kind=original.kind,
+        window=on_demand_window(now, duration),
+        meta=meta,
+        actor=actor,
+        action="session.retake",
+    )
+
+
+def _close_technical(session_id: str) -> Callable[[Session], bool]:
+    """Guard: the window is still unstarted; it closes as our technical failure and its link dies."""
+
+    def guard(db: Session) -> bool:
+        moved = db.execute(
+            update(CheckSession)
+            .where(
+                CheckSession.id == session_id,
+                CheckSession.status == SessionStatus.SCHEDULED,
+                CheckSession.started_at.is_(None),
+                CheckSession.token_used_at.is_(None),
+            )
+            .values(status=SessionStatus.TECHNICAL_FAILURE, token_hash=None)
+        )
+        return getattr(moved, "rowcount", 0) == 1
+
+    return guard
 
 
 def _close_missed(session_id: str) -> Callable[[Session], bool]:
@@ -248,23 +356,61 @@ def _not_yet_judged(session_id: str) -> Callable[[Session], bool]:
     return guard
 
 
+def _unattended(s: CheckSession, window: str, details: dict[str, Any]) -> CheckResult:
+    """Why an unstarted window closed: the person's absence (FAIL) only when they had the link."""
+    meta = s.meta or {}
+    if not link_delivered(meta):
+        state = (meta.get(LINK_META) or {}).get("status", "pending")
+        return CheckResult(
+            CheckKind.ATTENDANCE,
+            Outcome.TECHNICAL,
+            "link_not_delivered",
+            f"the link for the {s.kind.value} check {window} never reached the person "
+            f"(delivery: {state}); a fresh link is issued",
+            details={**details, "link_delivery": state},
+        )
+    if PAGE_OPENED_META in meta:
+        return CheckResult(
+            CheckKind.MEDIA,
+            Outcome.TECHNICAL,
+            "never_connected",
+            f"the check-in page was opened at {meta[PAGE_OPENED_META]} but never connected {window}; "
+            "a fresh link is issued",
+            details={**details, "page_opened_at": meta[PAGE_OPENED_META]},
+        )
+    return CheckResult(
+        CheckKind.ATTENDANCE,
+        Outcome.FAIL,
+        "missed",
+        f"missed: no {s.kind.value} check {window}",
+        details=details,
+    )
+
+
 def mark_missed(services: Services, now: datetime, *, grace: timedelta) -> list[ClosedSession]:
     """Close windows that ended more than `grace` before `now` without a completed check.
 
-    A session never started (still scheduled, token unused) becomes `missed` with a FAIL verdict
-    ("attendance: missed"), and its check-in token is revoked. A session that ended in a technical
-    failure and has no verdict yet gets REVIEW with a retake offered: a technical failure is never a
-    violation. Both go through `media_server.verdict.write_verdict_if` (signed manifest, audit), each
-    committed on its own; the guard makes a second tick or a racing check-in a no-op. Blocking.
+    A session never started (still scheduled, token unused) whose link was delivered and whose page
+    was never opened becomes `missed` with a FAIL verdict ("attendance: missed"). One whose link never
+    reached the person, or whose page was opened but never connected, is our failure: it becomes a
+    `technical_failure` with REVIEW. A session that ended in a technical failure and has no verdict yet
+    gets REVIEW too. Each technical close issues a fresh link (`ClosedSession.retake`). The check-in
+    token is revoked on every close. Only persons under supervision are booked. Each goes through
+    `media_server.verdict.write_verdict_if` (signed manifest, audit), committed on its own; the guard
+    makes a second tick or a racing check-in a no-op. Blocking.
     """
     now = _require_aware(now)
     cutoff = now - grace
+    cfg = services.settings.schedules
     with services.sessions() as db:
         candidates = db.scalars(
             select(CheckSession)
+            .join(Person, Person.id == CheckSession.person_id)
             .where(
                 CheckSession.status.in_([SessionStatus.SCHEDULED, SessionStatus.TECHNICAL_FAILURE]),
                 CheckSession.window_end <= cutoff,
+                Person.erased_at.is_(None),
+                Person.status == PersonStatus.ACTIVE,
             )
             .order_by(CheckSession.window_end, CheckSession.id)
         ).all()
@@ -276,14 +422,11 @@ def mark_missed(services: Services, now: datetime, *, grace: timedelta) -> list[
         if s.status is SessionStatus.SCHEDULED:
             if s.started_at is not None or s.token_used_at is not None:
                 continue  # it began: the pipeline decides how it ended
-            result = CheckResult(
-                CheckKind.ATTENDANCE,
-                Outcome.FAIL,
-                "missed",
-                f"missed: no {s.kind.value} check {window}",
-                details=details,
-            )
-            guard, action = _close_missed(s.id), "session.missed"
+            result = _unattended(s, window, details)
+            if result.outcome is Outcome.FAIL:
+                guard, action = _close_missed(s.id), "session.missed"
+            else:
+                guard, action = _close_technical(s.id), "session.technical_review"
         else:
             result = CheckResult(
                 CheckKind.MEDIA,
@@ -297,6 +440,18 @@ def mark_missed(services: Services, now: datetime, *, grace: timedelta) -> list[
         if written is None:
             continue
         outcome, verdict_id = written
+        retake = None
+        if result.outcome is Outcome.TECHNICAL:
+            with services.sessions() as db:
+                retake = issue_retake(
+                    db,
+                    original_id=s.id,
+                    now=now,
+                    duration=timedelta(minutes=cfg.retake_window_min),
+                    actor=SCHEDULER_ACTOR,
+                    reason=result.code,
+                    max_depth=cfg.max_automatic_retakes,
+                )
         closed.append(
             ClosedSession(
                 session_id=s.id,
@@ -308,6 +463,7 @@ def mark_missed(services: Services, now: datetime, *, grace: timedelta) -> list[
                 decision=outcome.decision,
                 reason=result.message,
                 outcome=outcome,
+                retake=retake,
             )
         )
     return closed
@@ -360,6 +516,11 @@ async def tick_once(
             # The session exists; an officer can resend its link. Keep delivering the others.
             log.exception("check-in link delivery failed", extra={"session_id": issued.session_id})
     for closed in report.closed:
+        if closed.retake is not None:
+            try:
+                await deliver(closed.retake)
+            except Exception:
+                log.exception("retake link delivery failed", extra={"session_id": closed.retake.session_id})
         announce(
             services,
             closed.session_id,

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from media_server.errors import Unauthorized
+from media_server.lifecycle import PersonNotActive, refuse_entry
 from media_server.services import Services
 
 
@@ -52,8 +53,13 @@ class ServicesAuthenticator:
         from media_server import auth
 
         max_session_s = self._services.settings.media.max_session_s
-        with self._services.sessions.begin() as db:
-            result = auth.authenticate_whip(db, authorization, max_session_s)
+        try:
+            with self._services.sessions.begin() as db:
+                result = auth.authenticate_whip(db, authorization, max_session_s)
+        except PersonNotActive as refused:
+            # Nothing of the attempt is kept but this line (the transaction above rolled back).
+            refuse_entry(self._services.sessions, refused, "whip", {})
+            raise
         kind: Literal["checkin", "station"] = "station" if result.kind == "station" else "checkin"
         return WhipPrincipal(
             session_id=str(result.session_id),

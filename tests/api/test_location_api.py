@@ -126,7 +126,8 @@ def test_positions_are_stored_as_a_verifiable_hash_chain(api: Api) -> None:
     assert report.ok and report.rows_checked == 4
 
     runner = CliRunner()
-    env = {"KUZET_DATA_DIR": str(api.settings.data_dir)}
+    # the CLI reads the same database as the service under test (SQLite file or PostgreSQL)
+    env = {"KUZET_DATA_DIR": str(api.settings.data_dir), "KUZET_DATABASE__URL": api.settings.database.url}
     result = runner.invoke(cli, ["positions", "verify", "--person", case.person_id], env=env)
     assert result.exit_code == 0, result.output
     assert "4 rows checked" in result.output

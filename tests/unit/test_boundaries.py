@@ -15,7 +15,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 PURE_FORBIDDEN = ("media_server", "fastapi", "starlette", "sqlalchemy", "minio", "aiortc", "uvicorn")
 
-PORTS = ("db", "evidence", "keys", "settings", "workers", "webhooks", "errors", "tokens", "logs", "leader")
+PORTS = (
+    "db",
+    "evidence",
+    "keys",
+    "settings",
+    "workers",
+    "webhooks",
+    "dead_letters",
+    "errors",
+    "tokens",
+    "logs",
+    "leader",
+)
 ROOT_MODULE = ("services",)
 FLOWS = (
     "verdict",
@@ -29,6 +41,9 @@ FLOWS = (
     "erasure",
     "package",
     "location",
+    "lifecycle",
+    "links",
+    "retention",
 )
 WEB = ("api", "app", "webrtc", "auth", "cli")
 # Each layer may import itself and the layers listed after it, never one before it.
@@ -46,6 +61,9 @@ TYPED_FLOWS = (
     "recovery",
     "gallery",
     "location",
+    "lifecycle",
+    "links",
+    "retention",
 )
 
 

@@ -65,6 +65,9 @@ ALL_TABLES = {
     "location_zones",
     "device_events",
     "location_alerts",
+    "rejections",
+    "rejection_artifacts",
+    "webhook_dead_letters",
 }
 
 

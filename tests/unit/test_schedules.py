@@ -13,8 +13,9 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from media_server.db import audit
-from media_server.db.enums import Decision, SessionKind, SessionStatus
+from media_server.db.enums import Decision, PersonStatus, SessionKind, SessionStatus
 from media_server.db.models import AuditEntry, CheckSession, Person, Schedule, Verdict
+from media_server.links import record_link_delivery
 from media_server.schedules import (
     IssuedSession,
     closed_session_events,
@@ -230,7 +231,10 @@ def test_missed_window_is_a_violation_and_technical_failure_is_not(
     with factory() as db:
         schedule = _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC))
         pid = schedule.person_id
-        missed = _session(db, pid, SessionStatus.SCHEDULED, end, token_hash="a" * 64)
+        # The gateway accepted its link: a window never opened is the person's own absence.
+        missed = _session(
+            db, pid, SessionStatus.SCHEDULED, end, token_hash="a" * 64, meta={"link": {"status": "delivered"}}
+        )
         technical = _session(
             db, pid, SessionStatus.TECHNICAL_FAILURE, end, started_at=end - timedelta(minutes=30)
         )
@@ -262,6 +266,13 @@ def test_missed_window_is_a_violation_and_technical_failure_is_not(
         assert not fail.retake_offered
         [review] = db.scalars(select(Verdict).where(Verdict.session_id == technical.id)).all()
         assert review.decision is Decision.REVIEW and review.retake_offered
+        # Our failure comes with a fresh link; the person's own absence does not.
+        assert closed[missed.id].retake is None
+        retake = closed[technical.id].retake
+        assert retake is not None and retake.person_id == pid
+        fresh = db.get(CheckSession, retake.session_id)
+        assert fresh is not None and fresh.token_hash == token_hash(retake.token)
+        assert fresh.meta["retake_of"] == technical.id and fresh.status is SessionStatus.SCHEDULED
 
         # A second tick changes nothing.
         db.rollback()
@@ -302,10 +313,11 @@ async def test_tick_once_delivers_links_and_builds_violation_events(
         delivered.append(issued)
         if len(delivered) == 1:
             raise RuntimeError("SMS gateway down")  # one failed delivery must not stop the tick
+        record_link_delivery(services, issued.session_id, "delivered")
 
     with factory() as db:
         _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC))
-        other = _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC), ref="case-2")
+        _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC), ref="case-2")
     first = await tick_once(
         services, seed_key=KEY, deliver=deliver, now=datetime(2026, 11, 23, 3, 30, tzinfo=UTC)
     )
@@ -314,8 +326,127 @@ async def test_tick_once_delivers_links_and_builds_violation_events(
     later = await tick_once(
         services, seed_key=KEY, deliver=deliver, now=datetime(2026, 11, 23, 5, 6, tzinfo=UTC)
     )
-    assert later.issued == [] and {c.decision for c in later.closed} == {Decision.FAIL}
-    missed = next(c for c in later.closed if c.person_id == other.person_id)
+    # The link that never went out is our failure (REVIEW, a fresh link delivered); the other is missed.
+    decisions = {c.person_id: c.decision for c in later.closed}
+    failed_person = delivered[0].person_id
+    assert later.issued == [] and decisions[failed_person] is Decision.REVIEW
+    assert [d for p, d in decisions.items() if p != failed_person] == [Decision.FAIL]
+    undelivered = next(c for c in later.closed if c.person_id == failed_person)
+    assert undelivered.retake is not None and delivered[-1] == undelivered.retake
+    assert any("never reached the person" in r for r in undelivered.outcome.reasons)
+    missed = next(c for c in later.closed if c.person_id != failed_person)
     events = closed_session_events(missed)
     assert [e.type.value for e in events] == ["verdict", "violation"]
     assert "attendance: missed" in events[1].data["reason"] and events[1].data["source"] == "missed"
+
+
+# -- issue 18: our failures are not violations; random tests are announced when they open ---------
+
+
+def test_random_window_is_created_only_once_it_opens(factory: sessionmaker[Session]) -> None:
+    with factory() as db:
+        schedule = _person_with_schedule(db, RANDOM, datetime(2026, 11, 1, tzinfo=UTC))
+        windows = windows_between(
+            RANDOM,
+            "Asia/Almaty",
+            datetime(2026, 11, 23, tzinfo=UTC),
+            datetime(2026, 11, 30, tzinfo=UTC),
+            schedule_id=schedule.id,
+            seed_key=KEY,
+        )
+        first = windows[0]
+        # Within the horizon but not open yet: nothing is created, so no link can announce it early.
+        before = first.start - timedelta(minutes=30)
+        assert materialise_sessions(db, before, horizon=timedelta(hours=1), seed_key=KEY) == []
+        opened = materialise_sessions(
+            db, first.start + timedelta(seconds=30), horizon=timedelta(hours=1), seed_key=KEY
+        )
+        assert [(i.window_start, i.window_end) for i in opened] == [(first.start, first.end)]
+
+
+def _closed_by(services: Services, end: datetime) -> dict[str, Any]:
+    return {
+        c.session_id: c for c in mark_missed(services, end + timedelta(minutes=6), grace=timedelta(minutes=5))
+    }
+
+
+def test_page_opened_but_never_connected_is_review_with_a_fresh_link(
+    services: Services, factory: sessionmaker[Session]
+) -> None:
+    end = datetime(2026, 11, 23, 5, tzinfo=UTC)
+    with factory() as db:
+        pid = _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC)).person_id
+        opened = _session(
+            db,
+            pid,
+            SessionStatus.SCHEDULED,
+            end,
+            token_hash="b" * 64,
+            meta={
+                "link": {"status": "delivered"},
+                "page_opened_at": (end - timedelta(minutes=20)).isoformat(),
+            },
+        )
+        undelivered = _session(
+            db, pid, SessionStatus.SCHEDULED, end, token_hash="c" * 64, meta={"link": {"status": "failed"}}
+        )
+        ids = (opened.id, undelivered.id)
+        db.rollback()
+    closed = _closed_by(services, end)
+    assert set(closed) == set(ids)
+    with factory() as db:
+        for sid, code in zip(ids, ("never_connected", "link_not_delivered"), strict=True):
+            assert closed[sid].decision is Decision.REVIEW and closed[sid].outcome.retake_offered
+            row = db.get_one(CheckSession, sid)
+            assert row.status is SessionStatus.TECHNICAL_FAILURE and row.token_hash is None
+            [verdict] = db.scalars(select(Verdict).where(Verdict.session_id == sid)).all()
+            assert verdict.decision is Decision.REVIEW
+            retake = closed[sid].retake
+            assert retake is not None
+            fresh = db.get_one(CheckSession, retake.session_id)
+            assert fresh.meta["retake_of"] == sid and fresh.meta["retake_reason"] == code
+            assert fresh.window_end - fresh.window_start == timedelta(minutes=60)
+
+
+def test_automatic_retakes_stop_at_the_limit(services: Services, factory: sessionmaker[Session]) -> None:
+    end = datetime(2026, 11, 23, 5, tzinfo=UTC)
+    limit = services.settings.schedules.max_automatic_retakes
+    with factory() as db:
+        pid = _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC)).person_id
+        deep = _session(
+            db,
+            pid,
+            SessionStatus.SCHEDULED,
+            end,
+            token_hash="d" * 64,
+            meta={"retake_depth": limit, "link": {"status": "failed"}},
+        )
+        sid = deep.id
+        db.rollback()
+    closed = _closed_by(services, end)
+    assert closed[sid].decision is Decision.REVIEW and closed[sid].retake is None
+    with factory() as db:
+        assert db.scalars(select(AuditEntry).where(AuditEntry.action == "session.retake_limit")).all()
+
+
+def test_persons_no_longer_supervised_get_no_windows_and_no_bookings(
+    services: Services, factory: sessionmaker[Session]
+) -> None:
+    end = datetime(2026, 11, 23, 5, tzinfo=UTC)
+    with factory() as db:
+        schedule = _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC))
+        technical = _session(
+            db,
+            schedule.person_id,
+            SessionStatus.TECHNICAL_FAILURE,
+            end,
+            started_at=end - timedelta(minutes=9),
+        )
+        person = db.get_one(Person, schedule.person_id)
+        person.status = PersonStatus.SUPERVISION_ENDED
+        db.commit()
+        tid = technical.id
+        assert (
+            materialise_sessions(db, end - timedelta(hours=2), horizon=timedelta(hours=2), seed_key=KEY) == []
+        )
+    assert tid not in _closed_by(services, end)

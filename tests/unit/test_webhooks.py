@@ -167,3 +167,32 @@ async def test_no_urls_means_nothing_sent() -> None:
     assert await notifier.send(_event()) == []
     assert notifier.submit(_event()) is None
     await notifier.aclose()
+
+
+def test_a_secret_is_required_when_urls_are_set() -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match="webhooks.secret must be set"):
+        WebhookSettings.model_validate({"urls": ["http://127.0.0.1:9/"]})
+    with pytest.raises(ValidationError, match="at least 16"):
+        WebhookSettings.model_validate({"urls": ["http://127.0.0.1:9/"], "secret": "short"})
+    assert WebhookSettings.model_validate({"urls": []}).urls == []  # no URLs: no secret needed
+
+
+async def test_a_delivery_that_fails_for_good_reaches_the_dead_letter_sink(receiver: Receiver) -> None:
+    from media_server.webhooks import DeliveryResult
+
+    kept: list[tuple[str, str, bytes, DeliveryResult]] = []
+
+    class Sink:
+        def record(self, event_id: str, event_type: str, body: bytes, result: DeliveryResult) -> None:
+            kept.append((event_id, event_type, body, result))
+
+    receiver.statuses = [500, 500, 500]
+    notifier = WebhookNotifier(_settings([receiver.url]), dead_letters=Sink())
+    [result] = await notifier.send(_event())
+    await notifier.aclose()
+    assert not result.delivered and result.attempts == 3
+    [(event_id, event_type, body, stored)] = kept
+    assert (event_id, event_type) == ("verdict-v-1", "verdict") and body == receiver.requests[-1][2]
+    assert stored.status == 500
