@@ -1,0 +1,88 @@
+"""One security suite over both database profiles: the `api` fixture of tests/api on SQLite and on a
+fresh PostgreSQL database (fixture param `profile`: "sqlite" | "postgres"; the PostgreSQL case is an
+`integration` test because it needs the server)."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
+
+from media_server.app import create_app
+from media_server.db import audit
+from media_server.db.models import User
+from media_server.services import Services
+from media_server.settings import Settings
+from media_server.tokens import hash_password
+from tests.api.conftest import PASSWORD, ROLES, Api
+
+ADMIN_URL = os.environ.get("KUZET_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+PROFILES = [
+    pytest.param("sqlite", id="sqlite"),
+    pytest.param("postgres", id="postgres", marks=pytest.mark.integration),
+]
+
+
+@pytest.fixture(params=PROFILES)
+def profile(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+def database_url(profile: str) -> Iterator[str]:
+    """Empty for SQLite (the embedded default under data_dir); a fresh, dropped-after database on PostgreSQL."""
+    if profile == "sqlite":
+        yield ""
+        return
+    name = f"kuzet_sec_{secrets.token_hex(6)}"
+    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except DBAPIError as exc:
+        admin.dispose()
+        pytest.fail(f"PostgreSQL at {ADMIN_URL} is required for the postgres profile: {exc}")
+    try:
+        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return Settings(
+        data_dir=tmp_path / "var",
+        database={"url": database_url},
+        models={"dir": Path("var/models").resolve()},
+    )
+
+
+def seed_staff(services: Services) -> None:
+    """One account per role, password `PASSWORD`, username = role name (as tests/api/conftest.py)."""
+    with services.sessions.begin() as db:
+        for role in ROLES:
+            user = User(username=role.value, password_hash=hash_password(PASSWORD), role=role)
+            db.add(user)
+            db.flush()
+            audit.append(
+                db, actor="test", action="user_created", subject_type="user", subject_id=user.id, details={}
+            )
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    app = create_app(settings)
+    with TestClient(app) as client:
+        services = app.state.services
+        seed_staff(services)
+        client.cookies.clear()
+        yield Api(client=client, services=services, settings=settings)
