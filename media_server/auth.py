@@ -96,6 +96,69 @@ class WhipPrincipal:
     challenge: dict[str, Any] | None
 
 
+def check_whip(db: Session, authorization: str | None) -> None:
+    """Raise Unauthorized unless `authorization` would open a session now; spends nothing.
+
+    POST /whip calls this before it reads the offer, so a bogus credential costs no body upload."""
+    token = bearer(authorization)
+    if token is None:
+        raise Unauthorized("a Bearer credential (check-in token or device key) is required")
+    digest = token_hash(token)
+    if token.startswith("dk_"):
+        device = db.scalars(select(Device).where(Device.key_hash == digest)).one_or_none()
+        if device is None or not device.active or device.kind is not DeviceKind.AV_STATION:
+            raise Unauthorized("unknown or deactivated device key")
+        if device.person_id is None:
+            raise Unauthorized("this station is not assigned to a person")
+        return
+    row = db.scalars(select(CheckSession).where(CheckSession.token_hash == digest)).one_or_none()
+    problem = checkin_link_problem(row)
+    if problem is not None:
+        raise Unauthorized(problem.message)
+
+
+@dataclass(frozen=True)
+class LinkProblem:
+    """Why a check-in link cannot be used now: a stable code and a sentence for the person."""
+
+    code: str
+    message: str
+
+
+def checkin_link_problem(row: CheckSession | None) -> LinkProblem | None:
+    """None when the check-in session behind a link can be started now."""
+    now = utcnow()
+    if row is None:
+        return LinkProblem("unknown", "unknown check-in link")
+    if row.token_used_at is not None:
+        return LinkProblem("used", "this check-in link was already used")
+    if row.status is not SessionStatus.SCHEDULED:
+        return LinkProblem("closed", "this check-in is no longer open")
+    if now < row.window_start:
+        return LinkProblem("not_yet", "this check-in is not open yet")
+    if now > row.window_end:
+        return LinkProblem("expired", "this check-in link has expired")
+    return None
+
+
+def release_whip(db: Session, principal: WhipPrincipal) -> None:
+    """Undo `authenticate_whip` for a session whose offer failed in the media stack: a check-in link
+    becomes usable again (nothing was received), a station session ends as a technical failure."""
+    now = utcnow()
+    if principal.kind == "station":
+        db.execute(
+            update(CheckSession)
+            .where(CheckSession.id == principal.session_id, CheckSession.status == SessionStatus.ACTIVE)
+            .values(status=SessionStatus.TECHNICAL_FAILURE, ended_at=now)
+        )
+        return
+    db.execute(
+        update(CheckSession)
+        .where(CheckSession.id == principal.session_id, CheckSession.status == SessionStatus.ACTIVE)
+        .values(token_used_at=None, status=SessionStatus.SCHEDULED, started_at=None)
+    )
+
+
 def authenticate_whip(db: Session, authorization: str | None, max_session_s: float) -> WhipPrincipal:
     """Spend a one-time check-in token, or open a station session for a device key; raises Unauthorized."""
     token = bearer(authorization)
@@ -123,17 +186,18 @@ def authenticate_whip(db: Session, authorization: str | None, max_session_s: flo
         db.flush()
         return WhipPrincipal(row.id, row.person_id, "station", device.id, None)
     found = db.scalars(select(CheckSession).where(CheckSession.token_hash == digest)).one_or_none()
-    if found is None:
-        raise Unauthorized("unknown check-in link")
+    problem = checkin_link_problem(found)
+    if problem is not None or found is None:
+        raise Unauthorized(problem.message if problem else "unknown check-in link")
     row = found
-    if now < row.window_start:
-        raise Unauthorized("this check-in is not open yet")
-    if now > row.window_end:
-        raise Unauthorized("this check-in link has expired")
     # Spend the token atomically: of two racing requests exactly one updates the row.
     spent = db.execute(
         update(CheckSession)
-        .where(CheckSession.id == row.id, CheckSession.token_used_at.is_(None))
+        .where(
+            CheckSession.id == row.id,
+            CheckSession.token_used_at.is_(None),
+            CheckSession.status == SessionStatus.SCHEDULED,
+        )
         .values(token_used_at=now, status=SessionStatus.ACTIVE, started_at=now)
     )
     if spent.rowcount != 1:  # type: ignore[attr-defined]

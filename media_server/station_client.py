@@ -113,7 +113,10 @@ class WhipClient:
             return None
         url, self.resource_url = self.resource_url, None
         with contextlib.suppress(httpx.HTTPError):
-            return (await self._http.delete(url)).status_code
+            # RFC 9725: the same bearer as the POST.
+            return (
+                await self._http.delete(url, headers={"Authorization": f"Bearer {self._credential}"})
+            ).status_code
         return None
 
     async def close(self) -> None:

@@ -27,7 +27,17 @@ class WhipAuthenticator(Protocol):
     """Turns an Authorization header into a principal; raises Unauthorized for a missing, bad,
     expired or reused credential."""
 
-    async def authenticate(self, authorization: str | None) -> WhipPrincipal: ...
+    async def check(self, authorization: str | None) -> None:
+        """Raise Unauthorized unless the credential would open a session now; spends nothing."""
+        ...
+
+    async def authenticate(self, authorization: str | None) -> WhipPrincipal:
+        """Spend the credential and open its session."""
+        ...
+
+    async def release(self, principal: WhipPrincipal) -> None:
+        """Undo `authenticate` after the media stack refused the offer (nothing was received)."""
+        ...
 
 
 def bearer_token(authorization: str | None) -> str:
@@ -67,12 +77,40 @@ class ServicesAuthenticator:
         # It reads and writes the database: keep it off the event loop.
         return await asyncio.to_thread(self._authenticate, authorization)
 
+    def _check(self, authorization: str | None) -> None:
+        from media_server import auth
+
+        with self._services.sessions() as db:
+            auth.check_whip(db, authorization)
+
+    async def check(self, authorization: str | None) -> None:
+        await asyncio.to_thread(self._check, authorization)
+
+    def _release(self, principal: WhipPrincipal) -> None:
+        from media_server import auth
+
+        with self._services.sessions.begin() as db:
+            auth.release_whip(
+                db,
+                auth.WhipPrincipal(
+                    principal.session_id,
+                    principal.person_id,
+                    principal.kind,
+                    principal.device_id,
+                    principal.challenge,
+                ),
+            )
+
+    async def release(self, principal: WhipPrincipal) -> None:
+        await asyncio.to_thread(self._release, principal)
+
 
 class OneTimeTokens:
     """In-memory authenticator: each issued token opens exactly one session (tests, benchmarks)."""
 
     def __init__(self) -> None:
         self._issued: dict[str, WhipPrincipal] = {}
+        self._spent: dict[str, str] = {}  # session id -> its token, for `release`
         self.used: set[str] = set()
 
     def issue(
@@ -93,10 +131,22 @@ class OneTimeTokens:
         )
         return token
 
+    async def check(self, authorization: str | None) -> None:
+        token = bearer_token(authorization)
+        if token not in self._issued:
+            raise Unauthorized("credential already used" if token in self.used else "unknown credential")
+
     async def authenticate(self, authorization: str | None) -> WhipPrincipal:
         token = bearer_token(authorization)
         principal = self._issued.pop(token, None)
         if principal is None:
             raise Unauthorized("credential already used" if token in self.used else "unknown credential")
         self.used.add(token)
+        self._spent[principal.session_id] = token
         return principal
+
+    async def release(self, principal: WhipPrincipal) -> None:
+        token = self._spent.pop(principal.session_id, None)
+        if token is not None:
+            self.used.discard(token)
+            self._issued[token] = principal

@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
+import shutil
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
-from media_server.errors import NotFoundError, Unauthorized, UnsupportedMediaType
+from media_server.errors import BadInput, Forbidden, KuzetError, NotFoundError, UnsupportedMediaType
+from media_server.services import Services
 from media_server.settings import Settings
+from media_server.tokens import token_hash
 from media_server.webrtc.analysis import FeedbackLimits, FrameAdvisor
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
-from media_server.webrtc.credentials import ServicesAuthenticator, WhipAuthenticator
+from media_server.webrtc.credentials import ServicesAuthenticator, WhipAuthenticator, bearer_token
 from media_server.webrtc.sdp import keep_loopback_candidates, validate_offer
 from media_server.webrtc.session import MediaSession
-from media_server.services import Services
 
 log = logging.getLogger("kuzet.webrtc")
 
@@ -45,37 +49,61 @@ class WhipIngest:
             )
         )
         self._root = settings.data_dir / "media"
+        # resource id -> sha256 of the bearer that opened it (DELETE must present the same one).
+        self._bearers: dict[str, str] = {}
 
-    async def open(self, content_type: str | None, authorization: str | None, body: bytes) -> tuple[str, str]:
-        """POST /whip: (resource id, SDP answer). Checks run cheapest first; the credential is
-        spent only on a well-formed offer, so a client bug does not burn a one-time link."""
+    @staticmethod
+    def _check_content_type(content_type: str | None) -> None:
         media_type = (content_type or "").split(";", 1)[0].strip().lower()
         if media_type != SDP_MEDIA_TYPE:
             raise UnsupportedMediaType(f"Content-Type must be {SDP_MEDIA_TYPE}")
-        if not authorization:
-            raise Unauthorized("missing Authorization: Bearer credential")
+
+    async def preflight(self, content_type: str | None, authorization: str | None) -> None:
+        """What POST /whip checks before it reads a byte of the body: the media type and that the
+        credential could open a session now (nothing is spent), so a bogus caller uploads nothing."""
+        self._check_content_type(content_type)
+        bearer_token(authorization)
+        await self.authenticator.check(authorization)
+
+    async def open(self, content_type: str | None, authorization: str | None, body: bytes) -> tuple[str, str]:
+        """POST /whip: (resource id, SDP answer). Checks run cheapest first; the credential is
+        spent only on a well-formed offer, and given back when the media stack then refuses the
+        offer, so a client bug does not burn a one-time link nor leave a session active."""
+        self._check_content_type(content_type)
+        token = bearer_token(authorization)
         offer, summary = validate_offer(body, max_bytes=self.settings.media.max_offer_bytes)
         principal = await self.authenticator.authenticate(authorization)
         if self.settings.media.loopback_only:
             offer = keep_loopback_candidates(offer)
         resource_id = secrets.token_urlsafe(16)
         workdir = self._root / resource_id
-        await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
-        session = MediaSession(
-            resource_id=resource_id,
-            principal=principal,
-            media=self.settings.media,
-            liveness=self.settings.liveness,
-            sink=self.sink,
-            advisor=self._advisor,
-            workdir=workdir,
-            on_closed=self._forget,
-        )
+        try:
+            await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+            session = MediaSession(
+                resource_id=resource_id,
+                principal=principal,
+                media=self.settings.media,
+                liveness=self.settings.liveness,
+                sink=self.sink,
+                advisor=self._advisor,
+                workdir=workdir,
+                on_closed=self._forget,
+            )
+        except BaseException:
+            await self.authenticator.release(principal)
+            raise
         self.sessions[resource_id] = session
+        self._bearers[resource_id] = token_hash(token)
         try:
             answer = await session.accept(offer, summary.media, summary.has_data_channel)
-        except BaseException:
-            await session.abort()
+        except BaseException as exc:
+            await self._abort(session, workdir)
+            await self.authenticator.release(principal)
+            if isinstance(exc, Exception) and not isinstance(exc, KuzetError):
+                # The offer passed our checks but aiortc could not negotiate it (duplicate mids, a
+                # BUNDLE naming no section, ...): the client's offer, not our fault; the link is kept.
+                log.warning("offer refused by the media stack", extra={"error": repr(exc)})
+                raise BadInput(f"the SDP offer could not be negotiated ({type(exc).__name__})") from exc
             raise
         log.info(
             "whip session opened",
@@ -83,14 +111,30 @@ class WhipIngest:
         )
         return resource_id, answer
 
+    async def _abort(self, session: MediaSession, workdir: Path) -> None:
+        # aiortc can fail again while closing a half-negotiated peer: the session is dropped anyway.
+        try:
+            await session.abort()
+        except Exception as exc:
+            log.warning("aborting a refused session failed", extra={"error": repr(exc)})
+            session.closed.set()
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+        self._forget(session.resource_id)
+
     def _forget(self, resource_id: str) -> None:
         self.sessions.pop(resource_id, None)
+        self._bearers.pop(resource_id, None)
 
-    def delete(self, resource_id: str) -> None:
-        """DELETE /whip/<id>: end the session (its capture still reaches the sink)."""
+    def delete(self, resource_id: str, authorization: str | None) -> None:
+        """DELETE /whip/<id>: end the session (its capture still reaches the sink). RFC 9725: only
+        with the same bearer credential that opened it."""
+        token = bearer_token(authorization)
         session = self.sessions.get(resource_id)
-        if session is None:
+        expected = self._bearers.get(resource_id)
+        if session is None or expected is None:
             raise NotFoundError("no such WHIP session")
+        if not hmac.compare_digest(expected, token_hash(token)):
+            raise Forbidden("this WHIP session was opened with another credential")
         session.hangup()
 
     async def close_all(self) -> None:

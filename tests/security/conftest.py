@@ -7,8 +7,10 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
+import httpx
 import pytest
 from fastapi.testclient import TestClient
 from sqlalchemy import create_engine, text
@@ -21,6 +23,7 @@ from media_server.db.models import User
 from media_server.services import Services
 from media_server.settings import Settings
 from media_server.tokens import hash_password
+from media_server.webrtc.testing import ServerThread
 from tests.api.conftest import PASSWORD, ROLES, Api
 
 ADMIN_URL = os.environ.get("KUZET_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
@@ -86,3 +89,19 @@ def api(settings: Settings) -> Iterator[Api]:
         seed_staff(services)
         client.cookies.clear()
         yield Api(client=client, services=services, settings=settings)
+
+
+@dataclass
+class LiveApi(Api):
+    """`Api` over real HTTP to uvicorn on 127.0.0.1 (for streamed bodies, raw sockets and TLS)."""
+
+    url: str = ""
+
+
+@pytest.fixture
+def live_api(settings: Settings) -> Iterator[LiveApi]:
+    app = create_app(settings)
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        services = app.state.services
+        seed_staff(services)
+        yield LiveApi(client=client, services=services, settings=settings, url=server.url)  # type: ignore[arg-type]
