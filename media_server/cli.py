@@ -526,13 +526,20 @@ def evidence_export(session_id: str, out_path: Path, exporter: str) -> None:
 
 @evidence.command("verify")
 @click.argument("package", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--pubkey", default=None, help="Trusted public key (base64); else the key is not checked.")
-def evidence_verify(package: Path, pubkey: str | None) -> None:
-    """Verify an evidence package offline; exit 1 on any failure."""
+@click.option("--pubkey", default=None, help="The service's published public key (base64).")
+@click.option(
+    "--fingerprint",
+    default=None,
+    envvar="KUZET_EVIDENCE_FINGERPRINT",
+    help="The pinned SHA-256 fingerprint of the service's key (`kuzet evidence pubkey`); "
+    "env KUZET_EVIDENCE_FINGERPRINT.",
+)
+def evidence_verify(package: Path, pubkey: str | None, fingerprint: str | None) -> None:
+    """Verify an evidence package offline; exit 1 on any failure, also when no trusted key is given."""
     from media_server.package import verify_package
 
     with package.open("rb") as src:
-        report = verify_package(src, pubkey)
+        report = verify_package(src, pubkey, trusted_fingerprint=fingerprint)
     for line in report.lines():
         click.echo(line)
     sys.exit(0 if report.ok else 1)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import re
 import secrets
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiortc import RTCPeerConnection
 
-from media_server.db.enums import Role
+from media_server.db import audit
+from media_server.db.enums import Decision, Role, SessionKind, SessionStatus
+from media_server.db.models import CheckSession, Verdict
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
 from tests.api.conftest import Api
 
@@ -66,3 +69,41 @@ def offers_aiortc_refuses(offer: str) -> dict[str, str]:
         "duplicate-mids": re.sub(r"a=mid:\d+", "a=mid:0", offer),
         "bundle-names-no-section": offer.replace("a=group:BUNDLE", "a=group:BUNDLE 9"),
     }
+
+
+def seed_judged_session(api: Api, decision: Decision) -> str:
+    """A completed check-in with a verdict, written and audited as the pipeline does; its id."""
+    person_id = new_person(api)
+    now = datetime.now(UTC)
+    with api.services.sessions.begin() as db:
+        session = CheckSession(
+            person_id=person_id,
+            kind=SessionKind.CHECKIN,
+            status=SessionStatus.COMPLETED,
+            window_start=now - timedelta(minutes=5),
+            window_end=now + timedelta(minutes=25),
+            started_at=now - timedelta(minutes=2),
+            ended_at=now,
+        )
+        db.add(session)
+        db.flush()
+        verdict = Verdict(
+            session_id=session.id,
+            decision=decision,
+            reasons=["face: mismatch"] if decision is Decision.FAIL else [],
+            policy_version="test",
+            thresholds={},
+            models={},
+            manifest_sha256="ab" * 32,
+        )
+        db.add(verdict)
+        db.flush()
+        audit.append(
+            db,
+            actor="system",
+            action="verdict_written",
+            subject_type="session",
+            subject_id=session.id,
+            details={"verdict_id": verdict.id, "decision": decision.value, "manifest_sha256": "ab" * 32},
+        )
+        return str(session.id)
