@@ -456,20 +456,46 @@ def audit() -> None:
 
 
 @audit.command("verify")
-def audit_verify() -> None:
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A signed checkpoint (`kuzet audit checkpoint`): also fail when rows up to it were removed.",
+)
+@click.option(
+    "--pubkey",
+    default=None,
+    help="Key the checkpoint must be signed with (base64); default: this service's evidence key.",
+)
+def audit_verify(checkpoint_path: Path | None, pubkey: str | None) -> None:
     """Recompute the audit chain; exit 1 naming the first bad row when it is broken."""
-    from media_server.db.audit import verify_chain
+    from media_server.db.audit import CheckpointError, read_checkpoint, verify_chain
     from media_server.db.engine import make_engine, make_session_factory, read_only
 
-    engine = make_engine(Settings().database_url)
+    settings = Settings()
+    anchor = None
+    if checkpoint_path is not None:
+        try:
+            doc = json.loads(checkpoint_path.read_text(encoding="utf-8"))
+            anchor = read_checkpoint(doc, pubkey or _service_public_key(settings))
+        except (ValueError, CheckpointError, OSError) as exc:
+            click.echo(f"checkpoint {checkpoint_path} rejected: {exc}", err=True)
+            sys.exit(1)
+    engine = make_engine(settings.database_url)
     try:
         with make_session_factory(read_only(engine))() as session:
-            report = verify_chain(session)
+            report = verify_chain(
+                session,
+                expected_head=anchor.head if anchor else None,
+                expected_count=anchor.count if anchor else None,
+            )
     finally:
         engine.dispose()
     if report.ok:
         head = f", head row {report.head.id} {report.head.row_hash}" if report.head else ""
-        click.echo(f"audit log ok: {report.rows_checked} rows checked{head}")
+        against = f"; contains checkpoint row {anchor.head.id} of {anchor.created_at}" if anchor else ""
+        click.echo(f"audit log ok: {report.rows_checked} rows checked{head}{against}")
         return
     click.echo(
         f"audit log BROKEN at row {report.first_bad_id} ({report.problem}): {report.reason}; "
@@ -477,6 +503,51 @@ def audit_verify() -> None:
         err=True,
     )
     sys.exit(1)
+
+
+def _service_public_key(settings: Settings) -> str:
+    from media_server.package import SIGNING_KEY_FILE, load_or_create_signing_key, public_key_b64
+
+    if not (settings.data_dir / SIGNING_KEY_FILE).exists():
+        raise CheckpointKeyMissing(f"no signing key in {settings.data_dir}; pass --pubkey")
+    return public_key_b64(load_or_create_signing_key(settings.data_dir))
+
+
+class CheckpointKeyMissing(ValueError):
+    """The service key that signs checkpoints is not on this machine."""
+
+
+@audit.command("checkpoint")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the checkpoint here (default: stdout). Publish it where the database's admins cannot edit it.",
+)
+def audit_checkpoint(out_path: Path | None) -> None:
+    """Sign the audit log's current head and row count with the service key (JSON)."""
+    from media_server.db.audit import CheckpointError, make_checkpoint
+    from media_server.db.engine import make_engine, make_session_factory, read_only
+    from media_server.package import load_or_create_signing_key
+
+    settings = Settings()
+    key = load_or_create_signing_key(settings.data_dir)
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(read_only(engine))() as session:
+            doc = make_checkpoint(session, key)
+    except CheckpointError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    finally:
+        engine.dispose()
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if out_path is None:
+        click.echo(text, nl=False)
+    else:
+        out_path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out_path}: head row {doc['head_id']}, {doc['count']} rows")
 
 
 @main.group()
