@@ -18,7 +18,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from media_server import logs
+from media_server import logs, security
 from media_server.breath import run_episode_clock
 from media_server.errors import KuzetError, status_for
 from media_server.evidence.port import EvidenceError, EvidenceStore, ObjectLocked
@@ -120,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.shutdown_hooks = []
     _install_error_handlers(app)
     _install_middleware(app, settings)
+    security.install(app, settings)
     _install_probes(app)
     _include_routers(app)
     from media_server.webrtc.ingest import install as install_whip

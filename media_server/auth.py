@@ -6,21 +6,25 @@ database on each request, so a deactivated account stops working at once.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
+from media_server.db import audit
+from media_server.db.engine import read_only
 from media_server.db.enums import DeviceKind, Role, SessionKind, SessionStatus
-from media_server.db.models import CheckSession, Device, User
+from media_server.db.models import CheckSession, Device, RevokedToken, User
 from media_server.db.types import utcnow
-from media_server.errors import Forbidden, Unauthorized
+from media_server.errors import Forbidden, TooManyRequests, Unauthorized
+from media_server.security import LoginThrottle
 from media_server.services import Services
-from media_server.tokens import token_hash, verify_token
+from media_server.tokens import check_password_or_dummy, sign_token, token_hash, verify_token
 
 SESSION_COOKIE = "kuzet_session"
 
@@ -61,11 +65,93 @@ def principal_from_request(request: Request) -> Principal:
         raise Unauthorized("log in first: no credential was sent")
     services = services_of(request)
     claims = verify_token(services.keys.secret_key, token)
-    with services.sessions() as db:
+    # Read-only: on SQLite an authenticated request must not queue for the write lock.
+    with services.sessions(bind=read_only(services.engine)) as db:
         user = db.get(User, claims.user_id)
         if user is None or not user.active:
             raise Unauthorized("this account does not exist or is deactivated")
+        if db.get(RevokedToken, claims.jti) is not None:
+            raise Unauthorized("this login was ended (logged out); log in again")
         return Principal(user_id=user.id, username=user.username, role=user.role, person_id=user.person_id)
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    """A successful login: the signed bearer token and the account's role."""
+
+    token: str
+    role: Role
+    user_id: str
+
+
+def password_login(
+    services: Services,
+    throttle: LoginThrottle,
+    username: str,
+    password: str,
+    client_ip: str | None,
+    *,
+    via: str,
+    ttl_s: int,
+) -> LoginResult:
+    """Check a username and password; Unauthorized (401) or TooManyRequests (429, backoff).
+
+    The account is read in a read-only transaction and the argon2 check runs outside any transaction,
+    so a login never holds SQLite's write lock while hashing; only the audit row is written, briefly.
+    An unknown username costs the same argon2 work as a wrong password (no timing oracle)."""
+    key = LoginThrottle.key(username, client_ip)
+    wait_s = throttle.retry_after_s(key)
+    if wait_s > 0:
+        raise TooManyRequests(f"too many failed logins; try again in {math.ceil(wait_s)} s")
+    with services.sessions(bind=read_only(services.engine)) as db:
+        user = db.scalars(select(User).where(User.username == username)).one_or_none()
+        found = (user.id, user.password_hash, user.role, user.active) if user is not None else None
+    with throttle.hash_slots:
+        matches = check_password_or_dummy(found[1] if found else None, password)
+    ok = matches and found is not None and found[3]
+    with services.sessions.begin() as db:
+        # The attempt is committed to the audit log before the answer goes out.
+        audit.append(
+            db,
+            actor=f"user:{username}",
+            action="login" if ok else "login_failed",
+            subject_type="user",
+            subject_id=found[0] if found and ok else None,
+            details={"via": via},
+        )
+    if not ok or found is None:
+        throttle.failed(key)
+        raise Unauthorized("wrong username or password")
+    throttle.succeeded(key)
+    user_id, _, role, _ = found
+    return LoginResult(sign_token(services.keys.secret_key, user_id, role.value, ttl_s), role, user_id)
+
+
+def revoke_token(services: Services, token: str | None, *, via: str) -> bool:
+    """Logout: the token stops working now (its id is kept until it would have expired anyway).
+    False when there was no valid token to end."""
+    if not token:
+        return False
+    try:
+        claims = verify_token(services.keys.secret_key, token)
+    except Unauthorized:
+        return False
+    expires = datetime.fromtimestamp(claims.expires_at, UTC)
+    with services.sessions.begin() as db:
+        if db.get(RevokedToken, claims.jti) is not None:
+            return False
+        db.add(RevokedToken(jti=claims.jti, user_id=claims.user_id, expires_at=expires))
+        # Rows past their token's expiry prove nothing any more.
+        db.execute(delete(RevokedToken).where(RevokedToken.expires_at < utcnow()))
+        audit.append(
+            db,
+            actor=f"user-id:{claims.user_id}",
+            action="logout",
+            subject_type="user",
+            subject_id=claims.user_id,
+            details={"via": via},
+        )
+    return True
 
 
 def require(*roles: Role) -> Callable[[Request], Principal]:

@@ -41,6 +41,12 @@ class Gone(KuzetError):
     code = "gone"
 
 
+class TooManyRequests(KuzetError):
+    """Too many failed attempts (login backoff): try again after the time the message names."""
+
+    code = "too_many_requests"
+
+
 class ServiceUnavailable(KuzetError):
     """A dependency (worker pool, engine) is down: a technical failure, retry later; never the client's fault."""
 
@@ -55,6 +61,7 @@ HTTP_STATUS: dict[type[KuzetError], int] = {
     Conflict: 409,
     Gone: 410,
     TooLarge: 413,
+    TooManyRequests: 429,
     ServiceUnavailable: 503,
     UnsupportedMediaType: 415,
     KuzetError: 400,

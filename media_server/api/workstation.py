@@ -17,13 +17,13 @@ from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, select
 
 from media_server.api.deps import ServicesDep
-from media_server.auth import SESSION_COOKIE, Principal, principal_from_request
+from media_server.auth import SESSION_COOKIE, Principal, password_login, principal_from_request, revoke_token
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, Role
-from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Person, Review, User, Verdict
-from media_server.errors import BadInput, Forbidden, NotFoundError, Unauthorized
+from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Person, Review, Verdict
+from media_server.errors import BadInput, Forbidden, NotFoundError, TooManyRequests, Unauthorized
 from media_server.i18n import LANGS, table
-from media_server.tokens import check_password, sign_token
+from media_server.security import login_throttle
 from media_server.services import Services
 
 router = APIRouter(prefix="/ws", tags=["workstation"], include_in_schema=False)
@@ -73,36 +73,32 @@ def login_submit(
     username: str = Form(max_length=64),
     password: str = Form(max_length=256),
 ) -> Response:
-    with services.sessions.begin() as db:
-        user = db.scalars(select(User).where(User.username == username)).one_or_none()
-        if user is None or not user.active or not check_password(user.password_hash, password):
-            audit.append(
-                db,
-                actor=f"user:{username}",
-                action="login_failed",
-                subject_type="user",
-                subject_id=None,
-                details={"via": "workstation"},
-            )
-            return _page(
-                request, "login.html", None, error="wrong username or password / неверный логин или пароль"
-            )
-        audit.append(
-            db,
-            actor=f"user:{user.username}",
-            action="login",
-            subject_type="user",
-            subject_id=user.id,
-            details={"via": "workstation"},
+    client = request.client.host if request.client else None
+    try:
+        result = password_login(
+            services,
+            login_throttle(request.app.state),
+            username,
+            password,
+            client,
+            via="workstation",
+            ttl_s=LOGIN_TTL_S,
         )
-        token = sign_token(services.keys.secret_key, user.id, user.role.value, LOGIN_TTL_S)
+    except (Unauthorized, TooManyRequests) as exc:
+        message = (
+            "wrong username or password / неверный логин или пароль"
+            if isinstance(exc, Unauthorized)
+            else f"{exc} / слишком много неудачных попыток"
+        )
+        return _page(request, "login.html", None, error=message)
     response = RedirectResponse(f"/ws/queue?lang={_lang(request)}", status_code=303)
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", max_age=LOGIN_TTL_S)
+    response.set_cookie(SESSION_COOKIE, result.token, httponly=True, samesite="strict", max_age=LOGIN_TTL_S)
     return response
 
 
 @router.get("/logout")
-def logout() -> RedirectResponse:
+def logout(request: Request, services: ServicesDep) -> RedirectResponse:
+    revoke_token(services, request.cookies.get(SESSION_COOKIE), via="workstation")
     response = RedirectResponse("/ws/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response
@@ -231,7 +227,9 @@ def decide(
     return RedirectResponse(f"/ws/sessions/{session_id}?lang={_lang(request)}&flash=decided", status_code=303)
 
 
-def record_review(services: Services, who: Principal, session_id: str, decision: Decision, comment: str) -> str:
+def record_review(
+    services: Services, who: Principal, session_id: str, decision: Decision, comment: str
+) -> str:
     """Store a reviewer's decision on the latest verdict of a session, audited; returns the review id."""
     with services.sessions.begin() as db:
         verdict = db.scalars(

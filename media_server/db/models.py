@@ -388,3 +388,14 @@ class AuditEntry(Base):
         Index("ix_audit_log_subject", "subject_type", "subject_id"),
         {"sqlite_autoincrement": True},
     )
+
+
+class RevokedToken(Base):
+    """A login token ended by logout before its expiry (`jti` is the token's random id)."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(UUID_LEN))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -45,6 +45,7 @@ ALL_TABLES = {
     "erasures",
     "audit_log",
     "breath_episodes",
+    "revoked_tokens",
 }
 
 

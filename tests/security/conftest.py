@@ -4,6 +4,7 @@ fresh PostgreSQL database (fixture param `profile`: "sqlite" | "postgres"; the P
 
 from __future__ import annotations
 
+import functools
 import os
 import secrets
 from collections.abc import Iterator
@@ -69,11 +70,17 @@ def settings(tmp_path: Path, database_url: str) -> Settings:
     )
 
 
+@functools.cache
+def _staff_hash() -> str:
+    # argon2id costs ~1 s on a busy CI box: one hash serves every account of every test.
+    return hash_password(PASSWORD)
+
+
 def seed_staff(services: Services) -> None:
     """One account per role, password `PASSWORD`, username = role name (as tests/api/conftest.py)."""
     with services.sessions.begin() as db:
         for role in ROLES:
-            user = User(username=role.value, password_hash=hash_password(PASSWORD), role=role)
+            user = User(username=role.value, password_hash=_staff_hash(), role=role)
             db.add(user)
             db.flush()
             audit.append(

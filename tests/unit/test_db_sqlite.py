@@ -60,6 +60,7 @@ ALL_TABLES = {
     "erasures",
     "audit_log",
     "breath_episodes",
+    "revoked_tokens",
 }
 
 
@@ -83,7 +84,7 @@ def factory(engine: Engine) -> sessionmaker[Session]:
 
 
 def test_upgrade_from_empty_creates_every_table_at_head(db_url: str, engine: Engine) -> None:
-    assert current(db_url) == head_revision() == "0003"
+    assert current(db_url) == head_revision() == "0004"
     tables = set(inspect(engine).get_table_names())
     assert ALL_TABLES <= tables
     assert "alembic_version" in tables
