@@ -5,7 +5,8 @@
 * `/metrics` either moved to a separate internal port (`security.metrics_port`) or behind a bearer
   token (`security.metrics_token`);
 * one-time check-in links (`ck_...`) redacted from uvicorn's access log;
-* the per username+IP login throttle (`LoginThrottle`, on `app.state.login_throttle`).
+* the per username+IP login throttle (`LoginThrottle`, on `app.state.login_throttle`);
+* /docs and /redoc from packaged assets, not a CDN (`media_server.api_docs`).
 """
 
 from __future__ import annotations
@@ -323,6 +324,9 @@ def _install_metrics_port(app: FastAPI, settings: SecuritySettings) -> None:
 
 def install(app: FastAPI, settings: Settings) -> None:
     """Everything above, on an app made by `create_app` (call after `app.state.*_hooks` exist)."""
+    from media_server.api_docs import install_offline_docs
+
+    install_offline_docs(app)
     app.state.login_throttle = LoginThrottle(settings.security)
     app.add_middleware(SecurityMiddleware, settings=settings.security)
     install_log_redaction()
