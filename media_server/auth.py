@@ -21,7 +21,7 @@ from media_server.db.engine import read_only
 from media_server.db.enums import DeviceKind, Role, SessionKind, SessionStatus
 from media_server.db.models import CheckSession, Device, RevokedToken, User
 from media_server.db.types import utcnow
-from media_server.errors import Forbidden, TooManyRequests, Unauthorized
+from media_server.errors import Forbidden, LinkRefused, TooManyRequests, Unauthorized
 from media_server.security import LoginThrottle
 from media_server.services import Services
 from media_server.tokens import check_password_or_dummy, sign_token, token_hash, verify_token
@@ -200,7 +200,7 @@ def check_whip(db: Session, authorization: str | None) -> None:
     row = db.scalars(select(CheckSession).where(CheckSession.token_hash == digest)).one_or_none()
     problem = checkin_link_problem(row)
     if problem is not None:
-        raise Unauthorized(problem.message)
+        raise LinkRefused(problem.code, problem.message)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,15 @@ class Unauthorized(KuzetError):
     code = "unauthorized"
 
 
+class LinkRefused(Unauthorized):
+    """A check-in link that cannot open a session now; `reason` is one of unknown, used, expired,
+    not_yet, closed (the check-in page explains each to the person)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Forbidden(KuzetError):
     code = "forbidden"
 

@@ -12,9 +12,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import FileResponse, HTMLResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
-from media_server.errors import BadInput, NotFoundError
+from media_server.errors import BadInput, LinkRefused, NotFoundError, Unauthorized
 from media_server.settings import Settings
 from media_server.webrtc.ice import parse_ice_server
+from media_server.webrtc.ingest import WhipIngest
 
 router = APIRouter(tags=["checkin"])
 
@@ -23,6 +24,7 @@ STATIC_DIR = PACKAGE_DIR / "static"
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
 LANGUAGES = ("ru", "kk", "en")
 DEFAULT_LANGUAGE = "ru"
+LINK_REASONS = frozenset({"unknown", "used", "expired", "not_yet", "closed"})
 # Check-in tokens are URL-safe; anything else is not one of ours.
 _TOKEN = re.compile(r"^[A-Za-z0-9._~-]{8,1024}$")
 _STATIC_FILES = {
@@ -80,6 +82,16 @@ async def checkin_page(token: str, request: Request, lang: str | None = None) ->
         raise BadInput("this is not a check-in link")
     language = pick_language(lang, request.headers.get("accept-language"))
     strings = load_strings()
+    # Say at once when the link cannot be used, before the person grants camera, microphone and
+    # location (the check spends nothing: POST /whip spends the token).
+    reason = await _link_refusal(request, token)
+    if reason is not None:
+        page = (
+            _environment()
+            .get_template("checkin_invalid.html")
+            .render(lang=language, t=strings[language], languages=LANGUAGES, reason=reason)
+        )
+        return HTMLResponse(page, status_code=404 if reason == "unknown" else 410, headers=_PAGE_HEADERS)
     config: dict[str, Any] = {
         "token": token,
         "whipUrl": "/whip",
@@ -100,6 +112,20 @@ async def checkin_page(token: str, request: Request, lang: str | None = None) ->
         )
     )
     return HTMLResponse(html, headers=_PAGE_HEADERS)
+
+
+async def _link_refusal(request: Request, token: str) -> str | None:
+    """Why this link cannot open a check-in now (a `LinkRefused.reason`), or None when it can."""
+    ingest: WhipIngest | None = getattr(request.app.state, "whip_ingest", None)
+    if ingest is None or token.startswith("dk_"):
+        return None
+    try:
+        await ingest.authenticator.check(f"Bearer {token}")
+    except LinkRefused as exc:
+        return exc.reason if exc.reason in LINK_REASONS else "unknown"
+    except Unauthorized:
+        return "unknown"
+    return None
 
 
 @router.get("/static/{name}")

@@ -8,7 +8,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from media_server.errors import Unauthorized
+from media_server.errors import LinkRefused, Unauthorized
 from media_server.services import Services
 
 
@@ -134,7 +134,9 @@ class OneTimeTokens:
     async def check(self, authorization: str | None) -> None:
         token = bearer_token(authorization)
         if token not in self._issued:
-            raise Unauthorized("credential already used" if token in self.used else "unknown credential")
+            if token in self.used:
+                raise LinkRefused("used", "credential already used")
+            raise LinkRefused("unknown", "unknown credential")
 
     async def authenticate(self, authorization: str | None) -> WhipPrincipal:
         token = bearer_token(authorization)
