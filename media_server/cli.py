@@ -337,6 +337,11 @@ def station_run(
     if outcome is None:
         click.echo(f"no outcome within {duration_s:g} s", err=True)
         sys.exit(1)
+    if outcome.get("ended_reason") not in (None, "completed"):
+        retake = (
+            " - a technical failure, not a violation: take the check again" if outcome.get("retake") else ""
+        )
+        click.echo(f"the server ended the session early ({outcome['ended_reason']}){retake}", err=True)
     click.echo(json.dumps(outcome, indent=2, ensure_ascii=False))
 
 

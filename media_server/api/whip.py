@@ -71,10 +71,22 @@ async def whip_delete(
     return Response(status_code=200)
 
 
+@router.get("/whip/{resource_id}")
+async def whip_state(
+    resource_id: str, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    """The session's state and, once it ended, its outcome (same bearer as the POST). A station
+    whose peer connection died polls this to learn that the server ended the session."""
+    ingest = get_ingest(request)
+    if ingest is None:
+        return _unavailable()
+    return JSONResponse(ingest.state(resource_id, authorization), headers={"Cache-Control": "no-store"})
+
+
 @router.patch("/whip/{resource_id}")
 async def whip_patch(resource_id: str) -> Response:
     """Trickle ICE and ICE restarts are not supported: offers carry every candidate."""
-    return Response(status_code=405, headers={"Allow": "DELETE"})
+    return Response(status_code=405, headers={"Allow": "GET, DELETE"})
 
 
 @router.options("/whip")

@@ -7,6 +7,8 @@ import hmac
 import logging
 import secrets
 import shutil
+import time
+from collections import OrderedDict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -51,6 +53,8 @@ class WhipIngest:
         self._root = settings.data_dir / "media"
         # resource id -> sha256 of the bearer that opened it (DELETE must present the same one).
         self._bearers: dict[str, str] = {}
+        # Sessions that ended, kept a while so a client whose peer died still learns the outcome.
+        self._ended: OrderedDict[str, tuple[str, float, dict[str, Any]]] = OrderedDict()
 
     @staticmethod
     def _check_content_type(content_type: str | None) -> None:
@@ -122,8 +126,35 @@ class WhipIngest:
         self._forget(session.resource_id)
 
     def _forget(self, resource_id: str) -> None:
-        self.sessions.pop(resource_id, None)
-        self._bearers.pop(resource_id, None)
+        session = self.sessions.pop(resource_id, None)
+        bearer = self._bearers.pop(resource_id, None)
+        if session is not None and bearer is not None and session.end_reason is not None:
+            self._ended[resource_id] = (bearer, time.monotonic(), _ended_state(session))
+            while len(self._ended) > _ENDED_KEEP_MAX:
+                self._ended.popitem(last=False)
+
+    def state(self, resource_id: str, authorization: str | None) -> dict[str, Any]:
+        """GET /whip/<id> (an extension of RFC 9725): live, processing, or ended with the outcome the
+        data channel carried, for a client whose peer connection died before that message arrived."""
+        token = bearer_token(authorization)
+        now = time.monotonic()
+        while self._ended and now - next(iter(self._ended.values()))[1] > _ENDED_KEEP_S:
+            self._ended.popitem(last=False)
+        session = self.sessions.get(resource_id)
+        if session is not None:
+            expected = self._bearers.get(resource_id, "")
+            state: dict[str, Any] = (
+                {"state": "live"}
+                if session.end_reason is None
+                else {"state": "processing", "ended_reason": session.end_reason.value}
+            )
+        elif resource_id in self._ended:
+            expected, _, state = self._ended[resource_id]
+        else:
+            raise NotFoundError("no such WHIP session (or it ended too long ago)")
+        if not hmac.compare_digest(expected, token_hash(token)):
+            raise Forbidden("this WHIP session was opened with another credential")
+        return state
 
     def delete(self, resource_id: str, authorization: str | None) -> None:
         """DELETE /whip/<id>: end the session (its capture still reaches the sink). RFC 9725: only
@@ -147,6 +178,20 @@ class WhipIngest:
             await asyncio.wait(
                 [asyncio.create_task(s.closed.wait()) for s in sessions], timeout=_SHUTDOWN_WAIT_S
             )
+
+
+# How long and how many ended sessions `WhipIngest.state` still answers for.
+_ENDED_KEEP_S = 600.0
+_ENDED_KEEP_MAX = 10_000
+
+
+def _ended_state(session: MediaSession) -> dict[str, Any]:
+    reason = session.end_reason.value if session.end_reason is not None else None
+    outcome = session.outcome
+    if outcome is None:
+        # Nothing judged it (the sink gave no outcome): say so; a technical end is a retake.
+        outcome = {"status": "technical_failure", "retake": True, "ended_reason": reason}
+    return {"state": "ended", "ended_reason": reason, "outcome": outcome}
 
 
 class PipelineSink:

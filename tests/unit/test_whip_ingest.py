@@ -216,7 +216,7 @@ async def test_token_reuse_is_401_and_delete_ends_the_session(rig: Callable[...,
     assert again.status_code == 401
     assert "already used" in again.json()["message"]
     patch = await asyncio.to_thread(lambda: httpx.patch(r.url + location, content=b"a=candidate"))
-    assert patch.status_code == 405 and patch.headers["allow"] == "DELETE"
+    assert patch.status_code == 405 and patch.headers["allow"] == "GET, DELETE"
     auth = {"Authorization": f"Bearer {token}"}
     # RFC 9725: only the bearer that opened the session may end it.
     anonymous = await asyncio.to_thread(lambda: httpx.delete(r.url + location))
