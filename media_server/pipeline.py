@@ -309,7 +309,11 @@ async def _run_engine(services: Services, kind: CheckKind, fn: Any, *args: Any) 
     except Exception as exc:
         log.exception("engine job failed", extra={"job": getattr(fn, "__name__", "?")})
         return _technical(
-            kind, "engine_failure", "An analysis engine failed; the check will be retried.", error=repr(exc)
+            kind,
+            "engine_failure",
+            "An analysis engine failed twice (a technical fault, not a violation): a reviewer decides "
+            "and a retake is offered.",
+            error=repr(exc),
         )
 
 
