@@ -20,15 +20,38 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="Bind address (default: settings host).")
 @click.option("--port", type=int, default=None, help="Port (default: settings port).")
-def serve(host: str | None, port: int | None) -> None:
-    """Run the service (embedded default: SQLite + local evidence directory)."""
+@click.option(
+    "--certfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate (chain): serve HTTPS (default: KUZET_SECURITY__TLS_CERTFILE).",
+)
+@click.option(
+    "--keyfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM private key of --certfile (default: KUZET_SECURITY__TLS_KEYFILE).",
+)
+def serve(host: str | None, port: int | None, certfile: Path | None, keyfile: Path | None) -> None:
+    """Run the service (embedded default: SQLite + local evidence directory).
+
+    Phones grant the camera only to a secure context: serve HTTPS here (--certfile/--keyfile) or
+    behind a TLS-terminating reverse proxy (README, "Security")."""
     import uvicorn
 
     from media_server.app import create_app
 
     settings = Settings()
+    certfile = certfile or settings.security.tls_certfile
+    keyfile = keyfile or settings.security.tls_keyfile
+    if (certfile is None) != (keyfile is None):
+        click.echo("HTTPS needs both a certificate and its key (--certfile and --keyfile)", err=True)
+        sys.exit(2)
     app = create_app(settings)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)
+    tls: dict[str, str] = {}
+    if certfile is not None and keyfile is not None:
+        tls = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None, **tls)  # type: ignore[arg-type]
 
 
 @main.command("check-config")
