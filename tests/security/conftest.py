@@ -4,6 +4,7 @@ fresh PostgreSQL database (fixture param `profile`: "sqlite" | "postgres"; the P
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import secrets
@@ -39,8 +40,8 @@ def profile(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-@pytest.fixture
-def database_url(profile: str) -> Iterator[str]:
+@contextlib.contextmanager
+def database_for(profile: str) -> Iterator[str]:
     """Empty for SQLite (the embedded default under data_dir); a fresh, dropped-after database on PostgreSQL."""
     if profile == "sqlite":
         yield ""
@@ -61,13 +62,24 @@ def database_url(profile: str) -> Iterator[str]:
         admin.dispose()
 
 
-@pytest.fixture
-def settings(tmp_path: Path, database_url: str) -> Settings:
+def settings_for(data_dir: Path, database_url: str) -> Settings:
+    """The test settings of one profile: data under `data_dir`, the given database (empty = SQLite)."""
     return Settings(
-        data_dir=tmp_path / "var",
+        data_dir=data_dir,
         database={"url": database_url},
         models={"dir": Path("var/models").resolve()},
     )
+
+
+@pytest.fixture
+def database_url(profile: str) -> Iterator[str]:
+    with database_for(profile) as url:
+        yield url
+
+
+@pytest.fixture
+def settings(tmp_path: Path, database_url: str) -> Settings:
+    return settings_for(tmp_path / "var", database_url)
 
 
 @functools.cache
@@ -88,14 +100,21 @@ def seed_staff(services: Services) -> None:
             )
 
 
-@pytest.fixture
-def api(settings: Settings) -> Iterator[Api]:
+@contextlib.contextmanager
+def running_api(settings: Settings) -> Iterator[Api]:
+    """`create_app(settings)` in a TestClient (lifespan run), staff seeded, cookies cleared."""
     app = create_app(settings)
     with TestClient(app) as client:
         services = app.state.services
         seed_staff(services)
         client.cookies.clear()
         yield Api(client=client, services=services, settings=settings)
+
+
+@pytest.fixture
+def api(settings: Settings) -> Iterator[Api]:
+    with running_api(settings) as running:
+        yield running
 
 
 @dataclass
