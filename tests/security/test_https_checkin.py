@@ -42,13 +42,13 @@ PASSWORD = "correct-horse-battery"
 
 
 @dataclass(frozen=True)
-class TestCert:
+class SelfSignedCert:
     cert: Path
     key: Path
     spki_sha256_b64: str
 
 
-def make_cert(directory: Path) -> TestCert:
+def make_cert(directory: Path) -> SelfSignedCert:
     """A self-signed P-256 certificate for kuzet.test and 127.0.0.1, valid for a day."""
     key = ec.generate_private_key(ec.SECP256R1())
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, HOST)])
@@ -78,7 +78,7 @@ def make_cert(directory: Path) -> TestCert:
     spki = cert.public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
     )
-    return TestCert(cert_path, key_path, base64.b64encode(hashlib.sha256(spki).digest()).decode())
+    return SelfSignedCert(cert_path, key_path, base64.b64encode(hashlib.sha256(spki).digest()).decode())
 
 
 def _free_port() -> int:
