@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from media_server import logs
+from media_server import logs, security
 from media_server.breath import run_episode_clock
 from media_server.errors import KuzetError, status_for
 from media_server.evidence.port import EvidenceError, ObjectLocked
@@ -103,6 +103,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.shutdown_hooks = []
     _install_error_handlers(app)
     _install_middleware(app, settings)
+    security.install(app, settings)
     _install_probes(app)
     _include_routers(app)
     install_hygiene(app)

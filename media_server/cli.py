@@ -25,15 +25,38 @@ def main() -> None:
 @main.command()
 @click.option("--host", default=None, help="Bind address (default: settings host).")
 @click.option("--port", type=int, default=None, help="Port (default: settings port).")
-def serve(host: str | None, port: int | None) -> None:
-    """Run the service (embedded default: SQLite + local evidence directory)."""
+@click.option(
+    "--certfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM certificate (chain): serve HTTPS (default: KUZET_SECURITY__TLS_CERTFILE).",
+)
+@click.option(
+    "--keyfile",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="PEM private key of --certfile (default: KUZET_SECURITY__TLS_KEYFILE).",
+)
+def serve(host: str | None, port: int | None, certfile: Path | None, keyfile: Path | None) -> None:
+    """Run the service (embedded default: SQLite + local evidence directory).
+
+    Phones grant the camera only to a secure context: serve HTTPS here (--certfile/--keyfile) or
+    behind a TLS-terminating reverse proxy (README, "Security")."""
     import uvicorn
 
     from media_server.app import create_app
 
     settings = Settings()
+    certfile = certfile or settings.security.tls_certfile
+    keyfile = keyfile or settings.security.tls_keyfile
+    if (certfile is None) != (keyfile is None):
+        click.echo("HTTPS needs both a certificate and its key (--certfile and --keyfile)", err=True)
+        sys.exit(2)
     app = create_app(settings)
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None)
+    tls: dict[str, str] = {}
+    if certfile is not None and keyfile is not None:
+        tls = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
+    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None, **tls)  # type: ignore[arg-type]
 
 
 @main.command()
@@ -361,6 +384,11 @@ def station_run(
     if outcome is None:
         click.echo(f"no outcome within {duration_s:g} s", err=True)
         sys.exit(1)
+    if outcome.get("ended_reason") not in (None, "completed"):
+        retake = (
+            " - a technical failure, not a violation: take the check again" if outcome.get("retake") else ""
+        )
+        click.echo(f"the server ended the session early ({outcome['ended_reason']}){retake}", err=True)
     click.echo(json.dumps(outcome, indent=2, ensure_ascii=False))
 
 
@@ -480,20 +508,46 @@ def audit() -> None:
 
 
 @audit.command("verify")
-def audit_verify() -> None:
+@click.option(
+    "--checkpoint",
+    "checkpoint_path",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    default=None,
+    help="A signed checkpoint (`kuzet audit checkpoint`): also fail when rows up to it were removed.",
+)
+@click.option(
+    "--pubkey",
+    default=None,
+    help="Key the checkpoint must be signed with (base64); default: this service's evidence key.",
+)
+def audit_verify(checkpoint_path: Path | None, pubkey: str | None) -> None:
     """Recompute the audit chain; exit 1 naming the first bad row when it is broken."""
-    from media_server.db.audit import verify_chain
+    from media_server.db.audit import CheckpointError, read_checkpoint, verify_chain
     from media_server.db.engine import make_engine, make_session_factory, read_only
 
-    engine = make_engine(Settings().database_url)
+    settings = Settings()
+    anchor = None
+    if checkpoint_path is not None:
+        try:
+            doc = json.loads(checkpoint_path.read_text(encoding="utf-8"))
+            anchor = read_checkpoint(doc, pubkey or _service_public_key(settings))
+        except (ValueError, CheckpointError, OSError) as exc:
+            click.echo(f"checkpoint {checkpoint_path} rejected: {exc}", err=True)
+            sys.exit(1)
+    engine = make_engine(settings.database_url)
     try:
         with make_session_factory(read_only(engine))() as session:
-            report = verify_chain(session)
+            report = verify_chain(
+                session,
+                expected_head=anchor.head if anchor else None,
+                expected_count=anchor.count if anchor else None,
+            )
     finally:
         engine.dispose()
     if report.ok:
         head = f", head row {report.head.id} {report.head.row_hash}" if report.head else ""
-        click.echo(f"audit log ok: {report.rows_checked} rows checked{head}")
+        against = f"; contains checkpoint row {anchor.head.id} of {anchor.created_at}" if anchor else ""
+        click.echo(f"audit log ok: {report.rows_checked} rows checked{head}{against}")
         return
     click.echo(
         f"audit log BROKEN at row {report.first_bad_id} ({report.problem}): {report.reason}; "
@@ -501,6 +555,53 @@ def audit_verify() -> None:
         err=True,
     )
     sys.exit(1)
+
+
+def _service_public_key(settings: Settings) -> str:
+    from media_server.keys import SIGNING_KEY_FILE, load_signing_key
+    from media_server.package import public_key_b64
+
+    configured = settings.evidence.signing_key_file
+    if configured is None and not (settings.data_dir / SIGNING_KEY_FILE).exists():
+        raise CheckpointKeyMissing(f"no signing key in {settings.data_dir}; pass --pubkey")
+    return public_key_b64(load_signing_key(settings))
+
+
+class CheckpointKeyMissing(ValueError):
+    """The service key that signs checkpoints is not on this machine."""
+
+
+@audit.command("checkpoint")
+@click.option(
+    "--out",
+    "out_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="Write the checkpoint here (default: stdout). Publish it where the database's admins cannot edit it.",
+)
+def audit_checkpoint(out_path: Path | None) -> None:
+    """Sign the audit log's current head and row count with the service key (JSON)."""
+    from media_server.db.audit import CheckpointError, make_checkpoint
+    from media_server.db.engine import make_engine, make_session_factory, read_only
+    from media_server.keys import load_signing_key
+
+    settings = Settings()
+    key = load_signing_key(settings)
+    engine = make_engine(settings.database_url)
+    try:
+        with make_session_factory(read_only(engine))() as session:
+            doc = make_checkpoint(session, key)
+    except CheckpointError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    finally:
+        engine.dispose()
+    text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
+    if out_path is None:
+        click.echo(text, nl=False)
+    else:
+        out_path.write_text(text, encoding="utf-8")
+        click.echo(f"wrote {out_path}: head row {doc['head_id']}, {doc['count']} rows")
 
 
 @main.group()
@@ -607,13 +708,20 @@ def evidence_export(session_id: str, out_path: Path, exporter: str) -> None:
 
 @evidence.command("verify")
 @click.argument("package", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--pubkey", default=None, help="Trusted public key (base64); else the key is not checked.")
-def evidence_verify(package: Path, pubkey: str | None) -> None:
-    """Verify an evidence package offline; exit 1 on any failure."""
+@click.option("--pubkey", default=None, help="The service's published public key (base64).")
+@click.option(
+    "--fingerprint",
+    default=None,
+    envvar="KUZET_EVIDENCE_FINGERPRINT",
+    help="The pinned SHA-256 fingerprint of the service's key (`kuzet evidence pubkey`); "
+    "env KUZET_EVIDENCE_FINGERPRINT.",
+)
+def evidence_verify(package: Path, pubkey: str | None, fingerprint: str | None) -> None:
+    """Verify an evidence package offline; exit 1 on any failure, also when no trusted key is given."""
     from media_server.package import verify_package
 
     with package.open("rb") as src:
-        report = verify_package(src, pubkey)
+        report = verify_package(src, pubkey, trusted_fingerprint=fingerprint)
     for line in report.lines():
         click.echo(line)
     sys.exit(0 if report.ok else 1)

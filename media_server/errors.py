@@ -21,6 +21,15 @@ class Unauthorized(KuzetError):
     code = "unauthorized"
 
 
+class LinkRefused(Unauthorized):
+    """A check-in link that cannot open a session now; `reason` is one of unknown, used, expired,
+    not_yet, closed (the check-in page explains each to the person)."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
 class Forbidden(KuzetError):
     code = "forbidden"
 
@@ -41,6 +50,12 @@ class Gone(KuzetError):
     code = "gone"
 
 
+class TooManyRequests(KuzetError):
+    """Too many failed attempts (login backoff): try again after the time the message names."""
+
+    code = "too_many_requests"
+
+
 class ServiceUnavailable(KuzetError):
     """A dependency (worker pool, engine) is down: a technical failure, retry later; never the client's fault."""
 
@@ -55,6 +70,7 @@ HTTP_STATUS: dict[type[KuzetError], int] = {
     Conflict: 409,
     Gone: 410,
     TooLarge: 413,
+    TooManyRequests: 429,
     ServiceUnavailable: 503,
     UnsupportedMediaType: 415,
     KuzetError: 400,

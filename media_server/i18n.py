@@ -481,8 +481,23 @@ CHECKIN: dict[str, str] = {
     "outcome.pass": N_("Check-in accepted."),
     "outcome.fail": N_("Check-in not accepted. Your officer will be notified."),
     "outcome.review": N_("Check-in sent to your officer for review."),
-    "outcome.retake": N_("The check needs to be repeated. Open a new link or try again."),
-    "outcome.error": N_("Technical error. Please try again later."),
+    "outcome.retake": N_(
+        "The check could not be completed because of a technical fault. This is not a violation. A new link will be sent to you."
+    ),
+    "outcome.error": N_(
+        "Technical error on the server. This is not a violation. Your officer has been notified and will send you a new link."
+    ),
+    "link.title": N_("This link cannot be used"),
+    "link.unknown": N_(
+        "This check-in link was not found. Make sure you opened the whole link from the message."
+    ),
+    "link.used": N_("This link was already used: each link opens only one check-in."),
+    "link.expired": N_("This link has expired."),
+    "link.not_yet": N_("This check-in has not started yet. Open the link at the scheduled time."),
+    "link.closed": N_("This check-in is already closed."),
+    "link.what_to_do": N_(
+        "Nothing was recorded and no camera access is needed. Contact your officer for a new link."
+    ),
 }
 
 

@@ -30,6 +30,7 @@ async def run_engine(
         return technical(
             kind,
             "engine_failure",
-            "An analysis engine failed: the session goes to a reviewer and a retake is offered.",
+            "An analysis engine failed twice (a technical fault, not a violation): a reviewer decides "
+            "and a retake is offered.",
             error=repr(exc),
         )

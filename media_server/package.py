@@ -12,9 +12,10 @@ Members:
 - `manifest.sig`: the Ed25519 signature of the manifest bytes; `signing_key.pub`: the raw public key
   (base64); `README.txt`: how to check all of it.
 
-`verify_package` checks every hash, missing/extra members, the signature (against a trusted key when
-one is given) and the audit segment. A key inside a package proves nothing by itself: compare its
-fingerprint with the one `kuzet evidence pubkey` prints on the service.
+`verify_package` checks every hash, missing/extra members, the signature against a trusted key (given
+whole or as its pinned fingerprint; without one verification fails), the audit segment, and that
+verdict.json and reviews.json agree with the audit rows. A key inside a package proves nothing by
+itself: its fingerprint must be the one `kuzet evidence pubkey` prints on the service.
 """
 
 from __future__ import annotations
@@ -392,6 +393,7 @@ How to verify
      operator publishes (`kuzet evidence pubkey`). This package's key fingerprint:
        {fingerprint(pub_b64)}
   2. With the Kuzet tool:  kuzet evidence verify PACKAGE.zip --pubkey PUBLISHED_KEY_BASE64
+     (or --fingerprint PUBLISHED_FINGERPRINT); it also checks verdict.json against audit.json.
   3. Without it (OpenSSL 3):
        base64 -d manifest.sig > manifest.sig.bin
        openssl pkeyutl -verify -pubin -inkey key.pem -rawin -in manifest.json -sigfile manifest.sig.bin
@@ -482,8 +484,16 @@ def _check_audit(segment: Any, manifest_audit: Any, report: VerifyReport) -> Non
             )
 
 
-def verify_package(data: bytes | IO[bytes], trusted_pubkey_b64: str | None = None) -> VerifyReport:
-    """Check a package: member hashes and sizes, missing/extra members, signature, audit segment."""
+def verify_package(
+    data: bytes | IO[bytes],
+    trusted_pubkey_b64: str | None = None,
+    *,
+    trusted_fingerprint: str | None = None,
+) -> VerifyReport:
+    """Check a package: member hashes and sizes, missing/extra members, the signature against a
+    trusted key (the key itself or its pinned SHA-256 fingerprint: without either the package fails,
+    since anyone can re-sign a changed package with their own key), the audit segment, and that
+    verdict.json and reviews.json say what the package's own audit rows recorded."""
     report = VerifyReport()
     try:
         zf = zipfile.ZipFile(io.BytesIO(data) if isinstance(data, bytes) else data)
@@ -522,21 +532,7 @@ def verify_package(data: bytes | IO[bytes], trusted_pubkey_b64: str | None = Non
         except ValueError as exc:
             report.problems.append(f"{PUBLIC_KEY}/{SIGNATURE}: malformed ({exc})")
             return report
-        if trusted_pubkey_b64 is not None:
-            try:
-                trusted = base64.b64decode(trusted_pubkey_b64.strip(), validate=True)
-            except ValueError:
-                report.problems.append("the trusted public key given is not base64")
-                trusted = b""
-            if trusted and trusted == base64.b64decode(pub_b64):
-                report.key_trusted = True
-            elif trusted:
-                report.problems.append(f"{PUBLIC_KEY}: signed by another key than the trusted one")
-        else:
-            report.warnings.append(
-                "no trusted key given: the signature only proves the package matches its own key; "
-                "compare the fingerprint with `kuzet evidence pubkey`"
-            )
+        _check_trust(pub_b64, trusted_pubkey_b64, trusted_fingerprint, report)
         try:
             manifest = json.loads(manifest_bytes)
             files = {str(f["path"]): (str(f["sha256"]), int(f["size"])) for f in manifest["files"]}
@@ -575,7 +571,99 @@ def verify_package(data: bytes | IO[bytes], trusted_pubkey_b64: str | None = Non
         audit_bytes = read(AUDIT)
         if audit_bytes is not None:
             try:
-                _check_audit(json.loads(audit_bytes), manifest.get("audit"), report)
+                segment = json.loads(audit_bytes)
+                _check_audit(segment, manifest.get("audit"), report)
+                reviews_bytes = read("reviews.json") if "reviews.json" in names else None
+                _check_records_against_audit(read("verdict.json"), reviews_bytes, segment, report)
             except ValueError as exc:
                 report.problems.append(f"{AUDIT}: malformed ({exc})")
     return report
+
+
+def _normalise_fingerprint(text: str) -> str:
+    return text.strip().lower().replace(":", "").removeprefix("sha256").lstrip(":= ")
+
+
+def _check_trust(
+    pub_b64: str, trusted_pubkey_b64: str | None, trusted_fingerprint: str | None, report: VerifyReport
+) -> None:
+    if trusted_pubkey_b64 is not None:
+        try:
+            trusted = base64.b64decode(trusted_pubkey_b64.strip(), validate=True)
+        except ValueError:
+            report.problems.append("the trusted public key given is not base64")
+            return
+        if trusted == base64.b64decode(pub_b64):
+            report.key_trusted = True
+        else:
+            report.problems.append(f"{PUBLIC_KEY}: signed by another key than the trusted one")
+        return
+    if trusted_fingerprint is not None:
+        if _normalise_fingerprint(trusted_fingerprint) == fingerprint(pub_b64):
+            report.key_trusted = True
+        else:
+            report.problems.append(f"{PUBLIC_KEY}: its fingerprint is not the pinned one (another key)")
+        return
+    report.problems.append(
+        "no trusted key given: a package re-signed with any key verifies against its own; pass the "
+        "service's published key (--pubkey) or its fingerprint (--fingerprint, `kuzet evidence pubkey`)"
+    )
+
+
+def _audited_verdicts(rows: list[Any], session_id: str | None) -> dict[str, str]:
+    """verdict id -> decision, as the audit rows of the segment recorded them."""
+    out: dict[str, str] = {}
+    for row in rows:
+        details = row.get("details") if isinstance(row, dict) else None
+        if not isinstance(details, dict) or "review_id" in details:
+            continue
+        if "verdict_id" in details and "decision" in details and row.get("subject_id") == session_id:
+            out[str(details["verdict_id"])] = str(details["decision"])
+        elif row.get("subject_type") == "verdict" and "decision" in details:
+            out[str(row.get("subject_id"))] = str(details["decision"])
+    return out
+
+
+def _audited_reviews(rows: list[Any], session_id: str | None) -> dict[str, str]:
+    """review id -> decision, as the audit rows of the segment recorded them."""
+    out: dict[str, str] = {}
+    for row in rows:
+        details = row.get("details") if isinstance(row, dict) else None
+        if isinstance(details, dict) and "review_id" in details and row.get("subject_id") == session_id:
+            out[str(details["review_id"])] = str(details.get("decision"))
+    return out
+
+
+def _check_records_against_audit(
+    verdict_bytes: bytes | None, review_bytes: bytes | None, segment: Any, report: VerifyReport
+) -> None:
+    """verdict.json must hold exactly the verdicts the audit segment recorded, with the same
+    decisions; every audited review must be in reviews.json with its decision."""
+    rows = segment.get("rows") if isinstance(segment, dict) else None
+    if not isinstance(rows, list) or verdict_bytes is None:
+        return
+    try:
+        verdicts = {str(v["id"]): str(v["decision"]) for v in json.loads(verdict_bytes)}
+        reviews = {str(r["id"]): str(r["decision"]) for r in json.loads(review_bytes or b"[]")}
+    except (ValueError, KeyError, TypeError) as exc:
+        report.problems.append(f"verdict.json/reviews.json: malformed ({exc})")
+        return
+    audited = _audited_verdicts(rows, report.session_id)
+    for vid, decision in sorted(verdicts.items()):
+        if vid not in audited:
+            report.problems.append(f"verdict.json: verdict {vid} has no entry in the audit segment")
+        elif audited[vid] != decision:
+            report.problems.append(
+                f"verdict.json: verdict {vid} says {decision!r}, the audit log recorded {audited[vid]!r}"
+            )
+    for vid in sorted(set(audited) - set(verdicts)):
+        report.problems.append(f"verdict.json: the audited verdict {vid} ({audited[vid]}) is missing")
+    for rid, decision in sorted(_audited_reviews(rows, report.session_id).items()):
+        if review_bytes is None:
+            break  # reported as missing already
+        if rid not in reviews:
+            report.problems.append(f"reviews.json: the audited review {rid} is missing")
+        elif reviews[rid] != decision:
+            report.problems.append(
+                f"reviews.json: review {rid} says {reviews[rid]!r}, the audit log recorded {decision!r}"
+            )

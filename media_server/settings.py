@@ -135,6 +135,50 @@ class AuthSettings(_Group):
     )
 
 
+class SecuritySettings(_Group):
+    """Login throttling, cookies, /metrics exposure and TLS (env: KUZET_SECURITY__*)."""
+
+    login_max_failures: int = Field(
+        5, ge=1, le=100, description="Failed logins per username+IP before each new try has to wait."
+    )
+    login_backoff_base_s: float = Field(
+        1.0, ge=0.1, le=60.0, description="Wait after the first failure over the limit; doubles each time."
+    )
+    login_backoff_max_s: float = Field(
+        300.0, ge=1.0, le=3600.0, description="Longest wait between login attempts of one username+IP."
+    )
+    login_failure_window_s: float = Field(
+        900.0, ge=60.0, le=86400.0, description="Failures older than this no longer count."
+    )
+    login_max_parallel_hashes: int = Field(
+        4,
+        ge=1,
+        le=64,
+        description="Password hashes computed at once (argon2id takes 64 MiB each); more logins queue.",
+    )
+    login_throttle_max_keys: int = Field(
+        100_000, ge=100, le=10_000_000, description="Username+IP pairs remembered (oldest forgotten first)."
+    )
+    cookie_secure: str = Field(
+        "auto",
+        pattern="^(auto|always|never)$",
+        description="Secure flag on cookies: auto = when the request came over HTTPS (or X-Forwarded-Proto).",
+    )
+    metrics_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Serve /metrics only on this separate port (bind it to an internal interface).",
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address the separate metrics port binds.")
+    metrics_token: SecretStr = Field(
+        SecretStr(""),
+        description="When set, /metrics on the main port needs `Authorization: Bearer <token>`.",
+    )
+    tls_certfile: Path | None = Field(None, description="PEM certificate chain: `kuzet serve` speaks HTTPS.")
+    tls_keyfile: Path | None = Field(None, description="PEM private key of `tls_certfile`.")
+
+
 class GallerySettings(_Group):
     """Adaptive face gallery: confidently passed sessions may refresh a person's template (audited)."""
 
@@ -378,6 +422,7 @@ class Settings(BaseSettings):
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    security: SecuritySettings = Field(default_factory=SecuritySettings)
     media: MediaSettings = Field(default_factory=MediaSettings)
     gallery: GallerySettings = Field(default_factory=GallerySettings)
     schedules: SchedulesSettings = Field(default_factory=SchedulesSettings)

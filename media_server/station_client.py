@@ -31,6 +31,8 @@ from media_server.webrtc.session import DATA_CHANNEL_LABEL
 log = logging.getLogger("kuzet.station")
 
 HTTP_TIMEOUT_S = 15.0
+# How often a station asks whether the server ended its session (when no outcome came by data channel).
+STATE_POLL_S = 2.0
 
 
 def whip_endpoint(url: str) -> str:
@@ -107,13 +109,29 @@ class WhipClient:
             answer = keep_loopback_candidates(answer)
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
+    async def server_state(self) -> dict[str, Any] | None:
+        """GET the session resource: {"state": live|processing|ended, "outcome": ...}; None if unknown."""
+        if self.resource_url is None:
+            return None
+        with contextlib.suppress(httpx.HTTPError, ValueError):
+            response = await self._http.get(
+                self.resource_url, headers={"Authorization": f"Bearer {self._credential}"}
+            )
+            if response.status_code == 200:
+                state: dict[str, Any] = response.json()
+                return state
+        return None
+
     async def delete(self) -> int | None:
         """DELETE the session resource; the status, or None when there was none."""
         if self.resource_url is None:
             return None
         url, self.resource_url = self.resource_url, None
         with contextlib.suppress(httpx.HTTPError):
-            return (await self._http.delete(url)).status_code
+            # RFC 9725: the same bearer as the POST.
+            return (
+                await self._http.delete(url, headers={"Authorization": f"Bearer {self._credential}"})
+            ).status_code
         return None
 
     async def close(self) -> None:
@@ -197,13 +215,35 @@ async def run_station(
         await client.publish(tracks)
         log.info("session open", extra={"resource": client.resource_url})
         with contextlib.suppress(TimeoutError):
-            outcome = await asyncio.wait_for(_follow(client, location), duration_s)
+            outcome = await asyncio.wait_for(_first_outcome(client, location), duration_s)
     finally:
         await client.close()
         for track in tracks:
             track.stop()
         del players
     return outcome
+
+
+async def _first_outcome(client: WhipClient, location: StationLocation | None) -> dict[str, Any]:
+    """The outcome from the data channel or, when the server ended the session early (media stopped,
+    camera unplugged) and the channel died with the peer, from polling the session resource."""
+    tasks = [asyncio.create_task(_follow(client, location)), asyncio.create_task(_poll_ended(client))]
+    try:
+        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        return next(iter(done)).result()
+    finally:
+        for task in tasks:
+            task.cancel()
+
+
+async def _poll_ended(client: WhipClient) -> dict[str, Any]:
+    while True:
+        await asyncio.sleep(STATE_POLL_S)
+        state = await client.server_state()
+        if state is not None and state.get("state") == "ended":
+            outcome = state.get("outcome") or {}
+            log.info("the server ended the session", extra={"reason": state.get("ended_reason")})
+            return {"type": "outcome", "ended_reason": state.get("ended_reason"), **outcome}
 
 
 async def _follow(client: WhipClient, location: StationLocation | None) -> dict[str, Any]:

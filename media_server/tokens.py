@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import json
@@ -31,13 +32,28 @@ def check_password(stored_hash: str, password: str) -> bool:
         return False
 
 
+@functools.cache
+def _dummy_hash() -> str:
+    return hash_password(secrets.token_urlsafe(24))
+
+
+def check_password_or_dummy(stored_hash: str | None, password: str) -> bool:
+    """`check_password`, or (no such account) the same argon2 work on a dummy hash and False, so the
+    response time does not tell whether a username exists."""
+    if stored_hash is None:
+        check_password(_dummy_hash(), password)
+        return False
+    return check_password(stored_hash, password)
+
+
 @dataclass(frozen=True)
 class Claims:
-    """What a signed bearer token asserts."""
+    """What a signed bearer token asserts; `jti` is its random id (logout revokes it)."""
 
     user_id: str
     role: str
     expires_at: float
+    jti: str
 
 
 def _b64(data: bytes) -> str:
@@ -49,10 +65,9 @@ def _unb64(text: str) -> bytes:
 
 
 def sign_token(key: bytes, user_id: str, role: str, ttl_s: int, now: float | None = None) -> str:
-    """A compact HMAC-SHA256 token: base64(json claims).base64(mac)."""
-    body = json.dumps(
-        {"uid": user_id, "role": role, "exp": (now or time.time()) + ttl_s}, separators=(",", ":")
-    ).encode()
+    """A compact HMAC-SHA256 token: base64(json claims).base64(mac), with a random id (`jti`)."""
+    claims = {"uid": user_id, "role": role, "exp": (now or time.time()) + ttl_s, "jti": secrets.token_hex(16)}
+    body = json.dumps(claims, separators=(",", ":")).encode()
     mac = hmac.new(key, body, hashlib.sha256).digest()
     return f"{_b64(body)}.{_b64(mac)}"
 
@@ -68,7 +83,12 @@ def verify_token(key: bytes, token: str, now: float | None = None) -> Claims:
         raise Unauthorized("token signature is invalid")
     try:
         data = json.loads(body)
-        claims = Claims(user_id=str(data["uid"]), role=str(data["role"]), expires_at=float(data["exp"]))
+        claims = Claims(
+            user_id=str(data["uid"]),
+            role=str(data["role"]),
+            expires_at=float(data["exp"]),
+            jti=str(data["jti"]),
+        )
     except (ValueError, KeyError, TypeError) as exc:
         raise Unauthorized("malformed token") from exc
     if claims.expires_at < (now or time.time()):

@@ -27,6 +27,9 @@ log = logging.getLogger("kuzet.workers")
 
 T = TypeVar("T")
 
+# A job whose worker died is run again once on a rebuilt pool (jobs are pure functions of their input).
+POOL_CRASH_ATTEMPTS = 2
+
 # Each engine module exposes `init_worker(models_dir: str, settings: dict) -> None` that loads (and
 # sha256-verifies) its weights inside the worker process.
 ENGINE_INITIALISERS: tuple[tuple[str, str], ...] = (
@@ -98,16 +101,25 @@ class WorkerPool:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` in a worker process; `fn` must be a module-level function.
 
-        A crashed pool (an engine that cannot load, a worker killed for memory) is replaced for the next
-        call and reported as ServiceUnavailable: a technical failure, never a client error or a verdict.
+        A crashed pool (a worker killed for memory, an engine that cannot load) is rebuilt and the job
+        (a pure function of its arguments) is run once more on the new pool; a second crash is
+        reported as ServiceUnavailable: a technical failure, never a client error or a verdict.
         """
         loop = asyncio.get_running_loop()
-        try:
-            return await loop.run_in_executor(self._ensure(), fn, *args)
-        except BrokenProcessPool as exc:
-            log.error("worker pool broke; it will be rebuilt", extra={"fn": getattr(fn, "__name__", "?")})
-            self.shutdown(wait=False)
-            raise ServiceUnavailable("the analysis engines are unavailable; try again shortly") from exc
+        for attempt in range(1, POOL_CRASH_ATTEMPTS + 1):
+            try:
+                return await loop.run_in_executor(self._ensure(), fn, *args)
+            except BrokenProcessPool as exc:
+                log.error(
+                    "worker pool broke; it will be rebuilt",
+                    extra={"fn": getattr(fn, "__name__", "?"), "attempt": attempt},
+                )
+                self.shutdown(wait=False)
+                if attempt == POOL_CRASH_ATTEMPTS:
+                    raise ServiceUnavailable(
+                        "the analysis engines are unavailable; try again shortly"
+                    ) from exc
+        raise AssertionError("unreachable")
 
     def submit_sync(self, fn: Callable[..., T], *args: Any) -> T:
         """Blocking variant for CLI commands and threads."""

@@ -169,15 +169,16 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def parse_canonical(reading_bytes: bytes) -> dict[str, Any] | None:
     """The JSON object in `reading_bytes` when they are exactly its canonical form, else None."""
+    # RecursionError: a deeply nested document (`[` x 5000) is malformed input, not a server fault.
     try:
         obj = json.loads(reading_bytes.decode("utf-8"), object_pairs_hook=_no_duplicate_keys)
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     if not isinstance(obj, dict):
         return None
     try:
         again = canonical_bytes(obj)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     return obj if again == reading_bytes else None
 

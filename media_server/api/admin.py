@@ -8,14 +8,14 @@ from datetime import date, timedelta
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
 from media_server.api.deps import AdminDep, OfficerDep, ReaderDep, ServicesDep
-from media_server.auth import SESSION_COOKIE
+from media_server.auth import SESSION_COOKIE, bearer, password_login, revoke_token
 from media_server.db import audit
 from media_server.db.enums import DeviceKind, Role, SessionKind
 from media_server.db.models import Device, Person, Schedule, User
@@ -23,7 +23,8 @@ from media_server.db.types import utcnow
 from media_server.errors import BadInput, Conflict, NotFoundError, Unauthorized
 from media_server.lifecycle import require_active, status_of
 from media_server.schedules import parse_rule, request_on_demand, rule_to_json
-from media_server.tokens import check_password, hash_password, new_secret_token, sign_token, token_hash
+from media_server.security import login_throttle
+from media_server.tokens import hash_password, new_secret_token, token_hash
 from sobriety.units import AlcoholUnit
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])
@@ -57,27 +58,32 @@ class LoginOut(BaseModel):
     expires_in_s: int
 
 
-@router.post("/auth/login", response_model=LoginOut)
-def login(body: LoginIn, services: ServicesDep, response: Response) -> LoginOut:
+@router.post("/auth/login", response_model=LoginOut, responses={429: {"description": "Login backoff"}})
+def login(body: LoginIn, services: ServicesDep, request: Request, response: Response) -> LoginOut:
     """Exchange a username and password for a bearer token (also set as an HttpOnly cookie)."""
-    with services.sessions.begin() as db:
-        user = db.scalars(select(User).where(User.username == body.username)).one_or_none()
-        ok = user is not None and user.active and check_password(user.password_hash, body.password)
-        # The failed attempt is committed to the audit log before the 401 goes out.
-        audit.append(
-            db,
-            actor=f"user:{body.username}",
-            action="login" if ok else "login_failed",
-            subject_type="user",
-            subject_id=user.id if user and ok else None,
-            details={"via": "api"},
-        )
-    if not ok or user is None:
-        raise Unauthorized("wrong username or password")
-    token = sign_token(services.keys.secret_key, user.id, user.role.value, LOGIN_TTL_S)
-    role = user.role
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", max_age=LOGIN_TTL_S)
-    return LoginOut(token=token, role=role, expires_in_s=LOGIN_TTL_S)
+    client = request.client.host if request.client else None
+    result = password_login(
+        services,
+        login_throttle(request.app.state),
+        body.username,
+        body.password,
+        client,
+        via="api",
+        ttl_s=LOGIN_TTL_S,
+    )
+    response.set_cookie(SESSION_COOKIE, result.token, httponly=True, samesite="strict", max_age=LOGIN_TTL_S)
+    return LoginOut(token=result.token, role=result.role, expires_in_s=LOGIN_TTL_S)
+
+
+@router.post("/auth/logout", status_code=204)
+def logout(services: ServicesDep, request: Request) -> Response:
+    """End this login now: the bearer token (or workstation cookie) stops working before it expires."""
+    token = bearer(request.headers.get("authorization")) or request.cookies.get(SESSION_COOKIE)
+    if not revoke_token(services, token, via="api"):
+        raise Unauthorized("no valid login to end")
+    response = Response(status_code=204)
+    response.delete_cookie(SESSION_COOKIE)
+    return response
 
 
 class UserIn(_In):

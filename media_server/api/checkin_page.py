@@ -18,7 +18,7 @@ from sqlalchemy import select
 from media_server.db.enums import SessionStatus
 from media_server.db.models import CheckSession
 from media_server.db.types import utcnow
-from media_server.errors import BadInput, Gone, NotFoundError
+from media_server.errors import BadInput, Gone, LinkRefused, NotFoundError, Unauthorized
 from media_server.i18n import checkin_strings
 from media_server.lifecycle import PersonNotActive, refuse_entry, require_active
 from media_server.schedules.tick import PAGE_OPENED_META
@@ -26,6 +26,7 @@ from media_server.services import Services
 from media_server.settings import Settings
 from media_server.tokens import token_hash
 from media_server.webrtc.ice import parse_ice_server
+from media_server.webrtc.ingest import WhipIngest
 
 router = APIRouter(tags=["checkin"])
 
@@ -34,6 +35,7 @@ STATIC_DIR = PACKAGE_DIR / "static"
 TEMPLATES_DIR = PACKAGE_DIR / "templates"
 LANGUAGES = ("ru", "kk", "en")
 DEFAULT_LANGUAGE = "ru"
+LINK_REASONS = frozenset({"unknown", "used", "expired", "not_yet", "closed"})
 # Check-in tokens are URL-safe; anything else is not one of ours.
 _TOKEN = re.compile(r"^[A-Za-z0-9._~-]{8,1024}$")
 _STATIC_FILES = {
@@ -130,6 +132,17 @@ async def checkin_page(token: str, request: Request, lang: str | None = None) ->
             await asyncio.to_thread(note_page_opened, services, token)
         except Gone:
             return _refused_page(language, strings, 410)
+    # (After the life-cycle refusal above, which has its own page and audit line.) Say at once when the
+    # link cannot be used, before the person grants camera, microphone and
+    # location (the check spends nothing: POST /whip spends the token).
+    reason = await _link_refusal(request, token)
+    if reason is not None:
+        page = (
+            _environment()
+            .get_template("checkin_invalid.html")
+            .render(lang=language, t=strings[language], languages=LANGUAGES, reason=reason)
+        )
+        return HTMLResponse(page, status_code=404 if reason == "unknown" else 410, headers=_PAGE_HEADERS)
     config: dict[str, Any] = {
         "token": token,
         "whipUrl": "/whip",
@@ -150,6 +163,20 @@ async def checkin_page(token: str, request: Request, lang: str | None = None) ->
         )
     )
     return HTMLResponse(html, headers=_PAGE_HEADERS)
+
+
+async def _link_refusal(request: Request, token: str) -> str | None:
+    """Why this link cannot open a check-in now (a `LinkRefused.reason`), or None when it can."""
+    ingest: WhipIngest | None = getattr(request.app.state, "whip_ingest", None)
+    if ingest is None or token.startswith("dk_"):
+        return None
+    try:
+        await ingest.authenticator.check(f"Bearer {token}")
+    except LinkRefused as exc:
+        return exc.reason if exc.reason in LINK_REASONS else "unknown"
+    except Unauthorized:
+        return "unknown"
+    return None
 
 
 @router.get("/static/{name}")

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
+from media_server.errors import TooLarge
 from media_server.webrtc.ingest import SDP_MEDIA_TYPE, WhipIngest
 
 router = APIRouter(tags=["whip"])
@@ -15,6 +16,20 @@ router = APIRouter(tags=["whip"])
 def get_ingest(request: Request) -> WhipIngest | None:
     """The app's WHIP ingest (set up by `media_server.webrtc.ingest.install` or a test)."""
     return getattr(request.app.state, "whip_ingest", None)
+
+
+async def read_capped(request: Request, max_bytes: int) -> bytes:
+    """The request body, read as it streams in; TooLarge (413) as soon as it passes `max_bytes`
+    (a chunked upload has no Content-Length to refuse up front)."""
+    length = request.headers.get("content-length")
+    if length is not None and length.isdigit() and int(length) > max_bytes:
+        raise TooLarge(f"the SDP offer is larger than {max_bytes} bytes")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > max_bytes:
+            raise TooLarge(f"the SDP offer is larger than {max_bytes} bytes")
+    return bytes(body)
 
 
 def _unavailable() -> JSONResponse:
@@ -31,7 +46,9 @@ async def whip_post(
     ingest = get_ingest(request)
     if ingest is None:
         return _unavailable()
-    body = await request.body()
+    # Authorise before reading: a bogus caller's body is never read, a valid one's is capped.
+    await ingest.preflight(content_type, authorization)
+    body = await read_capped(request, ingest.settings.media.max_offer_bytes)
     resource_id, answer = await ingest.open(content_type, authorization, body)
     location = f"/whip/{resource_id}"
     return Response(
@@ -43,19 +60,33 @@ async def whip_post(
 
 
 @router.delete("/whip/{resource_id}")
-async def whip_delete(resource_id: str, request: Request) -> Response:
-    """End the session; its capture is still processed."""
+async def whip_delete(
+    resource_id: str, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    """End the session (with the bearer that opened it); its capture is still processed."""
     ingest = get_ingest(request)
     if ingest is None:
         return _unavailable()
-    ingest.delete(resource_id)
+    ingest.delete(resource_id, authorization)
     return Response(status_code=200)
+
+
+@router.get("/whip/{resource_id}")
+async def whip_state(
+    resource_id: str, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> Response:
+    """The session's state and, once it ended, its outcome (same bearer as the POST). A station
+    whose peer connection died polls this to learn that the server ended the session."""
+    ingest = get_ingest(request)
+    if ingest is None:
+        return _unavailable()
+    return JSONResponse(ingest.state(resource_id, authorization), headers={"Cache-Control": "no-store"})
 
 
 @router.patch("/whip/{resource_id}")
 async def whip_patch(resource_id: str) -> Response:
     """Trickle ICE and ICE restarts are not supported: offers carry every candidate."""
-    return Response(status_code=405, headers={"Allow": "DELETE"})
+    return Response(status_code=405, headers={"Allow": "GET, DELETE"})
 
 
 @router.options("/whip")

@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session
 from identity.checks import CheckKind
 from media_server import charts
 from media_server.api.deps import ServicesDep
-from media_server.auth import SESSION_COOKIE, Principal, principal_from_request
+from media_server.auth import SESSION_COOKIE, Principal, password_login, principal_from_request, revoke_token
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, Role, SessionKind
 from media_server.db.models import (
@@ -43,7 +43,15 @@ from media_server.db.models import (
     User,
     Verdict,
 )
-from media_server.errors import BadInput, Forbidden, KuzetError, NotFoundError, Unauthorized, status_for
+from media_server.errors import (
+    BadInput,
+    Forbidden,
+    KuzetError,
+    NotFoundError,
+    TooManyRequests,
+    Unauthorized,
+    status_for,
+)
 from media_server.evidence.port import EvidenceError, IntegrityError, NotFound
 from media_server.i18n import (
     DECISION_WORDS,
@@ -79,8 +87,8 @@ from media_server.review_views import (
     recording_offset_s,
     zone,
 )
+from media_server.security import login_throttle
 from media_server.services import Services
-from media_server.tokens import check_password, sign_token
 
 log = logging.getLogger("kuzet.workstation")
 PACKAGE_DIR = Path(__file__).resolve().parents[1]
@@ -219,36 +227,31 @@ def login_submit(
     username: str = Form(max_length=64),
     password: str = Form(max_length=256),
 ) -> Response:
-    with services.sessions.begin() as db:
-        user = db.scalars(select(User).where(User.username == username)).one_or_none()
-        if user is None or not user.active or not check_password(user.password_hash, password):
-            audit.append(
-                db,
-                actor=f"user:{username}",
-                action="login_failed",
-                subject_type="user",
-                subject_id=None,
-                details={"via": "workstation"},
-            )
-            t = translator(_lang(request))
-            error = t("Wrong username or password.")
-            return _page(request, "login.html", None, status_code=401, error=error)
-        audit.append(
-            db,
-            actor=f"user:{user.username}",
-            action="login",
-            subject_type="user",
-            subject_id=user.id,
-            details={"via": "workstation"},
+    client = request.client.host if request.client else None
+    try:
+        result = password_login(
+            services,
+            login_throttle(request.app.state),
+            username,
+            password,
+            client,
+            via="workstation",
+            ttl_s=LOGIN_TTL_S,
         )
-        token = sign_token(services.keys.secret_key, user.id, user.role.value, LOGIN_TTL_S)
+    except (Unauthorized, TooManyRequests) as exc:
+        t = translator(_lang(request))
+        if isinstance(exc, Unauthorized):
+            return _page(request, "login.html", None, status_code=401, error=t("Wrong username or password."))
+        error = t("Too many failed attempts. Wait a little and try again.")
+        return _page(request, "login.html", None, status_code=429, error=error)
     response = RedirectResponse(f"/ws/queue?lang={_lang(request)}", status_code=303)
-    response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="strict", max_age=LOGIN_TTL_S)
+    response.set_cookie(SESSION_COOKIE, result.token, httponly=True, samesite="strict", max_age=LOGIN_TTL_S)
     return response
 
 
 @router.get("/logout")
-def logout() -> RedirectResponse:
+def logout(request: Request, services: ServicesDep) -> RedirectResponse:
+    revoke_token(services, request.cookies.get(SESSION_COOKIE), via="workstation")
     response = RedirectResponse("/ws/login", status_code=303)
     response.delete_cookie(SESSION_COOKIE)
     return response

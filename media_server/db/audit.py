@@ -4,7 +4,8 @@ Each row's `row_hash` is SHA-256 over a canonical JSON of its content (ts, actor
 subject_type, subject_id, details) and `prev_hash`, the previous row's `row_hash` (64 zeros for
 the first row). Changing, inserting or deleting a row breaks the chain at that row or the next one;
 `verify_chain` finds the first break. Removing rows from the end leaves a shorter valid chain: compare
-the head with one recorded elsewhere (`head()`, e.g. in a signed evidence manifest) to catch that.
+the head with one recorded elsewhere to catch that: a signed checkpoint (`make_checkpoint`, published
+by `kuzet audit checkpoint`, checked by `kuzet audit verify --checkpoint F`) or an evidence manifest.
 
 Appends are serialised so the chain never forks: PostgreSQL takes a transaction-scoped advisory
 lock, SQLite takes its single write lock before the head is read; `prev_hash` is also UNIQUE.
@@ -14,6 +15,7 @@ PostgreSQL must run at READ COMMITTED (its default) for the head read to see the
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 from collections.abc import Mapping
@@ -22,7 +24,10 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
 
-from sqlalchemy import Text, cast, select, text
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from sqlalchemy import Text, cast, func, select, text
 from sqlalchemy.orm import Session
 
 from media_server.db.models import GENESIS_HASH, AuditEntry
@@ -161,10 +166,14 @@ def append(
     return entry
 
 
-def verify_chain(session: Session, *, expected_head: AuditHead | None = None) -> ChainReport:
+def verify_chain(
+    session: Session, *, expected_head: AuditHead | None = None, expected_count: int | None = None
+) -> ChainReport:
     """Recompute every row's hash in id order and check each links to its predecessor.
 
-    With `expected_head` (a head recorded earlier), also report a chain that no longer contains it.
+    With `expected_head` (a head recorded earlier, e.g. a signed checkpoint), also report a chain
+    that no longer contains it; with `expected_count`, also one that holds a different number of
+    rows up to and including that head.
     """
     # details are read as their stored text and parsed here, so a corrupted value is reported
     # against its row instead of failing the whole query.
@@ -222,6 +231,13 @@ def verify_chain(session: Session, *, expected_head: AuditHead | None = None) ->
             last = AuditHead(row.id, row.row_hash)
             if last == expected_head:
                 anchor_seen = True
+                if expected_count is not None and checked != expected_count:
+                    return broken(
+                        row.id,
+                        ChainProblem.HEAD_MISMATCH,
+                        f"the checkpoint counted {expected_count} rows up to row {row.id}, the log has "
+                        f"{checked}",
+                    )
     except (TypeError, ValueError) as exc:  # a stored value the column type cannot even decode
         after = f"after row {last.id}" if last else "at the start"
         return broken(None, ChainProblem.UNREADABLE, f"a row {after} cannot be read: {exc}")
@@ -234,3 +250,71 @@ def verify_chain(session: Session, *, expected_head: AuditHead | None = None) ->
             f"anchored head row {expected_head.id} ({expected_head.row_hash[:12]}...) is not in the chain",
         )
     return ChainReport(ok=True, rows_checked=checked, head=last)
+
+
+# -- signed checkpoints ---------------------------------------------------------------------------
+
+CHECKPOINT_FORMAT = "kuzet-audit-checkpoint/1"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file that is malformed or whose signature does not verify."""
+
+
+@dataclass(frozen=True, slots=True)
+class Checkpoint:
+    """A signed statement "the log had `count` rows ending in `head`" taken at `created_at`.
+
+    Published outside the database (a ticket, an e-mail to the auditor, WORM storage), it lets
+    `verify_chain` notice rows deleted from the tail, which the chain alone cannot show."""
+
+    head: AuditHead
+    count: int
+    created_at: str
+    public_key_b64: str
+
+
+def _checkpoint_body(head_row: AuditHead, count: int, created_at: str, public_key_b64: str) -> dict[str, Any]:
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "head_id": head_row.id,
+        "head_hash": head_row.row_hash,
+        "count": count,
+        "created_at": created_at,
+        "public_key": public_key_b64,
+    }
+
+
+def make_checkpoint(session: Session, signing_key: Ed25519PrivateKey) -> dict[str, Any]:
+    """The current head and row count, signed (Ed25519 over the canonical JSON of the other fields)."""
+    head_row = head(session)
+    if head_row is None:
+        raise CheckpointError("the audit log is empty: nothing to checkpoint")
+    count = int(session.scalar(select(func.count()).where(AuditEntry.id <= head_row.id)) or 0)
+    pub = base64.b64encode(
+        signing_key.public_key().public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    ).decode()
+    body = _checkpoint_body(head_row, count, _iso_utc(utcnow()), pub)
+    signature = signing_key.sign(canonical_json(body).encode("ascii"))
+    return {**body, "signature": base64.b64encode(signature).decode()}
+
+
+def read_checkpoint(doc: Any, trusted_public_key_b64: str) -> Checkpoint:
+    """A checkpoint document checked against the trusted key; CheckpointError when it is not valid."""
+    if not isinstance(doc, dict) or doc.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointError(f"not a {CHECKPOINT_FORMAT} document")
+    try:
+        head_row = AuditHead(int(doc["head_id"]), str(doc["head_hash"]))
+        count = int(doc["count"])
+        body = _checkpoint_body(head_row, count, str(doc["created_at"]), str(doc["public_key"]))
+        signature = base64.b64decode(str(doc["signature"]), validate=True)
+        trusted = Ed25519PublicKey.from_public_bytes(base64.b64decode(trusted_public_key_b64, validate=True))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"malformed checkpoint: {exc}") from exc
+    if str(doc["public_key"]) != trusted_public_key_b64.strip():
+        raise CheckpointError("the checkpoint was signed by another key than the trusted one")
+    try:
+        trusted.verify(signature, canonical_json(body).encode("ascii"))
+    except InvalidSignature as exc:
+        raise CheckpointError("the checkpoint's signature does not verify (altered or forged)") from exc
+    return Checkpoint(head_row, count, body["created_at"], body["public_key"])

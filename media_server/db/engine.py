@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from pathlib import Path
 from typing import Any
@@ -47,10 +48,23 @@ def make_engine(url: str | URL, *, echo: bool = False) -> Engine:
         kwargs["poolclass"] = StaticPool
         kwargs["connect_args"]["check_same_thread"] = False
     else:
-        Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        private_database_file(Path(database).expanduser())
     engine = create_engine(parsed, echo=echo, **kwargs)
     _install_sqlite_hooks(engine)
     return engine
+
+
+def private_database_file(path: Path) -> None:
+    """Create the SQLite file (and a missing parent folder, 0700) as 0600 before SQLite opens it, and
+    tighten an existing one: it holds password hashes and audit rows. SQLite gives its -wal and -shm
+    files the database file's mode."""
+    if not path.parent.exists():
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    os.close(fd)
+    for candidate in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        if candidate.exists() and (candidate.stat().st_mode & 0o077):
+            os.chmod(candidate, 0o600)
 
 
 def _install_sqlite_hooks(engine: Engine) -> None:

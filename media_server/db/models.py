@@ -475,7 +475,7 @@ class AuditEntry(Base):
     )
 
 
-# ------------------------------------------------------------------ location monitoring (migration 0007)
+# ------------------------------------------------------------------ location monitoring (migration 0004)
 class SignedBatch(Base):
     """A signed position or event batch exactly as a gateway sent it (body + signature): the evidence.
 
@@ -584,3 +584,14 @@ class LocationAlert(Base):
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
     __table_args__ = (Index("ix_location_alerts_person_started", "person_id", "started_at"),)
+
+
+class RevokedToken(Base):
+    """A login token ended by logout before its expiry (`jti` is the token's random id)."""
+
+    __tablename__ = "revoked_tokens"
+
+    jti: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[str] = mapped_column(String(UUID_LEN))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+    revoked_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

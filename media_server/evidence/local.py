@@ -3,7 +3,9 @@
 Layout under `root`: `sha256/<2 hex>/<64 hex>` holds the bytes (read-only), `<same>.json` the
 sidecar (sha256, size, content type, user metadata, retain_until, legal_hold). A write goes to
 `.tmp/`, is hashed while written, fsync'd, then renamed into place; the sidecar is written last and
-marks the artifact as committed. Retention and legal hold are enforced by this code only: the real
+marks the artifact as committed. Files are 0444 and every folder 0700 (private to the service account).
+A process running as that account can still unlink a file (POSIX ties deletion to the folder's owner):
+reads detect a missing or altered artifact by its hash. Retention and legal hold are enforced by this code only: the real
 write-once guarantee in production is S3 Object Lock.
 """
 
@@ -38,6 +40,23 @@ CHUNK_BYTES = 1024 * 1024
 # open_verified keeps artifacts up to this size in memory, larger ones in a temporary file
 VERIFIED_COPY_MEMORY_BYTES = 8 * 1024 * 1024
 _READ_ONLY = 0o444
+# Evidence folders are private to the service account (files inside are read-only, 0444).
+_PRIVATE_DIR = 0o700
+
+
+def private_dirs(root: Path, path: Path) -> None:
+    """Create `path` (under `root`) and any missing folder between them, each mode 0700; an existing
+    folder of the store with looser bits is tightened."""
+    if path.is_dir() and (path.stat().st_mode & 0o777) == _PRIVATE_DIR:
+        return
+    path.mkdir(mode=_PRIVATE_DIR, parents=True, exist_ok=True)
+    current = path
+    while True:
+        if (current.stat().st_mode & 0o777) != _PRIVATE_DIR:
+            os.chmod(current, _PRIVATE_DIR)
+        if current == root or root not in current.parents:
+            break
+        current = current.parent
 
 
 def _fsync_dir(path: Path) -> None:
@@ -127,7 +146,7 @@ class _DirectoryStore:
     ) -> StoredArtifact:
         """Hash while writing to .tmp, fsync, rename into place, then commit the sidecar."""
         tmp_dir = self.root / ".tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
+        private_dirs(self.root, tmp_dir)
         fd, tmp_name = tempfile.mkstemp(dir=tmp_dir, prefix="put-")
         tmp = Path(tmp_name)
         try:
@@ -149,7 +168,7 @@ class _DirectoryStore:
                 if sidecar.exists():
                     return self.stat(key)  # same content already committed: the first write stands
                 os.chmod(tmp, _READ_ONLY)
-                blob.parent.mkdir(parents=True, exist_ok=True)
+                private_dirs(self.root, blob.parent)
                 os.replace(tmp, blob)
                 _fsync_dir(blob.parent)
                 artifact = StoredArtifact(
@@ -178,7 +197,7 @@ class _DirectoryStore:
             "legal_hold": artifact.legal_hold,
             "written_at": self._clock().isoformat(),
         }
-        (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
+        private_dirs(self.root, self.root / ".tmp")
         fd, tmp_name = tempfile.mkstemp(dir=self.root / ".tmp", prefix="meta-")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as out:
@@ -283,7 +302,7 @@ class _DirectoryStore:
 
     def healthy(self) -> bool:
         try:
-            (self.root / ".tmp").mkdir(parents=True, exist_ok=True)
+            private_dirs(self.root, self.root / ".tmp")
         except OSError:
             return False
         return os.access(self.root / ".tmp", os.W_OK)

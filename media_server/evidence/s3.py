@@ -5,6 +5,10 @@ retention; every put also sets COMPLIANCE retention explicitly. When the server 
 (connection refused or timed out, 5xx) an artifact is written to the local spool under the same
 content-addressed key and `flush_spool` uploads it later: nothing accepted is lost.
 
+Deleting by key alone would only add a delete marker and hide the locked version: the bucket gets a
+policy denying it (`deny_delete_policy`, where the server supports bucket policies) and reads fall back to
+the newest real version by its version id.
+
 Server differences handled here: deleting a locked version is 403 AccessDenied on Ceph and
 400 InvalidRequest on MinIO; Ceph sends RetainUntilDate with nanoseconds (read from the HEAD header
 with a tolerant parser, not with minio-py's get_object_retention).
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import tempfile
@@ -160,6 +165,7 @@ class S3EvidenceStore:
                     self._bucket, ObjectLockConfig(COMPLIANCE, self._retention_days, DAYS)
                 )
                 log.info("created evidence bucket %s with object lock", self._bucket)
+                self._deny_delete_markers()
             else:
                 try:
                     self._client.get_object_lock_config(self._bucket)
@@ -169,17 +175,50 @@ class S3EvidenceStore:
                     raise EvidenceError(
                         f"bucket {self._bucket} exists without Object Lock; evidence needs a locked bucket"
                     ) from exc
+                self._deny_delete_markers(only_if_no_policy=True)
             self._bucket_ready = True
 
+    def _deny_delete_markers(self, *, only_if_no_policy: bool = False) -> None:
+        """Bucket policy: nobody, the service's own credentials included, may DELETE without a version
+        id. On a versioned bucket that call only adds a delete marker, which makes a locked artifact
+        answer 404 by key. Deleting a version by id (retention erasure) stays with Object Lock to
+        judge. Best effort: a store without bucket policies keeps working (reads fall back to the
+        newest real version)."""
+        try:
+            if only_if_no_policy:
+                try:
+                    if self._client.get_bucket_policy(self._bucket):
+                        return  # the operator's own policy wins
+                except S3Error as exc:
+                    if exc.code != "NoSuchBucketPolicy":
+                        raise
+            self._client.set_bucket_policy(self._bucket, json.dumps(deny_delete_policy(self._bucket)))
+            log.info("bucket %s: DeleteObject without a version id denied by policy", self._bucket)
+        except S3Error as exc:
+            log.warning("bucket %s: could not set the no-delete-marker policy (%s)", self._bucket, exc.code)
+
+    def _newest_version(self, key: str) -> str | None:
+        """The newest version of `key` that holds bytes (not a delete marker), None when none does."""
+        with self._remote("list versions"):
+            for obj in self._client.list_objects(self._bucket, prefix=key, include_version=True):
+                if obj.object_name == key and not obj.is_delete_marker and obj.version_id:
+                    return str(obj.version_id)
+        return None
+
     def _head(self, key: str) -> StoredArtifact | None:
-        """The current version of `key` in S3, None when there is none."""
+        """The current version of `key` in S3 (the newest real one under a delete marker), None when
+        there is none."""
         with self._remote("HEAD"):
             try:
                 obj = self._client.stat_object(self._bucket, key)
             except S3Error as exc:
-                if exc.code in _MISSING_CODES:
+                if exc.code not in _MISSING_CODES:
+                    raise
+                version = self._newest_version(key)
+                if version is None:
                     return None
-                raise
+                log.warning("evidence %s is hidden by a delete marker; reading version %s", key, version)
+                obj = self._client.stat_object(self._bucket, key, version_id=version)
         return _artifact_from_headers(key, obj)
 
     def _upload(
@@ -260,9 +299,14 @@ class S3EvidenceStore:
             try:
                 response = self._client.get_object(self._bucket, key)
             except S3Error as exc:
-                if exc.code in _MISSING_CODES:
+                if exc.code not in _MISSING_CODES:
+                    raise
+                # A delete marker hides the locked version: read that version by its id.
+                version = self._newest_version(key)
+                if version is None:
                     raise NotFound(key) from None
-                raise
+                log.warning("evidence %s is hidden by a delete marker; reading version %s", key, version)
+                response = self._client.get_object(self._bucket, key, version_id=version)
             try:
                 claimed = response.headers.get(_META_PREFIX + SHA256_META)
                 digest = hashlib.sha256()
@@ -460,6 +504,22 @@ class S3EvidenceStore:
         self._fetch(key, lambda _chunk: None)  # read back: the S3 copy must hash to its key
         self.spool.release(key)
         log.info("flushed spooled artifact %s to S3", key)
+
+
+def deny_delete_policy(bucket: str) -> dict[str, Any]:
+    """The bucket policy that refuses DELETE without a version id (delete markers) to everyone."""
+    return {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Sid": "KuzetNoDeleteMarkers",
+                "Effect": "Deny",
+                "Principal": "*",
+                "Action": ["s3:DeleteObject"],
+                "Resource": [f"arn:aws:s3:::{bucket}/*"],
+            }
+        ],
+    }
 
 
 def _artifact_from_headers(key: str, obj: Any) -> StoredArtifact:

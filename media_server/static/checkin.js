@@ -121,7 +121,11 @@
     if (state.resource) {
       const url = state.resource;
       state.resource = null;
-      fetch(url, { method: "DELETE", keepalive }).catch(() => {});
+      fetch(url, {
+        method: "DELETE",
+        keepalive,
+        headers: { Authorization: "Bearer " + config.token },
+      }).catch(() => {});
     }
     if (state.pc) { state.pc.close(); state.pc = null; }
   }

@@ -5,41 +5,29 @@ from __future__ import annotations
 
 import asyncio
 import secrets
-from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
-from media_server.errors import Unauthorized
+from media_server.auth import WhipPrincipal, require_bearer
+from media_server.errors import LinkRefused, Unauthorized
 from media_server.lifecycle import PersonNotActive, refuse_entry
 from media_server.services import Services
-
-
-@dataclass(frozen=True, slots=True)
-class WhipPrincipal:
-    """The session a credential opens: a phone check-in (one-time token) or an AV station (device key)."""
-
-    session_id: str
-    person_id: str
-    kind: Literal["checkin", "station"]
-    device_id: str | None = None
-    challenge: dict[str, Any] | None = None
 
 
 class WhipAuthenticator(Protocol):
     """Turns an Authorization header into a principal; raises Unauthorized for a missing, bad,
     expired or reused credential."""
 
-    async def authenticate(self, authorization: str | None) -> WhipPrincipal: ...
+    async def check(self, authorization: str | None) -> None:
+        """Raise Unauthorized unless the credential would open a session now; spends nothing."""
+        ...
 
+    async def authenticate(self, authorization: str | None) -> WhipPrincipal:
+        """Spend the credential and open its session."""
+        ...
 
-def bearer_token(authorization: str | None) -> str:
-    """The token of a `Bearer` Authorization header; Unauthorized when absent or malformed."""
-    if not authorization:
-        raise Unauthorized("missing Authorization: Bearer credential")
-    scheme, _, token = authorization.partition(" ")
-    token = token.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > 4096:
-        raise Unauthorized("Authorization must be 'Bearer <token>'")
-    return token
+    async def release(self, principal: WhipPrincipal) -> None:
+        """Undo `authenticate` after the media stack refused the offer (nothing was received)."""
+        ...
 
 
 class ServicesAuthenticator:
@@ -60,18 +48,33 @@ class ServicesAuthenticator:
             # Nothing of the attempt is kept but this line (the transaction above rolled back).
             refuse_entry(self._services.sessions, refused, "whip", {})
             raise
-        kind: Literal["checkin", "station"] = "station" if result.kind == "station" else "checkin"
-        return WhipPrincipal(
-            session_id=str(result.session_id),
-            person_id=str(result.person_id),
-            kind=kind,
-            device_id=None if result.device_id is None else str(result.device_id),
-            challenge=result.challenge,
-        )
+        return result
 
     async def authenticate(self, authorization: str | None) -> WhipPrincipal:
         # It reads and writes the database: keep it off the event loop.
         return await asyncio.to_thread(self._authenticate, authorization)
+
+    def _check(self, authorization: str | None) -> None:
+        from media_server import auth
+
+        try:
+            with self._services.sessions() as db:
+                auth.check_whip(db, authorization)
+        except PersonNotActive as refused:
+            refuse_entry(self._services.sessions, refused, "whip", {})
+            raise
+
+    async def check(self, authorization: str | None) -> None:
+        await asyncio.to_thread(self._check, authorization)
+
+    def _release(self, principal: WhipPrincipal) -> None:
+        from media_server import auth
+
+        with self._services.sessions.begin() as db:
+            auth.release_whip(db, principal)
+
+    async def release(self, principal: WhipPrincipal) -> None:
+        await asyncio.to_thread(self._release, principal)
 
 
 class OneTimeTokens:
@@ -79,6 +82,7 @@ class OneTimeTokens:
 
     def __init__(self) -> None:
         self._issued: dict[str, WhipPrincipal] = {}
+        self._spent: dict[str, str] = {}  # session id -> its token, for `release`
         self.used: set[str] = set()
 
     def issue(
@@ -99,10 +103,24 @@ class OneTimeTokens:
         )
         return token
 
+    async def check(self, authorization: str | None) -> None:
+        token = require_bearer(authorization)
+        if token not in self._issued:
+            if token in self.used:
+                raise LinkRefused("used", "credential already used")
+            raise LinkRefused("unknown", "unknown credential")
+
     async def authenticate(self, authorization: str | None) -> WhipPrincipal:
-        token = bearer_token(authorization)
+        token = require_bearer(authorization)
         principal = self._issued.pop(token, None)
         if principal is None:
             raise Unauthorized("credential already used" if token in self.used else "unknown credential")
         self.used.add(token)
+        self._spent[principal.session_id] = token
         return principal
+
+    async def release(self, principal: WhipPrincipal) -> None:
+        token = self._spent.pop(principal.session_id, None)
+        if token is not None:
+            self.used.discard(token)
+            self._issued[token] = principal

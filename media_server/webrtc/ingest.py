@@ -3,16 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import secrets
+import shutil
+import time
+from collections import OrderedDict
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI
 
-from media_server.errors import NotFoundError, Unauthorized, UnsupportedMediaType
+from media_server.auth import require_bearer
+from media_server.errors import (
+    BadInput,
+    Forbidden,
+    KuzetError,
+    NotFoundError,
+    UnsupportedMediaType,
+)
 from media_server.services import Services
 from media_server.settings import Settings
+from media_server.tokens import token_hash
 from media_server.webrtc.analysis import FeedbackLimits, FrameAdvisor
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.credentials import ServicesAuthenticator, WhipAuthenticator
@@ -45,37 +58,63 @@ class WhipIngest:
             )
         )
         self._root = settings.data_dir / "media"
+        # resource id -> sha256 of the bearer that opened it (DELETE must present the same one).
+        self._bearers: dict[str, str] = {}
+        # Sessions that ended, kept a while so a client whose peer died still learns the outcome.
+        self._ended: OrderedDict[str, tuple[str, float, dict[str, Any]]] = OrderedDict()
 
-    async def open(self, content_type: str | None, authorization: str | None, body: bytes) -> tuple[str, str]:
-        """POST /whip: (resource id, SDP answer). Checks run cheapest first; the credential is
-        spent only on a well-formed offer, so a client bug does not burn a one-time link."""
+    @staticmethod
+    def _check_content_type(content_type: str | None) -> None:
         media_type = (content_type or "").split(";", 1)[0].strip().lower()
         if media_type != SDP_MEDIA_TYPE:
             raise UnsupportedMediaType(f"Content-Type must be {SDP_MEDIA_TYPE}")
-        if not authorization:
-            raise Unauthorized("missing Authorization: Bearer credential")
+
+    async def preflight(self, content_type: str | None, authorization: str | None) -> None:
+        """What POST /whip checks before it reads a byte of the body: the media type and that the
+        credential could open a session now (nothing is spent), so a bogus caller uploads nothing."""
+        self._check_content_type(content_type)
+        require_bearer(authorization)
+        await self.authenticator.check(authorization)
+
+    async def open(self, content_type: str | None, authorization: str | None, body: bytes) -> tuple[str, str]:
+        """POST /whip: (resource id, SDP answer). Checks run cheapest first; the credential is
+        spent only on a well-formed offer, and given back when the media stack then refuses the
+        offer, so a client bug does not burn a one-time link nor leave a session active."""
+        self._check_content_type(content_type)
+        token = require_bearer(authorization)
         offer, summary = validate_offer(body, max_bytes=self.settings.media.max_offer_bytes)
         principal = await self.authenticator.authenticate(authorization)
         if self.settings.media.loopback_only:
             offer = keep_loopback_candidates(offer)
         resource_id = secrets.token_urlsafe(16)
         workdir = self._root / resource_id
-        await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
-        session = MediaSession(
-            resource_id=resource_id,
-            principal=principal,
-            media=self.settings.media,
-            liveness=self.settings.liveness,
-            sink=self.sink,
-            advisor=self._advisor,
-            workdir=workdir,
-            on_closed=self._forget,
-        )
+        try:
+            await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+            session = MediaSession(
+                resource_id=resource_id,
+                principal=principal,
+                media=self.settings.media,
+                liveness=self.settings.liveness,
+                sink=self.sink,
+                advisor=self._advisor,
+                workdir=workdir,
+                on_closed=self._forget,
+            )
+        except BaseException:
+            await self.authenticator.release(principal)
+            raise
         self.sessions[resource_id] = session
+        self._bearers[resource_id] = token_hash(token)
         try:
             answer = await session.accept(offer, summary.media, summary.has_data_channel)
-        except BaseException:
-            await session.abort()
+        except BaseException as exc:
+            await self._abort(session, workdir)
+            await self.authenticator.release(principal)
+            if isinstance(exc, Exception) and not isinstance(exc, KuzetError):
+                # The offer passed our checks but aiortc could not negotiate it (duplicate mids, a
+                # BUNDLE naming no section, ...): the client's offer, not our fault; the link is kept.
+                log.warning("offer refused by the media stack", extra={"error": repr(exc)})
+                raise BadInput(f"the SDP offer could not be negotiated ({type(exc).__name__})") from exc
             raise
         log.info(
             "whip session opened",
@@ -83,14 +122,57 @@ class WhipIngest:
         )
         return resource_id, answer
 
-    def _forget(self, resource_id: str) -> None:
-        self.sessions.pop(resource_id, None)
+    async def _abort(self, session: MediaSession, workdir: Path) -> None:
+        # aiortc can fail again while closing a half-negotiated peer: the session is dropped anyway.
+        try:
+            await session.abort()
+        except Exception as exc:
+            log.warning("aborting a refused session failed", extra={"error": repr(exc)})
+            session.closed.set()
+            await asyncio.to_thread(shutil.rmtree, workdir, True)
+        self._forget(session.resource_id)
 
-    def delete(self, resource_id: str) -> None:
-        """DELETE /whip/<id>: end the session (its capture still reaches the sink)."""
+    def _forget(self, resource_id: str) -> None:
+        session = self.sessions.pop(resource_id, None)
+        bearer = self._bearers.pop(resource_id, None)
+        if session is not None and bearer is not None and session.end_reason is not None:
+            self._ended[resource_id] = (bearer, time.monotonic(), _ended_state(session))
+            while len(self._ended) > _ENDED_KEEP_MAX:
+                self._ended.popitem(last=False)
+
+    def state(self, resource_id: str, authorization: str | None) -> dict[str, Any]:
+        """GET /whip/<id> (an extension of RFC 9725): live, processing, or ended with the outcome the
+        data channel carried, for a client whose peer connection died before that message arrived."""
+        token = require_bearer(authorization)
+        now = time.monotonic()
+        while self._ended and now - next(iter(self._ended.values()))[1] > _ENDED_KEEP_S:
+            self._ended.popitem(last=False)
         session = self.sessions.get(resource_id)
-        if session is None:
+        if session is not None:
+            expected = self._bearers.get(resource_id, "")
+            state: dict[str, Any] = (
+                {"state": "live"}
+                if session.end_reason is None
+                else {"state": "processing", "ended_reason": session.end_reason.value}
+            )
+        elif resource_id in self._ended:
+            expected, _, state = self._ended[resource_id]
+        else:
+            raise NotFoundError("no such WHIP session (or it ended too long ago)")
+        if not hmac.compare_digest(expected, token_hash(token)):
+            raise Forbidden("this WHIP session was opened with another credential")
+        return state
+
+    def delete(self, resource_id: str, authorization: str | None) -> None:
+        """DELETE /whip/<id>: end the session (its capture still reaches the sink). RFC 9725: only
+        with the same bearer credential that opened it."""
+        token = require_bearer(authorization)
+        session = self.sessions.get(resource_id)
+        expected = self._bearers.get(resource_id)
+        if session is None or expected is None:
             raise NotFoundError("no such WHIP session")
+        if not hmac.compare_digest(expected, token_hash(token)):
+            raise Forbidden("this WHIP session was opened with another credential")
         session.hangup()
 
     async def close_all(self) -> None:
@@ -103,6 +185,20 @@ class WhipIngest:
             await asyncio.wait(
                 [asyncio.create_task(s.closed.wait()) for s in sessions], timeout=_SHUTDOWN_WAIT_S
             )
+
+
+# How long and how many ended sessions `WhipIngest.state` still answers for.
+_ENDED_KEEP_S = 600.0
+_ENDED_KEEP_MAX = 10_000
+
+
+def _ended_state(session: MediaSession) -> dict[str, Any]:
+    reason = session.end_reason.value if session.end_reason is not None else None
+    outcome = session.outcome
+    if outcome is None:
+        # Nothing judged it (the sink gave no outcome): say so; a technical end is a retake.
+        outcome = {"status": "technical_failure", "retake": True, "ended_reason": reason}
+    return {"state": "ended", "ended_reason": reason, "outcome": outcome}
 
 
 class PipelineSink:

@@ -19,12 +19,12 @@ from aiortc.contrib.media import MediaRelay
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 
 from identity.liveness.config import LivenessSettings
+from media_server.auth import WhipPrincipal
 from media_server.errors import BadInput
 from media_server.settings import MediaSettings
 from media_server.webrtc.analysis import FeedbackCode, FrameAdvisor, sample_frame
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.challenge import plan_prompts, session_challenge
-from media_server.webrtc.credentials import WhipPrincipal
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
 from media_server.webrtc.recorder import SessionRecorder
 

@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Role
 from media_server.db.models import AuditEntry, CheckSession, Device, Person, Review, User
-from media_server.package import verify_package
+from media_server.package import public_key_b64, verify_package
 from tests.api.conftest import ROLES, Profile
 from tests.api.seed import SeededSession, seed_flagged_checkin, staff_app
 
@@ -156,7 +156,8 @@ def _package_verifies(w: World, r: Response) -> None:
     assert r.status_code == 200, r.text
     assert r.headers["content-type"] == "application/zip"
     assert zipfile.is_zipfile(io.BytesIO(r.content))
-    report = verify_package(r.content)
+    key = public_key_b64(w.services.signing_key)
+    report = verify_package(r.content, key)
     assert report.ok, report.problems
     assert report.session_id == w.seeded.session_id
 

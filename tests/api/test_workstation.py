@@ -17,7 +17,7 @@ from sqlalchemy import select
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, Role
 from media_server.db.models import Artifact, AuditEntry, Review
-from media_server.package import verify_package
+from media_server.package import public_key_b64, verify_package
 from tests.api.conftest import PASSWORD, Api, Profile
 from tests.api.seed import FACE_THRESHOLD, SeededSession, seed_breath_session, seed_flagged_checkin, staff_app
 
@@ -381,7 +381,8 @@ def test_the_workstation_export_link_downloads_a_verifiable_package(
     r = api.client.get(link)  # the workstation cookie authenticates the API too
     assert r.status_code == 200 and r.headers["content-type"] == "application/zip"
     assert f"kuzet-session-{seeded.session_id}.zip" in r.headers["content-disposition"]
-    report = verify_package(r.content)
+    key = public_key_b64(api.services.signing_key)
+    report = verify_package(r.content, key)
     assert report.ok, report.problems
     assert report.session_id == seeded.session_id
     (export,) = audit_rows(api, "evidence.export", mark)

@@ -53,6 +53,7 @@ ALL_TABLES = {
     "location_zones",
     "device_events",
     "location_alerts",
+    "revoked_tokens",
 }
 
 

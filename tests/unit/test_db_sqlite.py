@@ -68,6 +68,7 @@ ALL_TABLES = {
     "rejections",
     "rejection_artifacts",
     "webhook_dead_letters",
+    "revoked_tokens",
 }
 
 

@@ -233,9 +233,14 @@ def test_resigned_package_fails_against_the_trusted_key(world: World) -> None:
     package = _export(world)
     forged = _resign(package, Ed25519PrivateKey.generate(), {"verdict.json": b"[]"})
     unchecked = verify_package(forged, None)
-    assert unchecked.ok and unchecked.warnings  # self-consistent: only a trusted key tells
+    assert not unchecked.ok  # self-consistent, but no trusted key was given: never OK
+    assert any("no trusted key" in p for p in unchecked.problems), unchecked.problems
     report = verify_package(forged, public_key_b64(world.key))
     assert any("another key" in p for p in report.problems)
+    pinned = verify_package(forged, trusted_fingerprint=fingerprint(public_key_b64(world.key)))
+    assert any("not the pinned one" in p for p in pinned.problems), pinned.problems
+    # The forged verdict.json also contradicts the package's own audit segment.
+    assert any("verdict.json" in p and "missing" in p for p in unchecked.problems), unchecked.problems
 
 
 def test_added_removed_and_corrupted_members_fail(world: World) -> None:
@@ -292,6 +297,12 @@ def test_cli_export_verify_and_pubkey(world: World, tmp_path: Path, monkeypatch:
     assert exported.exit_code == 0, exported.output
     ok = runner.invoke(main, ["evidence", "verify", str(out), "--pubkey", public_key_b64(world.key)])
     assert ok.exit_code == 0 and "result       OK" in ok.output
+    pinned = runner.invoke(
+        main, ["evidence", "verify", str(out), "--fingerprint", fingerprint(public_key_b64(world.key))]
+    )
+    assert pinned.exit_code == 0 and "(trusted)" in pinned.output, pinned.output
+    untrusted = runner.invoke(main, ["evidence", "verify", str(out)])
+    assert untrusted.exit_code == 1 and "no trusted key" in untrusted.output
     bad = tmp_path / "bad.zip"
     bad.write_bytes(_rewrite(out.read_bytes(), {"verdict.json": b"[]"}))
     failed = runner.invoke(main, ["evidence", "verify", str(bad)])

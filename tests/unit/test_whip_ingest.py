@@ -216,20 +216,28 @@ async def test_token_reuse_is_401_and_delete_ends_the_session(rig: Callable[...,
     assert again.status_code == 401
     assert "already used" in again.json()["message"]
     patch = await asyncio.to_thread(lambda: httpx.patch(r.url + location, content=b"a=candidate"))
-    assert patch.status_code == 405 and patch.headers["allow"] == "DELETE"
-    deleted = await asyncio.to_thread(lambda: httpx.delete(r.url + location))
+    assert patch.status_code == 405 and patch.headers["allow"] == "GET, DELETE"
+    auth = {"Authorization": f"Bearer {token}"}
+    # RFC 9725: only the bearer that opened the session may end it.
+    anonymous = await asyncio.to_thread(lambda: httpx.delete(r.url + location))
+    assert anonymous.status_code == 401
+    other = {"Authorization": f"Bearer {r.tokens.issue('person-3')}"}
+    assert (await asyncio.to_thread(lambda: httpx.delete(r.url + location, headers=other))).status_code == 403
+    deleted = await asyncio.to_thread(lambda: httpx.delete(r.url + location, headers=auth))
     assert deleted.status_code == 200
     (seen,) = await asyncio.to_thread(r.sink.wait, 1, 20)
     assert seen.capture.ended_reason is EndedReason.CLIENT_HANGUP
     assert seen.capture.recording_path is None
-    assert (await asyncio.to_thread(lambda: httpx.delete(r.url + "/whip/unknown"))).status_code == 404
+    unknown = await asyncio.to_thread(lambda: httpx.delete(r.url + "/whip/unknown", headers=auth))
+    assert unknown.status_code == 404
     await pc.close()
 
 
 async def test_a_client_that_never_sends_media_times_out_cleanly(rig: Callable[..., Rig]) -> None:
     r = rig(no_media_timeout_s=1)
     pc, offer = await _offer()
-    response = await asyncio.to_thread(_post, r.url, offer, r.tokens.issue())
+    token = r.tokens.issue()
+    response = await asyncio.to_thread(_post, r.url, offer, token)
     assert response.status_code == 201
     # The answer is never applied: ICE cannot complete and no media ever arrives.
     (seen,) = await asyncio.to_thread(r.sink.wait, 1, 20)
@@ -241,7 +249,10 @@ async def test_a_client_that_never_sends_media_times_out_cleanly(rig: Callable[.
     # the session is gone from the server
     resource = response.headers["location"]
     for _ in range(50):
-        if (await asyncio.to_thread(lambda: httpx.delete(r.url + resource))).status_code == 404:
+        gone = await asyncio.to_thread(
+            lambda: httpx.delete(r.url + resource, headers={"Authorization": f"Bearer {token}"})
+        )
+        if gone.status_code == 404:
             break
         await asyncio.sleep(0.1)
     else:

@@ -86,9 +86,10 @@ def test_ice_servers_come_only_from_settings() -> None:
 
 async def test_checkin_page_is_localised_and_locked_down(tmp_path: Path) -> None:
     settings = Settings(data_dir=tmp_path, media={"ice_servers": ["turn:u:p@10.0.0.1:3478"]})
-    app = build_whip_app(settings, OneTimeTokens(), FakeSink())
+    tokens = OneTimeTokens()
+    app = build_whip_app(settings, tokens, FakeSink())
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://kuzet.test") as c:
-        token = "tok_abcdefgh-1234"
+        token = tokens.issue()
         ru = await c.get(f"/checkin/{token}")
         assert ru.status_code == 200
         assert '<html lang="ru">' in ru.text and "Начать" in ru.text

@@ -1,7 +1,7 @@
 """Production topology: at most one automatic verdict per session and origin.
 
 Revision ID: 0005
-Revises: 0003 (0004 on main, where the security migration sits between; set at merge)
+Revises: 0004
 Create Date: 2026-12-03
 
 * `verdicts.origin` (VARCHAR 32, NOT NULL, default 'analysis'): what wrote the verdict — `analysis` (the
@@ -27,7 +27,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0005"
-down_revision: str | None = "0007"
+down_revision: str | None = "0004"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,7 +1,7 @@
 """A person's life cycle; rejected submissions as owned evidence; webhook dead letters.
 
 Revision ID: 0006
-Revises: 0003
+Revises: 0005
 Create Date: 2026-12-03
 
 * `persons.status` (VARCHAR 32, default 'active'): active -> supervision_ended -> erased. Rows that
