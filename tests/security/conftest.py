@@ -15,7 +15,6 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from media_server.webrtc.testing import ServerThread
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
@@ -27,6 +26,7 @@ from media_server.services import Services
 from media_server.settings import Settings
 from media_server.tokens import hash_password
 from tests.api.conftest import PASSWORD, ROLES, Api
+from tests.support.webrtc import ServerThread
 
 ADMIN_URL = os.environ.get("KUZET_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 PROFILES = [

@@ -14,7 +14,8 @@ from sqlalchemy import text
 from media_server.cli import main
 from media_server.db import audit
 from media_server.db.audit import CheckpointError, make_checkpoint, read_checkpoint
-from media_server.package import load_or_create_signing_key, public_key_b64
+from media_server.keys import load_or_create_signing_key
+from media_server.package import public_key_b64
 from tests.api.conftest import Api
 
 

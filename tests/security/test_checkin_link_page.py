@@ -78,8 +78,9 @@ def test_expired_link_says_it_expired(api: Api) -> None:
 def test_browser_sees_the_message_without_any_permission_prompt(api: Api) -> None:
     if not Path(CHROMIUM).exists():
         pytest.skip("needs Debian chromium")
-    from media_server.webrtc.testing import ServerThread
     from playwright.sync_api import sync_playwright
+
+    from tests.support.webrtc import ServerThread
 
     # The `api` app's database, served over real HTTP to a real browser.
     with ServerThread(api.client.app) as server, sync_playwright() as p:

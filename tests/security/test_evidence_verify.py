@@ -16,14 +16,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from media_server.cli import main
 from media_server.db.enums import Decision, Role
-from media_server.package import (
-    MANIFEST,
-    PUBLIC_KEY,
-    SIGNATURE,
-    fingerprint,
-    load_or_create_signing_key,
-    public_key_b64,
-)
+from media_server.keys import load_or_create_signing_key
+from media_server.package import MANIFEST, PUBLIC_KEY, SIGNATURE, fingerprint, public_key_b64
 from tests.api.conftest import Api
 from tests.security.support import seed_judged_session
 

@@ -26,12 +26,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
-from media_server.webrtc.testing import TestMedia, make_test_media
 
 from media_server.db.engine import make_engine, make_session_factory
 from media_server.db.enums import Role
 from media_server.db.models import User
 from media_server.tokens import hash_password
+from tests.support.webrtc import TestMedia, make_test_media
 
 pytestmark = pytest.mark.e2e
 

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
-from media_server.webrtc.testing import ServerThread
 
 from media_server.app import create_app
 from media_server.settings import Settings
+from tests.support.webrtc import ServerThread
 
 CHROMIUM = "/usr/bin/chromium"
 _REF = re.compile(r"""(?:src|href|url)\s*[=:]\s*["']([^"']+)["']""")

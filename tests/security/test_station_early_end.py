@@ -11,12 +11,12 @@ from typing import Any
 
 import pytest
 from click.testing import CliRunner
-from media_server.webrtc.testing import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
 
 from media_server.cli import main
 from media_server.settings import Settings
 from media_server.station_client import run_station
 from media_server.webrtc.credentials import OneTimeTokens
+from tests.support.webrtc import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
 
 TECHNICAL = {"decision": "review", "reasons": ["technical: connection_failed"], "retake": True}
 

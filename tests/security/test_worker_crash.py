@@ -11,10 +11,10 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pytest
-from media_server.pipeline import _run_engine
 
 from identity.checks import CheckKind, Outcome
 from media_server.errors import ServiceUnavailable
+from media_server.jobs import run_engine
 from media_server.settings import Settings
 from media_server.workers import WorkerPool
 
@@ -61,7 +61,7 @@ async def test_a_job_that_keeps_crashing_is_a_technical_failure(tmp_path: Path) 
         class Services:
             workers = pool
 
-        result = await _run_engine(Services(), CheckKind.FACE, die_always)  # type: ignore[arg-type]
+        result = await run_engine(Services(), CheckKind.FACE, die_always)  # type: ignore[arg-type]
     finally:
         pool.shutdown()
     assert result.outcome is Outcome.TECHNICAL and result.code == "engine_failure"
