@@ -82,7 +82,12 @@ def sampled(
 
 
 def run_step(
-    clip: Clip, series: np.ndarray, answer: str | None, fps: float, rng: np.random.Generator, s: LivenessSettings
+    clip: Clip,
+    series: np.ndarray,
+    answer: str | None,
+    fps: float,
+    rng: np.random.Generator,
+    s: LivenessSettings,
 ) -> tuple[np.ndarray, np.ndarray, Performer]:
     performer = Performer(clip, Mode.GENUINE, rng, reaction_s=float(rng.uniform(0.4, 1.0)))
     if answer is not None:
@@ -150,7 +155,10 @@ def main() -> None:
     for fps in args.fps:
         ok = n_ok = wrong = n_wrong = 0
         for name, clip in clips.items():
-            for action, direction in ((Action.TURN_LEFT, TurnDirection.LEFT), (Action.TURN_RIGHT, TurnDirection.RIGHT)):
+            for action, direction in (
+                (Action.TURN_LEFT, TurnDirection.LEFT),
+                (Action.TURN_RIGHT, TurnDirection.RIGHT),
+            ):
                 if action not in clip.actions():
                     continue
                 other = TurnDirection.RIGHT if direction is TurnDirection.LEFT else TurnDirection.LEFT
@@ -160,7 +168,9 @@ def main() -> None:
                     ok += check_head_turn(rows[:, 0], ts, PROMPT_S, direction, s).outcome is Outcome.PASS
                     n_wrong += 1
                     wrong += check_head_turn(rows[:, 0], ts, PROMPT_S, other, s).outcome is Outcome.PASS
-        print(f"{fps:4.0f}  {ok:4d}/{n_ok} = {ok / n_ok:6.1%}                       | {wrong:4d}/{n_wrong} = {wrong / n_wrong:6.1%}")
+        print(
+            f"{fps:4.0f}  {ok:4d}/{n_ok} = {ok / n_ok:6.1%}                       | {wrong:4d}/{n_wrong} = {wrong / n_wrong:6.1%}"
+        )
     grid = [c for c in clips.values() if c.audio.size and Action.SPEAK in c.actions()]
     print(f"\nAV sync on {len(grid)} GRID talking heads (speak segment, own vs each other clip's audio)")
     for fps in (25.0, 15.0):
@@ -177,8 +187,10 @@ def main() -> None:
                 r = check_av_sync(mouth, ts, e[keep], a_ts[keep], s)
                 (own_r if other is clip else foreign_r).append(r.score if r.score is not None else np.nan)
                 (own_out if other is clip else foreign_out).append(r.outcome.value)
+
         def counts(xs: list[str]) -> str:
             return ", ".join(f"{k}={xs.count(k)}" for k in sorted(set(xs)))
+
         print(
             f"  {fps:.0f} fps: own r median {np.nanmedian(own_r):.2f} (min {np.nanmin(own_r):.2f}); "
             f"foreign r median {np.nanmedian(foreign_r):.2f} (max {np.nanmax(foreign_r):.2f}); "
@@ -186,7 +198,9 @@ def main() -> None:
         )
         own_sorted = np.sort(np.asarray(own_r))
         frac = float(np.mean(np.asarray(foreign_r) >= own_sorted[0])) if own_sorted.size else float("nan")
-        print(f"           foreign pairs at or above the lowest own r: {frac:.0%} (n own={len(own_r)}, foreign={len(foreign_r)})")
+        print(
+            f"           foreign pairs at or above the lowest own r: {frac:.0%} (n own={len(own_r)}, foreign={len(foreign_r)})"
+        )
 
 
 if __name__ == "__main__":

@@ -373,7 +373,7 @@ async def run_checkin_checks(services: Services, capture: SessionCapture) -> Che
         kinds = {s.kind.value for s in challenge.steps}
         if kinds & {"turn_left", "turn_right", "blink"}:
             required.append(CheckKind.LIVENESS)
-        if "read_digits" in kinds:
+        if "read_digits" in kinds and services.settings.liveness.av_sync_decides:
             required.append(CheckKind.AV_SYNC)
             results.append(
                 CheckResult(
@@ -438,9 +438,10 @@ def write_verdict(
     services: Services, session_id: str, results: list[CheckResult], required: list[CheckKind]
 ) -> tuple[VerdictOutcome, str]:
     """Persist results, decide, sign the manifest, store it as evidence, write and audit the verdict."""
-    deciding = [r for r in results if r.kind not in ADVISORY]
+    advisory = ADVISORY if services.settings.liveness.av_sync_decides else ADVISORY | {CheckKind.AV_SYNC}
+    deciding = [r for r in results if r.kind not in advisory]
     outcome = decide(deciding, required)
-    notes = [f"note: {r.kind.value}: {r.message}" for r in results if r.kind in ADVISORY and not r.passed]
+    notes = [f"note: {r.kind.value}: {r.message}" for r in results if r.kind in advisory and not r.passed]
     reasons = outcome.reasons + notes
     with services.sessions() as db:
         artifacts = db.scalars(

@@ -230,6 +230,15 @@ class FaceEngine:
                 chips.append(chip)
                 chip_owner.append(len(results))
             results.append(analysis)
+        if session and len(chips) > self.settings.session_max_encoded_frames:
+            keep = sorted(
+                {
+                    int(round(i))
+                    for i in np.linspace(0, len(chips) - 1, self.settings.session_max_encoded_frames)
+                }
+            )
+            chips = [chips[i] for i in keep]
+            chip_owner = [chip_owner[i] for i in keep]
         if chips:
             t2 = time.perf_counter()
             flip = self.settings.session_flip_tta if session else self.settings.flip_tta
@@ -245,14 +254,16 @@ class FaceEngine:
         return self.analyse_many([image], num_jitters=num_jitters, encode_rejected=encode_rejected)[0]
 
     def analyse_frames(self, frames: Sequence[Any]) -> tuple[list[FaceAnalysis], list[int | None]]:
-        """Analyse a frame sequence, reusing the identity analysis of near-duplicate frames.
+        """Analyse a frame sequence; identity work (detection, quality gate, embedding) only where needed.
 
-        Returns one analysis per frame and, per frame, the index of the frame whose identity analysis
-        (detection, quality gate, embedding) it reuses (None when it was analysed itself). A reusing
-        frame still gets its own 68 landmarks, fitted on its own pixels inside the reused face box
-        (about a millisecond): liveness reads eye and mouth movement that a near-duplicate thumbnail
-        hides, so the landmark series is never copied from another frame.
+        Returns one analysis per frame and, per frame, the index of the frame whose identity analysis it
+        reuses (None when it was analysed itself). A frame is analysed afresh unless it is a
+        near-duplicate of the last analysed frame, or fewer than `session_detect_every_n` frames have
+        passed since it. Every frame still gets its own 68 landmarks: a reusing frame's are fitted on its
+        own pixels in the reused face box (about a millisecond), because
+        liveness reads eye and mouth movement that a near-duplicate thumbnail hides.
         """
+        s = self.settings
         unique: list[Any] = []
         unique_of: list[int] = []
         dup_of: list[int | None] = []
@@ -263,12 +274,14 @@ class FaceEngine:
             rgb = as_rgb(frame)
             rgbs.append(rgb)
             thumb = thumbnail(rgb) if rgb is not None else None
-            if (
+            near = (
                 thumb is not None
                 and last_thumb is not None
-                and self.settings.duplicate_frame_mad > 0
-                and float(np.abs(thumb - last_thumb).mean()) < self.settings.duplicate_frame_mad
-            ):
+                and s.duplicate_frame_mad > 0
+                and float(np.abs(thumb - last_thumb).mean()) < s.duplicate_frame_mad
+            )
+            recent = last_index >= 0 and i - last_index < s.session_detect_every_n
+            if thumb is not None and last_thumb is not None and (near or recent):
                 dup_of.append(last_index)
                 unique_of.append(len(unique) - 1)
                 continue
@@ -282,7 +295,7 @@ class FaceEngine:
         for i, (u, dup) in enumerate(zip(unique_of, dup_of, strict=True)):
             source = analysed[u]
             rgb = rgbs[i]
-            if dup is None or rgb is None or not source.faces:
+            if dup is None or rgb is None or source.primary_face is None:
                 out.append(source)
                 continue
             faces = [

@@ -103,6 +103,13 @@ class LivenessSettings(BaseModel):
     )
 
     # Audio-visual synchrony (reading digits)
+    av_sync_decides: bool = Field(
+        False,
+        description="Whether lip/speech synchrony can decide a verdict. Off: it is a note for the reviewer. "
+        "On the GRID talking heads it does not separate a person's own speech from someone else's "
+        "(benchmarks/liveness_clips.py: own r median 0.36-0.38, foreign 0.38-0.40; 0 of 5 own clips "
+        "pass, 1-2 of 20 foreign pairs pass), far from genuine pass >= 95% at foreign pass <= 1%.",
+    )
     av_resample_hz: float = Field(
         25.0, ge=5.0, le=100.0, description="Common rate mouth opening and speech energy are resampled to."
     )

@@ -209,7 +209,9 @@ class MediaSession:
             else:
                 self.stats["frames_refused_cap"] += 1
             send = self._feedback.feed(t_s, code) if code is not None else None
-            if send is not None and self._send({"type": "feedback", "code": send.value, "t_s": round(t_s, 3)}):
+            if send is not None and self._send(
+                {"type": "feedback", "code": send.value, "t_s": round(t_s, 3)}
+            ):
                 self.stats["feedback_sent"] += 1
 
     # --- control -----------------------------------------------------------------------------

@@ -29,7 +29,9 @@ def test_default_challenge_windows_keep_the_camera_rate_to_the_end() -> None:
     lead_in, steps = plan_prompts(challenge)
     windows = plan_windows(0.5, lead_in, steps, liveness.baseline_s)
     for fps, expected in ((15.0, 15.0), (24.0, 15.0), (30.0, 15.0), (10.0, 10.0)):
-        sampler: FrameSampler[int] = FrameSampler(media.sample_every_s, media.window_max_fps, media.max_sampled_frames)
+        sampler: FrameSampler[int] = FrameSampler(
+            media.sample_every_s, media.window_max_fps, media.max_sampled_frames
+        )
         for start, end in windows:
             sampler.add_window(start, end)
         _run(sampler, fps, windows[-1][1] + 2.0, jitter_s=0.25 / fps)
