@@ -25,11 +25,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import io
+import multiprocessing
 import os
 import sys
 import tempfile
 import time
 from collections import Counter, defaultdict
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -160,6 +162,13 @@ class Bench:
             row.challenge = challenge.to_dict()
         return session_id, url.rsplit("/", 1)[-1]
 
+    def stats(self, session_id: str) -> dict[str, Any]:
+        from media_server.db.models import CheckSession
+
+        with self.services.sessions() as db:
+            row = db.get(CheckSession, session_id)
+            return dict((row.meta or {}).get("stats", {})) if row is not None else {}
+
     def verdict(self, session_id: str, timeout_s: float = 300) -> tuple[str, list[Any]]:
         from sqlalchemy import select
 
@@ -178,36 +187,69 @@ class Bench:
         return "no_verdict", []
 
 
+_CLIPS: dict[str, Any] = {}
+
+
+def _client_job(
+    url: str,
+    token: str,
+    clip_name: str,
+    mode: str,
+    camera: tuple[int, int, float],
+    seed: int,
+    foreign: str | None,
+) -> dict[str, Any]:
+    """In the client process: play one session (clips decoded once per process)."""
+    from media_server.simulator.client import CameraSpec, run_session
+    from media_server.simulator.performer import Mode, Performer, load_clip, load_labels
+
+    labels = load_labels()
+    for name in (clip_name, foreign):
+        if name is not None and name not in _CLIPS:
+            _CLIPS[name] = load_clip(VIDEO_DIR / f"{name}.mp4", labels[name])
+    rng = np.random.default_rng(seed)
+    performer = Performer(
+        _CLIPS[clip_name],
+        Mode(mode),
+        rng,
+        reaction_s=float(rng.uniform(0.4, 1.0)),
+        foreign_audio=_CLIPS[foreign].audio if foreign else None,
+    )
+    run = asyncio.run(run_session(url, token, performer, CameraSpec(*camera), seed=seed))
+    return {"outcome": run.outcome, "feedback": run.feedback, "prompts": run.prompts}
+
+
 def run_one(
     bench: Bench,
+    client: Any,
     clip: Any,
     mode: Any,
     challenge: Any,
     camera: tuple[int, int, float],
     seed: int,
-    foreign: Any = None,
+    foreign: str | None = None,
 ) -> dict[str, Any]:
-    from media_server.simulator.client import CameraSpec, run_session
-    from media_server.simulator.performer import Performer
-
-    rng = np.random.default_rng(seed)
-    performer = Performer(clip, mode, rng, reaction_s=float(rng.uniform(0.4, 1.0)), foreign_audio=foreign)
     session_id, token = bench.link(clip.name, challenge)
     started = time.monotonic()
-    run = asyncio.run(
-        run_session(bench.server.url + "/whip", token, performer, CameraSpec(*camera), seed=seed)
-    )
+    # The phone is its own process (own interpreter, own CPU share), as a real phone would be.
+    run = client.submit(
+        _client_job, bench.server.url + "/whip", token, clip.name, mode.value, camera, seed, foreign
+    ).result()
     decision, checks = bench.verdict(session_id)
+    stats = bench.stats(session_id)
+    total_s = challenge.total_s()
     return {
+        "received_fps": stats.get("video_frames_received", 0) / max(total_s, 1e-6),
+        "window_frames": stats.get("frames_sampled_in_windows", 0),
         "clip": clip.name,
         "mode": mode.value,
         "camera": f"{camera[0]}x{camera[1]}@{camera[2]:.0f}",
         "steps": [s.kind.value for s in challenge.steps],
         "decision": decision,
         "checks": checks,
-        "feedback": run.feedback,
+        "feedback": run["feedback"],
         "seconds": time.monotonic() - started,
-        "outcome_received": run.outcome is not None,
+        "outcome_received": run["outcome"] is not None,
     }
 
 
@@ -221,6 +263,7 @@ def show(row: dict[str, Any]) -> None:
     fb = Counter(row["feedback"])
     print(
         f"  {row['mode']:13} {row['clip']:12} {row['camera']:11} {row['decision']:7} {row['seconds']:5.1f}s "
+        f"recv~{row['received_fps']:4.1f}fps "
         f"feedback={dict(fb)} | " + " ".join(parts),
         flush=True,
     )
@@ -248,6 +291,11 @@ def summarise(title: str, rows: list[dict[str, Any]]) -> None:
         print(
             f"  {key:14} pass {p}/{len(outs)} = {p / len(outs):5.0%}   judged (pass or fail) {judged}/{len(outs)} = {judged / len(outs):5.0%}   {dict(Counter(outs))}"
         )
+    fps = [r["received_fps"] for r in rows]
+    print(
+        f"  video frames received per second of the challenge: median {np.median(fps):.1f} "
+        f"(min {min(fps):.1f}); the client and server share this machine's CPUs"
+    )
     fb = sum(r["feedback"].count("face_not_visible") for r in rows)
     print(f"  'face not visible' messages while the face was in view: {fb} in {n} sessions")
 
@@ -267,7 +315,12 @@ def main() -> None:
     clips = {name: load_clip(VIDEO_DIR / f"{name}.mp4", segs) for name, segs in labels.items()}
     live = LivenessSettings()
     rng = np.random.default_rng(args.seed)
-    with tempfile.TemporaryDirectory(prefix="kuzet-genuine-") as tmp, Bench(Path(tmp) / "var") as bench:
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        tempfile.TemporaryDirectory(prefix="kuzet-genuine-") as tmp,
+        Bench(Path(tmp) / "var") as bench,
+        ProcessPoolExecutor(max_workers=1, mp_context=spawn) as client,
+    ):
         s = bench.settings
         print(
             f"service: shipped defaults; media.window_max_fps={s.media.window_max_fps} "
@@ -287,7 +340,9 @@ def main() -> None:
             name = people[i % len(people)]
             clip = clips[name]
             challenge = draw_challenge(rng, {a.value for a in clip.actions()}, live)
-            row = run_one(bench, clip, Mode.GENUINE, challenge, CAMERAS[i % len(CAMERAS)], args.seed + i)
+            row = run_one(
+                bench, client, clip, Mode.GENUINE, challenge, CAMERAS[(i + i // 2) % len(CAMERAS)], args.seed + i
+            )
             show(row)
             genuine.append(row)
         grid_people = [
@@ -299,6 +354,7 @@ def main() -> None:
             name = grid_people[i % len(grid_people)]
             row = run_one(
                 bench,
+                client,
                 clips[name],
                 Mode.GENUINE,
                 blink_speak_challenge(rng, live),
@@ -313,7 +369,7 @@ def main() -> None:
                 camera = CAMERAS[i % len(CAMERAS)]
                 for mode in (Mode.STILL, Mode.REPLAY, Mode.SCREEN):
                     challenge = draw_challenge(rng, {a.value for a in d12.actions()}, live)
-                    row = run_one(bench, d12, mode, challenge, camera, 200 + i)
+                    row = run_one(bench, client, d12, mode, challenge, camera, 200 + i)
                     show(row)
                     attacks[mode.value].append(row)
         speakers = [n for n in grid_people]
@@ -324,12 +380,13 @@ def main() -> None:
                 for mode in (Mode.WRONG_DIGITS, Mode.FOREIGN_AUDIO):
                     row = run_one(
                         bench,
+                        client,
                         clips[name],
                         mode,
                         blink_speak_challenge(rng, live),
                         CAMERAS[i % len(CAMERAS)],
                         300 + i,
-                        foreign=other.audio,
+                        foreign=other.name,
                     )
                     show(row)
                     attacks[mode.value].append(row)

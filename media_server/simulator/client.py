@@ -28,6 +28,8 @@ VIDEO_CLOCK_HZ = 90000
 AUDIO_PTIME_S = 0.02
 # Screen-attack frames are costly to make: keep the most recent ones per clip frame.
 _SCREEN_CACHE = 64
+# Letterboxed frames, reused while resting on a look segment (played back and forth).
+_FRAME_CACHE = 96
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,7 @@ class PerformerVideo(MediaStreamTrack):  # type: ignore[misc]
         self._clock = clock
         self._n = 0
         self._screen: OrderedDict[int, Rgb] = OrderedDict()
+        self._boxed: OrderedDict[int, Rgb] = OrderedDict()
         self._seed = seed
 
     def _source(self, index: int) -> Rgb:
@@ -102,9 +105,14 @@ class PerformerVideo(MediaStreamTrack):  # type: ignore[misc]
                 await asyncio.sleep(wait)
         t = self._clock.now()
         index = self._performer.frame_index(t)
-        rgb = await asyncio.to_thread(
-            lambda: letterbox(self._source(index), self._camera.width, self._camera.height)
-        )
+        rgb = self._boxed.get(index)
+        if rgb is None:
+            rgb = await asyncio.to_thread(
+                lambda: letterbox(self._source(index), self._camera.width, self._camera.height)
+            )
+            self._boxed[index] = rgb
+            if len(self._boxed) > _FRAME_CACHE:
+                self._boxed.popitem(last=False)
         frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
         frame.pts = int(round(self._n * VIDEO_CLOCK_HZ / fps))
         frame.time_base = fractions.Fraction(1, VIDEO_CLOCK_HZ)
