@@ -341,7 +341,13 @@ def main() -> None:
             clip = clips[name]
             challenge = draw_challenge(rng, {a.value for a in clip.actions()}, live)
             row = run_one(
-                bench, client, clip, Mode.GENUINE, challenge, CAMERAS[(i + i // 2) % len(CAMERAS)], args.seed + i
+                bench,
+                client,
+                clip,
+                Mode.GENUINE,
+                challenge,
+                CAMERAS[(i + i // 2) % len(CAMERAS)],
+                args.seed + i,
             )
             show(row)
             genuine.append(row)
