@@ -11,9 +11,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fractions
+import functools
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import av
@@ -21,7 +23,7 @@ import cv2
 import numpy as np
 from aiortc.mediastreams import MediaStreamTrack
 
-from media_server.simulator.performer import AUDIO_RATE_HZ, Mode, Performer, Rgb
+from media_server.simulator.performer import AUDIO_RATE_HZ, Clip, Mode, Performer, Rgb, load_clip, load_labels
 from media_server.station_client import WhipClient
 
 VIDEO_CLOCK_HZ = 90000
@@ -208,3 +210,34 @@ async def _follow(
             run.feedback.append(str(message.get("code")))
         elif kind == "outcome":
             return message
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_clip(video_dir: str, name: str) -> Clip:
+    return load_clip(Path(video_dir) / f"{name}.mp4", load_labels()[name])
+
+
+def play_session(
+    url: str,
+    credential: str,
+    video_dir: str,
+    clip: str,
+    mode: str,
+    camera: tuple[int, int, float],
+    seed: int,
+    foreign: str | None = None,
+    reaction_s: float | None = None,
+) -> dict[str, Any]:
+    """One simulated session, blocking; meant for a separate (spawned) process, as a phone is its own
+    device: {"outcome", "feedback", "prompts"}. `clip` and `foreign` name clips in video_dir (decoded
+    once per process); reaction_s defaults to a random 0.4-1.0 s."""
+    rng = np.random.default_rng(seed)
+    performer = Performer(
+        _cached_clip(video_dir, clip),
+        Mode(mode),
+        rng,
+        reaction_s=float(rng.uniform(0.4, 1.0)) if reaction_s is None else reaction_s,
+        foreign_audio=_cached_clip(video_dir, foreign).audio if foreign else None,
+    )
+    run = asyncio.run(run_session(url, credential, performer, CameraSpec(*camera), seed=seed))
+    return {"outcome": run.outcome, "feedback": run.feedback, "prompts": run.prompts}

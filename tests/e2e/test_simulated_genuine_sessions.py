@@ -10,7 +10,8 @@ challenges come from the shipped generator. Every motion step must be judged (PA
 
 from __future__ import annotations
 
-import asyncio
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +67,8 @@ def test_two_genuine_sessions_at_defaults_are_judged_and_pass(
 ) -> None:
     if not VIDEO_DIR.is_dir():
         pytest.skip(f"needs the shared clips in {VIDEO_DIR}")
-    from media_server.simulator.client import CameraSpec, run_session
-    from media_server.simulator.performer import Action, Mode, Performer, load_clip, load_labels
+    from media_server.simulator.client import play_session
+    from media_server.simulator.performer import Action, Mode, load_clip, load_labels
 
     server, services = live_service
     labels = load_labels()
@@ -103,16 +104,25 @@ def test_two_genuine_sessions_at_defaults_are_judged_and_pass(
                 row.challenge = challenge.to_dict()
             sessions[name] = (session_id, link.json()["url"].rsplit("/", 1)[-1], challenge)
 
-    async def both() -> list[Any]:
-        runs = []
-        for i, (name, (_, token, _)) in enumerate(sessions.items()):
-            performer = Performer(clips[name], Mode.GENUINE, np.random.default_rng(i), reaction_s=0.6)
-            runs.append(
-                run_session(server.url + "/whip", token, performer, CameraSpec(*PEOPLE[name]), seed=i)
+    # Each phone is its own process (own interpreter and CPU share), as real phones are.
+    spawn = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=len(sessions), mp_context=spawn) as phones:
+        futures = [
+            phones.submit(
+                play_session,
+                server.url + "/whip",
+                token,
+                str(VIDEO_DIR),
+                name,
+                Mode.GENUINE.value,
+                PEOPLE[name],
+                i,
+                None,
+                0.6,
             )
-        return list(await asyncio.gather(*runs))
-
-    runs = asyncio.run(both())
+            for i, (name, (_, token, _)) in enumerate(sessions.items())
+        ]
+        runs = [f.result(timeout=240) for f in futures]
     for name, run in zip(sessions, runs, strict=True):
         session_id, _, challenge = sessions[name]
         verdict = wait_for_verdict(services, session_id)
@@ -122,7 +132,7 @@ def test_two_genuine_sessions_at_defaults_are_judged_and_pass(
             ).all()
             checks = [r.to_check() for r in records]
             stats = db.get(CheckSession, session_id).meta["stats"]  # type: ignore[union-attr]
-        print(name, verdict.decision.value, verdict.reasons, "feedback:", run.feedback, "stats:", stats)
+        print(name, verdict.decision.value, verdict.reasons, "feedback:", run["feedback"], "stats:", stats)
         liveness = sorted(
             (c for c in checks if c.kind is CheckKind.LIVENESS), key=lambda c: c.details["step"]
         )
@@ -132,5 +142,5 @@ def test_two_genuine_sessions_at_defaults_are_judged_and_pass(
             print(f"  {c.details['step_kind']:11} {c.outcome.value:12} {c.code:18} score={c.score}")
             assert c.outcome is not Outcome.INCONCLUSIVE, (c.code, c.details)
             assert c.outcome is Outcome.PASS, (c.code, c.message, c.details)
-        assert "face_not_visible" not in run.feedback
+        assert "face_not_visible" not in run["feedback"]
         assert verdict.decision.value == "pass", verdict.reasons
