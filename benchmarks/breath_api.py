@@ -49,7 +49,7 @@ class _Client:
         if self._http:
             import httpx
 
-            from media_server.webrtc.testing import ServerThread
+            from tests.support.webrtc import ServerThread
 
             self._ctx = ServerThread(self._app)
             server = self._ctx.__enter__()

@@ -98,7 +98,7 @@ class Bench:
     def __init__(self, data_dir: Path) -> None:
         from media_server.app import create_app
         from media_server.settings import Settings
-        from media_server.webrtc.testing import ServerThread
+        from tests.support.webrtc import ServerThread
 
         # Shipped defaults; loopback ICE is the only change (aioice never offers 127.0.0.1 otherwise).
         self.settings = Settings(data_dir=data_dir, media={"loopback_only": True})

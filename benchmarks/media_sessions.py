@@ -211,7 +211,7 @@ def main() -> None:
 
     from media_server.settings import Settings
     from media_server.webrtc.credentials import OneTimeTokens
-    from media_server.webrtc.testing import ServerThread, build_whip_app
+    from tests.support.webrtc import ServerThread, build_whip_app
 
     with tempfile.TemporaryDirectory(prefix="kuzet-bench-") as tmp:
         settings = Settings(

@@ -24,6 +24,8 @@ class CheckKind(StrEnum):
     BREATH_SIGNATURE = "breath_signature"
     BREATH_PHOTO = "breath_photo"
     PHOTO_REUSE = "photo_reuse"
+    # Whether the person took the test in its window at all (a missed window is a FAIL of this kind).
+    ATTENDANCE = "attendance"
 
 
 class Outcome(StrEnum):

@@ -7,28 +7,26 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
-from sqlalchemy import Engine, text
-from sqlalchemy.orm import Session, sessionmaker
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import text
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from media_server import logs
 from media_server.breath import run_episode_clock
 from media_server.errors import KuzetError, status_for
-from media_server.evidence.port import EvidenceError, EvidenceStore, ObjectLocked
+from media_server.evidence.port import EvidenceError, ObjectLocked
 from media_server.evidence.port import IntegrityError as EvidenceIntegrityError
 from media_server.evidence.port import NotFound as EvidenceNotFound
 from media_server.leader import build_lease
+from media_server.recovery import run_recovery
 from media_server.schedules import IssuedSession, derive_seed_key, run_scheduler
 from media_server.services import Services, build_services
 from media_server.settings import Settings
-from media_server.webhooks import EventType, WebhookEvent, WebhookNotifier
+from media_server.webhooks import EventType, WebhookEvent
 
 log = logging.getLogger("kuzet")
 
@@ -80,17 +78,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.services = services
         services.background.append(asyncio.create_task(_flush_spool_forever(services)))
         lease = build_lease(settings.redis.url, "scheduler", int(settings.redis.lease_ttl_s * 1000))
+        services.background.append(asyncio.create_task(run_recovery(services, lease.acquire)))
         services.background.append(
             asyncio.create_task(run_episode_clock(services, settings.schedules.tick_s, lease.acquire))
         )
         services.background.append(
             asyncio.create_task(
                 run_scheduler(
-                    services.sessions,
-                    settings.schedules,
+                    services,
                     seed_key=derive_seed_key(services.keys.secret_key),
                     deliver=_link_deliverer(services),
-                    notifier=services.notifier,
                     is_leader=lease.acquire,
                 )
             )

@@ -487,7 +487,8 @@ def evidence() -> None:
 @evidence.command("pubkey")
 def evidence_pubkey() -> None:
     """Print the evidence signing public key (base64) and its SHA-256 fingerprint (created on first use)."""
-    from media_server.package import fingerprint, load_or_create_signing_key, public_key_b64
+    from media_server.keys import load_or_create_signing_key
+    from media_server.package import fingerprint, public_key_b64
 
     pub = public_key_b64(load_or_create_signing_key(Settings().data_dir))
     click.echo(f"public key   {pub}")
@@ -502,7 +503,8 @@ def evidence_export(session_id: str, out_path: Path, exporter: str) -> None:
     """Write the signed evidence package (ZIP) of SESSION_ID to --out."""
     from media_server.db.engine import make_engine, make_session_factory
     from media_server.evidence import build_store
-    from media_server.package import PackageError, load_or_create_signing_key, write_package
+    from media_server.keys import load_or_create_signing_key
+    from media_server.package import PackageError, write_package
 
     settings = Settings()
     key = load_or_create_signing_key(settings.data_dir)

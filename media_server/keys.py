@@ -9,9 +9,13 @@ import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from media_server.settings import Settings
+
+SIGNING_KEY_FILE = "evidence_signing_key.pem"
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,32 @@ def encrypt_template(key: bytes, plaintext: bytes, person_id: str) -> tuple[byte
 def decrypt_template(key: bytes, nonce: bytes, ciphertext: bytes, person_id: str) -> bytes:
     """Inverse of `encrypt_template`; raises InvalidTag if altered or moved to another person."""
     return AESGCM(key).decrypt(nonce, ciphertext, person_id.encode())
+
+
+def load_or_create_signing_key(data_dir: Path) -> Ed25519PrivateKey:
+    """The service's Ed25519 evidence key from `<data_dir>/evidence_signing_key.pem`, created on first use.
+
+    The file is PKCS#8 PEM, mode 0600; whoever can read it can sign packages, so back it up like
+    the other keys in data_dir.
+    """
+    path = data_dir / SIGNING_KEY_FILE
+    if path.exists():
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        if not isinstance(key, Ed25519PrivateKey):
+            raise ValueError(f"{path} does not hold an Ed25519 private key")
+        return key
+    key = Ed25519PrivateKey.generate()
+    pem = key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # O_EXCL: two processes creating the key at once must not end up with two different keys.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return load_or_create_signing_key(data_dir)
+    with os.fdopen(fd, "wb") as out:
+        out.write(pem)
+        out.flush()
+        os.fsync(out.fileno())
+    return key

@@ -24,12 +24,10 @@ import hashlib
 import io
 import json
 import mimetypes
-import os
 import zipfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from pathlib import Path
 from typing import IO, Any
 
 from cryptography.exceptions import InvalidSignature
@@ -52,7 +50,6 @@ from media_server.evidence.port import EvidenceError, EvidenceStore
 from media_server.verdict import POLICY_VERSION
 
 PACKAGE_FORMAT = "kuzet-evidence-package/1"
-SIGNING_KEY_FILE = "evidence_signing_key.pem"
 MANIFEST = "manifest.json"
 SIGNATURE = "manifest.sig"
 PUBLIC_KEY = "signing_key.pub"
@@ -69,35 +66,6 @@ class PackageError(Exception):
 
 
 # -- the signing key ------------------------------------------------------------------------------
-
-
-def load_or_create_signing_key(data_dir: Path) -> Ed25519PrivateKey:
-    """The service's Ed25519 evidence key from `<data_dir>/evidence_signing_key.pem`, created on first use.
-
-    The file is PKCS#8 PEM, mode 0600; whoever can read it can sign packages, so back it up like
-    the other keys in data_dir.
-    """
-    path = data_dir / SIGNING_KEY_FILE
-    if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
-        return key
-    key = Ed25519PrivateKey.generate()
-    pem = key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # O_EXCL: two processes creating the key at once must not end up with two different keys.
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        return load_or_create_signing_key(data_dir)
-    with os.fdopen(fd, "wb") as out:
-        out.write(pem)
-        out.flush()
-        os.fsync(out.fileno())
-    return key
 
 
 def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:

@@ -11,13 +11,14 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from media_server.evidence import build_store
 from media_server.evidence.port import EvidenceStore
-from media_server.keys import ServiceKeys, load_or_create
+from media_server.keys import ServiceKeys, load_or_create, load_or_create_signing_key
 from media_server.settings import Settings
 from media_server.webhooks import WebhookNotifier
 from media_server.workers import WorkerPool
@@ -45,6 +46,11 @@ class Metrics:
         self.spooled = Counter(
             "kuzet_evidence_spooled_total", "Artifacts spooled locally", registry=self.registry
         )
+        self.review_queue = Gauge(
+            "kuzet_review_queue_length",
+            "Sessions waiting for a reviewer (counted on scrape)",
+            registry=self.registry,
+        )
 
 
 @dataclass
@@ -59,6 +65,8 @@ class Services:
     workers: WorkerPool
     metrics: Metrics
     notifier: WebhookNotifier
+    # Ed25519 evidence-signing key, loaded once (never read from disk per verdict).
+    signing_key: Ed25519PrivateKey
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
 
@@ -66,17 +74,22 @@ def build_services(settings: Settings) -> Services:
     """Build every resource (database migrated to head, evidence store, worker pool)."""
     from media_server.db.engine import make_engine, make_session_factory
     from media_server.db.migrate import upgrade
+    from media_server.review_queue import queue_length_probe
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade(settings.database_url)
     engine = make_engine(settings.database_url)
+    sessions = make_session_factory(engine)
+    metrics = Metrics()
+    metrics.review_queue.set_function(lambda: queue_length_probe(sessions))
     return Services(
         settings=settings,
         keys=load_or_create(settings),
         engine=engine,
-        sessions=make_session_factory(engine),
+        sessions=sessions,
         store=build_store(settings),
         workers=WorkerPool(settings),
-        metrics=Metrics(),
+        metrics=metrics,
         notifier=WebhookNotifier(settings.webhooks),
+        signing_key=load_or_create_signing_key(settings.data_dir),
     )

@@ -210,6 +210,14 @@ class SchedulesSettings(_Group):
     on_demand_duration_min: int = Field(
         30, ge=5, le=24 * 60, description="Length of an on-demand test window an officer requests."
     )
+    recovery_grace_s: int = Field(
+        120,
+        ge=10,
+        le=86400,
+        description="A session with stored evidence but no verdict this long after it should have been "
+        "judged (a breath test after arrival; a check-in after its longest possible end) is re-judged by the "
+        "recovery sweep (at start and on the leader's tick).",
+    )
 
 
 class WebhookSettings(_Group):

@@ -220,7 +220,10 @@ async def _follow(client: WhipClient, location: StationLocation | None) -> dict[
         if kind == "prompt":
             # A station has nobody to read the screen here; the prompt is logged for the operator.
             log.info(
-                "prompt",
+                "prompt %s%s (step %s)",
+                message.get("step"),
+                f" {message['digits']}" if message.get("digits") else "",
+                message.get("index"),
                 extra={
                     "step": message.get("step"),
                     "digits": message.get("digits"),
@@ -229,7 +232,7 @@ async def _follow(client: WhipClient, location: StationLocation | None) -> dict[
             )
             client.send({"type": "ack", "step": message.get("step"), "index": message.get("index")})
         elif kind == "feedback":
-            log.info("feedback", extra={"code": message.get("code")})
+            log.info("feedback %s", message.get("code"), extra={"code": message.get("code")})
         elif kind == "outcome":
             return message
 

@@ -8,5 +8,6 @@ May import `identity`; never the service. A breath-test endpoint is a thin seque
 4. `policy.evaluate_reading(...)` with `policy.expected_stage(episode)` and the order's `OrderLimit`;
 5. `photos.analyse_breath_photos(...)` in a worker process, then `photos.judge_breath_photos(...)`;
 6. `policy.next_state(episode, policy.event_for(check, reading.timestamp), now, settings)` and perform
-   the returned actions; `policy.breath_test_outcome(checks)` combines the checks of one test.
+   the returned actions; the service fuses the checks of one test with its one verdict policy
+   (`media_server.verdict.decide`), the same rule every other session is judged by.
 """

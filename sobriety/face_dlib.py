@@ -17,8 +17,9 @@ import numpy as np
 import numpy.typing as npt
 
 from identity.checks import CheckResult, ModelStamp
+from identity.geometry import FaceBox
 from identity.models import verified_path
-from sobriety.occlusion import RGB, FaceBox
+from sobriety.occlusion import RGB
 from sobriety.photos import FaceObservation
 
 ENCODER_MODEL = "dlib_resnet_face_v1"
@@ -84,7 +85,7 @@ class DlibFacePort:
         """MiniFASNet PAD when an engine was given, else None."""
         if self._pad is None:
             return None
-        from identity.pad.scoring import FaceBox as PadBox
+        from identity.geometry import FaceBox as PadBox
 
         b = face.box
         bgr = cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR)

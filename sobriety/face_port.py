@@ -24,7 +24,8 @@ import numpy.typing as npt
 from identity.checks import CheckResult, ModelStamp, Outcome
 from identity.face.results import FaceAnalysis
 from identity.face.results import FaceObservation as EngineFace
-from sobriety.occlusion import RGB, FaceBox
+from identity.geometry import FaceBox
+from sobriety.occlusion import RGB
 from sobriety.photos import FaceObservation
 
 if TYPE_CHECKING:

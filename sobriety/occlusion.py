@@ -21,6 +21,8 @@ import cv2
 import numpy as np
 import numpy.typing as npt
 
+from identity.geometry import FaceBox
+
 RGB = npt.NDArray[np.uint8]
 Landmarks = npt.NDArray[np.float64]
 
@@ -31,26 +33,6 @@ _MOUTH_WIDTH_FRAC = 0.42
 _CHEEK_ROWS = (0.42, 0.60)
 _CHEEK_COLS = ((0.12, 0.32), (0.68, 0.88))
 _STD_FLOOR = 4.0  # Lab units; a perfectly flat cheek patch must not make every pixel "non-skin"
-
-
-@dataclass(frozen=True, slots=True)
-class FaceBox:
-    """A face box in pixels: left/top inclusive, right/bottom exclusive, image coordinates."""
-
-    left: int
-    top: int
-    right: int
-    bottom: int
-
-    @property
-    def width(self) -> int:
-        """Box width in pixels."""
-        return self.right - self.left
-
-    @property
-    def height(self) -> int:
-        """Box height in pixels."""
-        return self.bottom - self.top
 
 
 @dataclass(frozen=True, slots=True)

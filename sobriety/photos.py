@@ -26,8 +26,9 @@ import numpy as np
 import numpy.typing as npt
 
 from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
+from identity.geometry import FaceBox
 from sobriety.config import SobrietySettings
-from sobriety.occlusion import RGB, FaceBox, Landmarks, mouthpiece_fraction
+from sobriety.occlusion import RGB, Landmarks, mouthpiece_fraction
 
 _PHASH_SIDE = 32  # image is reduced to 32x32 before the DCT
 _PHASH_BLOCK = 8  # the 8x8 lowest frequencies give 64 bits

@@ -386,16 +386,3 @@ def next_state(
             stage=TestStage.TEST_TO_ZERO,
         )
     ]
-
-
-def breath_test_outcome(checks: list[CheckResult]) -> Outcome:
-    """Combine one test's checks: TECHNICAL > INCONCLUSIVE > FAIL > PASS.
-
-    Technical problems ask for a retake; any ambiguity (identity unclear, photo near-duplicate) sends even
-    a positive reading to human review, so a FAIL needs every other check to pass.
-    """
-    outcomes = {c.outcome for c in checks}
-    for o in (Outcome.TECHNICAL, Outcome.INCONCLUSIVE, Outcome.FAIL):
-        if o in outcomes:
-            return o
-    return Outcome.PASS

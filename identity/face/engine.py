@@ -34,11 +34,11 @@ from identity.face.results import (
     EMBEDDING_DIM,
     Embedding,
     FaceAnalysis,
-    FaceBox,
     FaceObservation,
     FaceQuality,
     Template,
 )
+from identity.geometry import FaceBox
 from identity.models import verified_path
 
 RgbImage = npt.NDArray[np.uint8]

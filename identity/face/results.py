@@ -16,6 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from identity.checks import CheckResult, ModelStamp
+from identity.geometry import FaceBox
 
 EMBEDDING_DIM = 128
 _MAGIC = b"KZFT"
@@ -27,30 +28,6 @@ Embedding = npt.NDArray[np.float32]
 
 class TemplateError(ValueError):
     """Template bytes are corrupt, truncated or of an unknown format."""
-
-
-@dataclass(frozen=True, slots=True)
-class FaceBox:
-    """A face box in pixels: (top, right, bottom, left), inclusive-exclusive like dlib rectangles."""
-
-    top: int
-    right: int
-    bottom: int
-    left: int
-
-    @property
-    def width(self) -> int:
-        """Box width in pixels."""
-        return self.right - self.left
-
-    @property
-    def height(self) -> int:
-        """Box height in pixels."""
-        return self.bottom - self.top
-
-    def as_list(self) -> list[int]:
-        """[top, right, bottom, left] for JSON details."""
-        return [self.top, self.right, self.bottom, self.left]
 
 
 @dataclass(frozen=True, slots=True)

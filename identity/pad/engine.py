@@ -16,10 +16,11 @@ import numpy.typing as npt
 import torch
 
 from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
+from identity.geometry import FaceBox
 from identity.models import ModelEntry, ModelError, verified_path
 from identity.pad.config import PadSettings
 from identity.pad.net import INPUT_SIZE_PX, MiniFASNet, load_minifasnet
-from identity.pad.scoring import FaceBox, context_crop, decide, no_face
+from identity.pad.scoring import context_crop, decide, no_face
 
 # Manifest name -> context scale the model was trained with (part of the model, not a tunable threshold).
 PAD_MODELS: tuple[tuple[str, float], ...] = (("minifasnet_v2_2.7", 2.7), ("minifasnet_v1se_4.0", 4.0))

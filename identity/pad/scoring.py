@@ -4,38 +4,12 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from dataclasses import dataclass
 
 from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
+from identity.geometry import FaceBox
 from identity.pad.config import PadSettings
 
 SCORE_UNIT = "fused MiniFASNet live probability (0..1)"
-
-
-@dataclass(frozen=True, slots=True)
-class FaceBox:
-    """A face box in pixels of the frame it was found in: left/top inclusive, right/bottom exclusive."""
-
-    left: int
-    top: int
-    right: int
-    bottom: int
-
-    @classmethod
-    def from_css(cls, css: Sequence[int]) -> FaceBox:
-        """From face_recognition's (top, right, bottom, left) order."""
-        top, right, bottom, left = (int(v) for v in css)
-        return cls(left=left, top=top, right=right, bottom=bottom)
-
-    @property
-    def width(self) -> int:
-        """Box width in pixels."""
-        return self.right - self.left
-
-    @property
-    def height(self) -> int:
-        """Box height in pixels."""
-        return self.bottom - self.top
 
 
 def context_crop(frame_w: int, frame_h: int, box: FaceBox, scale: float) -> tuple[int, int, int, int]:

@@ -16,8 +16,8 @@ import numpy as np
 import numpy.typing as npt
 
 from identity.checks import CheckKind, CheckResult, Outcome
+from identity.geometry import FaceBox
 from identity.pad.config import PadSettings
-from identity.pad.scoring import FaceBox
 
 BoxLike = FaceBox | tuple[int, int, int, int] | None
 

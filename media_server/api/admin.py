@@ -5,12 +5,12 @@ from __future__ import annotations
 import base64
 import binascii
 from datetime import date, timedelta
-from typing import Any
+from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Query, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
-from sqlalchemy import select
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,8 @@ from sobriety.units import AlcoholUnit
 router = APIRouter(prefix="/api/v1", tags=["admin"])
 
 LOGIN_TTL_S = 8 * 3600
+PAGE_DEFAULT = 50
+PAGE_MAX = 500
 
 
 def _insert_unique(db: Session, row: object, conflict: str) -> None:
@@ -153,14 +155,91 @@ def create_person(body: PersonIn, services: ServicesDep, who: OfficerDep) -> dic
         return person_view(person)
 
 
+@router.get("/persons")
+def list_persons(
+    services: ServicesDep,
+    who: ReaderDep,
+    q: Annotated[str | None, Query(max_length=100, description="Part of the name or case number.")] = None,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """Persons under supervision (erased ones left out), by name, a page at a time."""
+    stmt = select(Person).where(Person.erased_at.is_(None))
+    if q:
+        like = f"%{q.replace('%', '').replace('_', '')}%"
+        stmt = stmt.where(or_(Person.display_name.ilike(like), Person.external_ref.ilike(like)))
+    with services.sessions() as db:
+        total = int(db.scalar(select(func.count()).select_from(stmt.subquery())) or 0)
+        rows = db.scalars(stmt.order_by(Person.display_name, Person.id).offset(offset).limit(limit)).all()
+        return {"items": [person_view(p) for p in rows], "total": total, "limit": limit, "offset": offset}
+
+
+def _live_person(db: Session, person_id: str) -> Person:
+    person = db.get(Person, person_id)
+    if person is None or person.erased_at is not None:
+        raise NotFoundError("no such person")
+    return person
+
+
 @router.get("/persons/{person_id}")
 def get_person(person_id: str, services: ServicesDep, who: ReaderDep) -> dict[str, Any]:
-    """One person."""
+    """One person with enrolment state, court order, devices and schedules."""
+    from media_server.api.workstation import person_overview
+
     with services.sessions() as db:
         person = db.get(Person, person_id)
         if person is None:
             raise NotFoundError("no such person")
-        return person_view(person)
+        if person.erased_at is not None:
+            return person_view(person)
+        overview = person_overview(db, person)
+        enrolment = {
+            k: None if v is None else {**v, "created_at": v["created_at"].isoformat()}
+            for k, v in overview["enrolment"].items()
+        }
+        return {**person_view(person), **overview, "enrolment": enrolment}
+
+
+@router.get("/persons/{person_id}/sessions")
+def person_sessions(
+    person_id: str,
+    services: ServicesDep,
+    who: ReaderDep,
+    limit: Annotated[int, Query(ge=1, le=PAGE_MAX)] = PAGE_DEFAULT,
+    offset: Annotated[int, Query(ge=0)] = 0,
+) -> dict[str, Any]:
+    """A person's sessions, newest window first, each with its latest verdict's decision."""
+    from media_server.api.workstation import person_sessions as sessions_of
+
+    with services.sessions() as db:
+        _live_person(db, person_id)
+        rows = sessions_of(db, person_id, limit, offset)
+        items = [
+            {
+                "id": s.id,
+                "kind": s.kind.value,
+                "status": s.status.value,
+                "window_start": s.window_start.isoformat(),
+                "window_end": s.window_end.isoformat(),
+                "started_at": s.started_at.isoformat() if s.started_at else None,
+                "decision": v.decision.value if v else None,
+                "verdict_id": v.id if v else None,
+                "stage": (s.meta or {}).get("stage"),
+                "episode_id": (s.meta or {}).get("episode_id"),
+            }
+            for s, v in rows
+        ]
+    return {"items": items, "limit": limit, "offset": offset}
+
+
+@router.get("/persons/{person_id}/devices")
+def person_devices(person_id: str, services: ServicesDep, who: ReaderDep) -> dict[str, Any]:
+    """The stations registered to a person."""
+    from media_server.api.workstation import person_overview
+
+    with services.sessions() as db:
+        person = _live_person(db, person_id)
+        return {"items": person_overview(db, person)["devices"]}
 
 
 class DeviceIn(_In):

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import FileResponse, HTMLResponse, Response
+from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
 from media_server.errors import BadInput, NotFoundError
+from media_server.i18n import checkin_strings
 from media_server.settings import Settings
 from media_server.webrtc.ice import parse_ice_server
 
@@ -28,7 +29,6 @@ _TOKEN = re.compile(r"^[A-Za-z0-9._~-]{8,1024}$")
 _STATIC_FILES = {
     "checkin.js": "text/javascript; charset=utf-8",
     "checkin.css": "text/css; charset=utf-8",
-    "checkin_strings.json": "application/json",
 }
 _PAGE_HEADERS = {
     "Cache-Control": "no-store",
@@ -45,11 +45,9 @@ _PAGE_HEADERS = {
 }
 
 
-@lru_cache(maxsize=1)
 def load_strings() -> dict[str, dict[str, str]]:
-    """UI strings per language, from static/checkin_strings.json (one file for server and JS)."""
-    data: dict[str, dict[str, str]] = json.loads((STATIC_DIR / "checkin_strings.json").read_text("utf-8"))
-    return data
+    """UI strings per language from the gettext catalogs (media_server/locale; one table for server and JS)."""
+    return checkin_strings()
 
 
 @lru_cache(maxsize=1)
@@ -105,6 +103,8 @@ async def checkin_page(token: str, request: Request, lang: str | None = None) ->
 @router.get("/static/{name}")
 async def static_file(name: str) -> Response:
     """The page's own assets (a fixed list: no directory is exposed)."""
+    if name == "checkin_strings.json":
+        return JSONResponse(load_strings(), headers={"Cache-Control": "no-cache"})
     media_type = _STATIC_FILES.get(name)
     if media_type is None:
         raise NotFoundError("no such file")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Response
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
@@ -25,6 +25,7 @@ from media_server.db.models import (
     CheckSession,
     Person,
     Review,
+    User,
     Verdict,
 )
 from media_server.errors import BadInput, NotFoundError
@@ -68,8 +69,11 @@ def session_detail(session_id: str, services: ServicesDep, who: ReviewerDep) -> 
         artifacts = db.scalars(
             select(Artifact).where(Artifact.session_id == s.id).order_by(Artifact.created_at, Artifact.id)
         ).all()
-        reviews = db.scalars(
-            select(Review).where(Review.session_id == s.id).order_by(Review.created_at, Review.id)
+        reviews = db.execute(
+            select(Review, User.username)
+            .join(User, Review.reviewer_id == User.id)
+            .where(Review.session_id == s.id)
+            .order_by(Review.created_at, Review.id)
         ).all()
         audit.append(
             db,
@@ -119,14 +123,14 @@ def session_detail(session_id: str, services: ServicesDep, who: ReviewerDep) -> 
                 }
                 for a in artifacts
             ],
-            "reviews": [review_view(r) for r in reviews],
+            "reviews": [{**review_view(r), "reviewer": name} for r, name in reviews],
         }
 
 
 @router.get("/artifacts/{artifact_id}", response_model=None)
-def artifact_bytes(artifact_id: str, services: ServicesDep, who: ReviewerDep) -> Response:
-    """The artifact's bytes, verified against its SHA-256; each view is audited as `evidence_viewed`."""
-    return stream_artifact(services, who, artifact_id)
+def artifact_bytes(artifact_id: str, request: Request, services: ServicesDep, who: ReviewerDep) -> Response:
+    """The artifact's bytes (or one `Range` of them: 206), verified against its SHA-256; audited as viewed."""
+    return stream_artifact(services, who, artifact_id, request.headers.get("range"))
 
 
 class ReviewIn(BaseModel):
@@ -152,7 +156,7 @@ def decide(session_id: str, body: ReviewIn, services: ServicesDep, who: DeciderD
         review = db.get(Review, review_id)
         if review is None:  # written and committed just above
             raise NotFoundError("the review was not stored")
-        return {"session_id": session_id, **review_view(review)}
+        return {"session_id": session_id, **review_view(review), "reviewer": who.username}
 
 
 def _audit_row(e: AuditEntry) -> dict[str, Any]:
@@ -219,9 +223,9 @@ def audit_verify(
 )
 def export_session_package(session_id: str, services: ServicesDep, who: ReviewerDep) -> Response:
     """The signed evidence package (ZIP) of a session; the export writes its own audit row."""
-    from media_server.package import PackageError, export_package, load_or_create_signing_key
+    from media_server.package import PackageError, export_package
 
-    key = load_or_create_signing_key(services.settings.data_dir)
+    key = services.signing_key
     with services.sessions() as db:
         if db.get(CheckSession, session_id) is None:
             raise NotFoundError("no such session")

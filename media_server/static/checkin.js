@@ -1,5 +1,5 @@
 // Kuzet phone check-in: camera + microphone + location over WebRTC (WHIP, non-trickle).
-// Strings come from the page's JSON config (static/checkin_strings.json); no text lives here.
+// Strings come from the page's JSON config (built from media_server/locale catalogs); no text lives here.
 (() => {
   "use strict";
 

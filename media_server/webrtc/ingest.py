@@ -11,13 +11,13 @@ from typing import Any
 from fastapi import FastAPI
 
 from media_server.errors import NotFoundError, Unauthorized, UnsupportedMediaType
+from media_server.services import Services
 from media_server.settings import Settings
 from media_server.webrtc.analysis import FeedbackLimits, FrameAdvisor
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.credentials import ServicesAuthenticator, WhipAuthenticator
 from media_server.webrtc.sdp import keep_loopback_candidates, validate_offer
 from media_server.webrtc.session import MediaSession
-from media_server.services import Services
 
 log = logging.getLogger("kuzet.webrtc")
 
@@ -106,15 +106,15 @@ class WhipIngest:
 
 
 class PipelineSink:
-    """Adapter to the lead's `media_server.pipeline.finish_session(services, capture)`."""
+    """The WHIP session's sink: `media_server.checkin.flow.finish_session(services, capture)`."""
 
     def __init__(self, services: Services) -> None:
         self._services = services
 
     async def finish(self, capture: SessionCapture) -> dict[str, Any] | None:
-        from media_server import pipeline
+        from media_server.checkin.flow import finish_session
 
-        result = await pipeline.finish_session(self._services, capture)
+        result = await finish_session(self._services, capture)
         return result if isinstance(result, dict) else None
 
 

@@ -188,7 +188,7 @@ def _store(
     )
     db.add(row)
     db.flush()
-    # the same audit entry as media_server.pipeline.store_artifact writes
+    # the same audit entry as media_server.artifacts.store_artifact writes
     audit.append(
         db,
         SEED_ACTOR,

@@ -30,6 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi.testclient import TestClient
 from sqlalchemy import select
 
+from identity.geometry import FaceBox
 from media_server.app import create_app
 from media_server.breath import DbNonceLedger, now_utc
 from media_server.db.enums import ArtifactKind, Decision, DeviceKind, Role, SessionKind
@@ -44,7 +45,7 @@ from media_server.db.models import (
     Verdict,
 )
 from media_server.settings import Settings
-from sobriety.occlusion import FaceBox, occlude_mouth
+from sobriety.occlusion import occlude_mouth
 from sobriety.simulator import multipart_parts, public_key_b64, sign_reading, simulated_reading
 from tests.api.conftest import Api
 from tests.api.seed import create_staff
@@ -65,6 +66,8 @@ REUSED = "Hugo_Chavez/Hugo_Chavez_0045.jpg"
 NEVER_JUDGED = "Hugo_Chavez/Hugo_Chavez_0041.jpg"  # rejected submissions and fresh photos of the reuse case
 SOMEONE_ELSE = "Geraldine_Chaplin/Geraldine_Chaplin_0001.jpg"
 REPLAYED = "Ann_Veneman/Ann_Veneman_0010.jpg"
+RESENT_AFTER_CRASH = "Hugo_Chavez/Hugo_Chavez_0051.jpg"
+SWEPT = "Ann_Veneman/Ann_Veneman_0003.jpg"  # a station whose person is not enrolled: REVIEW once judged
 # A station camera frame: the LFW image scaled to fill it (a face of ~140 px), as a home station sees it.
 FRAME_W, FRAME_H = 320, 240
 JPEG_QUALITY = 90
@@ -393,21 +396,120 @@ def test_forged_signature_is_refused_kept_and_sent_to_review(api: BreathApp) -> 
         assert [c.code for c in stored] == ["bad_signature"]
 
 
-def test_replayed_nonce_is_refused_with_409_and_kept(api: BreathApp) -> None:
+def test_resend_is_answered_with_the_original_outcome_and_a_changed_reading_is_a_replay(
+    api: BreathApp,
+) -> None:
     station = _station(api, enrol=False)
     photos = station_photos(REPLAYED)
-    body, sig = _reading(station, photos)
+    reading = simulated_reading(
+        serial=station.serial, person_id=station.person_id, brac=0.0, unit="g/210L", n_photos=len(photos)
+    )
+    body, sig = sign_reading(reading, station.key)
     first = _post(api, body, sig, photos)
     assert first.status_code == 201, first.text
     assert first.json()["decision"] == "review"  # not enrolled: identity cannot be confirmed
     assert _checks(first.json())["face"]["code"] == "not_enrolled"
-    r = _post(api, body, sig, photos)
+    stored_before = _artifact_count(api)
+
+    # The station lost the answer and sends the same bytes again: the same request, the same answer.
+    again = _post(api, body, sig, photos)
+    assert again.status_code == 201, again.text
+    assert again.json()["session_id"] == first.json()["session_id"]
+    assert again.json()["verdict_id"] == first.json()["verdict_id"]
+    assert _artifact_count(api) == stored_before  # nothing new stored, nothing booked as a replay
+    assert not _audit(api, "breath_rejected", first.json()["session_id"])
+
+    # A different reading that reuses the nonce is a replay: refused, kept, sent to review.
+    changed_body, changed_sig = sign_reading({**reading, "brac": 0.01}, station.key)
+    r = _post(api, changed_body, changed_sig, photos)
     assert r.status_code == 409, r.text
     out = r.json()
     assert out["error"] == "replayed_nonce" and out["session_id"] != first.json()["session_id"]
     assert out["decision"] == "review"
-    _session_evidence(api, out["session_id"], [body, sig.encode(), *photos])
+    _session_evidence(api, out["session_id"], [changed_body, changed_sig.encode(), *photos])
     assert _audit(api, "breath_rejected", out["session_id"])[0].details["code"] == "replayed_nonce"
+
+
+def _artifact_count(api: BreathApp) -> int:
+    with api.services.sessions() as db:
+        return len(db.scalars(select(Artifact.id)).all())
+
+
+def _crashed_submission(
+    api: BreathApp, station: Station, photos: tuple[bytes, ...]
+) -> tuple[str, bytes, str]:
+    """Evidence stored and the nonce spent, then the node died before any verdict (kill -9 mid-test)."""
+    from media_server.breath.evidence import _route, _store_session_evidence
+    from media_server.breath.values import Upload
+
+    reading = simulated_reading(
+        serial=station.serial, person_id=station.person_id, brac=0.0, unit="g/210L", n_photos=len(photos)
+    )
+    body, sig = sign_reading(reading, station.key)
+    upload = Upload(body, sig, [(f"photo_{i}", p, "image/jpeg") for i, p in enumerate(photos)])
+    route = _route(api.services, upload, now_utc())
+    assert route.session_id is not None and route.device_id is not None
+    _store_session_evidence(api.services, route.session_id, upload)
+    assert DbNonceLedger(api.services.sessions).remember(route.device_id, reading["nonce"], now_utc())
+    return route.session_id, body, sig
+
+
+def test_a_resend_after_a_crash_is_judged_from_the_stored_evidence_once(api: BreathApp) -> None:
+    station = _station(api)
+    photos = station_photos(RESENT_AFTER_CRASH)
+    session_id, body, sig = _crashed_submission(api, station, photos)
+    stored_before = _artifact_count(api)
+    r = _post(api, body, sig, photos)
+    assert r.status_code == 201, r.text
+    assert r.json()["session_id"] == session_id and r.json()["verdict_id"], r.text
+    checks = _checks(r.json())
+    # judged in full from the stored evidence: its own nonce is not a replay, the photos were analysed
+    assert {"breath_signature", "breath_reading", "face", "breath_photo", "photo_reuse"} <= set(checks)
+    assert all(c["code"] != "replayed_nonce" for c in r.json()["checks"])
+    again = _post(api, body, sig, photos)
+    assert again.status_code == 201 and again.json()["verdict_id"] == r.json()["verdict_id"]
+    with api.services.sessions() as db:
+        assert len(db.scalars(select(Verdict).where(Verdict.session_id == session_id)).all()) == 1
+    # only the verdict manifest was added: the resent bytes were not stored twice
+    assert _artifact_count(api) == stored_before + 1
+
+
+def test_the_recovery_sweep_judges_what_a_crash_left_unjudged(api: BreathApp) -> None:
+    import asyncio
+
+    from media_server.db.enums import SessionStatus
+    from media_server.recovery import sweep
+
+    station = _station(api, enrol=False)
+    breath_id, _, _ = _crashed_submission(api, station, station_photos(SWEPT))
+    started = now_utc() - timedelta(hours=2)
+    with api.services.sessions.begin() as db:
+        live = CheckSession(
+            person_id=station.person_id,
+            kind=SessionKind.CHECKIN,
+            status=SessionStatus.ACTIVE,
+            window_start=started,
+            window_end=started + timedelta(minutes=30),
+            started_at=started,
+            meta={},
+        )
+        db.add(live)
+        db.flush()
+        checkin_id = live.id
+    grace = api.settings.schedules.recovery_grace_s
+    report = asyncio.run(sweep(api.services, now_utc() + timedelta(seconds=grace + 1)))
+    assert breath_id in report.rejudged and checkin_id in report.technical
+    with api.services.sessions() as db:
+        [breath_verdict] = db.scalars(select(Verdict).where(Verdict.session_id == breath_id)).all()
+        [checkin_verdict] = db.scalars(select(Verdict).where(Verdict.session_id == checkin_id)).all()
+        assert breath_verdict.decision is Decision.REVIEW  # judged: the face is not enrolled
+        assert checkin_verdict.decision is Decision.REVIEW and checkin_verdict.retake_offered
+        assert "stopped before this session was judged" in checkin_verdict.reasons[0]
+        checkin = db.get(CheckSession, checkin_id)
+        assert checkin is not None and checkin.status is SessionStatus.TECHNICAL_FAILURE
+    # A second sweep (another node, the next tick) writes nothing twice.
+    again = asyncio.run(sweep(api.services, now_utc() + timedelta(seconds=grace + 1)))
+    assert breath_id not in again.rejudged and checkin_id not in again.technical
 
 
 def test_expired_calibration_in_the_device_registry_is_422(api: BreathApp) -> None:
@@ -513,5 +615,8 @@ def test_a_confirmatory_test_never_taken_is_booked_by_the_episode_clock(api: Bre
         episode = db.get(BreathEpisode, screening["episode"]["id"])
         assert episode is not None and episode.closed_at is not None
         verdict = db.get(Verdict, tick.verdict_id)
-        assert verdict is not None and verdict.session_id == screening["session_id"]
+        assert verdict is not None and verdict.session_id == tick.session_id != screening["session_id"]
+        booked = db.get(CheckSession, verdict.session_id)
+        assert booked is not None and booked.meta["follows"] == screening["session_id"]
+        assert booked.meta["episode_id"] == screening["episode"]["id"]
     assert _audit(api, "breath_episode_updated")

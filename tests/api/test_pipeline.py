@@ -11,11 +11,12 @@ import numpy as np
 from sqlalchemy import select
 
 from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
+from media_server.checkin.checks import fuse_pad
+from media_server.checkin.evidence import store_capture_evidence
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, SessionKind, SessionStatus
 from media_server.db.models import Artifact, AuditEntry, CheckResultRecord, CheckSession, Person, Verdict
-from media_server.package import load_or_create_signing_key
-from media_server.pipeline import fuse_pad, store_capture_evidence, write_verdict
+from media_server.verdict import write_verdict
 from media_server.webrtc.capture import EndedReason, SessionCapture
 from tests.api.conftest import Api
 
@@ -119,7 +120,7 @@ def test_verdict_is_written_with_a_signed_manifest_and_audited(api: Api) -> None
     manifest = json.loads(manifest_bytes)
     assert manifest["verdict"]["decision"] == "fail" and len(manifest["artifacts"]) >= 13
     signature = __import__("base64").b64decode(manifest_row.meta["ed25519_signature_b64"])
-    load_or_create_signing_key(api.settings.data_dir).public_key().verify(signature, manifest_bytes)
+    api.services.signing_key.public_key().verify(signature, manifest_bytes)
 
 
 def test_technical_failure_is_review_with_retake_not_fail(api: Api) -> None:
@@ -154,10 +155,10 @@ def test_adaptive_gallery_refreshes_only_from_a_confident_pass(api: Api) -> None
 
     from identity.face import worker as face_worker
     from identity.face.results import template_from_bytes, template_to_bytes
+    from media_server.checkin.gallery_update import adapt_gallery
     from media_server.db.enums import Modality, TemplateSource
     from media_server.db.models import Enrolment
-    from media_server.gallery import save_template
-    from media_server.pipeline import active_template, adapt_gallery
+    from media_server.gallery import active_template, save_template
     from media_server.verdict import VerdictOutcome
 
     person_id, session_id = _session(api)
@@ -202,3 +203,17 @@ def test_adaptive_gallery_refreshes_only_from_a_confident_pass(api: Api) -> None
         assert "template_adapted" in db.scalars(select(AuditEntry.action)).all()
     merged = template_from_bytes(active_template(api.services, person_id, Modality.FACE) or b"")
     assert merged.metadata["n_enrolled"] == 2 and merged.embeddings.shape[0] > 2
+
+
+def test_a_session_is_judged_once_even_when_its_job_runs_twice(api: Api) -> None:
+    """A redelivered or repeated judging job returns the verdict the session already has."""
+    _, session_id = _session(api)
+    results = [
+        CheckResult(CheckKind.FACE, Outcome.PASS, "match", "Face matches."),
+        CheckResult(CheckKind.PAD, Outcome.PASS, "live", "Live face."),
+    ]
+    first, first_id = write_verdict(api.services, session_id, results, [CheckKind.FACE, CheckKind.PAD])
+    again, again_id = write_verdict(api.services, session_id, results[:1], [CheckKind.FACE, CheckKind.PAD])
+    assert again_id == first_id and again.decision is first.decision is Decision.PASS
+    with api.services.sessions() as db:
+        assert len(db.scalars(select(Verdict).where(Verdict.session_id == session_id)).all()) == 1

@@ -76,9 +76,11 @@ def test_login_form_sets_the_cookie_and_the_queue_lists_the_flagged_session(
     assert page.status_code == 200 and 'name="password"' in page.text and "Log in" in page.text
 
     wrong = api.client.post("/ws/login?lang=en", data={"username": "reviewer", "password": "nope"})
-    assert wrong.status_code == 200 and "wrong username or password" in wrong.text
+    assert wrong.status_code == 401 and "Wrong username or password." in wrong.text
+    wrong_ru = api.client.post("/ws/login?lang=ru", data={"username": "reviewer", "password": "nope"})
+    assert "Неверное имя пользователя или пароль." in wrong_ru.text and "Wrong" not in wrong_ru.text
     assert "kuzet_session" not in api.client.cookies
-    assert [e.details for e in audit_rows(api, "login_failed", mark)] == [{"via": "workstation"}]
+    assert [e.details for e in audit_rows(api, "login_failed", mark)] == [{"via": "workstation"}] * 2
 
     r = api.client.post(
         "/ws/login?lang=en", data={"username": "reviewer", "password": PASSWORD}, follow_redirects=False
@@ -91,13 +93,14 @@ def test_login_form_sets_the_cookie_and_the_queue_lists_the_flagged_session(
         and "samesite=strict" in set_cookie
     )
     assert api.client.cookies.get("kuzet_session")
+    api.client.cookies.delete("kuzet_lang")
 
     queue = api.client.get("/ws/queue?lang=en")
     assert queue.status_code == 200
     assert queue.text.count('class="queue-row"') >= 1
     assert seeded.person_name in queue.text
     assert f'href="/ws/sessions/{seeded.session_id}?lang=en"' in queue.text
-    assert "unsure: face" in queue.text and "Needs review" in queue.text
+    assert "Face match: unsure" in queue.text and "Needs review" in queue.text
 
     api.client.get("/ws/logout")
     assert not api.client.cookies.get("kuzet_session")
@@ -113,14 +116,16 @@ def test_session_page_shows_checks_frames_audio_and_recording(api: Api, seeded: 
     # checks: outcome, score, threshold and the model stamp
     face = next(c for c in seeded.checks if c.kind.value == "face")
     assert face.model is not None
-    assert f"{FACE_THRESHOLD:.4f}" in html and f"{face.score:.4f}" in html
+    assert f"distance {face.score:.3f}, passes below {FACE_THRESHOLD:.3f}; fails above 0.520" in html
     assert f"{face.model.name} {face.model.version}" in html and face.model.weights_sha256[:12] in html
-    assert html.count('class="inconclusive"') == 1 and html.count('class="pass"') == 2
+    assert html.count('<td class="inconclusive">') == 1 and html.count('<td class="pass">') == 2
     for model in ("minifasnet_v2_2.7", "resemblyzer_ge2e"):
         assert model in html
-    # verdict and reasons
+    # verdict, the check that drove it, and the stored reasons
     assert 'id="verdict"' in html and "Needs review" in html
-    assert all(reason in html for reason in seeded.reasons)
+    drivers = html.split('id="drivers"')[1].split("</ul>")[0]
+    assert "Face match" in drivers and "Voice match" not in drivers
+    assert all(reason.split(": ", 2)[2] in html for reason in seeded.reasons)
     assert seeded.manifest_sha256[:16] in html
     # frames with their face boxes, speech and the recording
     frame_ids = seeded.artifacts[ArtifactKind.FRAME]
@@ -183,7 +188,7 @@ def test_a_decision_needs_a_comment_then_is_stored_audited_and_leaves_the_queue(
     ]:
         r = api.client.post(url, data=data, follow_redirects=False)
         assert r.status_code == status, (data, r.text)
-        assert r.json()["error"] and r.json()["message"]
+        assert r.headers["content-type"].startswith("text/html") and 'id="error"' in r.text
     with api.services.sessions() as db:
         assert db.scalars(select(Review).where(Review.session_id == seeded.session_id)).all() == []
 
@@ -230,13 +235,30 @@ def test_russian_and_english_pages(api: Api, seeded: SeededSession) -> None:
     ru = api.client.get("/ws/queue").text  # the language is remembered in a cookie
     assert 'lang="ru"' in ru and "Очередь на проверку" in ru and "Требует проверки" in ru
     ru_session = api.client.get(f"/ws/sessions/{seeded.session_id}").text
-    for text in ("Порог", "Модель", "Кадры", "Запись сеанса", "Речь", "Комментарий (обязательно)"):
+    for text in ("Оценка и порог", "Модель", "Кадры", "Запись сеанса", "Речь", "Комментарий (обязательно)"):
+        assert text in ru_session
+    for text in (
+        "Сверка лица",
+        "неясно",
+        "расстояние 0.412, проходит ниже 0.398",
+        "Отметка с телефона",
+        "завершён",
+    ):
         assert text in ru_session
     en_session = api.client.get(f"/ws/sessions/{seeded.session_id}?lang=en").text
     assert 'lang="en"' in en_session
-    for text in ("Threshold", "Model", "Sampled frames", "Session recording", "Speech", "Comment (required)"):
+    for text in (
+        "Score and threshold",
+        "Model",
+        "Sampled frames",
+        "Session recording",
+        "Speech",
+        "Comment (required)",
+    ):
         assert text in en_session
     assert "Порог" not in en_session
+    kk_session = api.client.get(f"/ws/sessions/{seeded.session_id}?lang=kk").text
+    assert 'lang="kk"' in kk_session and "Бетті салыстыру" in kk_session and "белгісіз" in kk_session
     odd = api.client.get("/ws/queue?lang=xx%22%3E").text
     assert 'lang="ru"' in odd and "xx" not in odd
 
@@ -248,7 +270,7 @@ def test_breath_session_shows_the_reading_and_photos(api: Api) -> None:
     assert 'id="reading"' in html and "brac_g_210l" in html and "BR-SEED-1" in html
     for pid in breath.artifacts[ArtifactKind.PHOTO]:
         assert f'src="/ws/artifacts/{pid}"' in html
-    assert "Breath photos" in html and "mouthpiece_occludes" in html
+    assert "Breath photos" in html and "The face under the mouthpiece could not be matched" in html
 
 
 def test_json_session_detail_and_review(api: Api, seeded: SeededSession, mark: int) -> None:

@@ -15,7 +15,7 @@ import pytest
 from media_server.settings import Settings
 from media_server.webrtc.capture import SessionSink
 from media_server.webrtc.credentials import OneTimeTokens, WhipAuthenticator
-from media_server.webrtc.testing import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
+from tests.support.webrtc import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
 
 CHROMIUM = "/usr/bin/chromium"
 # Chromium's --disable-features is last-wins: Playwright's own list is merged into ours.

@@ -22,10 +22,10 @@ from media_server.app import create_app
 from media_server.db.enums import ArtifactKind, Role
 from media_server.db.models import Artifact, AuditEntry, Verdict
 from media_server.settings import Settings
-from media_server.webrtc.testing import ServerThread
 from tests.api.conftest import PASSWORD
 from tests.api.seed import create_staff
 from tests.api.test_breath_api import ENROL, GENUINE, LFW, MODELS_DIR, station_photos
+from tests.support.webrtc import ServerThread
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ import pytest
 
 from media_server.webrtc.capture import EndedReason
 from media_server.webrtc.credentials import OneTimeTokens
-from media_server.webrtc.testing import FakeSink, ServerThread
+from tests.support.webrtc import FakeSink, ServerThread
 
 pytestmark = pytest.mark.e2e
 

@@ -18,7 +18,7 @@ from sqlalchemy import select
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, Role
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession
-from media_server.webrtc.testing import ServerThread
+from tests.support.webrtc import ServerThread
 
 pytestmark = pytest.mark.e2e
 

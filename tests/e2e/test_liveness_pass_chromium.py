@@ -33,7 +33,7 @@ from identity.liveness.config import LivenessSettings
 from media_server.db.enums import Role
 from media_server.db.models import CheckResultRecord, CheckSession
 from media_server.settings import Settings
-from media_server.webrtc.testing import ServerThread, TestMedia, make_test_media
+from tests.support.webrtc import ServerThread, TestMedia, make_test_media
 
 pytestmark = pytest.mark.e2e
 

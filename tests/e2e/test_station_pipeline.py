@@ -24,7 +24,7 @@ from sqlalchemy import select
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Role, SessionKind
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Device
-from media_server.webrtc.testing import ServerThread, TestMedia
+from tests.support.webrtc import ServerThread, TestMedia
 
 pytestmark = pytest.mark.e2e
 

@@ -1,7 +1,7 @@
 """A reviewer decides a flagged session in real headless Chromium against the real app under uvicorn.
 
 The app runs on SQLite and a local evidence directory in a temp dir, seeded through the real database
-and store (tests/api/seed.py). Screenshots go to test-artifacts/workstation/ (gitignored).
+and store (tests/api/seed.py). Screenshots go to tmp/artifacts/workstation/ (gitignored).
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from media_server.app import create_app
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision
 from media_server.db.models import AuditEntry, Review
-from media_server.webrtc.testing import ServerThread
 from tests.api.conftest import PASSWORD
 from tests.api.seed import FACE_THRESHOLD, SeededSession, app_settings, create_staff, seed_flagged_checkin
+from tests.support.webrtc import ServerThread
 
 pytestmark = pytest.mark.e2e
 
 CHROMIUM = "/usr/bin/chromium"
-SCREENSHOTS = Path(__file__).resolve().parents[2] / "test-artifacts" / "workstation"
+SCREENSHOTS = Path(__file__).resolve().parents[2] / "tmp" / "artifacts" / "workstation"
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 # ENVIRONMENT.md: flags that keep Debian's headless Chromium off the network and quiet.
 CHROMIUM_ARGS = [
@@ -100,7 +100,7 @@ def test_reviewer_decides_a_flagged_session_in_chromium(running: Running, page: 
 
     # log in through the form
     page.goto(f"{running.url}/ws/login?lang=en")
-    shots.append(shoot(page, "01-login"))
+    shots.append(shoot(page, "decide-01-login"))
     page.fill("input[name=username]", "reviewer")
     page.fill("input[name=password]", PASSWORD)
     page.click("button[type=submit]")
@@ -109,20 +109,19 @@ def test_reviewer_decides_a_flagged_session_in_chromium(running: Running, page: 
     # the queue lists the flagged session; open it
     row = page.locator("tr.queue-row", has_text=seeded.person_name)
     assert row.count() == 1
-    assert "Needs review" in row.inner_text() and "unsure: face" in row.inner_text()
-    shots.append(shoot(page, "02-queue"))
+    assert "Needs review" in row.inner_text() and "Face match: unsure" in row.inner_text()
+    shots.append(shoot(page, "decide-02-queue"))
     row.locator("a.open-session").click()
     page.wait_for_url(f"**/ws/sessions/{seeded.session_id}?lang=en")
 
-    # the evidence: check table with threshold and model, verdict reasons
-    face_row = page.locator("#checks tr", has_text="face / borderline")
-    assert f"{FACE_THRESHOLD:.4f}" in face_row.inner_text()
+    # the evidence: check table with the score in words, threshold and model; the check behind the verdict
+    face_row = page.locator('#checks tr[data-code="face/borderline"]')
+    assert f"distance 0.412, passes below {FACE_THRESHOLD:.3f}" in face_row.inner_text()
     assert "dlib_resnet_face_v1 1.0" in face_row.inner_text()
     assert face_row.locator("td.inconclusive").count() == 1
     assert page.locator("#checks tr").count() == 4  # header + face, pad, voice
     assert page.locator("#verdict").inner_text().startswith("Needs review")
-    for reason in seeded.reasons:
-        assert page.get_by_text(reason).count() == 1
+    assert "Face match" in page.locator("#drivers").inner_text()
 
     # frames decoded, each with its face box drawn inside the image
     page.wait_for_function(
@@ -153,7 +152,7 @@ def test_reviewer_decides_a_flagged_session_in_chromium(running: Running, page: 
         assert page.evaluate("document.querySelector('video').duration") == pytest.approx(3.0, abs=0.5)
     else:  # a Chromium build without H.264: the element is there, the bytes were served
         assert page.locator("video").count() == 1
-    shots.append(shoot(page, "03-evidence"))
+    shots.append(shoot(page, "decide-03-evidence"))
 
     # the form refuses a decision without a comment (required field), then records one
     page.check("input[name=decision][value=pass]")
@@ -165,7 +164,9 @@ def test_reviewer_decides_a_flagged_session_in_chromium(running: Running, page: 
     page.wait_for_selector("#flash")
     assert page.locator("#flash").inner_text() == "Decision recorded"
     assert page.get_by_text(COMMENT).count() == 1
-    shots.append(shoot(page, "04-decided"))
+    assert page.locator("#decide-form").count() == 0  # decided: the form is gone
+    assert "reviewer" in page.locator("#reviews").inner_text()
+    shots.append(shoot(page, "decide-04-decided"))
 
     # the session has left the queue
     page.goto(f"{running.url}/ws/queue?lang=en")

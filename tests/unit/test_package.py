@@ -26,13 +26,13 @@ from media_server.db.enums import ArtifactKind, Decision, Role, SessionKind, Ses
 from media_server.db.migrate import upgrade
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Person, Review, User, Verdict
 from media_server.evidence.local import LocalEvidenceStore
+from media_server.keys import load_or_create_signing_key
 from media_server.package import (
     MANIFEST,
     PUBLIC_KEY,
     SIGNATURE,
     export_package,
     fingerprint,
-    load_or_create_signing_key,
     public_key_b64,
     verify_package,
 )

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from identity.checks import CheckKind, Outcome
+from identity.geometry import FaceBox
 from identity.models import verified_path
 from identity.pad.config import PadSettings
-from identity.pad.scoring import FaceBox
 
 if TYPE_CHECKING:
     from identity.pad.engine import PadEngine

@@ -9,10 +9,11 @@ import pytest
 from pydantic import ValidationError
 
 from identity.checks import CheckKind, CheckResult, Outcome
+from identity.geometry import FaceBox
 from identity.pad.attacks import print_attack, screen_replay, still_photo_frames
 from identity.pad.config import PadSettings
 from identity.pad.evaluate import ItemScore, Label, compute_report, labels_from_names, load_labels
-from identity.pad.scoring import FaceBox, context_crop, decide, decide_frames
+from identity.pad.scoring import context_crop, decide, decide_frames
 
 PAD_DATA = Path(__file__).parents[2] / ".." / "shared" / "data" / "pad"
 S = PadSettings()

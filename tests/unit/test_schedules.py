@@ -13,9 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from media_server.db import audit
-from media_server.db.engine import make_engine, make_session_factory
 from media_server.db.enums import Decision, SessionKind, SessionStatus
-from media_server.db.migrate import upgrade
 from media_server.db.models import AuditEntry, CheckSession, Person, Schedule, Verdict
 from media_server.schedules import (
     IssuedSession,
@@ -29,7 +27,8 @@ from media_server.schedules import (
     windows_between,
     zone,
 )
-from media_server.settings import SchedulesSettings
+from media_server.services import Services, build_services
+from media_server.settings import SchedulesSettings, Settings
 from media_server.tokens import token_hash
 
 ALMATY = zone("Asia/Almaty")
@@ -139,12 +138,18 @@ def test_rules_that_cannot_fit_are_refused() -> None:
 
 
 @pytest.fixture()
-def factory(tmp_path: Path) -> Iterator[sessionmaker[Session]]:
-    url = f"sqlite:///{tmp_path / 'kuzet.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    yield make_session_factory(engine)
-    engine.dispose()
+def services(tmp_path: Path) -> Iterator[Services]:
+    """The real composition root on the embedded default (SQLite + local evidence dir)."""
+    built = build_services(
+        Settings(data_dir=tmp_path / "var", schedules=SchedulesSettings(horizon_min=60, missed_grace_s=300))
+    )
+    yield built
+    built.engine.dispose()
+
+
+@pytest.fixture()
+def factory(services: Services) -> sessionmaker[Session]:
+    return services.sessions
 
 
 def _person_with_schedule(
@@ -218,7 +223,9 @@ def _session(db: Session, person_id: str, status: SessionStatus, end: datetime, 
     return row
 
 
-def test_missed_window_is_a_violation_and_technical_failure_is_not(factory: sessionmaker[Session]) -> None:
+def test_missed_window_is_a_violation_and_technical_failure_is_not(
+    services: Services, factory: sessionmaker[Session]
+) -> None:
     end = datetime(2026, 11, 23, 5, tzinfo=UTC)
     with factory() as db:
         schedule = _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC))
@@ -229,12 +236,17 @@ def test_missed_window_is_a_violation_and_technical_failure_is_not(factory: sess
         )
         started = _session(db, pid, SessionStatus.SCHEDULED, end, token_used_at=end - timedelta(minutes=10))
         completed = _session(db, pid, SessionStatus.COMPLETED, end)
+        ids = (missed.id, technical.id, started.id, completed.id)
+        db.rollback()  # SQLite: no transaction of this test may hold the write lock while the tick runs
 
-        assert mark_missed(db, end + timedelta(minutes=4), grace=timedelta(minutes=5)) == []  # within grace
+        assert (
+            mark_missed(services, end + timedelta(minutes=4), grace=timedelta(minutes=5)) == []
+        )  # within grace
         closed = {
-            c.session_id: c for c in mark_missed(db, end + timedelta(minutes=6), grace=timedelta(minutes=5))
+            c.session_id: c
+            for c in mark_missed(services, end + timedelta(minutes=6), grace=timedelta(minutes=5))
         }
-        assert set(closed) == {missed.id, technical.id}
+        assert set(closed) == set(ids[:2])
         assert closed[missed.id].decision is Decision.FAIL
         assert closed[technical.id].decision is Decision.REVIEW
 
@@ -246,13 +258,14 @@ def test_missed_window_is_a_violation_and_technical_failure_is_not(factory: sess
         assert db.get(CheckSession, completed.id).status is SessionStatus.COMPLETED  # type: ignore[union-attr]
 
         [fail] = db.scalars(select(Verdict).where(Verdict.session_id == missed.id)).all()
-        assert fail.decision is Decision.FAIL and fail.reasons[0].startswith("missed")
+        assert fail.decision is Decision.FAIL and "attendance: missed" in fail.reasons[0]
         assert not fail.retake_offered
         [review] = db.scalars(select(Verdict).where(Verdict.session_id == technical.id)).all()
         assert review.decision is Decision.REVIEW and review.retake_offered
 
         # A second tick changes nothing.
-        assert mark_missed(db, end + timedelta(hours=1), grace=timedelta(minutes=5)) == []
+        db.rollback()
+        assert mark_missed(services, end + timedelta(hours=1), grace=timedelta(minutes=5)) == []
         actions = db.scalars(select(AuditEntry.action).order_by(AuditEntry.id)).all()
         assert actions.count("session.missed") == 1 and actions.count("session.technical_review") == 1
         assert audit.verify_chain(db).ok
@@ -280,8 +293,9 @@ def test_on_demand_window_opens_now(factory: sessionmaker[Session]) -> None:
         assert entry.actor == "officer:7"
 
 
-async def test_tick_once_delivers_links_and_builds_violation_events(factory: sessionmaker[Session]) -> None:
-    settings = SchedulesSettings(horizon_min=60, missed_grace_s=300)
+async def test_tick_once_delivers_links_and_builds_violation_events(
+    services: Services, factory: sessionmaker[Session]
+) -> None:
     delivered: list[IssuedSession] = []
 
     async def deliver(issued: IssuedSession) -> None:
@@ -293,15 +307,15 @@ async def test_tick_once_delivers_links_and_builds_violation_events(factory: ses
         _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC))
         other = _person_with_schedule(db, DAILY, datetime(2026, 11, 1, tzinfo=UTC), ref="case-2")
     first = await tick_once(
-        factory, settings, seed_key=KEY, deliver=deliver, now=datetime(2026, 11, 23, 3, 30, tzinfo=UTC)
+        services, seed_key=KEY, deliver=deliver, now=datetime(2026, 11, 23, 3, 30, tzinfo=UTC)
     )
     assert len(first.issued) == 2 and delivered == first.issued and first.closed == []
     # Nobody checked in: after the window and the grace, both windows are closed as missed.
     later = await tick_once(
-        factory, settings, seed_key=KEY, deliver=deliver, now=datetime(2026, 11, 23, 5, 6, tzinfo=UTC)
+        services, seed_key=KEY, deliver=deliver, now=datetime(2026, 11, 23, 5, 6, tzinfo=UTC)
     )
     assert later.issued == [] and {c.decision for c in later.closed} == {Decision.FAIL}
     missed = next(c for c in later.closed if c.person_id == other.person_id)
     events = closed_session_events(missed)
     assert [e.type.value for e in events] == ["verdict", "violation"]
-    assert events[1].data["reason"].startswith("missed") and events[1].data["source"] == "missed"
+    assert "attendance: missed" in events[1].data["reason"] and events[1].data["source"] == "missed"

@@ -8,7 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sobriety.occlusion import FaceBox, lips_region, mouth_region, mouthpiece_fraction, occlude_mouth
+from identity.geometry import FaceBox
+from sobriety.occlusion import lips_region, mouth_region, mouthpiece_fraction, occlude_mouth
 
 LFW = Path(__file__).parents[2] / ".." / "shared" / "data" / "faces" / "lfw-dev"
 # Deep-funneled LFW images are 250x250 with the face centred; this is roughly dlib's HOG box there.

@@ -13,8 +13,9 @@ import numpy as np
 import numpy.typing as npt
 
 from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
+from identity.geometry import FaceBox
 from sobriety.config import SobrietySettings
-from sobriety.occlusion import FaceBox, occlude_mouth
+from sobriety.occlusion import occlude_mouth
 from sobriety.photos import (
     BreathPhoto,
     FaceObservation,

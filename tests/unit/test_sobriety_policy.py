@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from identity.checks import CheckKind, CheckResult, Outcome
+from identity.checks import Outcome
 from sobriety.config import SobrietySettings
 from sobriety.policy import (
     ActionKind,
@@ -15,7 +15,6 @@ from sobriety.policy import (
     RetestEvent,
     RetestState,
     TestStage,
-    breath_test_outcome,
     evaluate_reading,
     event_for,
     expected_stage,
@@ -147,13 +146,3 @@ def test_rejected_submission_asks_for_retake_and_events_from_checks() -> None:
     assert event_for(evaluate_reading(0.0, AlcoholUnit.G_210L, ORDER, TestStage.SCREENING, S), T0).kind is (
         EventKind.NEGATIVE
     )
-
-
-def test_outcome_precedence() -> None:
-    def c(o: Outcome) -> CheckResult:
-        return CheckResult(CheckKind.BREATH_READING, o, "x", "x")
-
-    assert breath_test_outcome([c(Outcome.PASS), c(Outcome.PASS)]) is Outcome.PASS
-    assert breath_test_outcome([c(Outcome.PASS), c(Outcome.FAIL)]) is Outcome.FAIL
-    assert breath_test_outcome([c(Outcome.FAIL), c(Outcome.INCONCLUSIVE)]) is Outcome.INCONCLUSIVE
-    assert breath_test_outcome([c(Outcome.INCONCLUSIVE), c(Outcome.TECHNICAL)]) is Outcome.TECHNICAL

@@ -51,3 +51,33 @@ def test_inconclusive_goes_to_review_without_retake() -> None:
     v = decide([result(CheckKind.FACE, Outcome.INCONCLUSIVE, "borderline")], required=[CheckKind.FACE])
     assert v.decision is Decision.REVIEW
     assert not v.retake_offered
+
+
+def test_positive_reading_without_a_face_match_is_review_not_violation() -> None:
+    """A confirmed positive reading that cannot be attributed to the person is not their violation."""
+    checks = [
+        result(CheckKind.BREATH_SIGNATURE, Outcome.PASS),
+        result(CheckKind.BREATH_READING, Outcome.FAIL, "over_limit"),
+        result(CheckKind.BREATH_PHOTO, Outcome.PASS),
+        result(CheckKind.FACE, Outcome.INCONCLUSIVE, "borderline"),
+        result(CheckKind.PHOTO_REUSE, Outcome.PASS),
+    ]
+    required = [CheckKind.BREATH_SIGNATURE, CheckKind.BREATH_READING, CheckKind.FACE]
+    v = decide(checks, required)
+    assert v.decision is Decision.REVIEW
+    assert any(r.startswith("unattributed:") for r in v.reasons)
+    # the same reading with the face matched is the person's violation
+    matched = [c if c.kind is not CheckKind.FACE else result(CheckKind.FACE, Outcome.PASS) for c in checks]
+    assert decide(matched, required).decision is Decision.FAIL
+    # and without any face result at all it cannot be attributed either
+    no_face = [c for c in checks if c.kind is not CheckKind.FACE]
+    assert decide(no_face, [CheckKind.BREATH_READING]).decision is Decision.REVIEW
+
+
+def test_advisory_checks_are_notes_and_never_decide() -> None:
+    v = decide(
+        [result(CheckKind.FACE, Outcome.PASS), result(CheckKind.LOCATION, Outcome.INCONCLUSIVE, "missing")],
+        required=[CheckKind.FACE],
+    )
+    assert v.decision is Decision.PASS
+    assert v.reasons[-1].startswith("note: location")

@@ -19,7 +19,7 @@ from media_server.station_client import MonotonicTrack, WhipClient
 from media_server.webrtc.capture import EndedReason
 from media_server.webrtc.credentials import OneTimeTokens
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
-from media_server.webrtc.testing import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
+from tests.support.webrtc import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
 
 # A short challenge (two moves and digits, about 4.5 s) keeps the tests quick.
 QUICK_CHALLENGE = {"motion_window_s": 1.0, "read_digits_window_s": 2.0, "lead_in_s": 0.5, "step_gap_s": 0.0}

@@ -13,7 +13,7 @@ from media_server.settings import Settings
 from media_server.webrtc.credentials import OneTimeTokens
 from media_server.webrtc.ice import parse_ice_server, rtc_configuration
 from media_server.webrtc.sdp import NO_CODEC_MESSAGE, keep_loopback_candidates, validate_offer
-from media_server.webrtc.testing import FakeSink, build_whip_app
+from tests.support.webrtc import FakeSink, build_whip_app
 
 OFFER = "\r\n".join(
     [

@@ -1,0 +1,89 @@
+"""Evidence first: every artifact is hashed, stored and its row committed before anything is judged."""
+
+from __future__ import annotations
+
+import io
+import wave
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from PIL import Image
+
+from media_server.db import audit
+from media_server.db.enums import ArtifactKind
+from media_server.db.models import Artifact
+from media_server.services import Services
+
+
+@dataclass(frozen=True)
+class StoredRef:
+    """An artifact row written for this session."""
+
+    artifact_id: str
+    key: str
+    sha256: str
+    size: int
+    kind: ArtifactKind
+
+
+def store_artifact(
+    services: Services,
+    session_id: str,
+    kind: ArtifactKind,
+    content_type: str,
+    meta: dict[str, Any],
+    *,
+    data: bytes | None = None,
+    path: Path | None = None,
+) -> StoredRef:
+    """Store bytes or a file in the evidence store and commit its artifact row (blocking; call in a thread)."""
+    metadata = {"session-id": session_id, "kind": kind.value}
+    if path is not None:
+        stored = services.store.put_file(path, content_type=content_type, metadata=metadata)
+    else:
+        stored = services.store.put_bytes(data or b"", content_type=content_type, metadata=metadata)
+    if stored.spooled:
+        services.metrics.spooled.inc()
+    with services.sessions.begin() as db:
+        row = Artifact(
+            session_id=session_id,
+            key=stored.key,
+            sha256=stored.sha256,
+            size=stored.size,
+            content_type=content_type,
+            kind=kind,
+            spooled=stored.spooled,
+            meta=meta,
+        )
+        db.add(row)
+        db.flush()
+        audit.append(
+            db,
+            actor="system",
+            action="evidence_stored",
+            subject_type="session",
+            subject_id=session_id,
+            details={"artifact_id": row.id, "kind": kind.value, "sha256": stored.sha256, "size": stored.size},
+        )
+        return StoredRef(row.id, stored.key, stored.sha256, stored.size, kind)
+
+
+def jpeg_bytes(rgb: npt.NDArray[np.uint8], quality: int = 90) -> bytes:
+    """JPEG encoding of an RGB frame (evidence copy of a sampled frame)."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def wav_bytes(pcm16k: npt.NDArray[np.float32]) -> bytes:
+    """16 kHz mono 16-bit WAV of float32 samples in [-1, 1]."""
+    buf = io.BytesIO()
+    with wave.open(buf, "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(pcm16k, -1.0, 1.0) * 32767).astype("<i2").tobytes())
+    return buf.getvalue()

@@ -1,0 +1,144 @@
+"""Breath photos: analysed in the worker pool, judged against the template and earlier photos."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import select
+
+from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
+from identity.face.results import TemplateError, template_from_bytes
+from media_server.breath.adapters import DbPhotoIndex
+from media_server.db.enums import ArtifactKind, Modality
+from media_server.db.models import (
+    Artifact,
+)
+from media_server.gallery import active_template
+from media_server.jobs import run_engine
+from media_server.services import Services
+from sobriety.config import SobrietySettings
+from sobriety.photos import judge_breath_photos, phash_hex
+from sobriety.worker import PhotoJobResult, analyse_photos_job
+
+log = logging.getLogger("kuzet.breath")
+
+
+def _gallery(
+    services: Services, person_id: str
+) -> tuple[npt.NDArray[np.float32], ModelStamp | None, CheckResult | None]:
+    """(template embeddings (n, 128) or (0, 128), its model stamp, a problem result) for the person."""
+    empty = np.zeros((0, 128), dtype=np.float32)
+    raw = active_template(services, person_id, Modality.FACE)
+    if raw is None:
+        return (
+            empty,
+            None,
+            CheckResult(
+                CheckKind.FACE,
+                Outcome.INCONCLUSIVE,
+                "not_enrolled",
+                "No face enrolment for this person: an officer must enrol before breath photos can be matched.",
+            ),
+        )
+    try:
+        template = template_from_bytes(raw)
+    except TemplateError as exc:
+        return (
+            empty,
+            None,
+            CheckResult(
+                CheckKind.FACE,
+                Outcome.TECHNICAL,
+                "template_unreadable",
+                "The stored face enrolment could not be read; the person must be re-enrolled.",
+                details={"error": str(exc)},
+            ),
+        )
+    return template.embeddings, template.model, None
+
+
+def _judge_photos(
+    services: Services, person_id: str, session_id: str, job: PhotoJobResult
+) -> list[CheckResult]:
+    """Reuse lookup + fingerprints (one transaction) and the per-photo results on the artifact rows."""
+    settings: SobrietySettings = services.settings.sobriety
+    with services.sessions.begin() as db:
+        checks = judge_breath_photos(job.analyses, DbPhotoIndex(db, person_id), session_id, settings)
+        per_photo = {a.photo_id: a for a in job.analyses}
+        bad = {str(c.details.get("photo_id")): c for c in job.unreadable}
+        for row in db.scalars(
+            select(Artifact).where(Artifact.session_id == session_id, Artifact.kind == ArtifactKind.PHOTO)
+        ):
+            # Annotations live in the row's meta; the stored evidence bytes never change.
+            if row.id in per_photo:
+                a = per_photo[row.id]
+                row.meta = {
+                    **row.meta,
+                    "phash": phash_hex(a.phash),
+                    "checks": [c.to_dict() for c in a.checks],
+                }
+            elif row.id in bad:
+                row.meta = {**row.meta, "checks": [bad[row.id].to_dict()]}
+    return checks
+
+
+def _unreadable_summary(job: PhotoJobResult, total: int) -> CheckResult | None:
+    if not job.unreadable:
+        return None
+    ids = [c.details.get("photo_id") for c in job.unreadable]
+    return CheckResult(
+        CheckKind.BREATH_PHOTO,
+        Outcome.TECHNICAL,
+        "photos_unreadable",
+        f"{len(ids)} of {total} photos could not be read; please take the test again.",
+        details={"photos": [c.to_dict() for c in job.unreadable]},
+    )
+
+
+def _merge(parts: list[PhotoJobResult]) -> PhotoJobResult:
+    """Per-photo job results, in upload order, as one test's result."""
+    problem = next((p.problem for p in parts if p.problem is not None), None)
+    if problem is not None:
+        return PhotoJobResult(problem=problem)
+    return PhotoJobResult(
+        analyses=[a for p in parts for a in p.analyses],
+        unreadable=[u for p in parts for u in p.unreadable],
+    )
+
+
+async def _photo_checks(
+    services: Services, person_id: str, session_id: str, photos: list[tuple[str, bytes]]
+) -> list[CheckResult]:
+    settings: SobrietySettings = services.settings.sobriety
+    gallery, model, problem = await asyncio.to_thread(_gallery, services, person_id)
+    # One job per photo, all in flight at once: the pool spreads them over its processes.
+    jobs = [
+        run_engine(
+            services,
+            CheckKind.BREATH_PHOTO,
+            analyse_photos_job,
+            [photo],
+            gallery,
+            model,
+            settings.model_dump(mode="json"),
+        )
+        for photo in photos
+    ]
+    got = await asyncio.gather(*jobs)
+    crashed = next((g for g in got if isinstance(g, CheckResult)), None)
+    if crashed is not None:  # the pool or a job crashed: technical, never a verdict
+        return [crashed]
+    job = _merge([g for g in got if isinstance(g, PhotoJobResult)])
+    if job.problem is not None:
+        return [job.problem]
+    checks = await asyncio.to_thread(_judge_photos, services, person_id, session_id, job)
+    unreadable = _unreadable_summary(job, len(photos))
+    if unreadable is not None:
+        checks.append(unreadable)
+    if problem is not None:
+        # Not enrolled / unreadable template: the photos were analysed without a gallery.
+        checks = [c for c in checks if c.kind is not CheckKind.FACE] + [problem]
+    return checks

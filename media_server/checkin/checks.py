@@ -1,0 +1,285 @@
+"""The checks of one check-in, run in the worker pool; every engine failure is a TECHNICAL result."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import numpy.typing as npt
+from sqlalchemy import select
+
+from identity.checks import CheckKind, CheckResult, Outcome
+from identity.face import worker as face_worker
+from identity.face.results import FaceAnalysis, template_from_bytes
+from identity.liveness.challenge import Challenge, Observations, evaluate_challenge
+from identity.liveness.landmarks import eye_aspect_ratio, mouth_open_ratio, yaw_deg
+from identity.pad import worker as pad_worker
+from identity.voice import worker as voice_worker
+from media_server.db.enums import ArtifactKind, Modality
+from media_server.db.models import Artifact
+from media_server.gallery import active_template
+from media_server.jobs import run_engine, technical
+from media_server.services import Services
+from media_server.webrtc.capture import EndedReason, SessionCapture
+
+log = logging.getLogger("kuzet.checkin")
+
+PAD_FRAMES = 3
+AUDIO_ENERGY_BLOCK_S = 0.02
+
+
+def _not_enrolled(kind: CheckKind, what: str) -> CheckResult:
+    return CheckResult(
+        kind,
+        Outcome.INCONCLUSIVE,
+        "not_enrolled",
+        f"No {what} enrolment for this person: an officer must enrol before this check can run.",
+    )
+
+
+def _ltrb(analysis: FaceAnalysis) -> tuple[int, int, int, int]:
+    """The primary face box as (left, top, right, bottom), the order the PAD engine takes."""
+    face = analysis.primary_face
+    assert face is not None
+    return face.box.left, face.box.top, face.box.right, face.box.bottom
+
+
+def fuse_pad(results: list[CheckResult]) -> CheckResult:
+    """Several frames' passive anti-spoofing results -> one: a majority of attack frames is an attack."""
+    if not results:
+        return CheckResult(
+            CheckKind.PAD,
+            Outcome.INCONCLUSIVE,
+            "no_face_for_pad",
+            "No frame showed a face clearly enough for the anti-spoofing check.",
+        )
+    if all(r.outcome is Outcome.TECHNICAL for r in results):
+        return results[0]
+    fails = [r for r in results if r.outcome is Outcome.FAIL]
+    passes = [r for r in results if r.outcome is Outcome.PASS]
+    scores = [r.score for r in results if r.score is not None]
+    base = results[0]
+    details = {"frames": [r.to_dict() for r in results]}
+    score = float(np.median(scores)) if scores else None
+    if len(fails) * 2 > len(results):
+        return CheckResult(
+            CheckKind.PAD,
+            Outcome.FAIL,
+            "presentation_attack",
+            f"{len(fails)} of {len(results)} frames look like a photo or screen, not a live face.",
+            score=score,
+            threshold=base.threshold,
+            model=base.model,
+            details=details,
+        )
+    if len(passes) == len(results):
+        return CheckResult(
+            CheckKind.PAD,
+            Outcome.PASS,
+            "live",
+            "Every scored frame looks like a live face.",
+            score=score,
+            threshold=base.threshold,
+            model=base.model,
+            details=details,
+        )
+    return CheckResult(
+        CheckKind.PAD,
+        Outcome.INCONCLUSIVE,
+        "pad_mixed",
+        "Anti-spoofing could not decide on these frames.",
+        score=score,
+        threshold=base.threshold,
+        model=base.model,
+        details=details,
+    )
+
+
+def observations(capture: SessionCapture, analyses: list[FaceAnalysis], challenge: Challenge) -> Observations:
+    """Per-frame yaw / eye / mouth measures, speech energy and prompt times on the session clock."""
+    frame_ts: list[float] = []
+    yaw: list[float] = []
+    ear: list[float] = []
+    mouth: list[float] = []
+    for (t_s, _), analysis in zip(capture.frames, analyses, strict=True):
+        face = analysis.primary_face
+        frame_ts.append(t_s)
+        if face is None:
+            measures = (np.nan, np.nan, np.nan)
+        else:
+            pts = face.landmarks.astype(np.float64)
+            measures = (yaw_deg(pts), eye_aspect_ratio(pts), mouth_open_ratio(pts))
+        yaw.append(measures[0])
+        ear.append(measures[1])
+        mouth.append(measures[2])
+    audio_ts: npt.NDArray[np.float64] = np.empty(0)
+    energy: npt.NDArray[np.float64] = np.empty(0)
+    if capture.audio_pcm16k.size and capture.audio_t0_s is not None:
+        block = int(16000 * AUDIO_ENERGY_BLOCK_S)
+        n = capture.audio_pcm16k.size // block
+        blocks = capture.audio_pcm16k[: n * block].astype(np.float64).reshape(n, block)
+        energy = np.sqrt((blocks**2).mean(axis=1)).astype(np.float64)
+        audio_ts = capture.audio_t0_s + (np.arange(n) + 0.5) * AUDIO_ENERGY_BLOCK_S  # type: ignore[assignment]
+    prompts = [float("nan")] * len(challenge.steps)
+    for ev in capture.events:
+        if ev.get("type") == "prompt" and ev.get("delivered", True):
+            index = int(ev.get("index", -1))
+            if 0 <= index < len(prompts):
+                prompts[index] = float(ev["t_s"])
+    return Observations(frame_ts, yaw, ear, mouth, audio_ts, energy, prompts)
+
+
+@dataclass(frozen=True)
+class CheckinChecks:
+    """All results of one check-in and which kinds the verdict requires."""
+
+    results: list[CheckResult]
+    required: list[CheckKind]
+    face_analyses: list[FaceAnalysis]
+
+
+async def run_checkin_checks(services: Services, capture: SessionCapture) -> CheckinChecks:
+    """Face, passive anti-spoofing, liveness challenge, AV sync, voice and location for one capture."""
+    results: list[CheckResult] = []
+    required = [CheckKind.FACE, CheckKind.PAD]
+    if capture.ended_reason is not EndedReason.COMPLETED:
+        results.append(
+            technical(
+                CheckKind.MEDIA,
+                capture.ended_reason.value,
+                "The session was interrupted before the end (network or device). Please take the check again.",
+                stats=capture.stats,
+            )
+        )
+    frames = [rgb for _, rgb in capture.frames]
+    analyses: list[FaceAnalysis] = []
+    if not frames:
+        results.append(
+            technical(CheckKind.MEDIA, "no_video", "No video reached the server: check the camera.")
+        )
+    else:
+        got = await run_engine(services, CheckKind.FACE, face_worker.analyse_frames, frames)
+        if isinstance(got, CheckResult):
+            results.append(got)
+        else:
+            analyses = got
+    face_template = await asyncio.to_thread(active_template, services, capture.person_id, Modality.FACE)
+    if frames and analyses:
+        if face_template is None:
+            results.append(_not_enrolled(CheckKind.FACE, "face"))
+        else:
+            results.append(
+                await run_engine(
+                    services,
+                    CheckKind.FACE,
+                    face_worker.verify_analyses,
+                    template_from_bytes(face_template),
+                    analyses,
+                )
+            )
+        with_face = [(i, a) for i, a in enumerate(analyses) if a.primary_face is not None]
+        with_face.sort(key=lambda ia: -(ia[1].measures.score() if ia[1].measures else -1e9))
+        pad_results = [
+            await run_engine(services, CheckKind.PAD, pad_worker.pad_score_rgb, frames[i], _ltrb(a))
+            for i, a in with_face[:PAD_FRAMES]
+        ]
+        results.append(fuse_pad(pad_results))
+    if capture.challenge:
+        challenge = Challenge.from_dict(capture.challenge)
+        kinds = {s.kind.value for s in challenge.steps}
+        if kinds & {"turn_left", "turn_right", "blink"}:
+            required.append(CheckKind.LIVENESS)
+        if "read_digits" in kinds and services.settings.liveness.av_sync_decides:
+            required.append(CheckKind.AV_SYNC)
+            results.append(
+                CheckResult(
+                    CheckKind.SPOKEN_DIGITS,
+                    Outcome.INCONCLUSIVE,
+                    "words_not_recognised",
+                    "The digits' words were not recognised: no offline recogniser exists for Russian or Kazakh. "
+                    "Lip-speech synchrony and the speaker's voice were checked on that segment instead.",
+                    details={"digits": [s.digits for s in challenge.steps if s.digits]},
+                )
+            )
+        if analyses:
+            results.extend(
+                evaluate_challenge(
+                    challenge, observations(capture, analyses, challenge), services.settings.liveness
+                )
+            )
+    voice_template = await asyncio.to_thread(active_template, services, capture.person_id, Modality.VOICE)
+    if voice_template is not None:
+        required.append(CheckKind.VOICE)
+        if capture.audio_pcm16k.size:
+            voice = await run_engine(
+                services, CheckKind.VOICE, voice_worker.verify_job, voice_template, capture.audio_pcm16k
+            )
+            if isinstance(voice, CheckResult):
+                results.append(voice)
+            else:
+                results.extend(CheckResult.from_dict(d) for d in voice)
+        else:
+            results.append(
+                technical(CheckKind.VOICE, "no_audio", "No audio reached the server: check the microphone.")
+            )
+    loc = capture.location or {}
+    if loc.get("status") == "ok":
+        results.append(
+            CheckResult(
+                CheckKind.LOCATION,
+                Outcome.PASS,
+                "location_recorded",
+                "Location recorded with the session.",
+                details=loc,
+            )
+        )
+    else:
+        results.append(
+            CheckResult(
+                CheckKind.LOCATION,
+                Outcome.INCONCLUSIVE,
+                "location_missing",
+                "The phone did not share its location.",
+                details=loc,
+            )
+        )
+    return CheckinChecks(results, required, analyses)
+
+
+def annotate_frames(services: Services, session_id: str, results: list[CheckResult]) -> None:
+    """Give stored frames the face box and distance the face check saw, for the reviewer's overlay.
+
+    Annotations live in the artifact row's meta; the stored evidence bytes are never changed.
+    """
+    face = next((r for r in results if r.kind is CheckKind.FACE and "frames" in r.details), None)
+    if face is None:
+        return
+    per_frame = {int(f["index"]): f for f in face.details["frames"] if "index" in f}
+    with services.sessions.begin() as db:
+        rows = db.scalars(
+            select(Artifact).where(Artifact.session_id == session_id, Artifact.kind == ArtifactKind.FRAME)
+        ).all()
+        for row in rows:
+            info = per_frame.get(int(row.meta.get("frame_index", -1)))
+            if not info or not info.get("box"):
+                continue
+            top, right, bottom, left = info["box"]
+            w, h = float(row.meta["width"]), float(row.meta["height"])
+            distance = info.get("distance")
+            match = distance is not None and face.threshold is not None and distance <= face.threshold
+            row.meta = {
+                **row.meta,
+                "score": distance,
+                "display_w": 240,
+                "boxes": [
+                    {
+                        "left_pct": round(100 * left / w, 2),
+                        "top_pct": round(100 * top / h, 2),
+                        "width_pct": round(100 * (right - left) / w, 2),
+                        "height_pct": round(100 * (bottom - top) / h, 2),
+                        "match": match,
+                    }
+                ],
+            }

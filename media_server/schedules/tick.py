@@ -1,0 +1,393 @@
+"""The scheduler tick (database side): windows become sessions with one-time links; unattended windows close.
+
+`materialise_sessions` turns windows into session rows with a one-time check-in token (only its sha256
+is stored); `mark_missed` books unattended windows through the one verdict path (`media_server.verdict`):
+a missed window is a FAIL (a missed test is a violation), a session that ended in a technical failure
+gets REVIEW with a retake offered. Every created or closed session is written to the audit log, and each
+closed window has a signed verdict manifest like any other verdict.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from identity.checks import CheckKind, CheckResult, Outcome
+from media_server.breath.adapters import prune_nonces
+from media_server.db import audit
+from media_server.db.enums import Decision, SessionKind, SessionStatus
+from media_server.db.models import CheckSession, Person, Schedule, Verdict
+from media_server.schedules.rules import (
+    CHECKIN_TOKEN_PREFIX,
+    SCHEDULER_ACTOR,
+    SESSION_ID_NAMESPACE,
+    OnDemandRule,
+    RuleType,
+    Window,
+    on_demand_window,
+    parse_rule,
+    windows_between,
+)
+from media_server.services import Services
+from media_server.tokens import new_secret_token, token_hash
+from media_server.verdict import VerdictOutcome, announce, verdict_events, write_verdict_if
+from media_server.webhooks import WebhookEvent
+
+# -- the tick -------------------------------------------------------------------------------------
+
+
+log = logging.getLogger("kuzet.schedules")
+
+
+@dataclass(frozen=True)
+class IssuedSession:
+    """A session the tick (or an officer) created, with its one-time check-in token in plain text.
+
+    The token exists nowhere else (the database holds its sha256): deliver it, then drop it.
+    """
+
+    session_id: str
+    person_id: str
+    kind: SessionKind
+    window_start: datetime
+    window_end: datetime
+    token: str
+    schedule_id: str | None
+
+
+@dataclass(frozen=True)
+class ClosedSession:
+    """A window that closed without a completed check: missed (FAIL) or technical failure (REVIEW)."""
+
+    session_id: str
+    person_id: str
+    kind: SessionKind
+    window_start: datetime
+    window_end: datetime
+    verdict_id: str
+    decision: Decision
+    reason: str
+    outcome: VerdictOutcome
+
+
+def session_id_for(schedule_id: str, window_start: datetime) -> str:
+    """The deterministic id of the session for one window of one schedule."""
+    stamp = window_start.astimezone(UTC).isoformat(timespec="seconds")
+    return str(uuid.uuid5(SESSION_ID_NAMESPACE, f"{schedule_id}|{stamp}"))
+
+
+def _require_aware(now: datetime) -> datetime:
+    if now.tzinfo is None:
+        raise ValueError("`now` must be timezone-aware")
+    return now.astimezone(UTC)
+
+
+def _create_session(
+    db: Session,
+    *,
+    session_id: str,
+    person_id: str,
+    kind: SessionKind,
+    window: Window,
+    meta: dict[str, Any],
+    actor: str,
+    action: str,
+) -> IssuedSession | None:
+    """Insert one scheduled session and its audit entry and commit; None when it already exists."""
+    token = new_secret_token(CHECKIN_TOKEN_PREFIX)
+    row = CheckSession(
+        id=session_id,
+        person_id=person_id,
+        kind=kind,
+        status=SessionStatus.SCHEDULED,
+        window_start=window.start,
+        window_end=window.end,
+        token_hash=token_hash(token),
+        meta=meta,
+    )
+    try:
+        db.add(row)
+        db.flush()
+        audit.append(
+            db,
+            actor,
+            action,
+            "session",
+            session_id,
+            {
+                "person_id": person_id,
+                "kind": kind.value,
+                "window_start": window.start.isoformat(),
+                "window_end": window.end.isoformat(),
+                **{k: v for k, v in meta.items() if k in ("schedule_id", "rule_type")},
+            },
+        )
+        db.commit()
+    except IntegrityError:
+        # Another tick created the same window first (same deterministic primary key).
+        db.rollback()
+        return None
+    return IssuedSession(
+        session_id=session_id,
+        person_id=person_id,
+        kind=kind,
+        window_start=window.start,
+        window_end=window.end,
+        token=token,
+        schedule_id=meta.get("schedule_id"),
+    )
+
+
+def materialise_sessions(
+    db: Session, now: datetime, *, horizon: timedelta, seed_key: bytes
+) -> list[IssuedSession]:
+    """Create the sessions of every active schedule whose window starts before `now + horizon`.
+
+    Idempotent: a window that already has its session is skipped (its token is not reissued). Windows
+    that already ended are not created (the person was never told of them), nor windows that started
+    before the schedule was created. Each session is committed with its audit entry on its own.
+    """
+    now = _require_aware(now)
+    until = now + horizon
+    schedules = db.scalars(
+        select(Schedule)
+        .join(Person, Person.id == Schedule.person_id)
+        .where(Schedule.active.is_(True), Person.erased_at.is_(None))
+        .order_by(Schedule.created_at, Schedule.id)
+    ).all()
+    issued: list[IssuedSession] = []
+    for schedule in schedules:
+        rule = parse_rule(schedule.rule)
+        if isinstance(rule, OnDemandRule):
+            continue
+        for window in windows_between(
+            rule, schedule.timezone, now, until, schedule_id=schedule.id, seed_key=seed_key
+        ):
+            if window.start < schedule.created_at or window.end <= now:
+                continue
+            sid = session_id_for(schedule.id, window.start)
+            if db.get(CheckSession, sid) is not None:
+                continue
+            created = _create_session(
+                db,
+                session_id=sid,
+                person_id=schedule.person_id,
+                kind=schedule.kind,
+                window=window,
+                meta={"schedule_id": schedule.id, "rule_type": rule.type.value},
+                actor=SCHEDULER_ACTOR,
+                action="session.scheduled",
+            )
+            if created is not None:
+                issued.append(created)
+    return issued
+
+
+def request_on_demand(
+    db: Session,
+    *,
+    person_id: str,
+    kind: SessionKind,
+    now: datetime,
+    duration: timedelta,
+    requested_by: str,
+) -> IssuedSession:
+    """An officer's on-demand test: a session whose window opens now, committed with its audit entry."""
+    now = _require_aware(now)
+    person = db.get(Person, person_id)
+    if person is None or person.erased_at is not None:
+        raise LookupError(f"no such person: {person_id}")
+    created = _create_session(
+        db,
+        session_id=str(uuid.uuid4()),
+        person_id=person_id,
+        kind=kind,
+        window=on_demand_window(now, duration),
+        meta={"rule_type": RuleType.ON_DEMAND.value, "requested_by": requested_by},
+        actor=requested_by,
+        action="session.on_demand",
+    )
+    if created is None:  # a fresh uuid4 cannot collide; kept for the type checker
+        raise RuntimeError("on-demand session could not be created")
+    return created
+
+
+def _close_missed(session_id: str) -> Callable[[Session], bool]:
+    """Guard: the window is still unstarted; it becomes `missed` and its link dies with it."""
+
+    def guard(db: Session) -> bool:
+        # Conditional UPDATE: a check-in that starts right now, or a second tick, wins the race.
+        moved = db.execute(
+            update(CheckSession)
+            .where(
+                CheckSession.id == session_id,
+                CheckSession.status == SessionStatus.SCHEDULED,
+                CheckSession.started_at.is_(None),
+                CheckSession.token_used_at.is_(None),
+            )
+            .values(status=SessionStatus.MISSED, token_hash=None)
+        )
+        return getattr(moved, "rowcount", 0) == 1
+
+    return guard
+
+
+def _not_yet_judged(session_id: str) -> Callable[[Session], bool]:
+    def guard(db: Session) -> bool:
+        return db.scalar(select(Verdict.id).where(Verdict.session_id == session_id).limit(1)) is None
+
+    return guard
+
+
+def mark_missed(services: Services, now: datetime, *, grace: timedelta) -> list[ClosedSession]:
+    """Close windows that ended more than `grace` before `now` without a completed check.
+
+    A session never started (still scheduled, token unused) becomes `missed` with a FAIL verdict
+    ("attendance: missed"), and its check-in token is revoked. A session that ended in a technical
+    failure and has no verdict yet gets REVIEW with a retake offered: a technical failure is never a
+    violation. Both go through `media_server.verdict.write_verdict_if` (signed manifest, audit), each
+    committed on its own; the guard makes a second tick or a racing check-in a no-op. Blocking.
+    """
+    now = _require_aware(now)
+    cutoff = now - grace
+    with services.sessions() as db:
+        candidates = db.scalars(
+            select(CheckSession)
+            .where(
+                CheckSession.status.in_([SessionStatus.SCHEDULED, SessionStatus.TECHNICAL_FAILURE]),
+                CheckSession.window_end <= cutoff,
+            )
+            .order_by(CheckSession.window_end, CheckSession.id)
+        ).all()
+        db.expunge_all()
+    closed: list[ClosedSession] = []
+    for s in candidates:
+        window = f"between {s.window_start.isoformat()} and {s.window_end.isoformat()}"
+        details = {"window_start": s.window_start.isoformat(), "window_end": s.window_end.isoformat()}
+        if s.status is SessionStatus.SCHEDULED:
+            if s.started_at is not None or s.token_used_at is not None:
+                continue  # it began: the pipeline decides how it ended
+            result = CheckResult(
+                CheckKind.ATTENDANCE,
+                Outcome.FAIL,
+                "missed",
+                f"missed: no {s.kind.value} check {window}",
+                details=details,
+            )
+            guard, action = _close_missed(s.id), "session.missed"
+        else:
+            result = CheckResult(
+                CheckKind.MEDIA,
+                Outcome.TECHNICAL,
+                "technical_failure",
+                "the session ended in a technical failure; a retake is offered",
+                details=details,
+            )
+            guard, action = _not_yet_judged(s.id), "session.technical_review"
+        written = write_verdict_if(services, s.id, [result], [], guard, actor=SCHEDULER_ACTOR, action=action)
+        if written is None:
+            continue
+        outcome, verdict_id = written
+        closed.append(
+            ClosedSession(
+                session_id=s.id,
+                person_id=s.person_id,
+                kind=s.kind,
+                window_start=s.window_start,
+                window_end=s.window_end,
+                verdict_id=verdict_id,
+                decision=outcome.decision,
+                reason=result.message,
+                outcome=outcome,
+            )
+        )
+    return closed
+
+
+# -- the periodic task ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TickReport:
+    """What one scheduler tick did."""
+
+    issued: list[IssuedSession]
+    closed: list[ClosedSession]
+
+
+def closed_session_events(closed: ClosedSession) -> list[WebhookEvent]:
+    """Webhook events for a closed window: its verdict, and a violation when it was missed."""
+    return verdict_events(
+        closed.session_id, closed.person_id, closed.kind.value, closed.outcome, closed.verdict_id, "missed"
+    )
+
+
+def _tick_sync(services: Services, now: datetime, seed_key: bytes) -> TickReport:
+    settings = services.settings.schedules
+    with services.sessions() as db:
+        issued = materialise_sessions(
+            db, now, horizon=timedelta(minutes=settings.horizon_min), seed_key=seed_key
+        )
+    closed = mark_missed(services, now, grace=timedelta(seconds=settings.missed_grace_s))
+    with services.sessions.begin() as db:
+        # Spent breath-station nonces older than the freshness window can never be replayed: drop them.
+        prune_nonces(db, now, services.settings.sobriety)
+    return TickReport(issued, closed)
+
+
+async def tick_once(
+    services: Services,
+    *,
+    seed_key: bytes,
+    deliver: Callable[[IssuedSession], Awaitable[None]],
+    now: datetime | None = None,
+) -> TickReport:
+    """One tick: database work in a worker thread, then each new link to `deliver` and events to webhooks."""
+    report = await asyncio.to_thread(_tick_sync, services, now or datetime.now(UTC), seed_key)
+    for issued in report.issued:
+        try:
+            await deliver(issued)
+        except Exception:
+            # The session exists; an officer can resend its link. Keep delivering the others.
+            log.exception("check-in link delivery failed", extra={"session_id": issued.session_id})
+    for closed in report.closed:
+        announce(
+            services,
+            closed.session_id,
+            closed.person_id,
+            closed.kind.value,
+            closed.outcome,
+            closed.verdict_id,
+            source="missed",
+        )
+    return report
+
+
+async def run_scheduler(
+    services: Services,
+    *,
+    seed_key: bytes,
+    deliver: Callable[[IssuedSession], Awaitable[None]],
+    is_leader: Callable[[], bool] | None = None,
+) -> None:
+    """Tick every `schedules.tick_s` until cancelled (start it as a task in the app lifespan).
+
+    With several nodes, `is_leader` (a lease, blocking; run in a thread) lets only one of them tick.
+    """
+    while True:
+        try:
+            leader = True if is_leader is None else await asyncio.to_thread(is_leader)
+            if leader:
+                await tick_once(services, seed_key=seed_key, deliver=deliver)
+        except Exception:
+            log.exception("scheduler tick failed; will retry")
+        await asyncio.sleep(services.settings.schedules.tick_s)

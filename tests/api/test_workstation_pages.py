@@ -1,0 +1,295 @@
+"""Workstation pages and the APIs behind them, through TestClient on the embedded profile.
+
+HTTP Range on evidence bytes, queue filters / paging / local times, person pages and the persons API,
+HTML error pages, the review-queue gauge, and the decision form going away after a decision.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy import select
+
+from media_server.api import workstation
+from media_server.api.workstation import parse_range
+from media_server.db.enums import ArtifactKind, Role
+from media_server.db.models import Artifact, AuditEntry
+from tests.api.conftest import PASSWORD, Api
+from tests.api.seed import staff_app
+from tests.api.seed_workstation import (
+    CONFIRMATORY_BRAC,
+    DIGITS,
+    ORDER_LIMIT_G_210L,
+    SeededEpisode,
+    seed_breath_episode,
+    seed_challenge_checkin,
+    seed_checkin_history,
+)
+
+LOCAL_TIME = re.compile(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d \+05")
+
+
+@pytest.fixture(scope="module")
+def api(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    with staff_app(tmp_path_factory.mktemp("ws-pages") / "var") as app:
+        yield app
+
+
+@pytest.fixture(autouse=True)
+def logged_out(api: Api) -> None:
+    api.client.cookies.clear()
+
+
+@pytest.fixture(scope="module")
+def episode(api: Api) -> SeededEpisode:
+    return seed_breath_episode(api.services, external_ref="EP-1", display_name="Aigerim Episode")
+
+
+def login(api: Api, role: Role = Role.REVIEWER) -> None:
+    r = api.client.post(
+        "/ws/login", data={"username": role.value, "password": PASSWORD}, follow_redirects=False
+    )
+    assert r.status_code == 303
+
+
+def _recording(api: Api) -> tuple[str, bytes]:
+    seeded = seed_challenge_checkin(api.services, external_ref=f"R-{uuid.uuid4().hex[:6]}")
+    (rid,) = seeded.artifacts[ArtifactKind.RECORDING]
+    with api.services.sessions() as db:
+        row = db.get(Artifact, rid)
+        assert row is not None
+        return rid, api.services.store.get_bytes(row.key)
+
+
+@pytest.mark.parametrize(
+    ("header", "size", "expected"),
+    [
+        (None, 10, None),
+        ("bytes=0-3", 10, (0, 3)),
+        ("bytes=4-", 10, (4, 9)),
+        ("bytes=-3", 10, (7, 9)),
+        ("bytes=5-100", 10, (5, 9)),
+        ("bytes=0-1,4-5", 10, None),  # several ranges: the whole file (allowed by RFC 9110)
+        ("items=0-3", 10, None),
+    ],
+)
+def test_parse_range(header: str | None, size: int, expected: tuple[int, int] | None) -> None:
+    assert parse_range(header, size) == expected
+
+
+@pytest.mark.parametrize("header", ["bytes=10-", "bytes=7-3", "bytes=-0"])
+def test_unsatisfiable_ranges(header: str) -> None:
+    with pytest.raises(ValueError):
+        parse_range(header, 10)
+
+
+def test_range_requests_on_the_recording(api: Api) -> None:
+    rid, data = _recording(api)
+    size = len(data)
+    login(api, Role.OFFICER)
+    whole = api.client.get(f"/ws/artifacts/{rid}")
+    assert whole.status_code == 200 and whole.headers["accept-ranges"] == "bytes"
+    assert whole.content == data and int(whole.headers["content-length"]) == size
+
+    part = api.client.get(f"/ws/artifacts/{rid}", headers={"Range": "bytes=100-1123"})
+    assert part.status_code == 206
+    assert part.headers["content-range"] == f"bytes 100-1123/{size}"
+    assert part.headers["content-length"] == "1024" and part.content == data[100:1124]
+    assert part.headers["content-type"] == "video/mp4"
+
+    tail = api.client.get(f"/ws/artifacts/{rid}", headers={"Range": "bytes=-500"})
+    assert tail.status_code == 206 and tail.content == data[-500:]
+    assert tail.headers["content-range"] == f"bytes {size - 500}-{size - 1}/{size}"
+
+    rest = api.client.get(f"/ws/artifacts/{rid}", headers={"Range": f"bytes={size - 10}-"})
+    assert rest.status_code == 206 and rest.content == data[-10:]
+
+    bad = api.client.get(f"/ws/artifacts/{rid}", headers={"Range": f"bytes={size}-"})
+    assert bad.status_code == 416 and bad.headers["content-range"] == f"bytes */{size}"
+
+    # the JSON API serves the same ranges
+    api.client.cookies.clear()
+    token = api.as_(Role.REVIEWER)
+    r = api.client.get(f"/api/v1/artifacts/{rid}", headers={**token, "Range": "bytes=0-99"})
+    assert r.status_code == 206 and r.content == data[:100]
+    assert hashlib.sha256(api.client.get(f"/api/v1/artifacts/{rid}", headers=token).content).digest() == (
+        hashlib.sha256(data).digest()
+    )
+    # every ranged view is audited with the range asked for
+    with api.services.sessions() as db:
+        ranges = [
+            e.details.get("range")
+            for e in db.scalars(
+                select(AuditEntry).where(AuditEntry.action == "evidence_viewed", AuditEntry.subject_id == rid)
+            )
+        ]
+    assert "bytes=100-1123" in ranges and "bytes=0-99" in ranges
+
+
+def test_session_page_explains_the_decision_in_russian(api: Api) -> None:
+    seeded = seed_challenge_checkin(api.services, external_ref="CH-RU", display_name="Ерлан Проверка")
+    login(api)
+    html = api.client.get(f"/ws/sessions/{seeded.session_id}?lang=ru").text
+    summary = html.split('id="drivers"')[1].split("</ul>")[0]
+    # the check that drove the verdict comes first, with its reason, unit, threshold and direction
+    assert "Проверка живости" in summary and "Голова повернулась в другую сторону (17.80°)." in summary
+    assert "поворот головы, градусы -2.22, проходит от 15 и выше" in summary
+    assert "расстояние 0.017, проходит ниже 0.069; не проходит выше 0.520" in html
+    # the challenge timeline: prompt, window, response, outcome, and where the recording shows it
+    timeline = html.split('id="timeline"')[1].split("</ol>")[0]
+    steps = re.findall(r'data-seek="([\d.]+)" data-step="(\d)"', timeline)
+    assert steps == [("0.4", "0"), ("1.2", "1"), ("2.1", "2")]
+    assert "Поворот головы влево" in timeline and f"Прочитать цифры вслух: {DIGITS}" in timeline
+    assert "замечено через 0.3 с после подсказки" in timeline and "окно 0.6 с" in timeline
+    # frames say why they were or were not used
+    assert "Слишком темно." in html and "использован для решения" in html
+    # times in the person's zone, to the second
+    assert LOCAL_TIME.search(html) and ".000" not in html and "+00:00" not in html
+    # nothing English leaks into the Russian page but the stored, collapsed verdict reasons
+    visible = re.sub(r"<[^>]*>", " ", html.replace(html.split("<details>")[1].split("</details>")[0], ""))
+    for english in ("passed", "failed", "inconclusive", "checkin", "wrong_direction", "Head turn"):
+        assert english not in visible, english
+
+
+def test_breath_episode_page(api: Api, episode: SeededEpisode) -> None:
+    login(api)
+    html = api.client.get(f"/ws/sessions/{episode.confirmatory.session_id}?lang=en").text
+    reading = html.split('id="reading"')[1].split("</table>")[0]
+    assert f"<th>BrAC</th><td>{CONFIRMATORY_BRAC}</td>" in reading and "BR-EPISODE-1" in reading
+    assert "Blow started" in reading and LOCAL_TIME.search(reading)
+    photos = html.split('id="photos"')[1]
+    assert photos.count('class="photo"') == 3 and "Photo 2 · " in photos
+    assert (
+        'Mouthpiece not visible. <span class="muted">(mouthpiece coverage 0.040, passes at 0.120 or above)'
+        in photos
+    )
+    # the reused photo is shown beside the earlier one, linked to the earlier test
+    earlier_photo = episode.earlier.artifacts[ArtifactKind.PHOTO][0]
+    assert f'src="/ws/artifacts/{earlier_photo}"' in photos and "3 bits apart" in photos
+    assert f'href="/ws/sessions/{episode.earlier.session_id}?lang=en"' in photos
+    # the episode: screening linked from the confirmatory test
+    ep = html.split('id="episode"')[1].split("</table>")[0]
+    assert "confirmed positive" in ep and f'href="/ws/sessions/{episode.screening.session_id}?lang=en"' in ep
+    assert "0.045 g/210L" in ep and "0.041 g/210L" in ep
+    kk = api.client.get(f"/ws/sessions/{episode.confirmatory.session_id}?lang=kk").text
+    assert "Алкогольге тест эпизоды" in kk and "растайтын" in kk and "Бұзушылық" in kk
+
+
+def test_queue_filters_sort_paging_and_local_times(
+    api: Api, episode: SeededEpisode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    seed_challenge_checkin(api.services, external_ref="Q-1", display_name="Queue Checkin")
+    login(api)
+    breath = api.client.get("/ws/queue?lang=en&kind=breath").text
+    assert "Aigerim Episode" in breath and "Queue Checkin" not in breath
+    assert "Breath test" in breath and "(confirmatory)" in breath and "(screening)" in breath
+    # the screening and the confirmatory test are marked as one episode
+    assert breath.count("episode: confirmed positive, 2 tests") == 2
+    fails = api.client.get("/ws/queue?lang=en&decision=fail&person=aigerim").text
+    assert fails.count('class="queue-row"') == 1 and "Breath reading: failed" in fails
+    assert LOCAL_TIME.search(fails)
+    by_ref = api.client.get("/ws/queue?lang=en&person=EP-1").text
+    assert by_ref.count('class="queue-row"') == 3  # the earlier test waits too (a photo was unsure)
+    none = api.client.get("/ws/queue?lang=en&from=2001-01-01&to=2001-01-02").text
+    assert 'class="queue-row"' not in none and "Nothing is waiting for a decision." in none
+    newest = api.client.get("/ws/queue?lang=en&person=EP-1&sort=newest").text
+    oldest = api.client.get("/ws/queue?lang=en&person=EP-1&sort=oldest").text
+    assert newest.index("(confirmatory)") < newest.index("(screening)")
+    assert oldest.index("(screening)") < oldest.index("(confirmatory)")
+    monkeypatch.setattr(workstation, "QUEUE_PAGE_SIZE", 1)
+    first = api.client.get("/ws/queue?lang=en&person=EP-1").text
+    assert first.count('class="queue-row"') == 1 and "Page 1 of 3" in first and 'id="next"' in first
+    last = api.client.get("/ws/queue?lang=en&person=EP-1&page=3").text
+    assert "Page 3 of 3" in last and 'id="prev"' in last and 'id="next"' not in last
+    bad = api.client.get("/ws/queue?lang=en&kind=nope")
+    assert bad.status_code == 400 and bad.headers["content-type"].startswith("text/html")
+
+
+def test_decided_sessions_show_the_reviewer_and_hide_the_form(api: Api) -> None:
+    seeded = seed_challenge_checkin(api.services, external_ref="D-1", display_name="Decided Person")
+    login(api)
+    page = api.client.get(f"/ws/sessions/{seeded.session_id}?lang=en").text
+    assert 'id="decide-form"' in page
+    r = api.client.post(
+        f"/ws/sessions/{seeded.session_id}/decide?lang=en",
+        data={"decision": "fail", "comment": "Turned right when asked to turn left, twice."},
+        follow_redirects=False,
+    )
+    assert r.status_code == 303
+    after = api.client.get(r.headers["location"]).text
+    assert 'id="decide-form"' not in after and 'id="flash"' in after
+    assert "Violation</span> — reviewer" in after
+    decided = api.client.get("/ws/queue?lang=en&state=decided&person=D-1").text
+    assert decided.count('class="queue-row"') == 1 and "reviewer" in decided
+    api.client.cookies.clear()
+    body = api.client.get(f"/api/v1/sessions/{seeded.session_id}", headers=api.as_(Role.REVIEWER)).json()
+    assert [r["reviewer"] for r in body["reviews"]] == ["reviewer"]
+
+
+def test_error_pages_are_html_in_the_readers_language(api: Api) -> None:
+    login(api)
+    missing = api.client.get("/ws/sessions/no-such-session?lang=ru")
+    assert missing.status_code == 404 and missing.headers["content-type"].startswith("text/html")
+    assert "Не найдено" in missing.text and 'id="error"' in missing.text
+    assert api.client.get("/ws/persons/nobody?lang=kk").text.count("Табылмады") >= 1
+    nowhere = api.client.get("/ws/no/such/page?lang=en")
+    assert nowhere.status_code == 404 and "Not found" in nowhere.text
+    # the JSON API keeps JSON errors
+    api.client.cookies.clear()
+    api_missing = api.client.get("/api/v1/sessions/no-such-session", headers=api.as_(Role.REVIEWER))
+    assert api_missing.status_code == 404 and api_missing.json()["error"] == "not_found"
+
+
+def test_person_page_and_api(api: Api, episode: SeededEpisode) -> None:
+    seed_checkin_history(api.services, episode.person_id, days=5)
+    login(api)
+    html = api.client.get(f"/ws/persons/{episode.person_id}?lang=en").text
+    assert "alcohol limit 0.02 g/210L" in html and "BR-EP-1" in html and "not enrolled" in html
+    brac = html.split('id="brac-chart"')[1].split("</svg>")[0]
+    assert (
+        brac.count('class="reading ') == 3 and 'class="limit"' in brac and f"{ORDER_LIMIT_G_210L:.3f}" in brac
+    )
+    days = html.split('id="outcome-chart"')[1].split("</svg>")[0]
+    assert 3 <= days.count('class="day ') <= 10 and "Pass" in days
+    assert html.count('class="session-row"') == 3 + 5 + 3  # breath tests + history check-ins (1 or 2 a day)
+    ru = api.client.get(f"/ws/persons/{episode.person_id}?lang=ru").text
+    assert "предел алкоголя 0.02 g/210L" in ru and "Алкоголь в выдохе по времени" in ru
+    people = api.client.get("/ws/persons?lang=en&q=aigerim").text
+    assert people.count('class="person-row"') == 1
+
+    api.client.cookies.clear()
+    token = api.as_(Role.OFFICER)
+    listed = api.client.get("/api/v1/persons?q=Aigerim&limit=5", headers=token).json()
+    assert listed["total"] == 1 and listed["items"][0]["id"] == episode.person_id
+    page = api.client.get("/api/v1/persons?limit=1&offset=1", headers=token).json()
+    assert len(page["items"]) == 1 and page["total"] >= 2
+    person = api.client.get(f"/api/v1/persons/{episode.person_id}", headers=token).json()
+    assert person["order"] == {"brac_limit": ORDER_LIMIT_G_210L, "unit": "g/210L"}
+    assert person["enrolled"] is False and person["enrolment"] == {"face": None, "voice": None}
+    assert [d["serial"] for d in person["devices"]] == ["BR-EP-1"]
+    sessions = api.client.get(f"/api/v1/persons/{episode.person_id}/sessions?limit=3", headers=token).json()
+    assert len(sessions["items"]) == 3 and {s["decision"] for s in sessions["items"]} <= {
+        "pass",
+        "fail",
+        "review",
+    }
+    devices = api.client.get(f"/api/v1/persons/{episode.person_id}/devices", headers=token).json()
+    assert devices["items"][0]["kind"] == "breathalyzer"
+    assert api.client.get("/api/v1/persons/nobody/sessions", headers=token).status_code == 404
+    assert api.client.get("/api/v1/persons?limit=0", headers=token).status_code == 422
+    assert api.client.get("/api/v1/persons", headers=api.as_(Role.DEVICE)).status_code == 403
+
+
+def test_review_queue_length_is_a_metric(api: Api, episode: SeededEpisode) -> None:
+    from media_server.review_queue import pending_review_count
+
+    with api.services.sessions() as db:
+        expected = pending_review_count(db)
+    assert expected >= 2
+    text = api.client.get("/metrics").text
+    (line,) = [x for x in text.splitlines() if x.startswith("kuzet_review_queue_length ")]
+    assert float(line.split()[1]) == expected
