@@ -213,10 +213,20 @@ class MediaSettings(_Group):
         default_factory=list, description="STUN/TURN URLs; none by default for closed networks."
     )
     sample_every_s: float = Field(
-        0.1,
+        0.2,
         gt=0,
         le=10,
-        description="Video frame sampling period for analysis; the blink check needs >= 8 frames/s with a face.",
+        description="Video sampling period outside challenge windows (lead-in, pauses): the face check and "
+        "live feedback need only a few frames per second there.",
+    )
+    window_max_fps: float = Field(
+        15.0,
+        ge=5,
+        le=60,
+        description="Inside a challenge window (from liveness.baseline_s before a prompt to the end of its "
+        "response window) every received frame is kept up to this rate (frames/s). The blink check was "
+        "measured at 15 frames/s on real clips (benchmarks/liveness_clips.py); a faster camera is thinned "
+        "evenly to this rate, a slower one keeps every frame.",
     )
     max_session_s: float = Field(120, ge=5, le=3600, description="Longest check-in session.")
     no_media_timeout_s: float = Field(
@@ -227,7 +237,13 @@ class MediaSettings(_Group):
         64 * 1024, ge=1024, le=1024 * 1024, description="Largest SDP offer accepted by POST /whip."
     )
     max_sampled_frames: int = Field(
-        120, ge=4, le=2000, description="Sampled frames kept per session; beyond it, every other is dropped."
+        400,
+        ge=4,
+        le=2000,
+        description="Hard cap on frames held per live session (memory: about 0.9 MB each at 640x480). "
+        "The default challenge (~19 s) at window_max_fps needs ~290; when full, frames outside challenge "
+        "windows are no longer kept, and inside windows the oldest out-of-window frame is released first. "
+        "All frames are released when the session ends.",
     )
     outcome_linger_s: float = Field(
         30, ge=1, le=600, description="How long a finished session waits for the client's DELETE."
@@ -249,6 +265,19 @@ class MediaSettings(_Group):
     )
     feedback_min_face_px: int = Field(
         96, ge=16, le=1024, description="Smallest face side (px, full frame) the live face hint looks for."
+    )
+    feedback_every_s: float = Field(
+        0.5,
+        ge=0.05,
+        le=10,
+        description="How often a sampled frame is given the live hint check (Haar face + brightness).",
+    )
+    feedback_hold_s: float = Field(
+        2.0,
+        ge=0.0,
+        le=30,
+        description="A problem hint (face not visible, too dark, ...) is sent only after every hint check "
+        "for this long saw it; a single missed detection (a turned head, motion blur) sends nothing.",
     )
     max_message_bytes: int = Field(
         4096, ge=256, le=65536, description="Largest data-channel message accepted from a client."

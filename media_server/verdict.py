@@ -24,6 +24,7 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
 from identity.checks import CheckKind, CheckResult, Outcome
+from identity.liveness.config import LivenessSettings
 from media_server.artifacts import store_artifact
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, VerdictOrigin
@@ -72,12 +73,20 @@ def _attributed(failed: Sequence[CheckResult], results: Sequence[CheckResult]) -
     return bool(identity) and all(r.outcome is Outcome.PASS for r in identity)
 
 
-def decide(results: Sequence[CheckResult], required: Iterable[CheckKind]) -> VerdictOutcome:
+def advisory_kinds(liveness: LivenessSettings) -> frozenset[CheckKind]:
+    """ADVISORY, plus lip/speech sync unless liveness.av_sync_decides (it does not separate own from
+    foreign speech on real talking heads: benchmarks/liveness_clips.py)."""
+    return ADVISORY if liveness.av_sync_decides else ADVISORY | {CheckKind.AV_SYNC}
+
+
+def decide(
+    results: Sequence[CheckResult], required: Iterable[CheckKind], advisory: frozenset[CheckKind] = ADVISORY
+) -> VerdictOutcome:
     """Fuse the checks of one session; `required` lists kinds without which nothing can PASS.
 
-    Advisory kinds (location, spoken digits) are notes: they never change the decision.
+    Advisory kinds (location, spoken digits; see advisory_kinds) are notes: they never change the decision.
     """
-    deciding = [r for r in results if r.kind not in ADVISORY]
+    deciding = [r for r in results if r.kind not in advisory]
     reasons: list[str] = []
     thresholds: dict[str, float | None] = {}
     models: dict[str, dict[str, str]] = {}
@@ -111,7 +120,7 @@ def decide(results: Sequence[CheckResult], required: Iterable[CheckKind]) -> Ver
     else:
         decision = Decision.PASS
         reasons.append("all required checks passed: " + ", ".join(sorted(k.value for k in present)))
-    reasons += [f"note: {r.kind.value}: {r.message}" for r in results if r.kind in ADVISORY and not r.passed]
+    reasons += [f"note: {r.kind.value}: {r.message}" for r in results if r.kind in advisory and not r.passed]
     return VerdictOutcome(
         decision=decision,
         reasons=reasons,
@@ -156,7 +165,7 @@ def write_verdict_if(
     `guard(db)` runs first inside that transaction (e.g. a conditional status change); when it returns
     False nothing is written and the result is None. Blocking: call in a thread.
     """
-    outcome = decide(results, required)
+    outcome = decide(results, required, advisory_kinds(services.settings.liveness))
     with services.sessions() as db:
         artifacts = db.scalars(
             select(Artifact).where(Artifact.session_id == session_id).order_by(Artifact.created_at)

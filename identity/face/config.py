@@ -166,6 +166,25 @@ class FaceSettings(BaseModel):
     session_top_k: int = Field(
         5, ge=1, le=50, description="Best-quality frames whose embeddings are fused for a session decision."
     )
+    session_detect_every_n: int = Field(
+        1,
+        ge=1,
+        le=30,
+        description="In a session, detection and the quality gate run on at most every n-th frame; the "
+        "frames between reuse that identity analysis and get their own 68 landmarks in its face box. "
+        "1 (detect on every frame that is not a near-duplicate): on lp_d12 (fast head motion) a box "
+        "carried over even one frame moved the landmark yaw by up to 23 degrees against a fresh "
+        "detection, so liveness keeps fresh boxes.",
+    )
+    session_max_encoded_frames: int = Field(
+        16,
+        ge=3,
+        le=2000,
+        description="Most frames of one session that are encoded (the ~100-300 ms step); the rest are "
+        "detected and landmarked only. Chosen evenly over time among the quality-passing frames, so a "
+        "face change in part of the session still shows. Sessions sample at the camera's rate inside "
+        "challenge windows (~290 frames), which liveness needs and identity does not.",
+    )
     session_min_frames: int = Field(
         3, ge=1, le=50, description="Fewest quality-passing frames a session decision needs."
     )

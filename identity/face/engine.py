@@ -8,7 +8,7 @@ face_recognition, which loads unverified weights at import and flips Pillow's LO
 
 Speed: detection runs on a frame downscaled to `detect_max_side_px` (full resolution only as a
 fallback); encoding is given the box (no second detection); chips are encoded in batches; in a frame
-sequence, near-duplicate frames reuse the previous analysis.
+sequence, near-duplicate frames reuse the previous identity analysis (their landmarks are refitted).
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +230,15 @@ class FaceEngine:
                 chips.append(chip)
                 chip_owner.append(len(results))
             results.append(analysis)
+        if session and len(chips) > self.settings.session_max_encoded_frames:
+            keep = sorted(
+                {
+                    int(round(i))
+                    for i in np.linspace(0, len(chips) - 1, self.settings.session_max_encoded_frames)
+                }
+            )
+            chips = [chips[i] for i in keep]
+            chip_owner = [chip_owner[i] for i in keep]
         if chips:
             t2 = time.perf_counter()
             flip = self.settings.session_flip_tta if session else self.settings.flip_tta
@@ -244,25 +254,34 @@ class FaceEngine:
         return self.analyse_many([image], num_jitters=num_jitters, encode_rejected=encode_rejected)[0]
 
     def analyse_frames(self, frames: Sequence[Any]) -> tuple[list[FaceAnalysis], list[int | None]]:
-        """Analyse a frame sequence, reusing the analysis of near-duplicate frames.
+        """Analyse a frame sequence; identity work (detection, quality gate, embedding) only where needed.
 
-        Returns one analysis per frame and, per frame, the index of the frame whose analysis it reuses
-        (None when it was analysed itself).
+        Returns one analysis per frame and, per frame, the index of the frame whose identity analysis it
+        reuses (None when it was analysed itself). A frame is analysed afresh unless it is a
+        near-duplicate of the last analysed frame, or fewer than `session_detect_every_n` frames have
+        passed since it. Every frame still gets its own 68 landmarks: a reusing frame's are fitted on its
+        own pixels in the reused face box (about a millisecond), because
+        liveness reads eye and mouth movement that a near-duplicate thumbnail hides.
         """
+        s = self.settings
         unique: list[Any] = []
         unique_of: list[int] = []
         dup_of: list[int | None] = []
+        rgbs: list[RgbImage | None] = []
         last_thumb: npt.NDArray[np.float32] | None = None
         last_index = -1
         for i, frame in enumerate(frames):
             rgb = as_rgb(frame)
+            rgbs.append(rgb)
             thumb = thumbnail(rgb) if rgb is not None else None
-            if (
+            near = (
                 thumb is not None
                 and last_thumb is not None
-                and self.settings.duplicate_frame_mad > 0
-                and float(np.abs(thumb - last_thumb).mean()) < self.settings.duplicate_frame_mad
-            ):
+                and s.duplicate_frame_mad > 0
+                and float(np.abs(thumb - last_thumb).mean()) < s.duplicate_frame_mad
+            )
+            recent = last_index >= 0 and i - last_index < s.session_detect_every_n
+            if thumb is not None and last_thumb is not None and (near or recent):
                 dup_of.append(last_index)
                 unique_of.append(len(unique) - 1)
                 continue
@@ -272,7 +291,23 @@ class FaceEngine:
             last_thumb = thumb
             last_index = i
         analysed = self.analyse_many(unique, session=True)
-        return [analysed[u] for u in unique_of], dup_of
+        out: list[FaceAnalysis] = []
+        for i, (u, dup) in enumerate(zip(unique_of, dup_of, strict=True)):
+            source = analysed[u]
+            rgb = rgbs[i]
+            if dup is None or rgb is None or source.primary_face is None:
+                out.append(source)
+                continue
+            faces = [
+                FaceObservation(box=f.box, landmarks=self._landmarks(rgb, f.box), detector=f.detector)
+                for f in source.faces
+            ]
+            out.append(replace(source, faces=faces, reused_from=dup))
+        return out, dup_of
+
+    def _landmarks(self, rgb: RgbImage, box: FaceBox) -> npt.NDArray[np.int32]:
+        shape = self._sp68(rgb, dlib.rectangle(box.left, box.top, box.right, box.bottom))
+        return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.int32)
 
     def _unusable(self) -> FaceAnalysis:
         return FaceAnalysis(
@@ -447,7 +482,10 @@ class FaceEngine:
         if dup_of is None:
             first: dict[int, int] = {}
             dup_of = [
-                None if first.setdefault(id(a), i) == i else first[id(a)] for i, a in enumerate(analyses)
+                a.reused_from
+                if a.reused_from is not None
+                else (None if first.setdefault(id(a), i) == i else first[id(a)])
+                for i, a in enumerate(analyses)
             ]
         frames = analyses
         per_frame: list[dict[str, Any]] = []

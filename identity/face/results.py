@@ -71,6 +71,7 @@ class FaceAnalysis:
     """Everything the engine saw in one image.
 
     `faces` is sorted largest first; `primary` indexes the face that was judged (None when none);
+    `reused_from` names the frame whose quality/embedding a near-duplicate frame shares;
     `quality` is the gate's CheckResult (PASS or why not); `embedding` is the L2-normalised (128,)
     float32 embedding of the primary face, or None when it was not encoded.
     """
@@ -83,6 +84,9 @@ class FaceAnalysis:
     model: ModelStamp
     image_shape: tuple[int, int]
     timing_ms: dict[str, float] = field(default_factory=dict)
+    # Index (in its frame sequence) of the frame whose identity analysis this one reuses; its faces'
+    # landmarks are still its own (FaceEngine.analyse_frames).
+    reused_from: int | None = None
 
     @property
     def primary_face(self) -> FaceObservation | None:

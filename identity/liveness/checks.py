@@ -78,7 +78,9 @@ def check_head_turn(
 
     yaw_series: degrees per frame, positive = the person's own left (see landmarks.yaw_deg); the change is
     measured against the median yaw of the `baseline_s` before the prompt, so a head already turned does
-    not count. window_s defaults to settings.motion_window_s.
+    not count. The first excursion of head_turn_first_deg decides the direction: a turn the other way
+    first fails (or, when it stays below the minimum turn, goes to review), even if the prompted turn
+    follows. window_s defaults to settings.motion_window_s.
     """
     yaw, t = _arrays(yaw_series, timestamps)
     window = settings.motion_window_s if window_s is None else window_s
@@ -102,6 +104,32 @@ def check_head_turn(
     opposite = float((-change).max())
     thr = settings.head_turn_min_deg
     details = {**common, "baseline_deg": round(baseline, 2), "frames": int(resp_mask.sum())}
+    # The first clear excursion from the baseline is the response: a recording that swings the head
+    # both ways in every window must not pass whichever way it is asked to turn.
+    moved = np.flatnonzero(np.abs(change) >= settings.head_turn_first_deg)
+    if moved.size and change[moved[0]] < 0 and opposite >= thr:
+        return _result(
+            CheckKind.LIVENESS,
+            Outcome.FAIL,
+            "wrong_direction",
+            "The head turned the other way first.",
+            best,
+            thr,
+            opposite_deg=round(opposite, 2),
+            first_move_s=round(float(t[resp_mask][moved[0]]) - prompt_time, 3),
+            **details,
+        )
+    if moved.size and change[moved[0]] < 0 and best >= thr:
+        return _result(
+            CheckKind.LIVENESS,
+            Outcome.INCONCLUSIVE,
+            "direction_unclear",
+            "The head moved the other way before turning as asked.",
+            best,
+            thr,
+            opposite_deg=round(opposite, 2),
+            **details,
+        )
     if best >= thr:
         first = float(t[resp_mask][np.argmax(change >= thr)])
         return _result(

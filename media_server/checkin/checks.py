@@ -191,7 +191,7 @@ async def run_checkin_checks(services: Services, capture: SessionCapture) -> Che
         kinds = {s.kind.value for s in challenge.steps}
         if kinds & {"turn_left", "turn_right", "blink"}:
             required.append(CheckKind.LIVENESS)
-        if "read_digits" in kinds:
+        if "read_digits" in kinds and services.settings.liveness.av_sync_decides:
             required.append(CheckKind.AV_SYNC)
             results.append(
                 CheckResult(

@@ -51,3 +51,17 @@ def plan_prompts(challenge: dict[str, Any]) -> tuple[float, list[PromptStep]]:
         for s in parsed.steps
     ]
     return parsed.lead_in_s, steps
+
+
+def plan_windows(
+    start_s: float, lead_in_s: float, steps: list[PromptStep], baseline_s: float
+) -> list[tuple[float, float]]:
+    """Planned dense-sampling windows (start_s, end_s) on the session clock, one per step: from
+    `baseline_s` before its planned prompt (the resting pose the checks compare against) to the end of
+    its response window. `start_s` is when the lead-in begins."""
+    windows: list[tuple[float, float]] = []
+    t = start_s + lead_in_s
+    for step in steps:
+        windows.append((max(start_s, t - baseline_s), t + step.window_s))
+        t += step.window_s + step.gap_s
+    return windows

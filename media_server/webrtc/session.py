@@ -22,11 +22,12 @@ from identity.liveness.config import LivenessSettings
 from media_server.auth import WhipPrincipal
 from media_server.errors import BadInput
 from media_server.settings import MediaSettings
-from media_server.webrtc.analysis import FeedbackCode, FrameAdvisor, sample_frame
+from media_server.webrtc.analysis import FrameAdvisor, sample_frame
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
-from media_server.webrtc.challenge import plan_prompts, session_challenge
+from media_server.webrtc.challenge import plan_prompts, plan_windows, session_challenge
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
 from media_server.webrtc.recorder import SessionRecorder
+from media_server.webrtc.sampling import FeedbackDebouncer, FrameSampler
 
 log = logging.getLogger("kuzet.webrtc")
 
@@ -78,13 +79,17 @@ class MediaSession:
         self._media_started = asyncio.Event()
         self._deleted = asyncio.Event()
         self.closed = asyncio.Event()
-        self._frames: list[tuple[float, Any]] = []
-        self._sample_every_s = media.sample_every_s
-        self._next_sample_s = 0.0
+        self._liveness = liveness
+        self._sampler: FrameSampler[Any] = FrameSampler(
+            between_every_s=media.sample_every_s,
+            window_max_fps=media.window_max_fps,
+            max_frames=media.max_sampled_frames,
+        )
+        self._feedback = FeedbackDebouncer(hold_s=media.feedback_hold_s)
+        self._next_hint_s = 0.0
         self._events: list[dict[str, Any]] = []
         self._location: dict[str, Any] | None = None
         self._last_media_s: float | None = None
-        self._last_feedback: FeedbackCode | None = None
         self._kinds: set[str] = set()
         self._recorder: SessionRecorder | None = None
         self._control: list[asyncio.Task[None]] = []
@@ -96,6 +101,8 @@ class MediaSession:
                 "video_frames_received",
                 "audio_frames_received",
                 "frames_sampled",
+                "frames_sampled_in_windows",
+                "frames_refused_cap",
                 "feedback_sent",
                 "invalid_messages",
                 "events_dropped",
@@ -178,29 +185,34 @@ class MediaSession:
                 self._recorder.push(kind, t_s, frame)
 
     async def _analyse(self, track: MediaStreamTrack) -> None:
+        sampler = self._sampler
         while True:
             try:
                 frame = await track.recv()
             except MediaStreamError:
                 return
             t_s = self.now()
-            if self.end_reason is not None or t_s < self._next_sample_s:
+            if self.end_reason is not None or not sampler.wants(t_s):
                 continue
-            self._next_sample_s = t_s + self._sample_every_s
-            # Frames arriving meanwhile are skipped by the unbuffered relay: that is the point.
-            rgb, code = await asyncio.to_thread(sample_frame, frame, self._advisor)
+            hint = t_s >= self._next_hint_s
+            if hint:
+                self._next_hint_s = t_s + self._media.feedback_every_s
+            # Frames arriving meanwhile are skipped by the unbuffered relay: the conversion is a few ms,
+            # and the (slower) hint runs only every feedback_every_s, so a window keeps the camera's rate.
+            rgb, code = await asyncio.to_thread(sample_frame, frame, self._advisor if hint else None)
             if self.end_reason is not None:
                 continue
-            self._frames.append((round(t_s, 3), rgb))
-            self.stats["frames_sampled"] += 1
-            if len(self._frames) > self._media.max_sampled_frames:
-                # Keep an even spread over the whole session at half the rate.
-                self._frames = self._frames[::2]
-                self._sample_every_s *= 2
-            if code is not None and code != self._last_feedback:
-                self._last_feedback = code
-                if self._send({"type": "feedback", "code": code.value, "t_s": round(t_s, 3)}):
-                    self.stats["feedback_sent"] += 1
+            if sampler.keep(round(t_s, 3), rgb):
+                self.stats["frames_sampled"] += 1
+                if sampler.in_window(t_s):
+                    self.stats["frames_sampled_in_windows"] += 1
+            else:
+                self.stats["frames_refused_cap"] += 1
+            send = self._feedback.feed(t_s, code) if code is not None else None
+            if send is not None and self._send(
+                {"type": "feedback", "code": send.value, "t_s": round(t_s, 3)}
+            ):
+                self.stats["feedback_sent"] += 1
 
     # --- control -----------------------------------------------------------------------------
 
@@ -222,10 +234,15 @@ class MediaSession:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._channel_open.wait(), self._media.no_media_timeout_s)
         lead_in_s, steps = plan_prompts(self.challenge)
+        # Dense sampling from the baseline before each prompt to the end of its window, planned now
+        # (the baseline lies before the prompt) and stretched when a prompt goes out late.
+        windows = plan_windows(self.now(), lead_in_s, steps, self._liveness.baseline_s)
+        indexes = [self._sampler.add_window(start, end) for start, end in windows]
         # The lead-in collects a baseline (face straight, room noise) before the first prompt.
         await asyncio.sleep(lead_in_s)
         for index, step in enumerate(steps):
             message = step.message(index, self.now())
+            self._sampler.extend_window(indexes[index], self.now() + step.window_s)
             delivered = self._send(message)
             self._record_event({**message, "delivered": delivered})
             await asyncio.sleep(step.window_s + (step.gap_s if index < len(steps) - 1 else 0.0))
@@ -341,7 +358,7 @@ class MediaSession:
             device_id=self.principal.device_id,
             challenge=self.challenge,
             recording_path=result.path if result else None,
-            frames=list(self._frames),
+            frames=self._sampler.take(),
             audio_pcm16k=result.audio_pcm16k if result else _empty_pcm(),
             audio_t0_s=result.audio_t0_s if result else None,
             events=list(self._events),
@@ -351,7 +368,6 @@ class MediaSession:
             ended_at=ended_at,
             stats={**self.stats, **(result.counts if result else {})},
         )
-        self._frames.clear()
         log.info(
             "session ended",
             extra={"session": self.resource_id, "reason": reason.value, **capture.stats},

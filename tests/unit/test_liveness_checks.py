@@ -159,3 +159,37 @@ def test_silence_is_inconclusive() -> None:
     result = check_av_sync(0.05 + 0.1 * np.sin(mt * 5), mt, np.full(at.size, 0.01), at, S)
     assert result.outcome is Outcome.INCONCLUSIVE
     assert result.code == "no_speech"
+
+
+def _swing(ts: np.ndarray, first_deg: float, then_deg: float, start: float = 2.6) -> np.ndarray:
+    """Yaw 3 degrees at rest; 0.6 s towards first_deg, back, then 0.6 s towards then_deg (a both-ways swing)."""
+    yaw = np.full(ts.size, 3.0)
+    yaw[(ts >= start) & (ts < start + 0.6)] += first_deg
+    yaw[(ts >= start + 1.2) & (ts < start + 1.8)] += then_deg
+    return yaw
+
+
+def test_head_swinging_both_ways_passes_only_the_way_it_went_first() -> None:
+    ts = _ts(6.0)
+    both = _swing(ts, 25.0, -25.0)  # own left first, then right
+    assert check_head_turn(both, ts, 2.0, TurnDirection.LEFT, S).outcome is Outcome.PASS
+    wrong = check_head_turn(both, ts, 2.0, TurnDirection.RIGHT, S)
+    assert wrong.outcome is Outcome.FAIL and wrong.code == "wrong_direction"
+    assert wrong.details["first_move_s"] == pytest.approx(0.6, abs=0.1)
+
+
+def test_small_opposite_twitch_before_the_turn_goes_to_review() -> None:
+    ts = _ts(6.0)
+    yaw = _swing(ts, -11.0, 25.0)  # a clear but small move the other way, then the prompted turn
+    result = check_head_turn(yaw, ts, 2.0, TurnDirection.LEFT, S)
+    assert result.outcome is Outcome.INCONCLUSIVE and result.code == "direction_unclear"
+    # Yaw noise under head_turn_first_deg does not decide anything.
+    assert check_head_turn(_swing(ts, -6.0, 25.0), ts, 2.0, TurnDirection.LEFT, S).outcome is Outcome.PASS
+
+
+def test_blink_at_a_phones_fifteen_fps_is_judged() -> None:
+    ts = _ts(6.0, 15.0)
+    ear = np.full(ts.size, 0.32)
+    ear[(ts >= 3.0) & (ts < 3.15)] = 0.12  # a 150 ms blink: two or three frames at 15 fps
+    result = check_blink(ear, ts, 2.0, S)
+    assert result.outcome is Outcome.PASS, result.details
