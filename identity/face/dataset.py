@@ -135,7 +135,7 @@ def encode_images(
     """Encode `paths` (relative to `root`); returns (embeddings, whether they came from `cache`)."""
     from identity.models import load_manifest
 
-    weights = load_manifest()["dlib_resnet_face_v1"].sha256
+    weights = load_manifest()["dlib_resnet_face_v1"].sha256 or ""
     key = cache_key(paths, settings, weights)
     if cache is not None and cache.is_file():
         hit = _read_cache(cache, key)

@@ -20,10 +20,10 @@ from __future__ import annotations
 import csv
 import hashlib
 import time
-from datetime import UTC, datetime
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
