@@ -158,6 +158,29 @@ class SobrietySettings(BaseModel):
         "one bit below the closest two different photos (10); re-encoded/resized/cropped copies score <= 2 "
         "(one-sided crops up to 14).",
     )
+    reuse_candidate_max_hamming: int = Field(
+        16,
+        ge=0,
+        le=32,
+        description="When earlier photos can be read (the service passes them), every earlier photo within "
+        "this pHash distance (bits, set_distance) is aligned with the new one and compared pixel by pixel "
+        "(sobriety.reuse) instead of being called a near duplicate on the hash alone.",
+    )
+    reuse_max_comparisons: int = Field(
+        12,
+        ge=1,
+        le=100,
+        description="Most earlier photos (closest pHash first) compared pixel by pixel per new photo.",
+    )
+    reuse_same_moment_max_residual: float = Field(
+        6.0,
+        ge=0.5,
+        le=64.0,
+        description="Residual (grey levels 0-255: 90th percentile of the absolute difference over the face "
+        "region after alignment, gain/offset fit and a 1.2 px blur at 320 px width) at or below which a "
+        "new photo is a re-sent copy of an earlier one (same moment); above it, a new moment. Measured by "
+        "benchmarks/breath_station.py.",
+    )
     occluded_accept_distance: float = Field(
         0.37,
         ge=0.2,
