@@ -58,6 +58,7 @@ from sobriety.photos import (  # noqa: E402
 
 VIDEO = ROOT / ".." / "shared" / "data" / "video"
 CACHE = ROOT / "var" / "breath_station_cache.pkl"
+ANALYSES = ROOT / "var" / "breath_station_analyses.pkl"
 GENERATOR_VERSION = "3"
 CANVAS_W, CANVAS_H = 640, 480
 PHOTO_SPACING_S = 0.3
@@ -204,7 +205,42 @@ def _check(checks: list[Any], kind: str) -> Any:
     return next(c for c in checks if c.kind.value == kind)
 
 
-def run(people: list[Person], port: EngineFacePort, settings: SobrietySettings) -> dict[str, Any]:
+class AnalysisCache:
+    """Per-photo analyses keyed by person, JPEG SHA-256 and the analysis settings (judging is not cached)."""
+
+    def __init__(self, path: Path | None, settings: SobrietySettings) -> None:
+        self.path = path
+        self.salt = hashlib.sha256(
+            (GENERATOR_VERSION + settings.model_dump_json()).encode()
+        ).hexdigest()[:16]
+        self.rows: dict[str, PhotoAnalysis] = {}
+        if path is not None and path.is_file():
+            with path.open("rb") as f:
+                self.rows = pickle.load(f)  # our own cache file under var/, written by save()
+
+    def analyse(
+        self, person: Person, photos: list[BreathPhoto], port: EngineFacePort, settings: SobrietySettings
+    ) -> list[PhotoAnalysis]:
+        out = []
+        for p in photos:
+            key = f"{self.salt}:{person.name}:{p.sha256}"
+            if key not in self.rows:
+                self.rows[key] = analyse_breath_photos([p], person.gallery, port, settings)[0]
+            a = self.rows[key]
+            # Same pixels, this submission's photo id.
+            out.append(PhotoAnalysis(p.photo_id, a.sha256, a.phash, a.checks, a.identity, a.mouthpiece, a.pad, a.fingerprint))
+        return out
+
+    def save(self) -> None:
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            with self.path.open("wb") as f:
+                pickle.dump(self.rows, f)
+
+
+def run(
+    people: list[Person], port: EngineFacePort, settings: SobrietySettings, cache: AnalysisCache
+) -> dict[str, Any]:
     genuine: list[dict[str, Any]] = []
     resent: list[dict[str, Any]] = []
     t0 = time.perf_counter()
@@ -215,7 +251,7 @@ def run(people: list[Person], port: EngineFacePort, settings: SobrietySettings) 
         for t, jpegs in enumerate(person.tests):
             test_id = f"{person.name}-t{t}"
             photos = _photos(test_id, jpegs)
-            analyses = analyse_breath_photos(photos, person.gallery, port, settings)
+            analyses = cache.analyse(person, photos, port, settings)
             n_photos += len(photos)
             checks = judge_breath_photos(analyses, index, test_id, settings, earlier=store.get)
             store.update({p.photo_id: d for p, d in zip(photos, jpegs, strict=True)})
@@ -240,7 +276,7 @@ def run(people: list[Person], port: EngineFacePort, settings: SobrietySettings) 
             test_id = f"{person.name}-resent-{name}"
             jpegs = [make(b) for b in first]
             photos = _photos(test_id, jpegs)
-            analyses = analyse_breath_photos(photos, person.gallery, port, settings)
+            analyses = cache.analyse(person, photos, port, settings)
             n_photos += len(photos)
             # A scratch copy of the index: variants must not match each other.
             scratch = InMemoryPhotoIndex(list(index.rows))
@@ -400,7 +436,9 @@ def main() -> None:
     t0 = time.perf_counter()
     people = load_or_build(not args.no_cache, port, settings)
     print(f"station tests built in {time.perf_counter() - t0:.0f} s: {len(people)} people")
-    res = run(people, port, settings)
+    cache = AnalysisCache(None if args.no_cache else ANALYSES, settings)
+    res = run(people, port, settings, cache)
+    cache.save()
     gen, rs = res["genuine"], res["resent"]
     first_tests = [g for g in gen if g["test"] == 0]
     later = [g for g in gen if g["test"] > 0]

@@ -173,7 +173,7 @@ class SobrietySettings(BaseModel):
         description="Most earlier photos (closest pHash first) compared pixel by pixel per new photo.",
     )
     reuse_same_moment_max_residual: float = Field(
-        6.0,
+        2.0,
         ge=0.5,
         le=64.0,
         description="Residual (grey levels 0-255: 90th percentile of the absolute difference over the face "

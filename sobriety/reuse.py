@@ -32,20 +32,28 @@ _RANSAC_PX = 2.0
 _MIN_OVERLAP = 0.5  # share of the new photo the aligned earlier photo must cover
 _FACE_PAD = 0.15  # face box grown by this share of its size on each side
 _RESIDUAL_PERCENTILE = 90.0
+_ECC_ITERATIONS = 30
+_CLIP_LOW, _CLIP_HIGH = 3, 252
 
 Grey = npt.NDArray[np.uint8]
 
 
 @dataclass(frozen=True, slots=True)
 class ReuseFingerprint:
-    """A grey copy of a photo (H, W uint8, `FINGERPRINT_WIDTH_PX` wide) and its face box in its pixels."""
+    """A grey copy of a photo (H, W uint8, `FINGERPRINT_WIDTH_PX` wide) and its face box in its pixels.
+
+    `clipped` (same shape, uint8 0/255) marks pixels where any colour channel of the photo is clipped
+    (near 0 or 255): there a brightness edit is not linear, so they are left out of the comparison.
+    """
 
     grey: Grey
     face: tuple[int, int, int, int] | None  # left, top, right, bottom in `grey` pixels
+    clipped: Grey | None = None
 
     def to_bytes(self) -> bytes:
-        """PNG bytes (lossless) with the face box in a text chunk-free header line: for storage."""
-        ok, png = cv2.imencode(".png", self.grey)
+        """Lossless PNG (grey in channel 0, clipped mask in channel 1) after a face-box header line."""
+        clip = self.clipped if self.clipped is not None else np.zeros_like(self.grey)
+        ok, png = cv2.imencode(".png", np.dstack([self.grey, clip, np.zeros_like(clip)]))
         if not ok:
             raise ValueError("cannot encode fingerprint")
         head = ",".join(str(v) for v in self.face) if self.face else ""
@@ -55,15 +63,15 @@ class ReuseFingerprint:
     def from_bytes(cls, data: bytes) -> ReuseFingerprint | None:
         """Inverse of `to_bytes`; None when the bytes are not a fingerprint."""
         head, _, png = data.partition(b"\n")
-        grey = cv2.imdecode(np.frombuffer(png, dtype=np.uint8), cv2.IMREAD_GRAYSCALE)
-        if grey is None:
+        arr = cv2.imdecode(np.frombuffer(png, dtype=np.uint8), cv2.IMREAD_UNCHANGED)
+        if arr is None or arr.ndim != 3:
             return None
         try:
             vals = [int(v) for v in head.decode().split(",")] if head else []
         except ValueError:
             return None
         face = (vals[0], vals[1], vals[2], vals[3]) if len(vals) == 4 else None
-        return cls(np.ascontiguousarray(grey, dtype=np.uint8), face)
+        return cls(np.ascontiguousarray(arr[..., 0]), face, np.ascontiguousarray(arr[..., 1]))
 
 
 def fingerprint(rgb: RGB, face: FaceBox | None = None) -> ReuseFingerprint:
@@ -76,6 +84,11 @@ def fingerprint(rgb: RGB, face: FaceBox | None = None) -> ReuseFingerprint:
         (FINGERPRINT_WIDTH_PX, max(1, int(round(h * scale)))),
         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
     )
+    clip = np.any((rgb <= _CLIP_LOW) | (rgb >= _CLIP_HIGH), axis=2) if rgb.ndim == 3 else np.zeros_like(grey, bool)
+    # A small pixel is clipped when any photo pixel under it is (max over the area it covers).
+    k = max(1, int(np.ceil(1 / scale)))
+    clip = cv2.dilate(clip.astype(np.uint8) * 255, np.ones((k, k), np.uint8))
+    clip_small = cv2.resize(clip, (small.shape[1], small.shape[0]), interpolation=cv2.INTER_NEAREST)
     box = None
     if face is not None:
         box = (
@@ -84,7 +97,9 @@ def fingerprint(rgb: RGB, face: FaceBox | None = None) -> ReuseFingerprint:
             int(np.ceil(face.right * scale)),
             int(np.ceil(face.bottom * scale)),
         )
-    return ReuseFingerprint(np.ascontiguousarray(small, dtype=np.uint8), box)
+    return ReuseFingerprint(
+        np.ascontiguousarray(small, dtype=np.uint8), box, np.ascontiguousarray(clip_small, dtype=np.uint8)
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,9 +134,30 @@ def _keypoint_transform(a: Grey, b: Grey) -> tuple[npt.NDArray[np.float64] | Non
     return np.asarray(m, dtype=np.float64), n
 
 
+def _refine(a: Grey, b: Grey, m: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
+    """Sub-pixel refinement of a b->a affine transform by ECC on blurred copies (unchanged if it fails)."""
+    warp = m.astype(np.float32)
+    try:
+        # ECC maps template coordinates (a) to input coordinates (b): refine the inverse, invert back.
+        inv = cv2.invertAffineTransform(warp)
+        _, inv = cv2.findTransformECC(
+            a,
+            b,
+            inv,
+            cv2.MOTION_AFFINE,
+            (cv2.TERM_CRITERIA_EPS | cv2.TERM_CRITERIA_COUNT, _ECC_ITERATIONS, 1e-4),
+            None,
+            5,
+        )
+        return np.asarray(cv2.invertAffineTransform(inv), dtype=np.float64)
+    except cv2.error:
+        return m
+
+
 def _residual(
-    a: Grey, b: Grey, m: npt.NDArray[np.float64], face: tuple[int, int, int, int] | None
+    new: ReuseFingerprint, earlier: ReuseFingerprint, m: npt.NDArray[np.float64]
 ) -> tuple[float, float, str]:
+    a, b, face = new.grey, earlier.grey, new.face
     h, w = a.shape
     warped = cv2.warpAffine(b, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
     cover = cv2.warpAffine(
@@ -131,13 +167,21 @@ def _residual(
     overlap = float(valid.mean())
     if overlap < _MIN_OVERLAP:
         return float("inf"), overlap, "whole"
+    # Pixels clipped in either photo (a brightness edit pushes shadows to 0 or highlights to 255) carry
+    # no information about the moment: they are left out, with the blur's reach around them.
+    clipped = (a <= _CLIP_LOW) | (a >= _CLIP_HIGH) | (warped <= _CLIP_LOW) | (warped >= _CLIP_HIGH)
+    if new.clipped is not None:
+        clipped |= new.clipped > 0
+    if earlier.clipped is not None:
+        clipped |= cv2.warpAffine(earlier.clipped, m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0) > 0
+    clipped = cv2.dilate(clipped.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    valid &= ~clipped
+    if valid.sum() < 100:
+        return float("inf"), overlap, "whole"
     fa = cv2.GaussianBlur(a.astype(np.float32), (0, 0), _BLUR_SIGMA_PX)
     fb = cv2.GaussianBlur(warped.astype(np.float32), (0, 0), _BLUR_SIGMA_PX)
-    # Gain and offset (brightness/contrast edits, auto-exposure) fitted where neither image clips.
-    fit = valid & (fa > 4) & (fa < 251) & (fb > 4) & (fb < 251)
-    if fit.sum() < 100:
-        fit = valid
-    x, y = fb[fit].astype(np.float64), fa[fit].astype(np.float64)
+    # Gain and offset (brightness/contrast edits, auto-exposure) fitted on the usable pixels.
+    x, y = fb[valid].astype(np.float64), fa[valid].astype(np.float64)
     gain, offset = np.polyfit(x, y, 1) if x.std() > 1e-3 else (1.0, float(y.mean() - x.mean()))
     diff = np.abs(fa - (gain * fb + offset))
     region = valid
@@ -164,7 +208,7 @@ def compare(new: ReuseFingerprint, earlier: ReuseFingerprint) -> ReuseComparison
     candidates.append(("fixed_camera", np.array([[s, 0.0, 0.0], [0.0, s, 0.0]]), 0))
     best: ReuseComparison | None = None
     for name, mat, n in candidates:
-        r, overlap, region = _residual(a, b, mat, new.face)
+        r, overlap, region = _residual(new, earlier, _refine(a, b, mat))
         if best is None or r < best.residual:
             best = ReuseComparison(r, name, n, overlap, region)
     assert best is not None
