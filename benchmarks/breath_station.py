@@ -210,9 +210,7 @@ class AnalysisCache:
 
     def __init__(self, path: Path | None, settings: SobrietySettings) -> None:
         self.path = path
-        self.salt = hashlib.sha256(
-            (GENERATOR_VERSION + settings.model_dump_json()).encode()
-        ).hexdigest()[:16]
+        self.salt = hashlib.sha256((GENERATOR_VERSION + settings.model_dump_json()).encode()).hexdigest()[:16]
         self.rows: dict[str, PhotoAnalysis] = {}
         if path is not None and path.is_file():
             with path.open("rb") as f:
@@ -228,7 +226,11 @@ class AnalysisCache:
                 self.rows[key] = analyse_breath_photos([p], person.gallery, port, settings)[0]
             a = self.rows[key]
             # Same pixels, this submission's photo id.
-            out.append(PhotoAnalysis(p.photo_id, a.sha256, a.phash, a.checks, a.identity, a.mouthpiece, a.pad, a.fingerprint))
+            out.append(
+                PhotoAnalysis(
+                    p.photo_id, a.sha256, a.phash, a.checks, a.identity, a.mouthpiece, a.pad, a.fingerprint
+                )
+            )
         return out
 
     def save(self) -> None:
@@ -266,7 +268,9 @@ def run(
                     "not_passed": failed,
                     "reuse_code": reuse.code,
                     "reuse_residuals": [
-                        m["residual"] for m in reuse.details.get("compared", []) if m.get("residual") is not None
+                        m["residual"]
+                        for m in reuse.details.get("compared", [])
+                        if m.get("residual") is not None
                     ],
                 }
             )
@@ -291,7 +295,9 @@ def run(
                     "code": reuse.code,
                     "test_passed": all(c.outcome is Outcome.PASS for c in checks),
                     "residuals": [
-                        m["residual"] for m in reuse.details.get("compared", []) if m.get("residual") is not None
+                        m["residual"]
+                        for m in reuse.details.get("compared", [])
+                        if m.get("residual") is not None
                     ],
                 }
             )
@@ -319,10 +325,18 @@ def heldout_occluder(rgb: np.ndarray, face: Any, kind: str, rng: np.random.Gener
         angle = float(rng.uniform(-25, 25))
         rect = ((cx + rng.uniform(-0.2, 0.2) * mw, cy + 0.9 * mw), (1.1 * mw, 1.8 * mw), angle)
         cv2.fillPoly(layer, [cv2.boxPoints(rect).astype(np.int32)], body)
-        cv2.rectangle(layer, (int(cx - 0.12 * mw), int(cy - 0.1 * mw)), (int(cx + 0.12 * mw), int(cy + 0.6 * mw)), (245, 245, 245), -1)
+        cv2.rectangle(
+            layer,
+            (int(cx - 0.12 * mw), int(cy - 0.1 * mw)),
+            (int(cx + 0.12 * mw), int(cy + 0.6 * mw)),
+            (245, 245, 245),
+            -1,
+        )
     elif kind == "dark_tube":
         body = tuple(int(v) for v in (rng.integers(0, 80), rng.integers(60, 160), rng.integers(120, 230)))
-        cv2.rectangle(layer, (int(cx - 0.6 * mw), int(cy + 0.2 * mw)), (int(cx + 0.6 * mw), int(chin + mw)), body, -1)
+        cv2.rectangle(
+            layer, (int(cx - 0.6 * mw), int(cy + 0.2 * mw)), (int(cx + 0.6 * mw), int(chin + mw)), body, -1
+        )
         cv2.ellipse(layer, (int(cx), int(cy)), (int(0.45 * mw), int(0.28 * mw)), 0, 0, 360, (20, 20, 20), -1)
     elif kind == "shaded":
         h, w = rgb.shape[:2]
@@ -352,7 +366,9 @@ HELDOUT_POSITIVE = ("handheld", "dark_tube", "shaded", "skin_tone")
 HELDOUT_NEGATIVE = ("hand_only",)
 
 
-def mouthpiece_study(people: list[Person], port: EngineFacePort, settings: SobrietySettings) -> dict[str, Any]:
+def mouthpiece_study(
+    people: list[Person], port: EngineFacePort, settings: SobrietySettings
+) -> dict[str, Any]:
     """The heuristic on station photos: the tuning occluder, held-out occluders and bare faces."""
     from sobriety.occlusion import mouthpiece_fraction
 
@@ -376,7 +392,9 @@ def mouthpiece_study(people: list[Person], port: EngineFacePort, settings: Sobri
             if not faces:
                 continue
             f = faces[0]
-            scores["bare face"].append(mouthpiece_fraction(rgb, f.box, f.landmarks, settings.mouthpiece_skin_sigma))
+            scores["bare face"].append(
+                mouthpiece_fraction(rgb, f.box, f.landmarks, settings.mouthpiece_skin_sigma)
+            )
             for k in HELDOUT_POSITIVE + HELDOUT_NEGATIVE:
                 occ = decode(jpeg(heldout_occluder(rgb, f, k, rng), 90))
                 of = port.analyse(occ)
@@ -401,15 +419,20 @@ def mouthpiece_study(people: list[Person], port: EngineFacePort, settings: Sobri
     pos = [k for k in out["kinds"] if out["kinds"][k]["should_be"] == "visible" and k != "skin_tone"]
     neg = [k for k in out["kinds"] if out["kinds"][k]["should_be"] == "not visible"]
     out["heldout_balanced_accuracy"] = float(
-        (np.mean([out["kinds"][k]["accuracy"] for k in pos if k in HELDOUT_POSITIVE])
-         + np.mean([out["kinds"][k]["accuracy"] for k in neg])) / 2
+        (
+            np.mean([out["kinds"][k]["accuracy"] for k in pos if k in HELDOUT_POSITIVE])
+            + np.mean([out["kinds"][k]["accuracy"] for k in neg])
+        )
+        / 2
     )
     return out
 
 
 def load_or_build(use_cache: bool, port: EngineFacePort, settings: SobrietySettings) -> list[Person]:
     key = hashlib.sha256(
-        (GENERATOR_VERSION + "".join(f"{p.name}:{p.stat().st_size}" for p in sorted(VIDEO.glob("*.mp4")))).encode()
+        (
+            GENERATOR_VERSION + "".join(f"{p.name}:{p.stat().st_size}" for p in sorted(VIDEO.glob("*.mp4")))
+        ).encode()
     ).hexdigest()
     if use_cache and CACHE.is_file():
         with CACHE.open("rb") as f:
@@ -442,17 +465,23 @@ def main() -> None:
     gen, rs = res["genuine"], res["resent"]
     first_tests = [g for g in gen if g["test"] == 0]
     later = [g for g in gen if g["test"] > 0]
-    print(f"\nGenuine station tests ({len(gen)}; {len(later)} with earlier tests of the same person at the station):")
+    print(
+        f"\nGenuine station tests ({len(gen)}; {len(later)} with earlier tests of the same person at the station):"
+    )
     print(f"  PASS (every breath-photo check)      {np.mean([g['pass'] for g in gen]):6.1%}   target >= 95%")
     print(f"  PASS, consecutive tests only         {np.mean([g['pass'] for g in later]):6.1%}")
-    print(f"  reuse check PASS, consecutive tests  {np.mean([g['reuse_code'] == 'photos_new' for g in later]):6.1%}")
+    print(
+        f"  reuse check PASS, consecutive tests  {np.mean([g['reuse_code'] == 'photos_new' for g in later]):6.1%}"
+    )
     print(f"  first tests PASS                     {np.mean([g['pass'] for g in first_tests]):6.1%}")
     reasons: dict[str, int] = {}
     for g in gen:
         for r in g["not_passed"]:
             reasons[r] = reasons.get(r, 0) + 1
     print(f"  not-PASS reasons (tests): {reasons or 'none'}")
-    print(f"\nRe-sent photos ({len(rs)} tests = {len(people)} people x {len(RESENT)} variants, 3 photos each):")
+    print(
+        f"\nRe-sent photos ({len(rs)} tests = {len(people)} people x {len(RESENT)} variants, 3 photos each):"
+    )
     print(f"  caught (reuse check not PASS)        {np.mean([r['caught'] for r in rs]):6.1%}   target 100%")
     for name in RESENT:
         rows = [r for r in rs if r["variant"] == name]
@@ -478,7 +507,9 @@ def main() -> None:
             f"  {k:30s} should be {v['should_be']:12s} correct {v['accuracy']:6.1%}  "
             f"median fraction {v['median_fraction']:.2f}  n={v['n']}"
         )
-    print(f"  held-out balanced accuracy (device kinds vs bare/hand-only) {mp['heldout_balanced_accuracy']:.1%}")
+    print(
+        f"  held-out balanced accuracy (device kinds vs bare/hand-only) {mp['heldout_balanced_accuracy']:.1%}"
+    )
     print(f"\n{res['photos']} photos validated in {res['wall_s']:.0f} s")
     if args.json:
         print(json.dumps({**res, "mouthpiece": mp}, indent=1, default=str))

@@ -208,6 +208,13 @@ class SobrietySettings(BaseModel):
         "the mouthpiece to count as visible (heuristic; below it the photo goes to review). 0.46 balances "
         "errors on LFW with the synthetic occluder (about 11% each way, occlusion_calibration.json).",
     )
+    mouthpiece_in_verdict: bool = Field(
+        False,
+        description="Whether the mouthpiece heuristic can send a breath test to review. Off: it is computed "
+        "and stored with each photo (report only). benchmarks/breath_station.py measures it on station "
+        "photos built from real videos with held-out occluders; see README 'Breath photos at a home "
+        "station' for the figures that made it report-only.",
+    )
     mouthpiece_skin_sigma: float = Field(
         2.5,
         ge=0.5,

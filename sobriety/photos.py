@@ -588,7 +588,19 @@ def _mouthpiece_summary(analyses: Sequence[PhotoAnalysis], settings: SobrietySet
         "judged": len(judged),
         "method": "heuristic",
         "fractions": [c.score for c in judged],
+        "in_verdict": settings.mouthpiece_in_verdict,
     }
+    if not settings.mouthpiece_in_verdict:
+        # Report only (see SobrietySettings.mouthpiece_in_verdict): the photos were received and judged
+        # by the other checks; the heuristic's reading goes to the evidence, not to the decision.
+        return CheckResult(
+            CheckKind.BREATH_PHOTO,
+            Outcome.PASS,
+            "photos_received",
+            f"Breath photos received; mouthpiece visibility is reported, not judged (heuristic saw it in "
+            f"{visible} of {len(judged)} photos).",
+            details=details,
+        )
     if judged and visible >= min(settings.photo_min_matching, len(judged)) and visible * 2 > len(judged):
         return CheckResult(
             CheckKind.BREATH_PHOTO,

@@ -84,7 +84,11 @@ def fingerprint(rgb: RGB, face: FaceBox | None = None) -> ReuseFingerprint:
         (FINGERPRINT_WIDTH_PX, max(1, int(round(h * scale)))),
         interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR,
     )
-    clip = np.any((rgb <= _CLIP_LOW) | (rgb >= _CLIP_HIGH), axis=2) if rgb.ndim == 3 else np.zeros_like(grey, bool)
+    clip = (
+        np.any((rgb <= _CLIP_LOW) | (rgb >= _CLIP_HIGH), axis=2)
+        if rgb.ndim == 3
+        else np.zeros_like(grey, bool)
+    )
     # A small pixel is clipped when any photo pixel under it is (max over the area it covers).
     k = max(1, int(np.ceil(1 / scale)))
     clip = cv2.dilate(clip.astype(np.uint8) * 255, np.ones((k, k), np.uint8))
@@ -115,7 +119,7 @@ class ReuseComparison:
 
 def _keypoint_transform(a: Grey, b: Grey) -> tuple[npt.NDArray[np.float64] | None, int]:
     """2x3 similarity transform mapping b's pixels onto a's, from ORB matches (None if too few)."""
-    orb = cv2.ORB_create(nfeatures=_ORB_FEATURES)
+    orb = cv2.ORB.create(nfeatures=_ORB_FEATURES)
     ka, da = orb.detectAndCompute(a, None)
     kb, db = orb.detectAndCompute(b, None)
     if da is None or db is None or len(ka) < _MIN_INLIERS or len(kb) < _MIN_INLIERS:
@@ -123,8 +127,8 @@ def _keypoint_transform(a: Grey, b: Grey) -> tuple[npt.NDArray[np.float64] | Non
     matches = cv2.BFMatcher(cv2.NORM_HAMMING, crossCheck=True).match(db, da)
     if len(matches) < _MIN_INLIERS:
         return None, 0
-    src = np.float32([kb[m.queryIdx].pt for m in matches]).reshape(-1, 1, 2)
-    dst = np.float32([ka[m.trainIdx].pt for m in matches]).reshape(-1, 1, 2)
+    src = np.array([kb[m.queryIdx].pt for m in matches], dtype=np.float32).reshape(-1, 1, 2)
+    dst = np.array([ka[m.trainIdx].pt for m in matches], dtype=np.float32).reshape(-1, 1, 2)
     m, inl = cv2.estimateAffinePartial2D(
         src, dst, method=cv2.RANSAC, ransacReprojThreshold=_RANSAC_PX, maxIters=2000, confidence=0.995
     )
@@ -160,9 +164,7 @@ def _residual(
     a, b, face = new.grey, earlier.grey, new.face
     h, w = a.shape
     warped = cv2.warpAffine(b, m, (w, h), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT)
-    cover = cv2.warpAffine(
-        np.full(b.shape, 255, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0
-    )
+    cover = cv2.warpAffine(np.full(b.shape, 255, np.uint8), m, (w, h), flags=cv2.INTER_NEAREST, borderValue=0)
     valid = cv2.erode(cover, np.ones((5, 5), np.uint8)) > 0
     overlap = float(valid.mean())
     if overlap < _MIN_OVERLAP:

@@ -135,5 +135,7 @@ def test_eval_face_cross_validate_command_on_a_small_set(tmp_path: Path) -> None
     cal = Calibration.from_json(out.read_text())
     assert cal.n_genuine == 3 and cal.n_impostor == 12 and cal.extra["cross_validation"]["k"] == 3
     again = CliRunner().invoke(main, args)
-    assert again.exit_code == 0 and json.loads(again.output[again.output.index("{") :])["encoding"]["from_cache"]
+    assert (
+        again.exit_code == 0 and json.loads(again.output[again.output.index("{") :])["encoding"]["from_cache"]
+    )
     assert DEFAULT_PATH.is_file()

@@ -103,7 +103,11 @@ class StillPort:
 
     def analyse(self, rgb: np.ndarray) -> list[FaceObservation]:
         s = rgb.shape[1] / 640
-        return [FaceObservation(FaceBox(int(BOX.left * s), int(BOX.top * s), int(BOX.right * s), int(BOX.bottom * s)))]
+        return [
+            FaceObservation(
+                FaceBox(int(BOX.left * s), int(BOX.top * s), int(BOX.right * s), int(BOX.bottom * s))
+            )
+        ]
 
     def distance(self, gallery: object, rgb: np.ndarray, face: FaceObservation) -> float:
         return 0.2
@@ -162,5 +166,7 @@ def test_without_earlier_photos_a_near_duplicate_still_goes_to_review(station: l
     r = _reuse(judge_breath_photos(analyses, InMemoryPhotoIndex(list(index.rows[:1])), "t3", S))
     assert r.outcome is Outcome.INCONCLUSIVE and r.code == "photo_near_duplicate"
     # An earlier photo that cannot be read is not taken as proof of a new moment.
-    r2 = _reuse(judge_breath_photos(analyses, InMemoryPhotoIndex(list(index.rows[:1])), "t4", S, lambda _: None))
+    r2 = _reuse(
+        judge_breath_photos(analyses, InMemoryPhotoIndex(list(index.rows[:1])), "t4", S, lambda _: None)
+    )
     assert r2.outcome is Outcome.INCONCLUSIVE
