@@ -47,9 +47,10 @@ sys.path.insert(0, str(ROOT))
 from identity.checks import Outcome  # noqa: E402
 from sobriety.config import SobrietySettings  # noqa: E402
 from sobriety.face_port import EngineFacePort  # noqa: E402
-from sobriety.occlusion import occlude_mouth  # noqa: E402
+from sobriety.occlusion import FaceBox, occlude_mouth  # noqa: E402
 from sobriety.photos import (  # noqa: E402
     BreathPhoto,
+    FaceObservation,
     InMemoryPhotoIndex,
     PhotoAnalysis,
     analyse_breath_photos,
@@ -256,6 +257,7 @@ def run(
             analyses = cache.analyse(person, photos, port, settings)
             n_photos += len(photos)
             checks = judge_breath_photos(analyses, index, test_id, settings, earlier=store.get)
+            cache.save()
             store.update({p.photo_id: d for p, d in zip(photos, jpegs, strict=True)})
             failed = [f"{c.kind.value}:{c.code}" for c in checks if c.outcome is not Outcome.PASS]
             reuse = _check(checks, "photo_reuse")
@@ -274,6 +276,10 @@ def run(
                     ],
                 }
             )
+        print(
+            f"  {person.name}: {len(person.tests)} genuine tests judged ({time.perf_counter() - t0:.0f} s)",
+            flush=True,
+        )
         # Re-send the first test's photos, one variant at a time, as a new test after all genuine ones.
         first = person.tests[0]
         for name, make in RESENT.items():
@@ -367,9 +373,14 @@ HELDOUT_NEGATIVE = ("hand_only",)
 
 
 def mouthpiece_study(
-    people: list[Person], port: EngineFacePort, settings: SobrietySettings
+    people: list[Person],
+    detect: Callable[[np.ndarray], Any],
+    settings: SobrietySettings,
+    cache: AnalysisCache,
 ) -> dict[str, Any]:
-    """The heuristic on station photos: the tuning occluder, held-out occluders and bare faces."""
+    """The heuristic per photo: the tuning occluder (station test photos), held-out occluders drawn on the
+    first photo's frame of every test, and those frames bare. `detect` returns the largest face (box and
+    68 landmarks) or None, as the breath flow sees it on the photo sent."""
     from sobriety.occlusion import mouthpiece_fraction
 
     t = settings.mouthpiece_min_fraction
@@ -378,53 +389,44 @@ def mouthpiece_study(
         scores[k] = []
     rng = np.random.default_rng(11)
     for person in people:
-        for data in sum(person.tests, []):
+        for tid, jpegs in enumerate(person.tests):
+            for p in _photos(f"{person.name}-t{tid}", jpegs):
+                key = f"{cache.salt}:{person.name}:{p.sha256}"
+                a = cache.rows.get(key)
+                if a is not None and a.mouthpiece is not None and a.mouthpiece.score is not None:
+                    scores["synthetic (tuning generator)"].append(float(a.mouthpiece.score))
+        for data in person.bare[::3]:  # the first photo's frame of each test
             rgb = decode(data)
-            faces = port.analyse(rgb)
-            if faces:
-                f = faces[0]
-                scores["synthetic (tuning generator)"].append(
-                    mouthpiece_fraction(rgb, f.box, f.landmarks, settings.mouthpiece_skin_sigma)
-                )
-        for data in person.bare:
-            rgb = decode(data)
-            faces = port.analyse(rgb)
-            if not faces:
+            f = detect(rgb)
+            if f is None:
                 continue
-            f = faces[0]
             scores["bare face"].append(
                 mouthpiece_fraction(rgb, f.box, f.landmarks, settings.mouthpiece_skin_sigma)
             )
             for k in HELDOUT_POSITIVE + HELDOUT_NEGATIVE:
                 occ = decode(jpeg(heldout_occluder(rgb, f, k, rng), 90))
-                of = port.analyse(occ)
-                if of:
-                    scores[k].append(
-                        mouthpiece_fraction(occ, of[0].box, of[0].landmarks, settings.mouthpiece_skin_sigma)
-                    )
-                else:
-                    scores[k].append(float("nan"))
+                of = detect(occ)
+                scores[k].append(
+                    mouthpiece_fraction(occ, of.box, of.landmarks, settings.mouthpiece_skin_sigma)
+                    if of is not None
+                    else float("nan")
+                )
     out: dict[str, Any] = {"threshold": t, "kinds": {}}
     for k, v in scores.items():
         arr = np.array(v, dtype=np.float64)
-        positive = k not in ("bare face",) + HELDOUT_NEGATIVE
+        positive = k not in ("bare face", *HELDOUT_NEGATIVE)
         called = np.isfinite(arr) & (arr >= t)
         correct = called if positive else ~called
         out["kinds"][k] = {
             "n": int(arr.size),
             "should_be": "visible" if positive else "not visible",
-            "accuracy": float(correct.mean()) if arr.size else None,
-            "median_fraction": float(np.nanmedian(arr)) if arr.size else None,
+            "accuracy": float(correct.mean()) if arr.size else float("nan"),
+            "median_fraction": float(np.nanmedian(arr)) if np.isfinite(arr).any() else float("nan"),
         }
-    pos = [k for k in out["kinds"] if out["kinds"][k]["should_be"] == "visible" and k != "skin_tone"]
-    neg = [k for k in out["kinds"] if out["kinds"][k]["should_be"] == "not visible"]
-    out["heldout_balanced_accuracy"] = float(
-        (
-            np.mean([out["kinds"][k]["accuracy"] for k in pos if k in HELDOUT_POSITIVE])
-            + np.mean([out["kinds"][k]["accuracy"] for k in neg])
-        )
-        / 2
-    )
+    kinds = out["kinds"]
+    pos = [kinds[k]["accuracy"] for k in HELDOUT_POSITIVE if k != "skin_tone"]
+    neg = [kinds[k]["accuracy"] for k in ("bare face", *HELDOUT_NEGATIVE)]
+    out["heldout_balanced_accuracy"] = float((np.mean(pos) + np.mean(neg)) / 2)
     return out
 
 
@@ -455,13 +457,13 @@ def main() -> None:
     from identity.face.config import FaceSettings
     from identity.face.engine import FaceEngine
 
-    port = EngineFacePort(FaceEngine(ROOT / "var" / "models", FaceSettings()))
+    engine = FaceEngine(ROOT / "var" / "models", FaceSettings())
+    port = EngineFacePort(engine)
     t0 = time.perf_counter()
     people = load_or_build(not args.no_cache, port, settings)
     print(f"station tests built in {time.perf_counter() - t0:.0f} s: {len(people)} people")
     cache = AnalysisCache(None if args.no_cache else ANALYSES, settings)
     res = run(people, port, settings, cache)
-    cache.save()
     gen, rs = res["genuine"], res["resent"]
     first_tests = [g for g in gen if g["test"] == 0]
     later = [g for g in gen if g["test"] > 0]
@@ -500,7 +502,18 @@ def main() -> None:
             f"  re-sent (worst photo per test)              max {re_res.max():.1f} p95 "
             f"{np.percentile(re_res, 95):.1f} median {np.median(re_res):.1f}  n={re_res.size}"
         )
-    mp = mouthpiece_study(people, port, settings)
+
+    def detect(rgb: np.ndarray) -> FaceObservation | None:
+        """Largest face, box + 68 landmarks only: the heuristic needs no embedding."""
+        faces = engine.detect(rgb)
+        if not faces:
+            return None
+        b = faces[0].box
+        return FaceObservation(
+            FaceBox(b.left, b.top, b.right, b.bottom), np.asarray(faces[0].landmarks, dtype=np.float64)
+        )
+
+    mp = mouthpiece_study(people, detect, settings, cache)
     print(f"\nMouthpiece heuristic per photo on station photos (threshold {mp['threshold']}):")
     for k, v in mp["kinds"].items():
         print(

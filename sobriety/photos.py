@@ -8,7 +8,12 @@ Two steps so the heavy part can run in a worker process and the database part in
   earlier tests, adds this test's photos to it and summarises everything into the `CheckResult`s that go
   to the verdict.
 
-`validate_breath_photos` does both. Ambiguity (no face, several faces, poor quality, identity between
+`validate_breath_photos` does both. Reuse: a byte-identical photo is FAIL; with `earlier` (a callable giving
+an earlier photo's stored bytes by id) every pHash candidate is aligned and compared pixel by pixel
+(`sobriety.reuse`): a re-sent copy (re-encoded, cropped, scaled, brightness-shifted) is INCONCLUSIVE
+`photo_resent`, a new moment at the same fixed station camera PASSes; without `earlier` a pHash near
+duplicate stays INCONCLUSIVE. The mouthpiece heuristic is report-only unless
+`SobrietySettings.mouthpiece_in_verdict`. Ambiguity (no face, several faces, poor quality, identity between
 the accept and reject distances, a near-duplicate photo, mouthpiece not visible) is INCONCLUSIVE, which
 the verdict sends to review. FAIL is kept for clear evidence: the same photo file seen in an earlier test,
 or every judged photo clearly another person.

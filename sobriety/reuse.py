@@ -101,9 +101,9 @@ def fingerprint(rgb: RGB, face: FaceBox | None = None) -> ReuseFingerprint:
             int(np.ceil(face.right * scale)),
             int(np.ceil(face.bottom * scale)),
         )
-    return ReuseFingerprint(
-        np.ascontiguousarray(small, dtype=np.uint8), box, np.ascontiguousarray(clip_small, dtype=np.uint8)
-    )
+    # No clipped pixel (the usual case): no mask to carry between processes.
+    mask = np.ascontiguousarray(clip_small, dtype=np.uint8) if clip_small.any() else None
+    return ReuseFingerprint(np.ascontiguousarray(small, dtype=np.uint8), box, mask)
 
 
 @dataclass(frozen=True, slots=True)
