@@ -481,6 +481,9 @@ def main() -> None:
         for r in g["not_passed"]:
             reasons[r] = reasons.get(r, 0) + 1
     print(f"  not-PASS reasons (tests): {reasons or 'none'}")
+    for g in gen:
+        if not g["pass"]:
+            print(f"    {g['person']} test {g['test']} (frames {g['frames']}): {g['not_passed']}")
     print(
         f"\nRe-sent photos ({len(rs)} tests = {len(people)} people x {len(RESENT)} variants, 3 photos each):"
     )
@@ -492,14 +495,14 @@ def main() -> None:
             f"outcomes {sorted({r['outcome'] + ':' + r['code'] for r in rows})}"
         )
     new_res = np.array([min(g["reuse_residuals"]) for g in later if g["reuse_residuals"]])
-    re_res = np.array([max(r["residuals"]) for r in rs if r["residuals"]])
+    re_res = np.array([min(r["residuals"]) for r in rs if r["residuals"]])
     if new_res.size and re_res.size:
         print(
             f"\nReuse residual (grey levels, p90 over the face after alignment; threshold "
             f"{settings.reuse_same_moment_max_residual:g}):\n"
             f"  new moment (closest earlier photo per test) min {new_res.min():.1f} p5 "
             f"{np.percentile(new_res, 5):.1f} median {np.median(new_res):.1f}  n={new_res.size}\n"
-            f"  re-sent (worst photo per test)              max {re_res.max():.1f} p95 "
+            f"  re-sent (closest earlier photo per test)    max {re_res.max():.1f} p95 "
             f"{np.percentile(re_res, 95):.1f} median {np.median(re_res):.1f}  n={re_res.size}"
         )
 

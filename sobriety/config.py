@@ -167,10 +167,12 @@ class SobrietySettings(BaseModel):
         "(sobriety.reuse) instead of being called a near duplicate on the hash alone.",
     )
     reuse_max_comparisons: int = Field(
-        12,
+        48,
         ge=1,
-        le=100,
-        description="Most earlier photos (closest pHash first) compared pixel by pixel per new photo.",
+        le=500,
+        description="Most earlier photos (closest pHash first) compared pixel by pixel per new photo "
+        "(~10-40 ms each on one core). A pHash near duplicate beyond this many stays INCONCLUSIVE, so "
+        "the service should offer the person's recent tests first (a station's photos are all close).",
     )
     reuse_same_moment_max_residual: float = Field(
         2.0,

@@ -442,6 +442,7 @@ def _reuse_check(
     for a in analyses:
         matches = index.find(a.phash, a.sha256, radius)
         checked = 0
+        resent_found = False
         for m in matches:
             row: dict[str, Any] = {
                 "photo_id": a.photo_id,
@@ -452,6 +453,8 @@ def _reuse_check(
             if m.exact:
                 exact.append(row)
                 continue
+            if resent_found:
+                continue  # this photo is already a copy: the check's outcome cannot change
             old = None
             if earlier is not None and a.fingerprint is not None and checked < settings.reuse_max_comparisons:
                 checked += 1
@@ -460,7 +463,7 @@ def _reuse_check(
                 if m.distance <= settings.phash_max_hamming:
                     near.append({**row, "residual": None, "reason": "earlier photo not compared"})
                 continue
-            cmp = compare(a.fingerprint, old)
+            cmp = compare(a.fingerprint, old, settings.reuse_same_moment_max_residual)
             row.update(
                 residual=round(cmp.residual, 3) if np.isfinite(cmp.residual) else None,
                 alignment=cmp.alignment,
@@ -470,6 +473,7 @@ def _reuse_check(
             compared.append(row)
             if cmp.residual <= settings.reuse_same_moment_max_residual:
                 near.append({**row, "reason": "same moment (re-sent photo)"})
+                resent_found = True
     digests = [a.sha256 for a in analyses]
     twins = len(digests) - len(set(digests))
     details: dict[str, Any] = {

@@ -32,7 +32,7 @@ _RANSAC_PX = 2.0
 _MIN_OVERLAP = 0.5  # share of the new photo the aligned earlier photo must cover
 _FACE_PAD = 0.15  # face box grown by this share of its size on each side
 _RESIDUAL_PERCENTILE = 90.0
-_ECC_ITERATIONS = 30
+_ECC_ITERATIONS = 20
 _CLIP_LOW, _CLIP_HIGH = 3, 252
 
 Grey = npt.NDArray[np.uint8]
@@ -198,20 +198,25 @@ def _residual(
     return float(np.percentile(diff[region], _RESIDUAL_PERCENTILE)), overlap, name
 
 
-def compare(new: ReuseFingerprint, earlier: ReuseFingerprint) -> ReuseComparison:
-    """How alike the new photo and an earlier one are once aligned (see the module docstring)."""
+def compare(
+    new: ReuseFingerprint, earlier: ReuseFingerprint, stop_at_or_below: float | None = None
+) -> ReuseComparison:
+    """How alike the new photo and an earlier one are once aligned (see the module docstring).
+
+    Two alignments are tried, the smaller residual wins: the fixed camera (the earlier photo scaled to
+    the new one's width) first, then ORB keypoints; with `stop_at_or_below` the keypoint step is skipped
+    when the fixed-camera residual is already that small (the answer "same moment" cannot change).
+    """
     a, b = new.grey, earlier.grey
-    candidates: list[tuple[str, npt.NDArray[np.float64], int]] = []
+    s = a.shape[1] / b.shape[1]
+    fixed = np.array([[s, 0.0, 0.0], [0.0, s, 0.0]])
+    r, overlap, region = _residual(new, earlier, _refine(a, b, fixed))
+    best = ReuseComparison(r, "fixed_camera", 0, overlap, region)
+    if stop_at_or_below is not None and r <= stop_at_or_below:
+        return best
     m, inliers = _keypoint_transform(a, b)
     if m is not None:
-        candidates.append(("keypoints", m, inliers))
-    # Fixed camera: the earlier photo scaled to the new one's width, no shift.
-    s = a.shape[1] / b.shape[1]
-    candidates.append(("fixed_camera", np.array([[s, 0.0, 0.0], [0.0, s, 0.0]]), 0))
-    best: ReuseComparison | None = None
-    for name, mat, n in candidates:
-        r, overlap, region = _residual(new, earlier, _refine(a, b, mat))
-        if best is None or r < best.residual:
-            best = ReuseComparison(r, name, n, overlap, region)
-    assert best is not None
+        r, overlap, region = _residual(new, earlier, _refine(a, b, m))
+        if r < best.residual:
+            best = ReuseComparison(r, "keypoints", inliers, overlap, region)
     return best
