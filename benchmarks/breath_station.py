@@ -211,7 +211,13 @@ class AnalysisCache:
 
     def __init__(self, path: Path | None, settings: SobrietySettings) -> None:
         self.path = path
-        self.salt = hashlib.sha256((GENERATOR_VERSION + settings.model_dump_json()).encode()).hexdigest()[:16]
+        # Judging settings (reuse_*, phash_*) do not change an analysis: left out of the key.
+        relevant = settings.model_dump(
+            exclude={f for f in type(settings).model_fields if f.startswith(("reuse_", "phash_"))}
+        )
+        self.salt = hashlib.sha256(
+            (GENERATOR_VERSION + json.dumps(relevant, sort_keys=True, default=str)).encode()
+        ).hexdigest()[:16]
         self.rows: dict[str, PhotoAnalysis] = {}
         if path is not None and path.is_file():
             with path.open("rb") as f:
@@ -307,6 +313,7 @@ def run(
                     ],
                 }
             )
+    cache.save()
     wall = time.perf_counter() - t0
     return {"genuine": genuine, "resent": resent, "wall_s": wall, "photos": n_photos}
 
