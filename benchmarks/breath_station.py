@@ -311,6 +311,18 @@ def run(
                         for m in reuse.details.get("compared", [])
                         if m.get("residual") is not None
                     ],
+                    # Per photo: the smallest residual to any earlier photo (the copy's source when found).
+                    "photo_min_residuals": [
+                        min(
+                            (
+                                m["residual"]
+                                for m in reuse.details.get("compared", [])
+                                if m["photo_id"] == p.photo_id and m.get("residual") is not None
+                            ),
+                            default=None,
+                        )
+                        for p in photos
+                    ],
                 }
             )
     cache.save()
@@ -502,14 +514,20 @@ def main() -> None:
             f"outcomes {sorted({r['outcome'] + ':' + r['code'] for r in rows})}"
         )
     new_res = np.array([min(g["reuse_residuals"]) for g in later if g["reuse_residuals"]])
-    re_res = np.array([min(r["residuals"]) for r in rs if r["residuals"]])
+    per_photo = [x for r in rs if r["variant"] != "byte_identical" for x in r["photo_min_residuals"]]
+    re_res = np.array([x for x in per_photo if x is not None])
+    thr = settings.reuse_same_moment_max_residual
+    print(
+        f"  edited re-sent photos caught one by one (residual <= {thr:g} to an earlier photo): "
+        f"{int((re_res <= thr).sum())}/{len(per_photo)}"
+    )
     if new_res.size and re_res.size:
         print(
             f"\nReuse residual (grey levels, p90 over the face after alignment; threshold "
             f"{settings.reuse_same_moment_max_residual:g}):\n"
             f"  new moment (closest earlier photo per test) min {new_res.min():.1f} p5 "
             f"{np.percentile(new_res, 5):.1f} median {np.median(new_res):.1f}  n={new_res.size}\n"
-            f"  re-sent (closest earlier photo per test)    max {re_res.max():.1f} p95 "
+            f"  re-sent, edited (per photo, closest)        max {re_res.max():.1f} p95 "
             f"{np.percentile(re_res, 95):.1f} median {np.median(re_res):.1f}  n={re_res.size}"
         )
 
