@@ -4,8 +4,8 @@ The table is produced by `kuzet eval face --cross-validate --write-calibration P
 cross-identity and same-identity pair of a labelled image set, and saved as JSON with the dataset name,
 pair counts, date, the scoring it was measured under, the safety margins chosen by identity-grouped
 cross-validation (with the out-of-sample figures) and short hashes of the images it was made on (so an
-evaluation can tell whether it overlaps them). A threshold is only as fine as the data: an FMR below 1/n_impostor
-cannot be resolved, so a target below the table's smallest measured FMR is clamped (and says so).
+evaluation can tell whether it overlaps them). A threshold is only as fine as the data: an FMR below
+1/n_impostor cannot be resolved, so a target below the table's smallest measured FMR is clamped (and says so).
 """
 
 from __future__ import annotations
