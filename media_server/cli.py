@@ -223,8 +223,8 @@ def eval_pad(root: Path, as_json: bool) -> None:
     "--pairs",
     "pairs_csv",
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    required=True,
-    help="CSV with columns img1,img2,same (paths relative to --root).",
+    default=None,
+    help="CSV with columns img1,img2,same (paths relative to --root); needed unless --cross-validate.",
 )
 @click.option("--root", type=click.Path(exists=True, file_okay=False, path_type=Path), required=True)
 @click.option(
@@ -236,42 +236,77 @@ def eval_pad(root: Path, as_json: bool) -> None:
     "--limit", type=int, default=None, help="Use only the first N pairs (half genuine, half impostor)."
 )
 @click.option(
+    "--cross-validate",
+    is_flag=True,
+    help="Calibrate on every image under --root (all pairs) with identity-grouped k-fold CV and print the "
+    "out-of-sample false-FAIL / false-PASS / REVIEW rates, with and without flip TTA.",
+)
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True, help="CV folds.")
+@click.option("--repeats", type=click.IntRange(1, 20), default=3, show_default=True, help="CV repeats.")
+@click.option(
+    "--cache",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=Path("var/face_embeddings.npz"),
+    show_default=True,
+    help="Embedding cache for --cross-validate (re-runs skip encoding); invalidated when images, "
+    "weights or detection settings change.",
+)
+@click.option(
     "--write-calibration",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="Write the FMR calibration table measured on all image pairs to this JSON file.",
+    help="With --cross-validate: write the calibration (tables on all images + CV margins) to this file.",
 )
 def eval_face(
-    pairs_csv: Path,
+    pairs_csv: Path | None,
     root: Path,
     as_json: bool,
     baseline: bool,
     all_pairs: bool,
     limit: int | None,
+    cross_validate: bool,
+    folds: int,
+    repeats: int,
+    cache: Path,
     write_calibration: Path | None,
 ) -> None:
-    """Face verification on a pairs CSV: accuracy, TAR at FAR 1%/0.1%, EER, failure-to-enrol, ms/image."""
-    from identity.face.evaluate import evaluate, format_report
+    """Face verification: pairs CSV metrics, calibration provenance and overlap, or cross-validated calibration."""
+    from identity.face.evaluate import calibrate, evaluate, format_calibration, format_report
     from identity.models import ModelError
 
     settings = Settings()
+    if write_calibration is not None and not cross_validate:
+        raise click.UsageError("--write-calibration needs --cross-validate")
+    if pairs_csv is None and not cross_validate:
+        raise click.UsageError("give --pairs, or --cross-validate to calibrate on every image under --root")
     try:
-        report = evaluate(
-            pairs_csv,
-            root,
-            settings.face,
-            settings.models.dir,
-            baseline=baseline,
-            all_pairs=all_pairs,
-            limit=limit,
-            write_calibration=write_calibration,
-        )
+        if cross_validate:
+            cv_report = calibrate(
+                root,
+                settings.face,
+                settings.models.dir,
+                folds=folds,
+                repeats=repeats,
+                cache=cache,
+                write_calibration=write_calibration,
+            )
+            click.echo(json.dumps(cv_report, indent=2) if as_json else format_calibration(cv_report))
+        if pairs_csv is not None:
+            report = evaluate(
+                pairs_csv,
+                root,
+                settings.face,
+                settings.models.dir,
+                baseline=baseline,
+                all_pairs=all_pairs,
+                limit=limit,
+            )
+            click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
     except ModelError as exc:
         click.echo(
             f"{exc}\nrun `kuzet models verify` (face weights ship in face_recognition_models)", err=True
         )
         sys.exit(1)
-    click.echo(json.dumps(report, indent=2) if as_json else format_report(report))
 
 
 @eval_group.command("voice")

@@ -158,6 +158,34 @@ class SobrietySettings(BaseModel):
         "one bit below the closest two different photos (10); re-encoded/resized/cropped copies score <= 2 "
         "(one-sided crops up to 14).",
     )
+    reuse_candidate_max_hamming: int = Field(
+        16,
+        ge=0,
+        le=32,
+        description="When earlier photos can be read (the service passes them), every earlier photo within "
+        "this pHash distance (bits, set_distance) is aligned with the new one and compared pixel by pixel "
+        "(sobriety.reuse) instead of being called a near duplicate on the hash alone.",
+    )
+    reuse_max_comparisons: int = Field(
+        48,
+        ge=1,
+        le=500,
+        description="Most earlier photos (closest pHash first) compared pixel by pixel per new photo "
+        "(each an ORB + ECC alignment at 320 px; 0.46 s measured at load ~16 on 2 shared cores). A pHash "
+        "near duplicate beyond this many stays INCONCLUSIVE, so the service should offer the person's "
+        "recent tests first (a station's photos are all close).",
+    )
+    reuse_same_moment_max_residual: float = Field(
+        2.0,
+        ge=0.5,
+        le=64.0,
+        description="Residual (grey levels 0-255: 90th percentile of the absolute difference over the face "
+        "region after alignment, gain/offset fit and a 1.2 px blur at 320 px width) at or below which a "
+        "new photo is a re-sent copy of an earlier one (same moment); above it, a new moment. Measured by "
+        "benchmarks/breath_station.py on station tests built from 8 real videos: edited re-sent copies "
+        "(JPEG q60/75, crops 3-5%, scale 0.8/1.25, brightness +-25) <= 1.29, new moments >= 0.5 s apart "
+        ">= 2.2.",
+    )
     occluded_accept_distance: float = Field(
         0.37,
         ge=0.2,
@@ -184,6 +212,13 @@ class SobrietySettings(BaseModel):
         description="Fraction of lower-face pixels that must differ from the person's own cheek colour for "
         "the mouthpiece to count as visible (heuristic; below it the photo goes to review). 0.46 balances "
         "errors on LFW with the synthetic occluder (about 11% each way, occlusion_calibration.json).",
+    )
+    mouthpiece_in_verdict: bool = Field(
+        False,
+        description="Whether the mouthpiece heuristic can send a breath test to review. Off: it is computed "
+        "and stored with each photo (report only). benchmarks/breath_station.py measures it on station "
+        "photos built from real videos with held-out occluders; see README 'Breath photos at a home "
+        "station' for the figures that made it report-only.",
     )
     mouthpiece_skin_sigma: float = Field(
         2.5,

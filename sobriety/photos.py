@@ -8,7 +8,12 @@ Two steps so the heavy part can run in a worker process and the database part in
   earlier tests, adds this test's photos to it and summarises everything into the `CheckResult`s that go
   to the verdict.
 
-`validate_breath_photos` does both. Ambiguity (no face, several faces, poor quality, identity between
+`validate_breath_photos` does both. Reuse: a byte-identical photo is FAIL; with `earlier` (a callable giving
+an earlier photo's stored bytes by id) every pHash candidate is aligned and compared pixel by pixel
+(`sobriety.reuse`): a re-sent copy (re-encoded, cropped, scaled, brightness-shifted) is INCONCLUSIVE
+`photo_resent`, a new moment at the same fixed station camera PASSes; without `earlier` a pHash near
+duplicate stays INCONCLUSIVE. The mouthpiece heuristic is report-only unless
+`SobrietySettings.mouthpiece_in_verdict`. Ambiguity (no face, several faces, poor quality, identity between
 the accept and reject distances, a near-duplicate photo, mouthpiece not visible) is INCONCLUSIVE, which
 the verdict sends to review. FAIL is kept for clear evidence: the same photo file seen in an earlier test,
 or every judged photo clearly another person.
@@ -17,7 +22,7 @@ or every judged photo clearly another person.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -29,6 +34,7 @@ from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
 from identity.geometry import FaceBox
 from sobriety.config import SobrietySettings
 from sobriety.occlusion import RGB, Landmarks, mouthpiece_fraction
+from sobriety.reuse import ReuseFingerprint, compare, fingerprint
 
 _PHASH_SIDE = 32  # image is reduced to 32x32 before the DCT
 _PHASH_BLOCK = 8  # the 8x8 lowest frequencies give 64 bits
@@ -203,6 +209,7 @@ class PhotoAnalysis:
     identity: CheckResult | None = None
     mouthpiece: CheckResult | None = None
     pad: CheckResult | None = None
+    fingerprint: ReuseFingerprint | None = None  # sobriety.reuse: tells a re-sent copy from a new moment
 
 
 def _photo(outcome: Outcome, code: str, message: str, **details: Any) -> CheckResult:
@@ -345,14 +352,19 @@ def analyse_breath_photo(
     """All per-photo checks of one breath photo: exactly one face, quality, mouthpiece, identity, PAD."""
     value = phash_set(photo.rgb)
     checks: list[CheckResult] = []
+
+    def done(obs: FaceObservation | None = None, **found: CheckResult | None) -> PhotoAnalysis:
+        fp = fingerprint(photo.rgb, obs.box if obs is not None else None)
+        return PhotoAnalysis(photo.photo_id, photo.sha256, value, checks, fingerprint=fp, **found)
+
     try:
         faces = face.analyse(photo.rgb)
     except Exception as exc:  # an engine failure is a technical outcome, not a crash of the test
         checks.append(_photo(Outcome.TECHNICAL, "engine_error", f"Face engine failed: {type(exc).__name__}"))
-        return PhotoAnalysis(photo.photo_id, photo.sha256, value, checks)
+        return done()
     if not faces:
         checks.append(_photo(Outcome.INCONCLUSIVE, "no_face", "No face found in the photo."))
-        return PhotoAnalysis(photo.photo_id, photo.sha256, value, checks)
+        return done()
     if len(faces) > 1:
         checks.append(
             _photo(
@@ -362,13 +374,13 @@ def analyse_breath_photo(
                 faces=len(faces),
             )
         )
-        return PhotoAnalysis(photo.photo_id, photo.sha256, value, checks)
+        return done()
     obs = faces[0]
     checks.append(_photo(Outcome.PASS, "one_face", "Exactly one face."))
     quality = photo_quality(photo.rgb, obs, settings)
     checks.append(quality)
     if not quality.passed:
-        return PhotoAnalysis(photo.photo_id, photo.sha256, value, checks)
+        return done(obs)
     mouthpiece = mouthpiece_check(photo.rgb, obs, settings)
     checks.append(mouthpiece)
     try:
@@ -376,11 +388,11 @@ def analyse_breath_photo(
         pad = face.antispoof(photo.rgb, obs)
     except Exception as exc:
         checks.append(_photo(Outcome.TECHNICAL, "engine_error", f"Face engine failed: {type(exc).__name__}"))
-        return PhotoAnalysis(photo.photo_id, photo.sha256, value, checks, mouthpiece=mouthpiece)
+        return done(obs, mouthpiece=mouthpiece)
     checks.append(ident)
     if pad is not None:
         checks.append(pad)
-    return PhotoAnalysis(photo.photo_id, photo.sha256, value, checks, ident, mouthpiece, pad)
+    return done(obs, identity=ident, mouthpiece=mouthpiece, pad=pad)
 
 
 def analyse_breath_photos(
@@ -393,23 +405,85 @@ def analyse_breath_photos(
     return [analyse_breath_photo(p, gallery, face, settings) for p in photos]
 
 
+EarlierPhoto = Callable[[str], bytes | None]
+"""Bytes of an earlier breath photo by its photo (artifact) id, or None when it cannot be read."""
+
+
+def _earlier_fingerprint(
+    photo_id: str, earlier: EarlierPhoto, cache: dict[str, ReuseFingerprint | None]
+) -> ReuseFingerprint | None:
+    if photo_id not in cache:
+        data = earlier(photo_id)
+        old = BreathPhoto.from_jpeg(photo_id, data) if data else None
+        cache[photo_id] = fingerprint(old.rgb) if old is not None else None
+    return cache[photo_id]
+
+
 def _reuse_check(
-    analyses: Sequence[PhotoAnalysis], index: PhotoIndex, settings: SobrietySettings
+    analyses: Sequence[PhotoAnalysis],
+    index: PhotoIndex,
+    settings: SobrietySettings,
+    earlier: EarlierPhoto | None = None,
 ) -> CheckResult:
+    """Exact copy -> FAIL; re-sent copy (same moment) -> INCONCLUSIVE; a new moment in the same room -> PASS.
+
+    Without `earlier` (no access to earlier photos) every pHash near duplicate is INCONCLUSIVE. With it,
+    pHash candidates (up to `reuse_candidate_max_hamming` bits, the closest `reuse_max_comparisons`) are
+    aligned with the new photo and compared pixel by pixel (`sobriety.reuse.compare`): a residual at or
+    below `reuse_same_moment_max_residual` is a re-sent photo; above it the photos are different moments.
+    A pHash near duplicate whose earlier photo cannot be read stays INCONCLUSIVE.
+    """
     exact: list[dict[str, Any]] = []
     near: list[dict[str, Any]] = []
+    compared: list[dict[str, Any]] = []
+    cache: dict[str, ReuseFingerprint | None] = {}
+    radius = settings.phash_max_hamming
+    if earlier is not None:
+        radius = max(radius, settings.reuse_candidate_max_hamming)
     for a in analyses:
-        for m in index.find(a.phash, a.sha256, settings.phash_max_hamming):
-            row = {
+        matches = index.find(a.phash, a.sha256, radius)
+        checked = 0
+        resent_found = False
+        for m in matches:
+            row: dict[str, Any] = {
                 "photo_id": a.photo_id,
                 "earlier_photo_id": m.photo_id,
                 "earlier_test_id": m.test_id,
                 "distance": m.distance,
             }
-            (exact if m.exact else near).append(row)
+            if m.exact:
+                exact.append(row)
+                continue
+            if resent_found:
+                continue  # this photo is already a copy: the check's outcome cannot change
+            old = None
+            if earlier is not None and a.fingerprint is not None and checked < settings.reuse_max_comparisons:
+                checked += 1
+                old = _earlier_fingerprint(m.photo_id, earlier, cache)
+            if old is None or a.fingerprint is None:
+                if m.distance <= settings.phash_max_hamming:
+                    near.append({**row, "residual": None, "reason": "earlier photo not compared"})
+                continue
+            cmp = compare(a.fingerprint, old, settings.reuse_same_moment_max_residual)
+            row.update(
+                residual=round(cmp.residual, 3) if np.isfinite(cmp.residual) else None,
+                alignment=cmp.alignment,
+                inliers=cmp.inliers,
+                region=cmp.region,
+            )
+            compared.append(row)
+            if cmp.residual <= settings.reuse_same_moment_max_residual:
+                near.append({**row, "reason": "same moment (re-sent photo)"})
+                resent_found = True
     digests = [a.sha256 for a in analyses]
     twins = len(digests) - len(set(digests))
-    details: dict[str, Any] = {"score_unit": "pHash Hamming distance (64 bits)", "exact": exact, "near": near}
+    details: dict[str, Any] = {
+        "score_unit": "pHash Hamming distance (64 bits); residual: grey levels after alignment",
+        "exact": exact,
+        "near": near,
+        "compared": compared,
+        "same_moment_max_residual": settings.reuse_same_moment_max_residual,
+    }
     if exact:
         return CheckResult(
             CheckKind.PHOTO_REUSE,
@@ -420,11 +494,14 @@ def _reuse_check(
             details=details,
         )
     if near:
+        resent = [r for r in near if r.get("residual") is not None]
         return CheckResult(
             CheckKind.PHOTO_REUSE,
             Outcome.INCONCLUSIVE,
-            "photo_near_duplicate",
-            "A photo is a near-duplicate of one from an earlier test.",
+            "photo_resent" if resent else "photo_near_duplicate",
+            "A photo is a copy of one from an earlier test (same moment, edited or re-encoded)."
+            if resent
+            else "A photo is a near-duplicate of one from an earlier test.",
             score=float(min(r["distance"] for r in near)),
             threshold=float(settings.phash_max_hamming),
             details=details,
@@ -441,7 +518,9 @@ def _reuse_check(
         CheckKind.PHOTO_REUSE,
         Outcome.PASS,
         "photos_new",
-        "No photo was seen before.",
+        "No photo was seen before."
+        if not compared
+        else "Photos resemble earlier ones (same room) but are new moments, not copies.",
         threshold=float(settings.phash_max_hamming),
         details=details,
     )
@@ -519,7 +598,19 @@ def _mouthpiece_summary(analyses: Sequence[PhotoAnalysis], settings: SobrietySet
         "judged": len(judged),
         "method": "heuristic",
         "fractions": [c.score for c in judged],
+        "in_verdict": settings.mouthpiece_in_verdict,
     }
+    if not settings.mouthpiece_in_verdict:
+        # Report only (see SobrietySettings.mouthpiece_in_verdict): the photos were received and judged
+        # by the other checks; the heuristic's reading goes to the evidence, not to the decision.
+        return CheckResult(
+            CheckKind.BREATH_PHOTO,
+            Outcome.PASS,
+            "photos_received",
+            f"Breath photos received; mouthpiece visibility is reported, not judged (heuristic saw it in "
+            f"{visible} of {len(judged)} photos).",
+            details=details,
+        )
     if judged and visible >= min(settings.photo_min_matching, len(judged)) and visible * 2 > len(judged):
         return CheckResult(
             CheckKind.BREATH_PHOTO,
@@ -581,18 +672,24 @@ def _pad_summary(analyses: Sequence[PhotoAnalysis], settings: SobrietySettings) 
 
 
 def judge_breath_photos(
-    analyses: Sequence[PhotoAnalysis], index: PhotoIndex, test_id: str, settings: SobrietySettings
+    analyses: Sequence[PhotoAnalysis],
+    index: PhotoIndex,
+    test_id: str,
+    settings: SobrietySettings,
+    earlier: EarlierPhoto | None = None,
 ) -> list[CheckResult]:
     """Summarise per-photo analyses into verdict checks: identity, mouthpiece, PAD (when judged), reuse.
 
     Looks every photo up in `index` (earlier tests) before adding this test's photos to it, so photos of
-    the same test never match each other.
+    the same test never match each other. `earlier(photo_id)` returns an earlier photo's file bytes (the
+    stored evidence): with it a new moment at a fixed station camera is told from a re-sent photo;
+    without it every pHash near duplicate goes to review.
     """
     checks = [_identity_summary(analyses, settings), _mouthpiece_summary(analyses, settings)]
     pad = _pad_summary(analyses, settings)
     if pad is not None:
         checks.append(pad)
-    checks.append(_reuse_check(analyses, index, settings))
+    checks.append(_reuse_check(analyses, index, settings, earlier))
     for a in analyses:
         index.add(a.photo_id, test_id, a.phash, a.sha256)
     return checks
@@ -605,7 +702,8 @@ def validate_breath_photos(
     index: PhotoIndex,
     test_id: str,
     settings: SobrietySettings,
+    earlier: EarlierPhoto | None = None,
 ) -> tuple[list[PhotoAnalysis], list[CheckResult]]:
     """Analyse and judge one test's photos: (per-photo analyses for evidence, summary verdict checks)."""
     analyses = analyse_breath_photos(photos, gallery, face, settings)
-    return analyses, judge_breath_photos(analyses, index, test_id, settings)
+    return analyses, judge_breath_photos(analyses, index, test_id, settings, earlier)

@@ -1,9 +1,11 @@
 """Score calibration: target false-match rate -> distance threshold, measured on data (light: numpy only).
 
-The table is produced by `kuzet eval face --write-calibration PATH` from every cross-identity and
-same-identity pair of a labelled image set, and saved as JSON with the dataset name, pair counts, date and
-the scoring it was measured under. A threshold is only as fine as the data: an FMR below 1/n_impostor
-cannot be resolved, so a target below the table's smallest measured FMR is clamped (and says so).
+The table is produced by `kuzet eval face --cross-validate --write-calibration PATH` from every
+cross-identity and same-identity pair of a labelled image set, and saved as JSON with the dataset name,
+pair counts, date, the scoring it was measured under, the safety margins chosen by identity-grouped
+cross-validation (with the out-of-sample figures) and short hashes of the images it was made on (so an
+evaluation can tell whether it overlaps them). A threshold is only as fine as the data: an FMR below
+1/n_impostor cannot be resolved, so a target below the table's smallest measured FMR is clamped (and says so).
 """
 
 from __future__ import annotations
@@ -52,9 +54,16 @@ class Calibration:
     false_fail_table: list[tuple[float, float]]
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    pass_margin: float = 0.0
+    fail_margin: float = 0.0
 
     def thresholds(self, target_fmr: float, target_false_fail_rate: float) -> Thresholds:
-        """PASS/FAIL thresholds for the targets: the largest tabulated FMR <= target (conservative)."""
+        """PASS/FAIL thresholds for the targets: the largest tabulated FMR <= target (conservative).
+
+        The safety margins (cosine distance, chosen by identity-grouped cross-validation, see
+        identity.face.crossval) move PASS down and FAIL up: pass_below = table - pass_margin,
+        fail_above = table + fail_margin.
+        """
         rows = sorted(self.fmr_table, reverse=True)
         usable = [row for row in rows if row[0] <= target_fmr]
         clamped = not usable
@@ -62,6 +71,8 @@ class Calibration:
         ff_rows = sorted(self.false_fail_table, reverse=True)
         ff_usable = [row for row in ff_rows if row[0] <= target_false_fail_rate]
         _, fail_above = ff_usable[0] if ff_usable else ff_rows[-1]
+        pass_below -= self.pass_margin
+        fail_above += self.fail_margin
         return Thresholds(
             pass_below=pass_below,
             fail_above=max(fail_above, pass_below),
@@ -91,6 +102,8 @@ class Calibration:
                 false_fail_table=[(float(a), float(b)) for a, b in raw["false_fail_table"]],
                 notes=str(raw.get("notes", "")),
                 extra=dict(raw.get("extra", {})),
+                pass_margin=float(raw.get("pass_margin", 0.0)),
+                fail_margin=float(raw.get("fail_margin", 0.0)),
             )
         except (ValueError, KeyError, TypeError) as exc:
             raise CalibrationError(f"bad calibration JSON: {exc}") from exc
@@ -128,6 +141,9 @@ def build_calibration(
     scoring: dict[str, Any],
     model: dict[str, str],
     notes: str = "",
+    pass_margin: float = 0.0,
+    fail_margin: float = 0.0,
+    extra: dict[str, Any] | None = None,
 ) -> Calibration:
     """Tabulate FMR and false-fail thresholds from genuine and impostor cosine distances."""
     imp = np.asarray(impostor, dtype=np.float64)
@@ -157,4 +173,7 @@ def build_calibration(
         fmr_table=fmr_table,
         false_fail_table=ff_table,
         notes=notes,
+        extra=dict(extra or {}),
+        pass_margin=pass_margin,
+        fail_margin=fail_margin,
     )

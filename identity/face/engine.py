@@ -150,6 +150,10 @@ class FaceEngine:
         faces.sort(key=lambda f: f.box.width * f.box.height, reverse=True)
         return faces
 
+    def chip(self, rgb: RgbImage, face: FaceObservation) -> RgbImage:
+        """The aligned 150x150 RGB chip of `face` in `rgb` (the encoder's input)."""
+        return self._chip(rgb, face)
+
     def _chip(self, rgb: RgbImage, face: FaceObservation) -> RgbImage:
         rect = dlib.rectangle(face.box.left, face.box.top, face.box.right, face.box.bottom)
         if self.settings.landmark_model is LandmarkModel.POINTS_68:

@@ -18,10 +18,12 @@ Identity labels for calibration are taken from the image's parent directory (LFW
 from __future__ import annotations
 
 import csv
+import hashlib
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +190,8 @@ def _calibration_or_none(settings: FaceSettings) -> Calibration | None:
         return None
 
 
-def _placeholder_calibration() -> Calibration:
+def placeholder_calibration() -> Calibration:
+    """A stand-in calibration for engines whose thresholds are not used (encoding only)."""
     return Calibration(
         dataset="placeholder",
         n_genuine=0,
@@ -232,14 +235,13 @@ def evaluate(
     baseline: bool = False,
     all_pairs: bool = False,
     limit: int | None = None,
-    write_calibration: Path | None = None,
 ) -> dict[str, Any]:
     """Run the evaluation and return a JSON-able report (see the module docstring for the protocol)."""
     pairs = read_pairs(pairs_csv, limit)
     enrol_paths = sorted({p.img1 for p in pairs})
     probe_paths = sorted({p.img2 for p in pairs})
     every = sorted(set(enrol_paths) | set(probe_paths))
-    need_both = all_pairs or write_calibration is not None
+    need_both = all_pairs
     t0 = time.perf_counter()
     ours = _embed_all(root, every, enrol_paths, probe_paths, settings, models_dir, need_both)
     wall = time.perf_counter() - t0
@@ -276,10 +278,13 @@ def evaluate(
         ],
     }
     cal = _calibration_or_none(settings)
+    if cal is None:
+        report["calibration_missing"] = str(settings.calibration_path or "identity/face/calibration.json")
     if cal is not None:
         th = cal.thresholds(settings.target_fmr, settings.target_false_fail_rate)
         accept = d < th.pass_below
         report["calibrated"] = {
+            **calibration_provenance(cal, root, every),
             "calibration_dataset": cal.dataset,
             "calibration_n_impostor": cal.n_impostor,
             "target_fmr": settings.target_fmr,
@@ -296,22 +301,6 @@ def evaluate(
         report["all_pairs"] = summarise(
             np.concatenate([gd, idd]), np.concatenate([np.ones(gd.size, bool), np.zeros(idd.size, bool)])
         )
-        if write_calibration is not None:
-            from identity.models import load_manifest
-
-            entry = load_manifest()["dlib_resnet_face_v1"]
-            new = build_calibration(
-                gd,
-                idd,
-                dataset=f"{pairs_csv.name} images under {root.name}/ "
-                "(all same/cross-identity pairs, identity = parent dir)",
-                scoring=report["pipeline"],
-                model=entry.stamp().to_dict(),
-                notes="Measured on the LFW dev fold-1 images: the same images the eval pairs use, so eval "
-                "figures at this calibration's thresholds are not a generalisation estimate.",
-            )
-            write_calibration.write_text(new.to_json())
-            report["calibration_written"] = str(write_calibration)
     if baseline:
         t1 = time.perf_counter()
         base = embed_baseline(root, every)
@@ -346,7 +335,7 @@ def _embed_all(
     from identity.face.engine import FaceEngine
 
     engine = FaceEngine(
-        models_dir, settings, calibration=_calibration_or_none(settings) or _placeholder_calibration()
+        models_dir, settings, calibration=_calibration_or_none(settings) or placeholder_calibration()
     )
     enrol_set, probe_set = set(enrol_paths), set(probe_paths)
     out: dict[tuple[str, str], ImageResult] = {}
@@ -401,13 +390,16 @@ def format_report(report: dict[str, Any]) -> str:
         f"  ms/image: enrol {report['ms_per_image']['enrol']:.1f}, "
         f"probe {report['ms_per_image']['probe']:.1f}  (wall {report['wall_s']:.1f} s)",
     ]
+    if "calibration_missing" in report:
+        lines.append(f"WARNING: no calibration file ({report['calibration_missing']}): no calibrated figures")
     if "calibrated" in report:
         c = report["calibrated"]
+        lines += provenance_lines(c)
         lines.append(
-            f"  at calibrated threshold (target FMR {c['target_fmr']:g}, d < {c['pass_below']:.4f}; "
-            "calibration "
-            f"from {c['calibration_n_impostor']} impostor pairs of the same images): TAR {c['tar']:.3f}, "
-            f"FAR {c['far']:.3f}, accuracy {c['accuracy']:.3f}, inconclusive {c['inconclusive']}"
+            f"  at calibrated thresholds (target FMR {c['target_fmr']:g}: PASS d < {c['pass_below']:.4f}, "
+            f"FAIL d > {c['fail_above']:.4f}): TAR {c['tar']:.3f}, FAR {c['far']:.3f}, "
+            f"accuracy {c['accuracy']:.3f}, REVIEW {c['inconclusive']}, "
+            f"genuine FAIL {c['decided_fail_genuine']}"
         )
     if "all_pairs" in report:
         a = report["all_pairs"]
@@ -415,8 +407,6 @@ def format_report(report: dict[str, Any]) -> str:
             f"all pairs of these images ({a['n_genuine']} genuine, {a['n_impostor']} impostor):",
             *_metric_lines(a),
         ]
-    if "calibration_written" in report:
-        lines.append(f"calibration written to {report['calibration_written']}")
     if "baseline" in report:
         b = report["baseline"]
         lines += [
@@ -438,3 +428,238 @@ def _metric_lines(m: dict[str, Any]) -> list[str]:
         f"  TAR @ FAR 0.1%: {m['tar_at_far_0.1%']:.4f}  (threshold d < {m['threshold_at_far_0.1%']:.4f}, "
         f"{m['impostors_accepted_at_far_0.1%']} impostor(s) accepted)",
     ]
+
+
+# ---------------------------------------------------------------------------- calibration provenance
+DIGEST_HEX = 16  # first 64 bits of each image's SHA-256: enough to spot overlap, short enough to store
+
+
+def image_digests(root: Path, rels: Sequence[str]) -> list[str]:
+    """Sorted short SHA-256 digests (16 hex) of the image files (unreadable files are skipped)."""
+    out = set()
+    for rel in rels:
+        try:
+            out.add(hashlib.sha256((root / rel).read_bytes()).hexdigest()[:DIGEST_HEX])
+        except OSError:
+            continue
+    return sorted(out)
+
+
+def calibration_provenance(cal: Calibration, root: Path, rels: Sequence[str]) -> dict[str, Any]:
+    """Where the calibration came from and how many of these images it was made on (by file content)."""
+    cv = cal.extra.get("cross_validation", {})
+    known = cal.extra.get("image_sha256_16")
+    mine = image_digests(root, rels)
+    overlap = None if not isinstance(known, list) else len(set(mine) & {str(x) for x in known})
+    return {
+        "provenance": {
+            "dataset": cal.dataset,
+            "date": cal.date,
+            "n_identities": cal.extra.get("n_identities"),
+            "n_images": cal.extra.get("n_images"),
+            "n_genuine": cal.n_genuine,
+            "n_impostor": cal.n_impostor,
+            "cross_validated": bool(cv),
+            "folds": cv.get("k"),
+            "repeats": cv.get("repeats"),
+            "pass_margin": cal.pass_margin,
+            "fail_margin": cal.fail_margin,
+            "cv_false_fail": cv.get("false_fail"),
+            "cv_false_pass": cv.get("false_pass"),
+            "cv_genuine_review": cv.get("genuine_review"),
+        },
+        "eval_images": len(mine),
+        "overlap_images": overlap,
+    }
+
+
+def provenance_lines(c: dict[str, Any]) -> list[str]:
+    """The calibration's provenance and the overlap warning, as printed by `kuzet eval face`."""
+    p = c["provenance"]
+    lines = [
+        f"calibration: {p['dataset']}, made {p['date']}, {p['n_identities'] or '?'} identities, "
+        f"{p['n_images'] or '?'} images, {p['n_genuine']} genuine / {p['n_impostor']} impostor pairs; "
+        + (
+            f"{p['folds']}-fold identity-grouped CV x{p['repeats']}, margins PASS -{p['pass_margin']:.4f} "
+            f"FAIL +{p['fail_margin']:.4f}; CV out-of-sample false-FAIL mean "
+            f"{p['cv_false_fail']['mean']:.2%} (worst fold {p['cv_false_fail']['worst_fold']:.2%}), "
+            f"false-PASS mean {p['cv_false_pass']['mean']:.3%} "
+            f"(worst fold {p['cv_false_pass']['worst_fold']:.3%})"
+            if p["cross_validated"] and p["cv_false_fail"] and p["cv_false_pass"]
+            else "NOT cross-validated"
+        )
+    ]
+    n, o = c["eval_images"], c["overlap_images"]
+    if o is None:
+        lines.append(
+            "WARNING: the calibration does not list its images: cannot tell whether this evaluation "
+            "overlaps them; treat the calibrated figures as possibly in-sample."
+        )
+    elif o > 0:
+        lines.append(
+            f"WARNING: {o} of the {n} evaluation images were used to make the calibration: the figures at "
+            "the calibrated thresholds below are IN-SAMPLE, not a generalisation estimate (see the "
+            "cross-validated figures above, or evaluate on other images)."
+        )
+    else:
+        lines.append(
+            f"calibration made on other images: none of the {n} evaluation images were used to make it "
+            "(figures at the calibrated thresholds are out-of-sample)."
+        )
+    return lines
+
+
+# ---------------------------------------------------------------------------- cross-validated calibration
+def calibrate(
+    root: Path,
+    settings: FaceSettings,
+    models_dir: Path,
+    *,
+    folds: int = 5,
+    repeats: int = 3,
+    cache: Path | None = None,
+    write_calibration: Path | None = None,
+    compare_flip: bool = True,
+) -> dict[str, Any]:
+    """All-pairs, identity-grouped, nested cross-validation of the thresholds on every image under `root`.
+
+    Reports out-of-sample false-FAIL, false-PASS and REVIEW rates (mean and worst fold) with and without
+    flip TTA, the margins a calibration on all images gets, and optionally writes that calibration.
+    """
+    from identity.face.crossval import all_pairs as pairs_of
+    from identity.face.crossval import cross_validate, final_margins
+    from identity.face.dataset import encode_images, list_images
+
+    rels = list_images(root)
+    t0 = time.perf_counter()
+    enc, cached = encode_images(root, rels, settings, models_dir, cache)
+    wall = time.perf_counter() - t0
+    fmr, ffr = settings.target_fmr, settings.target_false_fail_rate
+    found = enc.found
+    report: dict[str, Any] = {
+        "dataset": {
+            "root": str(root),
+            "n_images": len(rels),
+            "n_found": int(found.sum()),
+            "n_identities": len(set(enc.identities)),
+            "not_found": [p for p, ok in zip(rels, found, strict=True) if not ok],
+        },
+        "encoding": {
+            "cache": str(cache) if cache else None,
+            "from_cache": cached,
+            "wall_s": wall,
+            "detect_ms_per_image": float(np.mean(enc.detect_ms)),
+            "encode_ms_per_chip": float(np.nanmean(enc.encode_ms)) if found.any() else None,
+        },
+        "protocol": f"all unordered pairs, identity = parent directory; {folds}-fold CV grouped by identity, "
+        f"repeated {repeats}x; thresholds tuned on the other folds at target FMR {fmr:g} and false-FAIL "
+        f"{ffr:g}, safety margins chosen by a nested identity-grouped CV inside the tuning folds; "
+        "figures are on the held-out fold's within-fold pairs",
+        "variants": {},
+    }
+    variants = (settings.flip_tta, not settings.flip_tta) if compare_flip else (settings.flip_tta,)
+    for flip in variants:
+        emb = enc.embeddings(flip)
+        cv = cross_validate(emb, enc.identities, k=folds, repeats=repeats, target_fmr=fmr, target_ffr=ffr)
+        pm, fm = final_margins(emb, enc.identities, k=folds, target_fmr=fmr, target_ffr=ffr)
+        pairs = pairs_of(emb, enc.identities)
+        gen, imp = pairs.distance[pairs.same], pairs.distance[~pairs.same]
+        cal = build_calibration(gen, imp, dataset="", scoring={}, model={}, pass_margin=pm, fail_margin=fm)
+        th = cal.thresholds(fmr, ffr)
+        report["variants"]["flip_tta" if flip else "no_flip"] = {
+            "flip_tta": flip,
+            "cv": cv.summary(),
+            "all_images": {
+                "n_genuine": int(gen.size),
+                "n_impostor": int(imp.size),
+                "pass_margin": pm,
+                "fail_margin": fm,
+                "pass_below": th.pass_below,
+                "fail_above": th.fail_above,
+            },
+            "encode_ms_per_image": (2 if flip else 1) * (report["encoding"]["encode_ms_per_chip"] or 0.0),
+            "_emb": emb,
+            "_gen": gen,
+            "_imp": imp,
+        }
+    chosen = report["variants"]["flip_tta" if settings.flip_tta else "no_flip"]
+    if write_calibration is not None:
+        from identity.models import load_manifest
+
+        entry = load_manifest()["dlib_resnet_face_v1"]
+        a = chosen["all_images"]
+        new = build_calibration(
+            chosen["_gen"],
+            chosen["_imp"],
+            dataset=f"all images under {root.name}/ ({report['dataset']['n_found']} images with a face, "
+            f"{report['dataset']['n_identities']} identities = parent directories; all unordered pairs)",
+            scoring={
+                "score": "cosine distance of L2-normalised embeddings",
+                "landmark_model": settings.landmark_model.value,
+                "enrol_num_jitters": settings.enrol_num_jitters,
+                "flip_tta": settings.flip_tta,
+                "cnn_fallback": settings.cnn_fallback,
+                "hog_upsample": settings.hog_upsample,
+            },
+            model=entry.stamp().to_dict(),
+            notes="Tables measured on all the images; PASS/FAIL safety margins chosen by identity-grouped "
+            "cross-validation so that held-out identities meet the targets (extra.cross_validation holds "
+            "the out-of-sample figures of the whole procedure, margins included). An evaluation on these "
+            "images is in-sample: `kuzet eval face` warns when it overlaps extra.image_sha256_16.",
+            pass_margin=a["pass_margin"],
+            fail_margin=a["fail_margin"],
+            extra={
+                "n_images": report["dataset"]["n_found"],
+                "n_identities": report["dataset"]["n_identities"],
+                "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "targets": {"fmr": fmr, "false_fail_rate": ffr},
+                "thresholds_at_targets": {"pass_below": a["pass_below"], "fail_above": a["fail_above"]},
+                "cross_validation": chosen["cv"],
+                "flip_tta_comparison": {
+                    name: {"cv": v["cv"], "encode_ms_per_image": v["encode_ms_per_image"]}
+                    for name, v in report["variants"].items()
+                },
+                "image_sha256_16": image_digests(root, [p for p, ok in zip(rels, found, strict=True) if ok]),
+            },
+        )
+        write_calibration.write_text(new.to_json())
+        report["calibration_written"] = str(write_calibration)
+    for v in report["variants"].values():
+        for key in ("_emb", "_gen", "_imp"):
+            v.pop(key)
+    return report
+
+
+def format_calibration(report: dict[str, Any]) -> str:
+    """Human-readable lines of a `calibrate` report."""
+    d, e = report["dataset"], report["encoding"]
+    lines = [
+        f"images: {d['n_images']} ({d['n_found']} with a face), identities: {d['n_identities']}",
+        f"encoding: {'from cache ' + str(e['cache']) if e['from_cache'] else 'computed'} in "
+        f"{e['wall_s']:.1f} s; detect {e['detect_ms_per_image']:.0f} ms/image, encode "
+        f"{(e['encode_ms_per_chip'] or 0):.0f} ms per chip (flip TTA = 2 chips)",
+        f"protocol: {report['protocol']}",
+    ]
+    for name, v in report["variants"].items():
+        cv, a = v["cv"], v["all_images"]
+        lines += [
+            f"{name} (encode ~{v['encode_ms_per_image']:.0f} ms/image): out-of-sample over "
+            f"{cv['k'] * cv['repeats']} held-out folds ({cv['pooled']['n_genuine']} genuine, "
+            f"{cv['pooled']['n_impostor']} impostor pair-tests), mean | worst fold:",
+            f"  false-FAIL (genuine decided FAIL)   {cv['false_fail']['mean']:7.3%} | "
+            f"{cv['false_fail']['worst_fold']:7.3%}   target <= {cv['target_false_fail_rate']:.1%}",
+            f"  false-PASS (impostor decided PASS)  {cv['false_pass']['mean']:7.3%} | "
+            f"{cv['false_pass']['worst_fold']:7.3%}   target <= {cv['target_fmr']:.1%}",
+            f"  genuine REVIEW                      {cv['genuine_review']['mean']:7.3%} | "
+            f"{cv['genuine_review']['worst_fold']:7.3%}",
+            f"  impostor REVIEW                     {cv['impostor_review']['mean']:7.3%} | "
+            f"{cv['impostor_review']['worst_fold']:7.3%}",
+            f"  genuine PASS                        {cv['genuine_pass']['mean']:7.3%} | "
+            f"{cv['genuine_pass']['worst_fold']:7.3%}",
+            f"  all images ({a['n_genuine']} genuine, {a['n_impostor']} impostor pairs): margins PASS "
+            f"-{a['pass_margin']:.4f} FAIL +{a['fail_margin']:.4f} -> PASS d < {a['pass_below']:.4f}, "
+            f"FAIL d > {a['fail_above']:.4f}",
+        ]
+    if "calibration_written" in report:
+        lines.append(f"calibration written to {report['calibration_written']}")
+    return "\n".join(lines)

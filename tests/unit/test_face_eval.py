@@ -7,6 +7,7 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
+from identity.face.evaluate import format_report
 from media_server.cli import main
 
 FACES = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "faces"
@@ -37,3 +38,8 @@ def test_eval_face_on_twenty_pairs() -> None:
     assert 0.0 <= report["failure_to_enrol_rate"] <= 1.0
     assert report["ms_per_image"]["probe"] > 0
     assert len(report["scores"]) == 20 and len(report["roc"]["far"]) == len(report["roc"]["tar"])
+    # The shipped calibration was made on these LFW dev images: the evaluation must say so, loudly.
+    c = report["calibrated"]
+    assert c["overlap_images"] == c["eval_images"] > 0 and c["provenance"]["cross_validated"]
+    text = format_report(report)
+    assert "WARNING: " in text and "IN-SAMPLE" in text and "identity-grouped CV" in text

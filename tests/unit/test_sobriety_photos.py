@@ -32,6 +32,7 @@ from sobriety.photos import (
 ROOT = Path(__file__).parents[2]
 FACES = ROOT / ".." / "shared" / "data" / "faces"
 S = SobrietySettings()
+JUDGED = SobrietySettings(mouthpiece_in_verdict=True)  # the heuristic as a verdict check (off by default)
 BOX = FaceBox(left=70, top=75, right=180, bottom=185)
 
 
@@ -152,7 +153,7 @@ def by_kind(checks: list[CheckResult]) -> dict[CheckKind, CheckResult]:
 def test_matching_occluded_photos_pass() -> None:
     port = FakeFacePort([1, 1, 1], [0.25, 0.30, 0.45])
     analyses, checks = validate_breath_photos(
-        breath_photos(pairs(True)[4][0], "t1"), GALLERY, port, InMemoryPhotoIndex(), "t1", S
+        breath_photos(pairs(True)[4][0], "t1"), GALLERY, port, InMemoryPhotoIndex(), "t1", JUDGED
     )
     k = by_kind(checks)
     assert k[CheckKind.FACE].outcome is Outcome.PASS and k[CheckKind.FACE].details["matches"] >= 2
@@ -181,16 +182,26 @@ def test_several_faces_no_face_and_mismatch() -> None:
     assert by_kind(checks)[CheckKind.FACE].code == "identity_unclear"
 
 
-def test_bare_face_without_mouthpiece_goes_to_review() -> None:
+def test_bare_face_without_mouthpiece_goes_to_review_only_when_the_heuristic_is_judged() -> None:
     port = FakeFacePort([1, 1, 1], [0.3, 0.3, 0.3])
     rel = pairs(True)[4][0]
     _, checks = validate_breath_photos(
-        breath_photos(rel, "t5", occluded=False), GALLERY, port, InMemoryPhotoIndex(), "t5", S
+        breath_photos(rel, "t5", occluded=False), GALLERY, port, InMemoryPhotoIndex(), "t5", JUDGED
     )
     mp = by_kind(checks)[CheckKind.BREATH_PHOTO]
     # Same person and photo as the passing test above, without the mouthpiece: review, never FAIL.
     assert mp.outcome is Outcome.INCONCLUSIVE and mp.code == "mouthpiece_not_visible"
     assert mp.details["method"] == "heuristic" and mp.details["visible"] == 0
+    # Default: report only. The reading is kept (per photo and in the summary) but decides nothing.
+    port = FakeFacePort([1, 1, 1], [0.3, 0.3, 0.3])
+    analyses, checks = validate_breath_photos(
+        breath_photos(rel, "t5b", occluded=False), GALLERY, port, InMemoryPhotoIndex(), "t5b", S
+    )
+    mp = by_kind(checks)[CheckKind.BREATH_PHOTO]
+    assert not S.mouthpiece_in_verdict
+    assert mp.outcome is Outcome.PASS and mp.code == "photos_received"
+    assert mp.details["in_verdict"] is False and mp.details["visible"] == 0
+    assert all(a.mouthpiece is not None and a.mouthpiece.code == "mouthpiece_not_visible" for a in analyses)
 
 
 def test_photo_reuse_across_tests() -> None:
