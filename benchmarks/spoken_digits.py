@@ -75,8 +75,16 @@ def _templates(takes: dict[str, list[np.ndarray]], settings: object) -> object:
     return DigitTemplates(FeatureConfig.from_settings(settings), kept)  # type: ignore[arg-type]
 
 
-def _check(group: str, speaker: str, pcm: np.ndarray, said: str, digits: list[str], templates: object,
-           settings: object, rng: np.random.Generator) -> list[Trial]:
+def _check(
+    group: str,
+    speaker: str,
+    pcm: np.ndarray,
+    said: str,
+    digits: list[str],
+    templates: object,
+    settings: object,
+    rng: np.random.Generator,
+) -> list[Trial]:
     from identity.voice.digits import check_spoken_digits
 
     one, every = _wrong(said, digits, rng)
@@ -154,7 +162,9 @@ def fsdd_trials(args: argparse.Namespace, settings: object) -> list[Trial]:
         enrolled = sorted(enrol)
         for _ in range(args.strings):
             said = "".join(str(rng.choice(avail)) for _ in range(5))
-            pcm = join_takes([test[d][int(rng.integers(len(test[d])))] for d in said], rng, 0.3, args.noise_snr_db)
+            pcm = join_takes(
+                [test[d][int(rng.integers(len(test[d])))] for d in said], rng, 0.3, args.noise_snr_db
+            )
             trials += _check("fsdd", speaker, pcm, said, enrolled, templates, settings, rng)
         print(
             f"  fsdd {speaker}: enrol takes/digit {dict((d, len(v)) for d, v in sorted(enrol.items()))}, "
@@ -182,7 +192,9 @@ def espeak_trials(lang: str, args: argparse.Namespace, settings: object, workdir
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--strings", type=int, default=25, help="FSDD test strings per speaker")
     parser.add_argument("--enrol-takes", type=int, default=3, help="enrolment takes per digit")
     parser.add_argument("--languages", default="ru,kk", help="espeak-ng languages ('' = none)")
@@ -224,7 +236,9 @@ def main() -> None:
         with tempfile.TemporaryDirectory(prefix=f"kuzet-digits-{lang}-") as tmp:
             got = espeak_trials(lang, args, settings, Path(tmp))
         trials += got
-        print(f"\nespeak-ng {lang} ({len(VOICES[lang])} voices, {args.espeak_strings} strings each, half with pauses)")
+        print(
+            f"\nespeak-ng {lang} ({len(VOICES[lang])} voices, {args.espeak_strings} strings each, half with pauses)"
+        )
         print("  tuned on: nothing (shipped max_margin, chosen on FSDD); measured on: these strings")
         _print_rates(f"shipped max_margin {shipped.max_margin:+.3f}:", _rates(got, shipped.max_margin), got)
 

@@ -36,7 +36,9 @@ class DigitSettings(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    n_mfcc: int = Field(13, ge=8, le=40, description="Cepstral coefficients per frame (c0 only enters as delta).")
+    n_mfcc: int = Field(
+        13, ge=8, le=40, description="Cepstral coefficients per frame (c0 only enters as delta)."
+    )
     n_mels: int = Field(40, ge=20, le=80, description="Mel bands the cepstra are computed from.")
     fmax_hz: float = Field(
         4000,
@@ -53,7 +55,10 @@ class DigitSettings(BaseModel):
         "accuracy from 96% to 88% (the mean of a few digits is not the mean of all ten).",
     )
     vad_floor_dbfs: float = Field(
-        -60, ge=-90, le=-30, description="Frames below this level are never speech (digital silence, muted mic)."
+        -60,
+        ge=-90,
+        le=-30,
+        description="Frames below this level are never speech (digital silence, muted mic).",
     )
     vad_fraction: float = Field(
         0.35,
@@ -64,12 +69,17 @@ class DigitSettings(BaseModel):
     )
     vad_pad_ms: float = Field(40, ge=0, le=300, description="Audio kept either side of each speech run.")
     min_speech_s_per_digit: float = Field(
-        0.15, ge=0.05, le=1.0, description="Least detected speech per expected digit for the string to be judged."
+        0.15,
+        ge=0.05,
+        le=1.0,
+        description="Least detected speech per expected digit for the string to be judged.",
     )
     min_template_speech_s: float = Field(
         0.12, ge=0.05, le=1.0, description="Least speech one enrolment take of a digit needs to be kept."
     )
-    min_takes_per_digit: int = Field(1, ge=1, le=10, description="Usable takes every digit 0-9 needs at enrolment.")
+    min_takes_per_digit: int = Field(
+        1, ge=1, le=10, description="Usable takes every digit 0-9 needs at enrolment."
+    )
     max_takes_per_digit: int = Field(
         5, ge=1, le=20, description="Most takes kept per digit (more = slower checks, rarely better)."
     )
@@ -197,6 +207,6 @@ class VoiceSettings(BaseModel):
     )
     torch_threads: int = Field(1, ge=1, le=64, description="Torch intra-op threads per worker process.")
     digits: DigitSettings = Field(
-        default_factory=DigitSettings, description="Spoken-digit check (templates of the person's own digits)."
+        default_factory=DigitSettings,
+        description="Spoken-digit check (templates of the person's own digits).",
     )
-

@@ -150,7 +150,9 @@ def templates_from_bytes(data: bytes) -> DigitTemplates:
         raise DigitTemplateError("bad digit labels")
     body = data[_HEAD.size + header_len :]
     if len(body) != sum(frames) * config.dim * 4:
-        raise DigitTemplateError(f"digit template body is {len(body)} bytes, expected {sum(frames) * config.dim * 4}")
+        raise DigitTemplateError(
+            f"digit template body is {len(body)} bytes, expected {sum(frames) * config.dim * 4}"
+        )
     flat = np.frombuffer(body, dtype="<f4").reshape(-1, config.dim).astype(np.float32)
     bounds = np.cumsum([0, *frames])
     takes = [(d, flat[bounds[i] : bounds[i + 1]]) for i, d in enumerate(digits)]
@@ -179,11 +181,11 @@ class SpeechFrames:
 
 @lru_cache(maxsize=8)
 def _mel_basis(n_fft: int, n_mels: int, fmax_hz: float) -> npt.NDArray[np.float64]:
-    import librosa
+    from librosa.filters import mel
 
-    basis: npt.NDArray[np.float64] = librosa.filters.mel(
-        sr=SAMPLE_RATE_HZ, n_fft=n_fft, n_mels=n_mels, fmin=20.0, fmax=fmax_hz
-    ).astype(np.float64)
+    basis: npt.NDArray[np.float64] = np.asarray(
+        mel(sr=SAMPLE_RATE_HZ, n_fft=n_fft, n_mels=n_mels, fmin=20.0, fmax=fmax_hz), dtype=np.float64
+    )
     return basis
 
 
@@ -203,7 +205,9 @@ def _deltas(c: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
     return np.asarray(num / (2 * sum(k * k for k in range(1, w + 1))), dtype=np.float64)
 
 
-def cepstra(pcm16k: Pcm16k, config: FeatureConfig) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]:
+def cepstra(
+    pcm16k: Pcm16k, config: FeatureConfig
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64], int]:
     """(MFCC+delta frames (n_frames, dim), frame levels in dBFS (n_frames,), hop in samples)."""
     from scipy.fft import dct
 
@@ -221,7 +225,9 @@ def cepstra(pcm16k: Pcm16k, config: FeatureConfig) -> tuple[npt.NDArray[np.float
     return feats, level_db, hop
 
 
-def speech_mask(level_db: npt.NDArray[np.float64], hop: int, settings: DigitSettings) -> npt.NDArray[np.bool_]:
+def speech_mask(
+    level_db: npt.NDArray[np.float64], hop: int, settings: DigitSettings
+) -> npt.NDArray[np.bool_]:
     """Energy speech detector over frame levels (dBFS): above floor and above noise + fraction x range."""
     if level_db.size == 0:
         return np.zeros(0, dtype=bool)
@@ -409,7 +415,11 @@ def level_build(
     words: list[Word] = []
     for level in range(n_levels - 1, -1, -1):
         k = int(end_take[level, i])
-        words.append(Word(bank.labels[k], k, int(end_begin[level, i]), i, float(end_cost[level, i] - end_base[level, i])))
+        words.append(
+            Word(
+                bank.labels[k], k, int(end_begin[level, i]), i, float(end_cost[level, i] - end_base[level, i])
+            )
+        )
         i = int(end_prev[level, i])
     words.reverse()
     return Decode(total, words)
@@ -429,7 +439,9 @@ def _result(
     model: ModelStamp | None = None,
     **details: Any,
 ) -> CheckResult:
-    return CheckResult(CheckKind.SPOKEN_DIGITS, outcome, code, message, score, threshold, model, dict(details))
+    return CheckResult(
+        CheckKind.SPOKEN_DIGITS, outcome, code, message, score, threshold, model, dict(details)
+    )
 
 
 def take_features(pcm16k: Pcm16k, settings: DigitSettings) -> Features | CheckResult:
@@ -469,7 +481,11 @@ def enrol_digits(
             if isinstance(got, CheckResult):
                 results.append(
                     CheckResult(
-                        got.kind, got.outcome, got.code, got.message, details={**got.details, "digit": digit, "take": index}
+                        got.kind,
+                        got.outcome,
+                        got.code,
+                        got.message,
+                        details={**got.details, "digit": digit, "take": index},
                     )
                 )
                 continue
@@ -517,7 +533,10 @@ def split_by_pauses(pcm16k: Pcm16k, n_words: int, settings: DigitSettings) -> li
         gaps = [runs[j + 1][0] - runs[j][1] for j in range(len(runs) - 1)]
         j = int(np.argmin(gaps))
         runs[j : j + 2] = [(runs[j][0], runs[j + 1][1])]
-    return [Pcm16k(np.asarray(pcm16k[s * hop : min(e * hop + hop, len(pcm16k))], dtype=np.float32)) for s, e in runs]
+    return [
+        Pcm16k(np.asarray(pcm16k[s * hop : min(e * hop + hop, len(pcm16k))], dtype=np.float32))
+        for s, e in runs
+    ]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -605,13 +624,19 @@ def match_digits(
     sub = _Bank(templates, wanted)
     sub_labels = np.array(sub.labels)
     forced = level_build(
-        sub.distances(probe, probe_mean), pause, sub, [sub_labels == d for d in expected], settings.step_penalty
+        sub.distances(probe, probe_mean),
+        pause,
+        sub,
+        [sub_labels == d for d in expected],
+        settings.step_penalty,
     )
     bank = _Bank(templates)
     labels = np.array(bank.labels)
     scores: list[DigitScore] = []
     for word in forced.words:
-        costs = take_costs(bank.distances(probe[word.start : word.end + 1], probe_mean), bank, settings.step_penalty)
+        costs = take_costs(
+            bank.distances(probe[word.start : word.end + 1], probe_mean), bank, settings.step_penalty
+        )
         own = costs[labels == word.digit]
         others = np.flatnonzero(labels != word.digit)
         rival = int(others[np.argmin(costs[others])]) if others.size else -1
@@ -641,7 +666,11 @@ def check_spoken_digits(
     stamp = templates.stamp
     if not expected or len(expected) > _MAX_EXPECTED_DIGITS or any(c not in DIGITS for c in expected):
         return _result(
-            Outcome.TECHNICAL, "bad_expected", "The expected digits are not a digit string.", model=stamp, expected=expected
+            Outcome.TECHNICAL,
+            "bad_expected",
+            "The expected digits are not a digit string.",
+            model=stamp,
+            expected=expected,
         )
     missing = [d for d in set(expected) if templates.counts()[d] == 0]
     if missing:
@@ -667,7 +696,7 @@ def check_spoken_digits(
         )
     frames = speech_frames(pcm16k, templates.config, settings)
     need_s = settings.min_speech_s_per_digit * len(expected)
-    base = {"expected": expected, "speech_s": round(frames.speech_s, 3)}
+    base: dict[str, Any] = {"expected": expected, "speech_s": round(frames.speech_s, 3)}
     if frames.speech_s < need_s:
         return _result(
             Outcome.INCONCLUSIVE,

@@ -110,9 +110,7 @@ def espeak_say(text: str, voice: str, speed_wpm: int, pitch: int, workdir: Path,
     return Pcm16k(np.asarray(x, dtype=np.float32))
 
 
-def espeak_digit_takes(
-    voice: str, styles: Sequence[tuple[int, int]], workdir: Path
-) -> DigitTakes:
+def espeak_digit_takes(voice: str, styles: Sequence[tuple[int, int]], workdir: Path) -> DigitTakes:
     """One take of each digit per (speed_wpm, pitch) style."""
     return {
         d: [espeak_say(d, voice, s, p, workdir, f"{voice}_{d}_{s}_{p}".replace("+", "_")) for s, p in styles]
@@ -124,4 +122,11 @@ def espeak_string(digits: str, voice: str, speed_wpm: int, pitch: int, pauses: b
     """A digit string said in one go: with pauses (", " between digits) or run together (spaces)."""
     text = (", " if pauses else " ").join(digits)
     tag = "p" if pauses else "r"
-    return espeak_say(text, voice, speed_wpm, pitch, workdir, f"{voice}_{digits}_{speed_wpm}_{pitch}_{tag}".replace("+", "_"))
+    return espeak_say(
+        text,
+        voice,
+        speed_wpm,
+        pitch,
+        workdir,
+        f"{voice}_{digits}_{speed_wpm}_{pitch}_{tag}".replace("+", "_"),
+    )
