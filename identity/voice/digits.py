@@ -194,7 +194,8 @@ def _frames(x: npt.NDArray[np.float64], win: int, hop: int) -> npt.NDArray[np.fl
         x = np.pad(x, (0, win - len(x)))
     n = 1 + (len(x) - win) // hop
     idx = np.arange(win)[None, :] + hop * np.arange(n)[:, None]
-    return x[idx]
+    out: npt.NDArray[np.float64] = x[idx]
+    return out
 
 
 def _deltas(c: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
