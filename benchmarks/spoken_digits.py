@@ -245,7 +245,7 @@ def main() -> None:
     gen_cost = [t.cost_per_frame for t in trials if t.kind == "genuine" and t.cost_per_frame is not None]
     if gen_cost:
         print(
-            "\ngenuine forced-alignment cost per frame: median "
+            "\ngenuine segmentation-path cost per frame: median "
             f"{statistics.median(gen_cost):.2f}, max {max(gen_cost):.2f} (max_frame_cost {shipped.max_frame_cost:g})"
         )
     ms = [t.ms for t in trials]

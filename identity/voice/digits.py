@@ -6,10 +6,14 @@ becomes a template (MFCC + deltas, cepstral mean removed over its speech frames)
 utterance of the random digit string (with or without pauses) is decoded by level-building DTW over the
 templates, constrained to the expected number of digits:
 
-- the free decode finds the cheapest sequence of any N digits (the recognised string);
-- the forced decode finds the cheapest sequence spelling the expected digits;
-- margin = (forced - free) / frames >= 0, in feature units per frame; 0 when the recognised string is the
-  expected one. PASS when the margin is at most `max_margin`, FAIL ("spoken digits did not match") above.
+1. level building over all templates, constrained to N = len(expected) digits with free pauses
+   between them, cuts the utterance into N segments without looking at the expected digits (so a
+   wrong expectation cannot bend the segmentation to fit it);
+2. each segment is scored alone against every take (isolated-word DTW): margin = (best take of the
+   expected digit - best take of any other digit) / segment frames, in feature units per frame;
+3. score = the worst (largest) margin over the digits. PASS when it is at most `max_margin`, FAIL
+   ("the spoken digits did not match") above. The recognised string (best digit per segment) and
+   every digit's distances are in the details.
 
 Too little speech, no signal, too much noise, or speech that resembles none of the person's digits are
 INCONCLUSIVE / TECHNICAL, never FAIL. Audio everywhere is `Pcm16k` (16 kHz mono float32 in [-1, 1]);
@@ -31,13 +35,15 @@ import numpy.typing as npt
 
 from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
 from identity.voice.audio import SAMPLE_RATE_HZ, Pcm16k
-from identity.voice.config import DigitSettings
+from identity.voice.config import DigitSegmentation, DigitSettings
 from identity.voice.quality import estimate_snr_db
 from identity.voice.vad import Segment
 
 DIGITS = "0123456789"
 ALGORITHM = "digit_dtw"
 ALGORITHM_VERSION = "1"
+MARGIN_CAP = 99.0
+"""Margin reported when a digit's takes cannot be stretched or squeezed onto its segment at all."""
 SCORE_UNIT = "worst per-digit margin: expected minus closest other digit, feature distance per frame"
 
 _MAGIC = b"KZDG"
@@ -341,23 +347,28 @@ def level_build(
     bank: _Bank,
     allowed: Sequence[npt.NDArray[np.bool_]],
     step_penalty: float,
+    slope_limit: bool,
 ) -> Decode:
     """Cheapest path through len(allowed) words over all probe frames; `allowed[l]` masks takes per level.
 
     `dist` (n_frames, n_states) are frame distances; `pause_cost` (n_frames,) is the cost of a frame
     spent in a pause before, between or after words (inf on speech frames). Within a word the template
-    index advances by 0, 1 or 2 per probe frame (0 and 2 cost `step_penalty`); a word runs from its
-    first to its last template frame.
+    index advances by 0, 1 or 2 per probe frame (0 and 2 cost `step_penalty`; 0 never twice in a row,
+    so a word lasts between half and twice its template's length); a word runs from its first to its
+    last template frame.
     """
     n_levels = len(allowed)
     n_t, n_m = dist.shape
     inf = np.inf
     rows = np.arange(n_levels)
     state_ok = np.stack([a[bank.take_of] for a in allowed])  # (L, M)
-    acc = np.full((n_levels, n_m), inf)
-    begin = np.zeros((n_levels, n_m), dtype=np.int64)  # probe frame where the word began
-    prev = np.full((n_levels, n_m), -1, dtype=np.int64)  # probe frame where the previous word ended
-    base = np.zeros((n_levels, n_m))  # path cost when the word began
+    # Two copies of every state: reached by a move (index 0) or by repeating the template frame (1).
+    # Carried per state: accumulated cost, probe frame the word began, frame the previous word ended,
+    # path cost when the word began.
+    acc = np.full((2, n_levels, n_m), inf)
+    begin = np.zeros((2, n_levels, n_m), dtype=np.int64)
+    prev = np.full((2, n_levels, n_m), -1, dtype=np.int64)
+    base = np.zeros((2, n_levels, n_m))
     gap = np.full(n_levels + 1, inf)  # cost of being in the pause before word l (l = n_levels: after)
     gap_prev = np.full(n_levels + 1, -1, dtype=np.int64)
     end_cost = np.full((n_levels, n_t), inf)
@@ -368,44 +379,56 @@ def level_build(
     no_diag = bank.is_start[None, :]
     no_skip = (bank.is_start | bank.second)[None, :]
     for i in range(n_t):
-        # the best way to be just before word l at frame i: a word l-1 that ended at i-1, or a pause
         if i == 0:
             ready = np.full(n_levels + 1, inf)
             ready[0] = 0.0
             ready_prev = np.full(n_levels + 1, -1, dtype=np.int64)
-            best = np.full((n_levels, n_m), inf)
-            b_begin, b_prev, b_base = begin, prev, base
+            moved = np.full((n_levels, n_m), inf)
+            m_begin, m_prev, m_base = begin[0], prev[0], base[0]
+            stayed = np.full((n_levels, n_m), inf)
+            s_begin, s_prev, s_base = begin[0], prev[0], base[0]
         else:
+            # the best way to be just before word l at frame i: word l-1 ended at i-1, or a pause
             ended = np.concatenate([[inf], end_cost[:, i - 1]])
             from_gap = gap < ended
             ready = np.where(from_gap, gap, ended)
             ready_prev = np.where(from_gap, gap_prev, i - 1)
-            stay = acc + step_penalty
-            diag = np.where(no_diag, inf, _shift(acc, 1, inf))
-            skip = np.where(no_skip, inf, _shift(acc, 2, inf) + step_penalty)
-            best, b_begin, b_prev, b_base = stay, begin, prev, base
-            for cand, k in ((diag, 1), (skip, 2)):
-                take = cand < best
-                best = np.where(take, cand, best)
-                b_begin = np.where(take, _shift(begin, k, 0), b_begin)
-                b_prev = np.where(take, _shift(prev, k, -1), b_prev)
-                b_base = np.where(take, _shift(base, k, 0.0), b_base)
-        enter = bank.is_start[None, :] & (ready[:n_levels, None] < best)
-        best = np.where(enter, ready[:n_levels, None], best)
-        begin = np.where(enter, i, b_begin)
-        prev = np.where(enter, ready_prev[:n_levels, None], b_prev)
-        base = np.where(enter, ready[:n_levels, None], b_base)
-        acc = np.where(state_ok, best + dist[i][None, :], inf)
+            pick = acc[1] < acc[0]
+            best_acc = np.where(pick, acc[1], acc[0])
+            best_begin = np.where(pick, begin[1], begin[0])
+            best_prev = np.where(pick, prev[1], prev[0])
+            best_base = np.where(pick, base[1], base[0])
+            diag = np.where(no_diag, inf, _shift(best_acc, 1, inf))
+            skip = np.where(no_skip, inf, _shift(best_acc, 2, inf) + step_penalty)
+            take = skip < diag
+            moved = np.where(take, skip, diag)
+            m_begin = np.where(take, _shift(best_begin, 2, 0), _shift(best_begin, 1, 0))
+            m_prev = np.where(take, _shift(best_prev, 2, -1), _shift(best_prev, 1, -1))
+            m_base = np.where(take, _shift(best_base, 2, 0.0), _shift(best_base, 1, 0.0))
+            if slope_limit:
+                stayed = acc[0] + step_penalty
+                s_begin, s_prev, s_base = begin[0], prev[0], base[0]
+            else:
+                stayed = best_acc + step_penalty
+                s_begin, s_prev, s_base = best_begin, best_prev, best_base
+        enter = bank.is_start[None, :] & (ready[:n_levels, None] < moved)
+        moved = np.where(enter, ready[:n_levels, None], moved)
+        begin = np.stack([np.where(enter, i, m_begin), s_begin])
+        prev = np.stack([np.where(enter, ready_prev[:n_levels, None], m_prev), s_prev])
+        base = np.stack([np.where(enter, ready[:n_levels, None], m_base), s_base])
+        acc = np.where(state_ok[None], np.stack([moved, stayed]) + dist[i][None, None, :], inf)
         gap = ready + pause_cost[i]
         gap_prev = ready_prev
-        ends = acc[:, bank.end_states]
+        ends = np.minimum(acc[0], acc[1])[:, bank.end_states]
+        via = (acc[1] < acc[0])[:, bank.end_states]
         arg = ends.argmin(axis=1)
         at = bank.end_states[arg]
+        v = via[rows, arg].astype(np.int64)
         end_cost[:, i] = ends[rows, arg]
         end_take[:, i] = bank.take_of[at]
-        end_begin[:, i] = begin[rows, at]
-        end_prev[:, i] = prev[rows, at]
-        end_base[:, i] = base[rows, at]
+        end_begin[:, i] = begin[v, rows, at]
+        end_prev[:, i] = prev[v, rows, at]
+        end_base[:, i] = base[v, rows, at]
     last = float(end_cost[-1, -1])
     if gap[-1] < last:
         total, i = float(gap[-1]), int(gap_prev[-1])
@@ -418,7 +441,11 @@ def level_build(
         k = int(end_take[level, i])
         words.append(
             Word(
-                bank.labels[k], k, int(end_begin[level, i]), i, float(end_cost[level, i] - end_base[level, i])
+                bank.labels[k],
+                k,
+                int(end_begin[level, i]),
+                i,
+                float(end_cost[level, i] - end_base[level, i]),
             )
         )
         i = int(end_prev[level, i])
@@ -544,26 +571,31 @@ def split_by_pauses(pcm16k: Pcm16k, n_words: int, settings: DigitSettings) -> li
 # Check
 
 
-def take_costs(dist: npt.NDArray[np.float64], bank: _Bank, step_penalty: float) -> npt.NDArray[np.float64]:
+def take_costs(
+    dist: npt.NDArray[np.float64], bank: _Bank, step_penalty: float, slope_limit: bool
+) -> npt.NDArray[np.float64]:
     """Isolated-word DTW cost of every take over all of `dist`'s frames (n_frames, n_states) -> (n_takes,).
 
     Same local steps as `level_build`; inf for a take that cannot span the frames.
     """
     inf = np.inf
-    acc = np.where(bank.is_start, dist[0], inf)[None, :]
+    moved = np.where(bank.is_start, dist[0], inf)[None, :]
+    stayed = np.full_like(moved, inf)
     no_diag = bank.is_start[None, :]
     no_skip = (bank.is_start | bank.second)[None, :]
     for i in range(1, len(dist)):
-        diag = np.where(no_diag, inf, _shift(acc, 1, inf))
-        skip = np.where(no_skip, inf, _shift(acc, 2, inf) + step_penalty)
-        acc = np.minimum(np.minimum(acc + step_penalty, diag), skip) + dist[i][None, :]
-    out: npt.NDArray[np.float64] = acc[0, bank.end_states]
+        best = np.minimum(moved, stayed)
+        diag = np.where(no_diag, inf, _shift(best, 1, inf))
+        skip = np.where(no_skip, inf, _shift(best, 2, inf) + step_penalty)
+        stayed = (moved if slope_limit else best) + step_penalty + dist[i][None, :]
+        moved = np.minimum(diag, skip) + dist[i][None, :]
+    out: npt.NDArray[np.float64] = np.minimum(moved, stayed)[0, bank.end_states]
     return out
 
 
 @dataclass(frozen=True)
 class DigitScore:
-    """One expected digit judged on the probe frames the forced alignment gave it."""
+    """One expected digit judged on the probe frames of its segment."""
 
     expected: str
     recognised: str
@@ -575,17 +607,26 @@ class DigitScore:
 
     @property
     def margin(self) -> float:
-        """(expected digit's best take - best take of any other digit) per frame; > 0: another fits better."""
+        """(expected digit's best take - best take of any other digit) per frame; > 0: another fits better.
+
+        +-MARGIN_CAP when one side cannot span the segment at all (kept finite for JSON storage).
+        """
+        if not np.isfinite(self.expected_cost):
+            return MARGIN_CAP
         if not np.isfinite(self.rival_cost):
-            return -np.inf if np.isfinite(self.expected_cost) else np.inf
-        return (self.expected_cost - self.rival_cost) / (self.end - self.start + 1)
+            return -MARGIN_CAP
+        return float(
+            np.clip(
+                (self.expected_cost - self.rival_cost) / (self.end - self.start + 1), -MARGIN_CAP, MARGIN_CAP
+            )
+        )
 
 
 @dataclass(frozen=True)
 class DigitMatch:
-    """An utterance aligned to the expected digits, each digit scored against the others."""
+    """An utterance cut into digits (`path`), each segment scored against the others."""
 
-    forced: Decode
+    path: Decode
     digits: list[DigitScore]
     n_frames: int
     offset: int
@@ -602,18 +643,19 @@ class DigitMatch:
 
     @property
     def cost_per_frame(self) -> float:
-        """Forced-alignment path cost per frame (pauses included)."""
-        return self.forced.cost / max(self.n_frames, 1)
+        """Segmentation path cost per frame (pauses included)."""
+        return self.path.cost / max(self.n_frames, 1)
 
 
 def match_digits(
     frames: SpeechFrames, expected: str, templates: DigitTemplates, settings: DigitSettings
 ) -> DigitMatch:
-    """Align the probe (first to last speech frame) to `expected`, then score each digit's segment.
+    """Segment the probe (first to last speech frame) into len(expected) digits, then score each segment.
 
-    Step 1, level building over the expected digits' takes only, finds where each digit was said
-    (pauses between digits are free of template cost). Step 2 scores each segment alone against every
-    take: margin = (best take of the expected digit - best take of any other digit) / segment frames.
+    Step 1, level building finds where each digit was said (pauses between digits cost no template
+    distance): over any digits (`segmentation=free`, independent of what was expected) or over the
+    expected digits only (`forced`). Step 2 scores each segment alone against every take:
+    margin = (best take of the expected digit - best take of any other digit) / segment frames.
     """
     speech = np.flatnonzero(frames.speech_mask)
     lo, hi = int(speech[0]), int(speech[-1]) + 1
@@ -621,30 +663,45 @@ def match_digits(
     probe = frames.features[lo:hi].astype(np.float64)
     probe_mean = probe[mask].mean(axis=0) if settings.probe_cmn else None
     pause = np.where(mask, np.inf, settings.pause_cost)
-    wanted = [k for k, (d, _) in enumerate(templates.takes) if d in expected]
-    sub = _Bank(templates, wanted)
-    sub_labels = np.array(sub.labels)
-    forced = level_build(
-        sub.distances(probe, probe_mean),
-        pause,
-        sub,
-        [sub_labels == d for d in expected],
-        settings.step_penalty,
-    )
     bank = _Bank(templates)
     labels = np.array(bank.labels)
-    scores: list[DigitScore] = []
-    for word in forced.words:
-        costs = take_costs(
-            bank.distances(probe[word.start : word.end + 1], probe_mean), bank, settings.step_penalty
+    if settings.segmentation is DigitSegmentation.FREE:
+        every = np.ones(bank.n_takes, dtype=bool)
+        path = level_build(
+            bank.distances(probe, probe_mean),
+            pause,
+            bank,
+            [every] * len(expected),
+            settings.step_penalty,
+            settings.slope_limit,
         )
-        own = costs[labels == word.digit]
-        others = np.flatnonzero(labels != word.digit)
+    else:
+        wanted = [k for k, (d, _) in enumerate(templates.takes) if d in expected]
+        sub = _Bank(templates, wanted)
+        sub_labels = np.array(sub.labels)
+        path = level_build(
+            sub.distances(probe, probe_mean),
+            pause,
+            sub,
+            [sub_labels == d for d in expected],
+            settings.step_penalty,
+            settings.slope_limit,
+        )
+    scores: list[DigitScore] = []
+    for digit, word in zip(expected, path.words, strict=False):
+        costs = take_costs(
+            bank.distances(probe[word.start : word.end + 1], probe_mean),
+            bank,
+            settings.step_penalty,
+            settings.slope_limit,
+        )
+        own = costs[labels == digit]
+        others = np.flatnonzero(labels != digit)
         rival = int(others[np.argmin(costs[others])]) if others.size else -1
         best = int(np.argmin(costs))
         scores.append(
             DigitScore(
-                word.digit,
+                digit,
                 bank.labels[best],
                 word.start,
                 word.end,
@@ -653,7 +710,11 @@ def match_digits(
                 float(costs[rival]) if rival >= 0 else np.inf,
             )
         )
-    return DigitMatch(forced, scores, hi - lo, lo)
+    return DigitMatch(path, scores, hi - lo, lo)
+
+
+def _per_frame(cost: float, d: DigitScore) -> float | None:
+    return round(cost / (d.end - d.start + 1), 4) if np.isfinite(cost) else None
 
 
 def check_spoken_digits(
@@ -723,7 +784,7 @@ def check_spoken_digits(
             **base,
         )
     m = match_digits(frames, expected, templates, settings)
-    if not np.isfinite(m.forced.cost):
+    if not np.isfinite(m.path.cost):
         return _result(
             Outcome.INCONCLUSIVE,
             "too_little_speech",
@@ -744,9 +805,9 @@ def check_spoken_digits(
                 "recognised": d.recognised,
                 "start_s": round((m.offset + d.start) * hop_s, 3),
                 "end_s": round((m.offset + d.end + 1) * hop_s, 3),
-                "expected_distance": round(d.expected_cost / (d.end - d.start + 1), 4),
+                "expected_distance": _per_frame(d.expected_cost, d),
                 "closest_other_digit": d.rival,
-                "closest_other_distance": round(d.rival_cost / (d.end - d.start + 1), 4),
+                "closest_other_distance": _per_frame(d.rival_cost, d),
                 "margin": round(d.margin, 4),
             }
             for d in m.digits
@@ -760,7 +821,7 @@ def check_spoken_digits(
             score=m.cost_per_frame,
             threshold=settings.max_frame_cost,
             model=stamp,
-            **{**details, "score_unit": "feature distance per frame (forced alignment)"},
+            **{**details, "score_unit": "feature distance per frame (segmentation path)"},
         )
     score = m.worst_margin
     if score <= settings.max_margin:
@@ -782,3 +843,20 @@ def check_spoken_digits(
         model=stamp,
         **details,
     )
+
+
+def prompt_window(
+    pcm16k: Pcm16k, audio_t0_s: float | None, prompt_t_s: float, window_s: float
+) -> Pcm16k | None:
+    """The session audio from the digits prompt to the end of its window, or None when there is none.
+
+    `pcm16k` is the whole session's 16 kHz mono audio whose first sample is at `audio_t0_s` on the
+    session clock; `prompt_t_s` is when the prompt was delivered on the same clock (seconds).
+    """
+    if audio_t0_s is None or not np.isfinite(prompt_t_s) or len(pcm16k) == 0:
+        return None
+    start = max(int(round((prompt_t_s - audio_t0_s) * SAMPLE_RATE_HZ)), 0)
+    end = min(int(round((prompt_t_s + window_s - audio_t0_s) * SAMPLE_RATE_HZ)), len(pcm16k))
+    if end <= start:
+        return None
+    return Pcm16k(np.ascontiguousarray(pcm16k[start:end], dtype=np.float32))

@@ -16,6 +16,7 @@ from identity.voice.digits import (
     DigitTemplates,
     check_spoken_digits,
     enrol_digits,
+    prompt_window,
     split_by_pauses,
     templates_from_bytes,
     templates_to_bytes,
@@ -163,3 +164,14 @@ def test_russian_espeak_digits(tmp_path: Path) -> None:
     pcm = espeak_string(said, voice, 160, 52, pauses=True, workdir=tmp_path)
     assert check_spoken_digits(pcm, said, templates, SETTINGS).outcome is Outcome.PASS
     assert check_spoken_digits(pcm, "38752", templates, SETTINGS).outcome is Outcome.FAIL
+
+
+def test_prompt_window_cuts_the_digits_step() -> None:
+    pcm = Pcm16k(np.arange(10 * SAMPLE_RATE_HZ, dtype=np.float32))
+    got = prompt_window(pcm, audio_t0_s=1.0, prompt_t_s=3.0, window_s=2.0)
+    assert got is not None and len(got) == 2 * SAMPLE_RATE_HZ and got[0] == 2 * SAMPLE_RATE_HZ
+    tail = prompt_window(pcm, audio_t0_s=1.0, prompt_t_s=10.0, window_s=5.0)
+    assert tail is not None and len(tail) == SAMPLE_RATE_HZ
+    assert prompt_window(pcm, None, 3.0, 2.0) is None
+    assert prompt_window(pcm, 1.0, float("nan"), 2.0) is None
+    assert prompt_window(pcm, 1.0, 20.0, 2.0) is None
