@@ -1,7 +1,7 @@
 """Spoken digits: string accuracy for genuine speakers and wrong-string rejection, printed.
 
-    .venv/bin/python benchmarks/spoken_digits.py [--strings 25] [--enrol-takes 3] [--languages ru,kk]
-                                                  [--espeak-strings 12] [--noise-snr-db 20] [--seed 0]
+    .venv/bin/python benchmarks/spoken_digits.py [--strings 20] [--enrol-takes 3] [--languages ru,kk]
+                                                  [--espeak-strings 10] [--noise-snr-db 20] [--seed 0]
 
 Each trial runs `identity.voice.digits.check_spoken_digits` (the function the check-in calls) on a
 5-digit utterance against the speaker's own templates, three times: expecting the digits said
@@ -195,10 +195,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--strings", type=int, default=25, help="FSDD test strings per speaker")
+    parser.add_argument("--strings", type=int, default=20, help="FSDD test strings per speaker")
     parser.add_argument("--enrol-takes", type=int, default=3, help="enrolment takes per digit")
     parser.add_argument("--languages", default="ru,kk", help="espeak-ng languages ('' = none)")
-    parser.add_argument("--espeak-strings", type=int, default=12, help="espeak test strings per voice")
+    parser.add_argument("--espeak-strings", type=int, default=10, help="espeak test strings per voice")
     parser.add_argument("--noise-snr-db", type=float, default=None, help="add white noise to FSDD strings")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
