@@ -127,6 +127,9 @@ def test_bad_requests_are_4xx(api: Api, takes: DigitTakes) -> None:
         assert text in r.text, (text, r.text)
     r = api.client.post(_url(person_id), headers=officer, files={"x": ("a.wav", wav)})
     assert r.status_code == 400
+    broken = {**officer, "content-type": "multipart/form-data; boundary=x"}
+    assert api.client.post(_url(person_id), headers=broken, content=b"--x\r\nbroken").status_code == 400
+    assert api.client.post(_url(person_id), headers=officer, json={"digit_1": "x"}).status_code == 400
     assert (
         api.client.post(_url("nobody"), headers=officer, files=[("digit_1", ("a.wav", wav))]).status_code
         == 404
