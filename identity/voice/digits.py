@@ -2,9 +2,9 @@
 
 No offline recogniser exists for Russian or Kazakh, so the digits are matched speaker-dependently: at
 enrolment the person says each digit 0-9 (one or more takes, supervised by the officer) and each take
-becomes a template (MFCC + deltas, cepstral mean removed over its speech frames). At a check-in the
-utterance of the random digit string (with or without pauses) is decoded by level-building DTW over the
-templates, constrained to the expected number of digits:
+becomes a template (MFCC + deltas of its speech frames; all frames are centred and scaled with the mean
+and deviation over the whole enrolment). At a check-in the utterance of the random digit string (with or
+without pauses) is judged in three steps:
 
 1. level building over all templates, constrained to N = len(expected) digits with free pauses
    between them, cuts the utterance into N segments without looking at the expected digits (so a
