@@ -27,6 +27,119 @@ class ScoreNorm(StrEnum):
     ASNORM = "asnorm"
 
 
+class DigitSegmentation(StrEnum):
+    """Where the spoken-digit check takes each digit's segment from. Stored values are stable."""
+
+    FREE = "free"
+    FORCED = "forced"
+
+
+class DigitSettings(BaseModel):
+    """Spoken-digit check against the person's own digit templates (env: KUZET_VOICE__DIGITS__*).
+
+    Distances are mean Euclidean distances between CMN-normalised MFCC+delta frames ("feature units");
+    the thresholds were tuned by cross-validation on FSDD speakers (`benchmarks/spoken_digits.py`).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_mfcc: int = Field(
+        13, ge=8, le=40, description="Cepstral coefficients per frame (c0 only enters as delta)."
+    )
+    n_mels: int = Field(40, ge=20, le=80, description="Mel bands the cepstra are computed from.")
+    fmax_hz: float = Field(
+        4000,
+        ge=3000,
+        le=8000,
+        description="Highest frequency analysed; 4000 keeps 8 kHz telephone enrolments comparable with 16 kHz audio.",
+    )
+    frame_ms: float = Field(25, ge=10, le=50, description="Analysis window length.")
+    hop_ms: float = Field(10, ge=5, le=25, description="Frame step.")
+    probe_cmn: bool = Field(
+        False,
+        description="Centre the check-in utterance on its own cepstral mean (for a channel different from the "
+        "enrolment's) instead of the enrolment mean. Off: on FSDD single takes it lowered isolated-digit "
+        "accuracy from 96% to 88% (the mean of a few digits is not the mean of all ten).",
+    )
+    vad_floor_dbfs: float = Field(
+        -60,
+        ge=-90,
+        le=-30,
+        description="Frames below this level are never speech (digital silence, muted mic).",
+    )
+    vad_fraction: float = Field(
+        0.35,
+        ge=0.05,
+        le=0.9,
+        description="A frame is speech when its level is above noise + vad_fraction x (loud - noise), "
+        "noise = 10th and loud = 95th percentile of frame levels (dB).",
+    )
+    vad_pad_ms: float = Field(40, ge=0, le=300, description="Audio kept either side of each speech run.")
+    min_speech_s_per_digit: float = Field(
+        0.15,
+        ge=0.05,
+        le=1.0,
+        description="Least detected speech per expected digit for the string to be judged.",
+    )
+    min_template_speech_s: float = Field(
+        0.12, ge=0.05, le=1.0, description="Least speech one enrolment take of a digit needs to be kept."
+    )
+    min_takes_per_digit: int = Field(
+        1, ge=1, le=10, description="Usable takes every digit 0-9 needs at enrolment."
+    )
+    max_takes_per_digit: int = Field(
+        5, ge=1, le=20, description="Most takes kept per digit (more = slower checks, rarely better)."
+    )
+    min_snr_db: float = Field(
+        8, ge=-10, le=60, description="Speech-to-noise ratio (dB) below which the string is not judged."
+    )
+    silence_rms_dbfs: float = Field(
+        -60, ge=-120, le=-20, description="Whole-clip RMS below this (dBFS): no signal (TECHNICAL)."
+    )
+    step_penalty: float = Field(
+        0.5,
+        ge=0.0,
+        le=10.0,
+        description="DTW cost added when a template frame is repeated or skipped (feature units); keeps "
+        "a word from being stretched or squeezed beyond speaking-rate variation.",
+    )
+    slope_limit: bool = Field(
+        False,
+        description="Never repeat a template frame twice in a row (a word lasts at most twice its template). "
+        "Off: on FSDD it failed 9 of 15 genuine strings of one speaker whose takes vary in length.",
+    )
+    segmentation: DigitSegmentation = Field(
+        DigitSegmentation.FREE,
+        description="free: cut the utterance into digits without looking at the expected ones; forced: "
+        "align it to the expected digits. Measured on FSDD (15 strings x 6 speakers, 3 enrolment takes): "
+        "forced let a one-digit change bend the alignment (a wrong string's lowest margin 0.10 vs 0.45 free).",
+    )
+    pause_cost: float = Field(
+        3.0,
+        ge=0.0,
+        le=100.0,
+        description="Cost of one non-speech frame spent in a pause between digits (feature units); lower "
+        "than a typical frame distance so pauses separate words, higher than the distance of a weak "
+        "consonant the energy detector missed. 3 beat 2 and 5 on FSDD development strings (the benchmark's speakers).",
+    )
+    max_margin: float = Field(
+        0.39,
+        ge=-5.0,
+        le=5.0,
+        description="PASS when every expected digit's best take is at most this much farther (feature units "
+        "per frame) from its segment than the best take of any other digit. Cross-validated leave-one-"
+        "speaker-out on FSDD (benchmarks/spoken_digits.py): fold values 0.375-0.397, all-speaker 0.388.",
+    )
+    max_frame_cost: float = Field(
+        10.0,
+        gt=0.0,
+        le=1000.0,
+        description="Segmentation-path cost per frame above which the speech does not resemble the person's "
+        "digits at all (noise, another voice, no digits): INCONCLUSIVE, never FAIL. Genuine strings measured "
+        "at most 4.97 (FSDD and espeak ru/kk, benchmarks/spoken_digits.py); not yet measured on other speech.",
+    )
+
+
 class VoiceSettings(BaseModel):
     """Voice pipeline settings (env: KUZET_VOICE__*)."""
 
@@ -112,3 +225,7 @@ class VoiceSettings(BaseModel):
         2, ge=1, le=20, description="Usable utterances an enrolment needs (each passing the quality gate)."
     )
     torch_threads: int = Field(1, ge=1, le=64, description="Torch intra-op threads per worker process.")
+    digits: DigitSettings = Field(
+        default_factory=DigitSettings,
+        description="Spoken-digit check (templates of the person's own digits).",
+    )

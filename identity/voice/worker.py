@@ -138,3 +138,26 @@ def verify_job(template: bytes, pcm16k: npt.NDArray[np.float32]) -> list[dict[st
             ).to_dict()
         ]
     return [r.to_dict() for r in p.verify(tpl, _pcm(pcm16k))]
+
+
+def spoken_digits_job(
+    template: bytes, pcm16k: npt.NDArray[np.float32], expected: str, settings: dict[str, Any]
+) -> dict[str, Any]:
+    """SPOKEN_DIGITS result dict: did the 16 kHz mono float32 audio say `expected` (digit-template bytes,
+    `DigitSettings.model_dump()`)? Needs no loaded engine, so it answers even when the voice engine failed."""
+    from identity.voice.config import DigitSettings
+    from identity.voice.digits import DigitTemplateError, check_spoken_digits, templates_from_bytes
+
+    try:
+        templates = templates_from_bytes(template)
+    except DigitTemplateError as exc:
+        return CheckResult(
+            CheckKind.SPOKEN_DIGITS,
+            Outcome.TECHNICAL,
+            "bad_template",
+            "The stored digit templates are unreadable; enrol the digits again.",
+            details={"error": str(exc)},
+        ).to_dict()
+    return check_spoken_digits(
+        _pcm(pcm16k), expected, templates, DigitSettings.model_validate(settings)
+    ).to_dict()

@@ -55,6 +55,7 @@ class Modality(StrEnum):
 
     FACE = "face"
     VOICE = "voice"
+    DIGITS = "digits"  # the person's own spoken digits 0-9 (identity.voice.digits templates)
 
 
 class TemplateSource(StrEnum):
