@@ -36,7 +36,9 @@ from media_server.webhooks import WebhookEvent, verdict_event, violation_event
 POLICY_VERSION = "2026.12-1"
 
 # Results of these kinds add a note to the verdict but never decide it on their own.
-ADVISORY = frozenset({CheckKind.LOCATION, CheckKind.SPOKEN_DIGITS})
+ADVISORY = frozenset({CheckKind.LOCATION})
+# A result whose details carry this key set to True is a note too (e.g. digits of a person not enrolled).
+ADVISORY_DETAIL = "advisory"
 # Findings about the person's conduct (not about who they are): FAIL only when identity is established.
 NEEDS_ATTRIBUTION = frozenset({CheckKind.BREATH_READING})
 # The check that establishes who took the test.
@@ -79,6 +81,10 @@ def advisory_kinds(liveness: LivenessSettings) -> frozenset[CheckKind]:
     return ADVISORY if liveness.av_sync_decides else ADVISORY | {CheckKind.AV_SYNC}
 
 
+def _is_note(result: CheckResult, advisory: frozenset[CheckKind]) -> bool:
+    return result.kind in advisory or result.details.get(ADVISORY_DETAIL) is True
+
+
 def decide(
     results: Sequence[CheckResult], required: Iterable[CheckKind], advisory: frozenset[CheckKind] = ADVISORY
 ) -> VerdictOutcome:
@@ -86,7 +92,7 @@ def decide(
 
     Advisory kinds (location, spoken digits; see advisory_kinds) are notes: they never change the decision.
     """
-    deciding = [r for r in results if r.kind not in advisory]
+    deciding = [r for r in results if not _is_note(r, advisory)]
     reasons: list[str] = []
     thresholds: dict[str, float | None] = {}
     models: dict[str, dict[str, str]] = {}
@@ -120,7 +126,9 @@ def decide(
     else:
         decision = Decision.PASS
         reasons.append("all required checks passed: " + ", ".join(sorted(k.value for k in present)))
-    reasons += [f"note: {r.kind.value}: {r.message}" for r in results if r.kind in advisory and not r.passed]
+    reasons += [
+        f"note: {r.kind.value}: {r.message}" for r in results if _is_note(r, advisory) and not r.passed
+    ]
     return VerdictOutcome(
         decision=decision,
         reasons=reasons,

@@ -94,14 +94,20 @@ class DbPhotoIndex:
                 PhotoFingerprint.session_id,
                 PhotoFingerprint.phash,
                 Artifact.sha256,
+                PhotoFingerprint.person_id,
+                Artifact.created_at,
             ).join(Artifact, Artifact.id == PhotoFingerprint.artifact_id)
         )
-        out = []
-        for artifact_id, session_id, stored, digest in rows:
+        found = []
+        for artifact_id, session_id, stored, digest, owner, created in rows:
             d = set_distance(phash_from_hex(stored), hashes)
             if d <= max_distance or digest == sha256:
-                out.append(PhotoMatch(artifact_id, session_id, d, digest == sha256))
-        return sorted(out, key=lambda m: (not m.exact, m.distance))
+                match = PhotoMatch(artifact_id, session_id, d, digest == sha256)
+                found.append((match, owner == self._person_id, created))
+        # Exact copies first (anyone's), then this person's own photos, most recent first: a station's
+        # re-sent photo is almost always of its own person, and the pixel comparison stops at the first copy.
+        found.sort(key=lambda f: (not f[0].exact, not f[1], -f[2].timestamp(), f[0].distance))
+        return [match for match, _, _ in found]
 
     def add(self, photo_id: str, test_id: str, hashes: tuple[int, ...], sha256: str) -> None:
         """Record a photo (artifact `photo_id`) of test (session) `test_id`."""

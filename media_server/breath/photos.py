@@ -16,6 +16,7 @@ from media_server.db.enums import ArtifactKind, Modality
 from media_server.db.models import (
     Artifact,
 )
+from media_server.evidence.port import EvidenceError
 from media_server.gallery import active_template
 from media_server.jobs import run_engine
 from media_server.services import Services
@@ -66,7 +67,20 @@ def _judge_photos(
     """Reuse lookup + fingerprints (one transaction) and the per-photo results on the artifact rows."""
     settings: SobrietySettings = services.settings.sobriety
     with services.sessions.begin() as db:
-        checks = judge_breath_photos(job.analyses, DbPhotoIndex(db, person_id), session_id, settings)
+
+        def earlier(photo_id: str) -> bytes | None:
+            """An earlier photo's stored bytes, for telling a re-sent copy from a new moment."""
+            row = db.get(Artifact, photo_id)
+            if row is None:
+                return None
+            try:
+                return services.store.get_bytes(row.key)
+            except EvidenceError:
+                return None  # a near duplicate then stays INCONCLUSIVE (review)
+
+        checks = judge_breath_photos(
+            job.analyses, DbPhotoIndex(db, person_id), session_id, settings, earlier=earlier
+        )
         per_photo = {a.photo_id: a for a in job.analyses}
         bad = {str(c.details.get("photo_id")): c for c in job.unreadable}
         for row in db.scalars(

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import numpy.typing as npt
@@ -13,15 +13,18 @@ from sqlalchemy import select
 from identity.checks import CheckKind, CheckResult, Outcome
 from identity.face import worker as face_worker
 from identity.face.results import FaceAnalysis, template_from_bytes
-from identity.liveness.challenge import Challenge, Observations, evaluate_challenge
+from identity.liveness.challenge import Challenge, Observations, StepKind, evaluate_challenge
 from identity.liveness.landmarks import eye_aspect_ratio, mouth_open_ratio, yaw_deg
 from identity.pad import worker as pad_worker
 from identity.voice import worker as voice_worker
+from identity.voice.audio import Pcm16k
+from identity.voice.digits import prompt_window
 from media_server.db.enums import ArtifactKind, Modality
 from media_server.db.models import Artifact
 from media_server.gallery import active_template
 from media_server.jobs import run_engine, technical
 from media_server.services import Services
+from media_server.verdict import ADVISORY_DETAIL
 from media_server.webrtc.capture import EndedReason, SessionCapture
 
 log = logging.getLogger("kuzet.checkin")
@@ -131,6 +134,72 @@ def observations(capture: SessionCapture, analyses: list[FaceAnalysis], challeng
     return Observations(frame_ts, yaw, ear, mouth, audio_ts, energy, prompts)
 
 
+async def _spoken_digits(
+    services: Services, capture: SessionCapture, challenge: Challenge, required: list[CheckKind]
+) -> list[CheckResult]:
+    """The digits each read-digits prompt asked for, recognised against the person's own digit templates.
+
+    A person not enrolled for digits gets an advisory note (never a REVIEW of its own); a mismatch goes to
+    review unless `voice.digits.mismatch_decides` (then it is a FAIL).
+    """
+    template = await asyncio.to_thread(active_template, services, capture.person_id, Modality.DIGITS)
+    cfg = services.settings.voice.digits
+    delivered = {
+        int(ev["index"]): float(ev["t_s"])
+        for ev in capture.events
+        if ev.get("type") == "prompt" and ev.get("delivered", True) and "index" in ev and "t_s" in ev
+    }
+    out: list[CheckResult] = []
+    for index, step in enumerate(challenge.steps):
+        if step.kind is not StepKind.READ_DIGITS or not step.digits:
+            continue
+        if template is None:
+            out.append(
+                CheckResult(
+                    CheckKind.SPOKEN_DIGITS,
+                    Outcome.INCONCLUSIVE,
+                    "not_enrolled",
+                    "The person has no spoken-digit enrolment: the digits were not checked.",
+                    details={"digits": step.digits, ADVISORY_DETAIL: True},
+                )
+            )
+            continue
+        if CheckKind.SPOKEN_DIGITS not in required:
+            required.append(CheckKind.SPOKEN_DIGITS)
+        pcm = prompt_window(
+            Pcm16k(capture.audio_pcm16k),
+            capture.audio_t0_s,
+            delivered.get(index, float("nan")),
+            step.window_s,
+        )
+        if pcm is None:
+            out.append(
+                technical(
+                    CheckKind.SPOKEN_DIGITS, "no_audio", "No audio of the digits step reached the server."
+                )
+            )
+            continue
+        got = await run_engine(
+            services,
+            CheckKind.SPOKEN_DIGITS,
+            voice_worker.spoken_digits_job,
+            template,
+            pcm,
+            step.digits,
+            cfg.model_dump(mode="json"),
+        )
+        result = got if isinstance(got, CheckResult) else CheckResult.from_dict(got)
+        if result.outcome is Outcome.FAIL and not cfg.mismatch_decides:
+            result = replace(
+                result,
+                outcome=Outcome.INCONCLUSIVE,
+                message=f"{result.message} (sent to review: a misread digit is not a violation by itself)",
+                details={**result.details, "check_outcome": "fail"},
+            )
+        out.append(result)
+    return out
+
+
 @dataclass(frozen=True)
 class CheckinChecks:
     """All results of one check-in and which kinds the verdict requires."""
@@ -193,16 +262,8 @@ async def run_checkin_checks(services: Services, capture: SessionCapture) -> Che
             required.append(CheckKind.LIVENESS)
         if "read_digits" in kinds and services.settings.liveness.av_sync_decides:
             required.append(CheckKind.AV_SYNC)
-            results.append(
-                CheckResult(
-                    CheckKind.SPOKEN_DIGITS,
-                    Outcome.INCONCLUSIVE,
-                    "words_not_recognised",
-                    "The digits' words were not recognised: no offline recogniser exists for Russian or Kazakh. "
-                    "Lip-speech synchrony and the speaker's voice were checked on that segment instead.",
-                    details={"digits": [s.digits for s in challenge.steps if s.digits]},
-                )
-            )
+        if "read_digits" in kinds:
+            results.extend(await _spoken_digits(services, capture, challenge, required))
         if analyses:
             results.extend(
                 evaluate_challenge(

@@ -81,3 +81,20 @@ def test_advisory_checks_are_notes_and_never_decide() -> None:
     )
     assert v.decision is Decision.PASS
     assert v.reasons[-1].startswith("note: location")
+
+
+def test_a_result_marked_advisory_is_a_note_whatever_its_kind() -> None:
+    """Digits of a person not enrolled for them are a note, not a REVIEW of their own."""
+    note = CheckResult(
+        CheckKind.SPOKEN_DIGITS,
+        Outcome.INCONCLUSIVE,
+        "not_enrolled",
+        "not enrolled",
+        details={"advisory": True},
+    )
+    v = decide([result(CheckKind.FACE, Outcome.PASS), note], required=[CheckKind.FACE])
+    assert v.decision is Decision.PASS and v.reasons[-1].startswith("note: spoken_digits")
+    unsure = CheckResult(CheckKind.SPOKEN_DIGITS, Outcome.INCONCLUSIVE, "digits_mismatch", "mismatch")
+    assert (
+        decide([result(CheckKind.FACE, Outcome.PASS), unsure], [CheckKind.FACE]).decision is Decision.REVIEW
+    )
