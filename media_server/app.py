@@ -53,14 +53,20 @@ def _link_deliverer(services: Services) -> Callable[[IssuedSession], Awaitable[N
     return deliver
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """The ASGI app. Resources are created in the lifespan, so importing this is cheap."""
+def create_app(
+    settings: Settings | None = None, build: Callable[[Settings], Services] = build_services
+) -> FastAPI:
+    """The ASGI app. Resources are created in the lifespan, so importing this is cheap.
+
+    `build` is the composition root: `build_services` makes the real ports; a test passes its own to run
+    the same app and flows over fakes (an in-memory store, a pool that never forks, ...).
+    """
     settings = settings or Settings()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         logs.configure(settings.log_level)
-        services = await asyncio.to_thread(build_services, settings)
+        services = await asyncio.to_thread(build, settings)
         app.state.services = services
         services.background.append(asyncio.create_task(_flush_spool_forever(services)))
         lease = build_lease(settings.redis.url, "scheduler", int(settings.redis.lease_ttl_s * 1000))
