@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -23,10 +24,17 @@ async def run_engine(
     services: Services, kind: CheckKind, fn: Callable[..., T], *args: object
 ) -> T | CheckResult:
     """Run `fn(*args)` in the worker pool; any crash becomes a TECHNICAL result (never a violation)."""
+    name = getattr(fn, "__name__", "?")
+    metrics = services.metrics
+    metrics.jobs_in_flight.inc()
+    started = time.perf_counter()
     try:
-        return await services.workers.run(fn, *args)
+        answer = await services.workers.run(fn, *args)
+        metrics.job_seconds.labels(name, "ok").observe(time.perf_counter() - started)
+        return answer
     except Exception as exc:
-        log.exception("engine job failed", extra={"job": getattr(fn, "__name__", "?")})
+        metrics.job_seconds.labels(name, "crashed").observe(time.perf_counter() - started)
+        log.exception("engine job failed", extra={"job": name})
         return technical(
             kind,
             "engine_failure",
@@ -34,3 +42,5 @@ async def run_engine(
             "and a retake is offered.",
             error=repr(exc),
         )
+    finally:
+        metrics.jobs_in_flight.dec()

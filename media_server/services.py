@@ -57,6 +57,29 @@ class Metrics:
             "Sessions waiting for a reviewer (counted on scrape)",
             registry=self.registry,
         )
+        self.live_sessions = Gauge(
+            "kuzet_webrtc_sessions_live", "WebRTC (WHIP) sessions open on this node", registry=self.registry
+        )
+        self.sessions_ended = Counter(
+            "kuzet_webrtc_sessions_ended_total",
+            "WebRTC sessions judged, by how they ended",
+            ["reason"],
+            registry=self.registry,
+        )
+        self.recording_dropped = Counter(
+            "kuzet_recording_frames_dropped_total",
+            "Frames the evidence recorder could not keep (a gap in the stored recording)",
+            registry=self.registry,
+        )
+        self.jobs_in_flight = Gauge(
+            "kuzet_jobs_in_flight", "Engine jobs submitted and not yet answered", registry=self.registry
+        )
+        self.job_seconds = Histogram(
+            "kuzet_job_seconds",
+            "Engine job latency, submit to answer (queue wait included)",
+            ["job", "outcome"],
+            registry=self.registry,
+        )
 
 
 @dataclass

@@ -42,6 +42,8 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
             "reasons": ["person_erased"],
             "session_id": capture.session_id,
         }
+    services.metrics.sessions_ended.labels(capture.ended_reason.value).inc()
+    services.metrics.recording_dropped.inc(int(capture.stats.get("recorder_dropped", 0) or 0))
     await asyncio.to_thread(store_capture_evidence, services, capture)
     checks = await run_checkin_checks(services, capture)
     await asyncio.to_thread(annotate_frames, services, capture.session_id, checks.results)

@@ -224,11 +224,13 @@ def install(
     services) and its sessions are ended at shutdown. Factories default to the real auth/pipeline."""
 
     async def start(services: Services) -> None:
-        app.state.whip_ingest = WhipIngest(
+        ingest = WhipIngest(
             services.settings,
             (authenticator or ServicesAuthenticator)(services),
             (sink or PipelineSink)(services),
         )
+        app.state.whip_ingest = ingest
+        services.metrics.live_sessions.set_function(lambda: len(ingest.sessions))
 
     async def stop(services: Services) -> None:
         ingest: WhipIngest | None = getattr(app.state, "whip_ingest", None)

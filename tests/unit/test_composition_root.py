@@ -53,5 +53,9 @@ def test_create_app_runs_over_the_ports_it_is_given(tmp_path: Path) -> None:
         assert client.get("/readyz").json()["status"] == "ready"
         # a flow helper on the fake: the crash is a TECHNICAL result, never an exception or a violation
         result = asyncio.run(run_engine(services, CheckKind.FACE, _job))
+        metrics = client.get("/metrics").text
     assert pool.calls == ["_job"]
+    # the job, its latency and outcome, and the live WebRTC sessions are on /metrics
+    assert 'kuzet_job_seconds_count{job="_job",outcome="crashed"} 1.0' in metrics
+    assert "kuzet_jobs_in_flight 0.0" in metrics and "kuzet_webrtc_sessions_live 0.0" in metrics
     assert not isinstance(result, int) and result.outcome is Outcome.TECHNICAL
