@@ -310,6 +310,13 @@ class SchedulesSettings(_Group):
         description="Fresh links issued automatically in a row after technical failures (then an officer "
         "resends by hand).",
     )
+    open_window_min_left_min: int = Field(
+        15,
+        ge=1,
+        le=24 * 60,
+        description="A schedule created while one of its windows is open still gets that window when at "
+        "least this many minutes of it remain (less: the person could not reasonably take it, so it is skipped).",
+    )
     recovery_grace_s: int = Field(
         120,
         ge=10,

@@ -172,13 +172,19 @@ def _create_session(
 
 
 def materialise_sessions(
-    db: Session, now: datetime, *, horizon: timedelta, seed_key: bytes
+    db: Session,
+    now: datetime,
+    *,
+    horizon: timedelta,
+    seed_key: bytes,
+    open_window_min_left: timedelta = timedelta(minutes=15),
 ) -> list[IssuedSession]:
     """Create the sessions of every active schedule whose window starts before `now + horizon`.
 
     Idempotent: a window that already has its session is skipped (its token is not reissued). Windows
-    that already ended are not created (the person was never told of them), nor windows that started
-    before the schedule was created. Each session is committed with its audit entry on its own.
+    that already ended are not created (the person was never told of them). A window that was already
+    open when the schedule was created is created only while at least `open_window_min_left` of it
+    remains. Each session is committed with its audit entry on its own.
     """
     now = _require_aware(now)
     until = now + horizon
@@ -200,8 +206,10 @@ def materialise_sessions(
         for window in windows_between(
             rule, schedule.timezone, now, until, schedule_id=schedule.id, seed_key=seed_key
         ):
-            if window.start < schedule.created_at or window.end <= now:
+            if window.end <= now:
                 continue
+            if window.start < schedule.created_at and window.end - now < open_window_min_left:
+                continue  # opened before the schedule existed and nearly over: not fair to ask for it
             if rule.type is RuleType.RANDOM and window.start > now:
                 continue  # a random test is announced when it opens, never ahead of time
             sid = session_id_for(schedule.id, window.start)
@@ -491,7 +499,11 @@ def _tick_sync(services: Services, now: datetime, seed_key: bytes) -> TickReport
     settings = services.settings.schedules
     with services.sessions() as db:
         issued = materialise_sessions(
-            db, now, horizon=timedelta(minutes=settings.horizon_min), seed_key=seed_key
+            db,
+            now,
+            horizon=timedelta(minutes=settings.horizon_min),
+            seed_key=seed_key,
+            open_window_min_left=timedelta(minutes=settings.open_window_min_left_min),
         )
     closed = mark_missed(services, now, grace=timedelta(seconds=settings.missed_grace_s))
     with services.sessions.begin() as db:

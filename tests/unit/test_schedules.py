@@ -194,20 +194,26 @@ def test_tick_creates_sessions_once_with_hashed_tokens(factory: sessionmaker[Ses
         assert audit.verify_chain(db).ok
 
 
-def test_tick_skips_windows_already_over_and_before_the_schedule(factory: sessionmaker[Session]) -> None:
+def test_a_window_open_when_the_schedule_is_made_is_offered_while_enough_of_it_remains(
+    factory: sessionmaker[Session],
+) -> None:
     with factory() as db:
+        # Created at 04:30 UTC during today's 04:00-05:00 window (09:00-10:00 in Almaty).
         _person_with_schedule(db, DAILY, datetime(2026, 11, 23, 4, 30, tzinfo=UTC))
-        # The schedule was created during today's window, and tomorrow's is outside the horizon.
-        assert (
-            materialise_sessions(
-                db, datetime(2026, 11, 23, 4, 40, tzinfo=UTC), horizon=timedelta(hours=2), seed_key=KEY
-            )
-            == []
+        [today] = materialise_sessions(
+            db, datetime(2026, 11, 23, 4, 40, tzinfo=UTC), horizon=timedelta(hours=2), seed_key=KEY
         )
+        assert today.window_end == datetime(2026, 11, 23, 5, tzinfo=UTC)  # 20 minutes left: offered
+        late = _person_with_schedule(db, DAILY, datetime(2026, 11, 23, 4, 50, tzinfo=UTC), ref="case-late")
+        issued = materialise_sessions(
+            db, datetime(2026, 11, 23, 4, 52, tzinfo=UTC), horizon=timedelta(hours=2), seed_key=KEY
+        )
+        assert all(i.person_id != late.person_id for i in issued)  # 8 minutes left: skipped
+        # Windows already over are never created; tomorrow's, already open, is offered.
         issued = materialise_sessions(
             db, datetime(2026, 11, 24, 4, 10, tzinfo=UTC), horizon=timedelta(hours=2), seed_key=KEY
         )
-        assert len(issued) == 1  # tomorrow's window, already open, is still offered
+        assert {i.window_start.date() for i in issued} == {date(2026, 11, 24)}
 
 
 def _session(db: Session, person_id: str, status: SessionStatus, end: datetime, **kw: object) -> CheckSession:
