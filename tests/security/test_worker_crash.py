@@ -4,7 +4,6 @@ of "the check will be retried"."""
 
 from __future__ import annotations
 
-import json
 import multiprocessing
 import os
 from concurrent.futures import ProcessPoolExecutor
@@ -14,11 +13,11 @@ import pytest
 
 from identity.checks import CheckKind, Outcome
 from media_server.errors import ServiceUnavailable
+from media_server.i18n import checkin_strings
 from media_server.jobs import run_engine
+from media_server.services import Metrics
 from media_server.settings import Settings
 from media_server.workers import WorkerPool
-
-STRINGS = Path(__file__).resolve().parents[2] / "media_server" / "static" / "checkin_strings.json"
 
 
 class LightPool(WorkerPool):
@@ -60,6 +59,7 @@ async def test_a_job_that_keeps_crashing_is_a_technical_failure(tmp_path: Path) 
 
         class Services:
             workers = pool
+            metrics = Metrics()
 
         result = await run_engine(Services(), CheckKind.FACE, die_always)  # type: ignore[arg-type]
     finally:
@@ -70,7 +70,7 @@ async def test_a_job_that_keeps_crashing_is_a_technical_failure(tmp_path: Path) 
 
 
 def test_the_person_is_told_what_happens_after_a_technical_failure() -> None:
-    strings = json.loads(STRINGS.read_text("utf-8"))
+    strings = checkin_strings()  # the check-in page's strings, from the ru / kk / en catalogs
     expected = {"en": "new link", "ru": "новую ссылку", "kk": "жаңа сілтеме"}
     for lang, phrase in expected.items():
         for key in ("outcome.retake", "outcome.error"):
