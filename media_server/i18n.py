@@ -195,6 +195,13 @@ REASONS: dict[str, str] = {
         "An analysis engine failed: the session goes to a reviewer and a retake is offered."
     ),
     "missed": N_("No test was taken in its window."),
+    "bad_expected": N_("The digits asked for are not a valid digit string."),
+    "digits_match": N_("The spoken digits match the ones asked for."),
+    "digits_mismatch": N_("Other digits than the ones asked for were spoken."),
+    "direction_unclear": N_("The head moved both ways before turning: the direction is unclear."),
+    "missing_digits": N_("Some digits have too few enrolment recordings."),
+    "photos_received": N_("The breath photos were received."),
+    "unlike_templates": N_("The speech does not sound like the person's enrolled digits."),
     "not_judged": N_(
         "The server stopped before this session was judged; its evidence is kept and a retake is offered."
     ),
