@@ -41,11 +41,12 @@ COMMON_HEADERS: dict[str, str] = {
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
 }
-# The workstation's pages: server-rendered, no scripts, inline styles, evidence media from /ws.
+# The workstation's pages: server-rendered; the one script is the package's own /ws/static/ws.js (the
+# challenge timeline seeks the video), no inline script; inline styles; evidence media from /ws.
 WORKSTATION_HEADERS: dict[str, str] = {
     "Cache-Control": "no-store",
     "Content-Security-Policy": (
-        "default-src 'none'; script-src 'none'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
         "media-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
     ),
 }

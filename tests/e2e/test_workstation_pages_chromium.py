@@ -10,6 +10,7 @@ the browser fetches with HTTP Range requests.
 from __future__ import annotations
 
 import shutil
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,10 +131,18 @@ def shoot(page: Any, name: str) -> Path:
     return path
 
 
+def _until(page: Any, expression: str, timeout_ms: float = TIMEOUT_MS) -> None:
+    """Poll a JavaScript expression from the test side (page.evaluate runs over the DevTools protocol, so
+    the workstation's CSP, which forbids eval, stays in force for the page itself)."""
+    deadline = time.monotonic() + timeout_ms / 1000
+    while not page.evaluate(expression):
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {expression}")
+        page.wait_for_timeout(50)
+
+
 def _images_loaded(page: Any) -> None:
-    page.wait_for_function(
-        "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)", timeout=TIMEOUT_MS
-    )
+    _until(page, "Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
 
 
 @pytest.mark.parametrize("lang", ["ru", "kk", "en"])
@@ -179,15 +188,13 @@ def test_clicking_a_challenge_step_seeks_the_recording(running: Running, page: A
     h264 = page.evaluate("document.createElement('video').canPlayType('video/mp4; codecs=\"avc1.42E01E\"')")
     if not h264:
         pytest.skip("this Chromium build cannot decode H.264")
-    page.wait_for_function("document.querySelector('video#recording').readyState >= 1")
+    _until(page, "document.querySelector('video#recording').readyState >= 1")
     steps = page.locator("#timeline li")
     assert steps.count() == len(PROMPTS)
     for index in (2, 0):
         expected = PROMPTS[index][1] - RECORDING_T0_S
         steps.nth(index).click()
-        page.wait_for_function(
-            f"Math.abs(document.querySelector('video#recording').currentTime - {expected}) < 0.05"
-        )
+        _until(page, f"Math.abs(document.querySelector('video#recording').currentTime - {expected}) < 0.05")
         assert "current" in (steps.nth(index).get_attribute("class") or "")
     shoot(page, "en-checkin-seeked")
     assert 206 in ranged  # the browser fetched the recording by byte ranges
