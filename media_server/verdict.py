@@ -239,7 +239,9 @@ def write_verdict_if(
     return outcome, verdict_id
 
 
-def _not_judged_yet(session_id: str) -> Callable[[Session], bool]:
+def not_judged_yet(session_id: str) -> Callable[[Session], bool]:
+    """Guard for `write_verdict_if`: the session has no verdict yet."""
+
     def guard(db: Session) -> bool:
         return db.scalar(select(Verdict.id).where(Verdict.session_id == session_id).limit(1)) is None
 
@@ -259,7 +261,7 @@ def write_verdict(
     verdict it has is returned and nothing is written twice.
     """
     written = write_verdict_if(
-        services, session_id, results, required, _not_judged_yet(session_id), origin=origin
+        services, session_id, results, required, not_judged_yet(session_id), origin=origin
     )
     if written is not None:
         return written

@@ -28,7 +28,7 @@ from identity.checks import CheckKind, CheckResult, Outcome
 from media_server.breath.adapters import prune_nonces
 from media_server.db import audit
 from media_server.db.enums import Decision, PersonStatus, SessionKind, SessionStatus
-from media_server.db.models import CheckSession, Person, Schedule, Verdict
+from media_server.db.models import CheckSession, Person, Schedule
 from media_server.lifecycle import require_active
 from media_server.schedules.rules import (
     CHECKIN_TOKEN_PREFIX,
@@ -43,7 +43,7 @@ from media_server.schedules.rules import (
 )
 from media_server.services import Services
 from media_server.tokens import new_secret_token, token_hash
-from media_server.verdict import VerdictOutcome, announce, verdict_events, write_verdict_if
+from media_server.verdict import VerdictOutcome, announce, not_judged_yet, verdict_events, write_verdict_if
 from media_server.webhooks import WebhookEvent
 
 # -- the tick -------------------------------------------------------------------------------------
@@ -318,8 +318,10 @@ def issue_retake(
     )
 
 
-def _close_technical(session_id: str) -> Callable[[Session], bool]:
-    """Guard: the window is still unstarted; it closes as our technical failure and its link dies."""
+def _close_unstarted(session_id: str, status: SessionStatus) -> Callable[[Session], bool]:
+    """Guard: the window is still unstarted; it closes with `status` and its link dies with it.
+
+    A conditional UPDATE: a check-in that starts right now, or a second tick, wins the race."""
 
     def guard(db: Session) -> bool:
         moved = db.execute(
@@ -330,36 +332,9 @@ def _close_technical(session_id: str) -> Callable[[Session], bool]:
                 CheckSession.started_at.is_(None),
                 CheckSession.token_used_at.is_(None),
             )
-            .values(status=SessionStatus.TECHNICAL_FAILURE, token_hash=None)
+            .values(status=status, token_hash=None)
         )
         return getattr(moved, "rowcount", 0) == 1
-
-    return guard
-
-
-def _close_missed(session_id: str) -> Callable[[Session], bool]:
-    """Guard: the window is still unstarted; it becomes `missed` and its link dies with it."""
-
-    def guard(db: Session) -> bool:
-        # Conditional UPDATE: a check-in that starts right now, or a second tick, wins the race.
-        moved = db.execute(
-            update(CheckSession)
-            .where(
-                CheckSession.id == session_id,
-                CheckSession.status == SessionStatus.SCHEDULED,
-                CheckSession.started_at.is_(None),
-                CheckSession.token_used_at.is_(None),
-            )
-            .values(status=SessionStatus.MISSED, token_hash=None)
-        )
-        return getattr(moved, "rowcount", 0) == 1
-
-    return guard
-
-
-def _not_yet_judged(session_id: str) -> Callable[[Session], bool]:
-    def guard(db: Session) -> bool:
-        return db.scalar(select(Verdict.id).where(Verdict.session_id == session_id).limit(1)) is None
 
     return guard
 
@@ -432,9 +407,12 @@ def mark_missed(services: Services, now: datetime, *, grace: timedelta) -> list[
                 continue  # it began: the pipeline decides how it ended
             result = _unattended(s, window, details)
             if result.outcome is Outcome.FAIL:
-                guard, action = _close_missed(s.id), "session.missed"
+                guard, action = _close_unstarted(s.id, SessionStatus.MISSED), "session.missed"
             else:
-                guard, action = _close_technical(s.id), "session.technical_review"
+                guard, action = (
+                    _close_unstarted(s.id, SessionStatus.TECHNICAL_FAILURE),
+                    "session.technical_review",
+                )
         else:
             result = CheckResult(
                 CheckKind.MEDIA,
@@ -443,7 +421,7 @@ def mark_missed(services: Services, now: datetime, *, grace: timedelta) -> list[
                 "the session ended in a technical failure; a retake is offered",
                 details=details,
             )
-            guard, action = _not_yet_judged(s.id), "session.technical_review"
+            guard, action = not_judged_yet(s.id), "session.technical_review"
         written = write_verdict_if(services, s.id, [result], [], guard, actor=SCHEDULER_ACTOR, action=action)
         if written is None:
             continue
