@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import secrets
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, timedelta
@@ -10,8 +9,6 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import create_engine, select, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 
 from media_server.db import audit
 from media_server.db.enums import DeviceKind, PersonStatus, RejectionSource, SessionKind, SessionStatus
@@ -32,28 +29,18 @@ from media_server.retention import retention_report
 from media_server.services import Services, build_services
 from media_server.settings import Settings
 from media_server.webhooks import DeliveryResult
+from tests.conftest import drop_pg_database, fresh_pg_url
 
 pytestmark = pytest.mark.integration
-
-ADMIN_URL = os.environ.get("KUZET_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    name = f"kuzet_test_{secrets.token_hex(6)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    url = fresh_pg_url()
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except DBAPIError as exc:
-        admin.dispose()
-        pytest.fail(f"PostgreSQL at {ADMIN_URL} is required for integration tests: {exc}")
-    try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_pg_database(url)
 
 
 @pytest.fixture()

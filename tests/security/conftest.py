@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import os
-import secrets
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,9 +13,6 @@ from pathlib import Path
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from sqlalchemy import create_engine, text
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DBAPIError
 
 from media_server.app import create_app
 from media_server.db import audit
@@ -26,9 +21,9 @@ from media_server.services import Services
 from media_server.settings import Settings
 from media_server.tokens import hash_password
 from tests.api.conftest import PASSWORD, ROLES, Api
+from tests.conftest import drop_pg_database, fresh_pg_url
 from tests.support.webrtc import ServerThread
 
-ADMIN_URL = os.environ.get("KUZET_TEST_PG_ADMIN_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 PROFILES = [
     pytest.param("sqlite", id="sqlite"),
     pytest.param("postgres", id="postgres", marks=pytest.mark.integration),
@@ -46,20 +41,11 @@ def database_for(profile: str) -> Iterator[str]:
     if profile == "sqlite":
         yield ""
         return
-    name = f"kuzet_sec_{secrets.token_hex(6)}"
-    admin = create_engine(ADMIN_URL, isolation_level="AUTOCOMMIT")
+    url = fresh_pg_url("kuzet_sec")
     try:
-        with admin.connect() as conn:
-            conn.execute(text(f'CREATE DATABASE "{name}"'))
-    except DBAPIError as exc:
-        admin.dispose()
-        pytest.fail(f"PostgreSQL at {ADMIN_URL} is required for the postgres profile: {exc}")
-    try:
-        yield make_url(ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+        yield url
     finally:
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-        admin.dispose()
+        drop_pg_database(url)
 
 
 def settings_for(data_dir: Path, database_url: str) -> Settings:
