@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -185,8 +186,18 @@ def _original_submission(db: Session, person_id: str, upload: Upload) -> str | N
     return None
 
 
-def stored_upload(services: Services, session_id: str) -> tuple[Upload, list[StoredRef]] | None:
-    """The submission a breath session stored (reading, signature, photos in order) and its refs."""
+@dataclass(frozen=True)
+class StoredSubmission:
+    """Where a breath session's submission lies in the evidence store (no bytes read yet)."""
+
+    refs: list[StoredRef]  # reading, signature, photos in upload order
+    reading_key: str
+    signature_key: str
+    photos: list[tuple[str, str, str]]  # (form field, key, content type) in upload order
+
+
+def stored_submission(services: Services, session_id: str) -> StoredSubmission | None:
+    """The artifact rows of what a breath session stored, or None when its reading or signature is missing."""
     with services.sessions() as db:
         rows = db.scalars(
             select(Artifact).where(Artifact.session_id == session_id).order_by(Artifact.created_at)
@@ -201,17 +212,23 @@ def stored_upload(services: Services, session_id: str) -> tuple[Upload, list[Sto
         )
         if reading is None or signature is None:
             return None
-        refs = [StoredRef(a.id, a.key, a.sha256, a.size, a.kind) for a in [reading, signature, *photos]]
-        photo_meta = [
-            (str(a.meta.get("field", f"photo_{i}")), a.key, a.content_type) for i, a in enumerate(photos)
-        ]
-        reading_key, signature_key = reading.key, signature.key
-    upload = Upload(
-        reading=services.store.get_bytes(reading_key),
-        signature=services.store.get_bytes(signature_key).decode("utf-8"),
-        photos=[(name, services.store.get_bytes(key), ctype) for name, key, ctype in photo_meta],
+        return StoredSubmission(
+            refs=[StoredRef(a.id, a.key, a.sha256, a.size, a.kind) for a in [reading, signature, *photos]],
+            reading_key=reading.key,
+            signature_key=signature.key,
+            photos=[
+                (str(a.meta.get("field", f"photo_{i}")), a.key, a.content_type) for i, a in enumerate(photos)
+            ],
+        )
+
+
+def load_upload(services: Services, stored: StoredSubmission) -> Upload:
+    """The stored submission's bytes, each verified against its sha256 by the store (blocking)."""
+    return Upload(
+        reading=services.store.get_bytes(stored.reading_key),
+        signature=services.store.get_bytes(stored.signature_key).decode("utf-8"),
+        photos=[(name, services.store.get_bytes(key), ctype) for name, key, ctype in stored.photos],
     )
-    return upload, refs
 
 
 def _photo_content_type(declared: str) -> str:

@@ -28,7 +28,8 @@ from media_server.breath.evidence import (
     _route,
     _store_loose_evidence,
     _store_session_evidence,
-    stored_upload,
+    load_upload,
+    stored_submission,
 )
 from media_server.breath.photos import _photo_checks
 from media_server.breath.values import (
@@ -229,8 +230,9 @@ async def submit_breath_test(services: Services, upload: Upload, now: datetime) 
             )
         await asyncio.to_thread(_audit_loose_rejection, services, route, rejection, evidence)
         return BreathOutcome(session_id=None, rejection=rejection, checks=[rejection], evidence=evidence)
-    if route.resend:
-        return await answer_resend(services, route, upload)
+    if route.resend and route.session_id is not None:
+        # The same request again (lost answer, or a crash): its stored evidence, judged once.
+        return await rejudge(services, route.session_id)
     assert route.person_id is not None and route.device_id is not None
     refs = await asyncio.to_thread(_store_session_evidence, services, route.session_id, upload)
     return await _judge(services, route, upload, refs, now, None)
@@ -381,25 +383,12 @@ def _arrival(services: Services, session_id: str) -> datetime:
         return (row.started_at if row is not None and row.started_at else None) or utcnow()
 
 
-async def answer_resend(services: Services, route: _Route, upload: Upload) -> BreathOutcome:
-    """A byte-identical resend: the original answer, or (after a crash) the original submission judged now.
-
-    Nothing new is stored. A session still without a verdict is judged from its stored evidence as of
-    its arrival time, with its own nonce not counted as a replay.
-    """
-    assert route.session_id is not None
-    stored = await asyncio.to_thread(stored_upload, services, route.session_id)
-    refs = stored[1] if stored is not None else []
-    answered = await asyncio.to_thread(_stored_outcome, services, route.session_id, refs)
-    if answered is not None:
-        return answered
-    return await rejudge(services, route.session_id)
-
-
 async def rejudge(services: Services, session_id: str) -> BreathOutcome:
-    """Judge a stored breath submission that has no verdict (crash recovery); idempotent per session."""
-    stored = await asyncio.to_thread(stored_upload, services, session_id)
-    answered = await asyncio.to_thread(_stored_outcome, services, session_id, stored[1] if stored else [])
+    """The answer a stored breath submission got, or, when it has none (a crash), its judgement now from
+    the stored evidence, as of its arrival, with its own nonce not counted as a replay. Idempotent."""
+    stored = await asyncio.to_thread(stored_submission, services, session_id)
+    refs = stored.refs if stored is not None else []
+    answered = await asyncio.to_thread(_stored_outcome, services, session_id, refs)
     if answered is not None:
         return answered
     with services.sessions() as db:
@@ -409,11 +398,11 @@ async def rejudge(services: Services, session_id: str) -> BreathOutcome:
         scheduled = bool(row is not None and not (row.meta or {}).get("unscheduled"))
     if stored is None or person_id is None or device_id is None:
         raise ValueError(f"breath session {session_id} has no stored submission to judge")
-    upload, refs = stored
+    upload = await asyncio.to_thread(load_upload, services, stored)
     nonce = _lenient_fields(upload.reading).get("nonce")
     route = _Route(None, device_id, person_id, session_id, scheduled=scheduled)
     ledger = _ResumeLedger(DbNonceLedger(services.sessions), device_id, nonce)
-    return await _judge(services, route, upload, refs, _arrival(services, session_id), ledger)
+    return await _judge(services, route, upload, stored.refs, _arrival(services, session_id), ledger)
 
 
 def now_utc() -> datetime:
