@@ -30,7 +30,7 @@ from media_server.db.enums import SessionKind, SessionStatus
 from media_server.db.models import Artifact, CheckSession, Verdict
 from media_server.db.types import utcnow
 from media_server.services import Services
-from media_server.verdict import announce, write_verdict_if
+from media_server.verdict import announce, not_judged_yet, write_verdict_if
 
 log = logging.getLogger("kuzet.recovery")
 
@@ -77,8 +77,10 @@ def _unjudged(services: Services, now: datetime) -> list[tuple[str, SessionKind,
 
 
 def _close_unjudged(session_id: str) -> Callable[[Session], bool]:
+    unjudged = not_judged_yet(session_id)
+
     def guard(db: Session) -> bool:
-        if db.scalar(select(func.count()).select_from(Verdict).where(Verdict.session_id == session_id)):
+        if not unjudged(db):
             return False
         row = db.get(CheckSession, session_id)
         if row is None:
