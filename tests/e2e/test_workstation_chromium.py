@@ -89,13 +89,32 @@ def shoot(page: Any, name: str) -> Path:
     return path
 
 
+def _record_failure(problems: list[str], req: Any) -> None:
+    """A failed request is a problem, except a media range request the browser cancels itself.
+
+    Chromium aborts (net::ERR_ABORTED) the open request of an <audio>/<video> element once it has
+    the metadata it wanted, or when the page navigates away; the server answered it, nothing failed.
+    The `response` listener still catches any error status the server gives for the same URL.
+    """
+    failure = req.failure or ""
+    if req.resource_type == "media" and "ERR_ABORTED" in failure:
+        return
+    problems.append(f"request failed: {req.url} ({failure})")
+
+
+def _record_error_status(problems: list[str], resp: Any) -> None:
+    if resp.status >= 400:
+        problems.append(f"HTTP {resp.status}: {resp.url}")
+
+
 def test_reviewer_decides_a_flagged_session_in_chromium(running: Running, page: Any) -> None:
     if shutil.which("ffmpeg") is None:
         pytest.skip("needs ffmpeg for the seeded recording")
     seeded = running.seeded
     problems: list[str] = []
     page.on("pageerror", lambda exc: problems.append(f"page error: {exc}"))
-    page.on("requestfailed", lambda req: problems.append(f"request failed: {req.url}"))
+    page.on("requestfailed", lambda req: _record_failure(problems, req))
+    page.on("response", lambda resp: _record_error_status(problems, resp))
     shots: list[Path] = []
 
     # log in through the form
