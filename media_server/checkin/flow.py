@@ -43,7 +43,7 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
             "session_id": capture.session_id,
         }
     services.metrics.sessions_ended.labels(capture.ended_reason.value).inc()
-    _count_recording(services, capture)
+    count_recording(services, capture)
     await asyncio.to_thread(store_capture_evidence, services, capture)
     checks = await run_checkin_checks(services, capture)
     await asyncio.to_thread(annotate_frames, services, capture.session_id, checks.results)
@@ -70,7 +70,7 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
     }
 
 
-def _count_recording(services: Services, capture: SessionCapture) -> None:
+def count_recording(services: Services, capture: SessionCapture) -> None:
     """The recording's drops, gaps (by kind and cause), frames missing and recorder CPU, in the metrics."""
     metrics, meta = services.metrics, capture.recording_meta
     metrics.recording_dropped.inc(int(capture.stats.get("recorder_dropped", 0) or 0))
