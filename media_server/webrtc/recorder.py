@@ -219,7 +219,10 @@ class _Writer:
             # x264 needs even dimensions in yuv420p.
             self._size = (video.width // 2 * 2, video.height // 2 * 2)
             stream = self._container.add_stream(
-                "libx264", rate=30, options={"preset": self._preset, "crf": str(self._crf)}
+                # One x264 thread: the cost per session is bounded to this thread, and measured by it.
+                "libx264",
+                rate=30,
+                options={"preset": self._preset, "crf": str(self._crf), "threads": "1"},
             )
             stream.width, stream.height = self._size
             stream.pix_fmt = "yuv420p"
