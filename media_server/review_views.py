@@ -120,6 +120,8 @@ GAP_CAUSES = {
     "recorder_overflow": N_("dropped by the overloaded recorder"),
     "before_keyframe": N_("before the first complete picture"),
     "codec": N_("in a format that cannot be stored"),
+    "late_stream": N_("started after the recording had begun without it"),
+    "recorder_failed": N_("the recorder failed; the rest of the recording is missing"),
 }
 GAP_KINDS = {"video": N_("video"), "audio": N_("audio")}
 

@@ -211,7 +211,8 @@ class Gap:
 
     kind: str
     # "network_loss" (packets never arrived), "jitter_buffer" (arrived, thrown away by aiortc's jitter
-    # buffer), "timestamp_jump" (the sender paused), "recorder_overflow", "before_keyframe", "codec"
+    # buffer), "timestamp_jump" (the sender paused), "recorder_overflow", "before_keyframe", "codec",
+    # "late_stream" (its first keyframe came after the file was started without it), "recorder_failed"
     cause: str
     media_t_s: float  # position in the stream (RTP time since its first frame)
     packets_missing: int
@@ -358,6 +359,7 @@ class RemuxRecorder:
         self._thread = threading.Thread(target=self._run, name=f"remux-{path_stem.parent.name}", daemon=True)
         self._result = RecorderResult(path=None, audio_pcm16k=np.zeros(0, np.float32), audio_t0_s=None)
         self._started = False
+        self._closing = False
         self.dropped = {"video": 0, "audio": 0}
         self._overflow: list[tuple[float, Gap]] = []
         self._overflow_lock = threading.Lock()
@@ -372,6 +374,8 @@ class RemuxRecorder:
         """The callback `tap_receiver` installs for a receiver of `kind` (runs on the event loop)."""
 
         def on_frame(codec: Any, frame: JitterFrame) -> None:
+            if self._closing:
+                return  # the session ended: what still arrives is not part of it
             item = _Encoded(kind, str(codec.name).lower(), int(codec.clockRate), frame, self._clock())
             try:
                 self._queue.put_nowait(item)
@@ -384,7 +388,7 @@ class RemuxRecorder:
 
     def push(self, kind: str, t_s: float, frame: Any) -> bool:
         """A decoded frame: audio goes to the PCM16k conversion; False when dropped."""
-        if kind != "audio":
+        if kind != "audio" or self._closing:
             return True
         try:
             self._queue.put_nowait(("pcm", t_s, frame))
@@ -397,6 +401,7 @@ class RemuxRecorder:
         """Finish the file and return the result (the wait runs in a thread)."""
         import asyncio
 
+        self._closing = True
         if not self._started:
             return self._result
         await asyncio.to_thread(self._queue.put, _STOP)
@@ -426,6 +431,8 @@ class RemuxRecorder:
                 pcm.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
         except Exception:
             log.exception("remux recorder failed", extra={"path": str(self._stem)})
+            # Whatever the file lacks from here on is a gap the reviewer must see.
+            muxer.gaps.append((self._clock(), Gap("video", "recorder_failed", 0.0, 0, 0, 0.0)))
         finally:
             muxer.close()
         with self._overflow_lock:
@@ -482,6 +489,7 @@ class _Muxer:
         self._last_pts: dict[str, int] = {}
         self._held: list[_Encoded] = []
         self._waiting: dict[str, int] = {}
+        self._unstorable: dict[str, str] = {}
         self.gaps: list[tuple[float, Gap]] = []
         self.counts = {"video": 0, "audio": 0}
         self.keyframes = {"video": 0, "audio": 0}
@@ -546,7 +554,12 @@ class _Muxer:
         self._container = av.open(str(self.path), mode="w", format=self.format_name)
         video = firsts.get("video")
         if video is not None:
-            self._streams["video"] = self._video_stream(video)
+            try:
+                self._streams["video"] = self._video_stream(video)
+            except (av.FFmpegError, ValueError, struct.error):
+                # A bitstream the container cannot be set up from: keep the audio, count the video as gap.
+                log.exception("recording: video stream could not be set up", extra={"codec": video.codec})
+                self._unstorable["video"] = "codec"
         audio = firsts.get("audio")
         if audio is not None:
             stream = self._container.add_stream("libopus", rate=48000)
@@ -572,7 +585,8 @@ class _Muxer:
         stream = self._streams.get(item.kind)
         first = self._first.get(item.kind)
         if stream is None or first is None or self.t0_s is None:
-            self.discarded += 1
+            # A stream whose first keyframe came after the header was written (Matroska cannot add it).
+            self._lose(item, self._unstorable.get(item.kind, "late_stream"))
             return
         first_ts, first_arrival = first
         # Each stream keeps its own RTP clock, placed where its first frame arrived on the session clock.

@@ -355,7 +355,9 @@ class MediaSession:
             frames=self._sampler.take(),
             audio_pcm16k=result.audio_pcm16k if result else _empty_pcm(),
             audio_t0_s=result.audio_t0_s if result else None,
-            events=sorted([*self._events, *(result.events if result else [])], key=lambda e: e["t_s"]),
+            events=sorted(
+                [*self._events, *(result.events if result else [])], key=lambda e: float(e.get("t_s") or 0.0)
+            ),
             location=self._location,
             ended_reason=reason,
             started_at=self.started_at,

@@ -301,3 +301,34 @@ def test_keyframe_flags_from_the_bitstream() -> None:
     assert not is_keyframe("h264", b"\x00\x00\x00\x01\x41\x9a")
     assert is_keyframe("opus", b"\xfc\xff")  # every Opus packet decodes on its own
     assert isinstance(SequencedFrame(b"", 0, 0, 0, None), JitterFrame)
+
+
+async def test_a_stream_that_starts_after_the_file_is_a_late_stream_gap(tmp_path: Path) -> None:
+    opus = encode_opus(150)  # 3 s of audio before the video's first keyframe arrives
+    vp8 = encode_video("vp8", 10)
+    t = [0.0]
+    recorder = _recorder(tmp_path, {"video", "audio"}, t)
+    audio = [("opus", _frame(d, i * OPUS_TICKS, i)) for i, d in enumerate(opus)]
+    _feed(recorder, t, audio)
+    video_tap = recorder.tap("video")
+    t[0] = 3.5
+    for i, d in enumerate(vp8):
+        video_tap(Codec("VP8", 90000), _frame(d, i * VIDEO_TICKS, 100 + i, i))
+    result = await recorder.close()
+    assert [(e["kind"], e["cause"], e["frames_missing"]) for e in result.events] == [
+        ("video", "late_stream", 10)
+    ]
+    assert result.path is not None
+    probe = probe_recording(result.path)
+    assert probe.streams == ["audio:opus"] and probe.packets["audio"] == 150
+
+
+async def test_frames_after_close_are_not_part_of_the_session(tmp_path: Path) -> None:
+    t = [0.0]
+    recorder = _recorder(tmp_path, {"video"}, t)
+    tap = recorder.tap("video")
+    vp8 = encode_video("vp8", 4)
+    tap(Codec("VP8", 90000), _frame(vp8[0], 0, 0, 0))
+    result = await recorder.close()
+    tap(Codec("VP8", 90000), _frame(vp8[1], VIDEO_TICKS, 1, 1))  # the peer still sends during the reply
+    assert result.counts["video_frames_recorded"] == 1 and recorder.dropped["video"] == 0
