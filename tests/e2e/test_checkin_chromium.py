@@ -49,7 +49,19 @@ def test_chromium_completes_a_checkin(
     assert rgb.dtype == np.uint8 and rgb.shape[2] == 3 and 40 < float(rgb.mean()) < 220
     assert capture.audio_pcm16k.size > 16000 and float(np.abs(capture.audio_pcm16k).max()) > 0.01
     assert seen.recording_bytes > 10_000
-    assert sorted(seen.recording_streams) == ["audio:aac", "video:h264"]
+    # Chromium's own VP8 and Opus, stored as sent (WebM, no re-encoding), every frame decodable, no gap
+    assert sorted(seen.recording_streams) == ["audio:opus", "video:vp8"]
+    probe = seen.probe
+    assert probe is not None and probe.decode_errors == 0
+    assert (
+        probe.packets["video"]
+        == capture.stats["video_frames_recorded"]
+        >= capture.stats["video_frames_received"]
+    )
+    assert probe.frames["video"] >= probe.packets["video"] - 2 and probe.first_is_keyframe["video"]
+    assert probe.keyframes["video"] == probe.vp8_bitstream_keyframes >= 1
+    assert probe.monotonic == {"video": True, "audio": True}
+    assert capture.stats["recording_gaps"] == 0, [e for e in capture.events if e["type"] == "recording_gap"]
     prompts = [e for e in capture.events if e["type"] == "prompt"]
     acks = [e for e in capture.events if e["type"] == "ack"]
     assert prompts and all(p["delivered"] for p in prompts)

@@ -115,25 +115,31 @@ class FakeSink:
 
 class PacketLoss:
     """Induced network loss on one server-side receiver: RTP packets number `start`, `start + 1`, ...
-    (`count` of them, counted from the first packet received) never reach the receiver, nor do their
-    retransmissions. Install from the server's loop before media flow (`install(receiver)`)."""
+    (`count` of them, counted from the first packet received) never reach the receiver. Their
+    retransmissions (RTX, after the receiver's NACK) are dropped too unless `recoverable`: then the loss is
+    the transient kind NACK repairs. Install from the server's loop before media flow (`install(receiver)`).
+    """
 
-    def __init__(self, start: int, count: int) -> None:
-        self.start, self.count = start, count
+    def __init__(self, start: int, count: int, *, recoverable: bool = False) -> None:
+        self.start, self.count, self.recoverable = start, count, recoverable
         self.seen = 0
         self.dropped_seq: set[int] = set()
+        self.retransmitted: set[int] = set()
 
     def install(self, receiver: Any) -> None:
         original = receiver._handle_rtp_packet
+        codecs = receiver._RTCRtpReceiver__codecs
 
         async def handle(packet: Any, arrival_time_ms: int) -> None:
-            if len(packet.payload) >= 2 and int.from_bytes(packet.payload[:2], "big") in self.dropped_seq:
-                if (
-                    packet.payload_type not in receiver._RTCRtpReceiver__codecs
-                    or getattr(receiver._RTCRtpReceiver__codecs[packet.payload_type], "name", "").lower()
-                    == "rtx"
-                ):
-                    return  # a retransmission of a dropped packet
+            codec = codecs.get(packet.payload_type)
+            if codec is not None and codec.name.lower() == "rtx" and len(packet.payload) >= 2:
+                original_seq = int.from_bytes(packet.payload[:2], "big")
+                if original_seq in self.dropped_seq:
+                    if not self.recoverable:
+                        return  # the retransmission of a dropped packet is lost as well
+                    self.retransmitted.add(original_seq)
+                await original(packet, arrival_time_ms)
+                return
             self.seen += 1
             if self.start <= self.seen < self.start + self.count:
                 self.dropped_seq.add(packet.sequence_number)

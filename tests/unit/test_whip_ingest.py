@@ -242,6 +242,16 @@ async def test_induced_packet_loss_becomes_a_recording_gap_event(
     assert probe.packets["audio"] == capture.stats["audio_frames_recorded"]
 
 
+async def test_video_loss_repaired_by_nack_is_no_gap(rig: Callable[..., Rig], media: TestMedia) -> None:
+    # Video packets lost once come back as RTX after the receiver's NACK: the recording has every frame.
+    r = rig()
+    loss = PacketLoss(start=40, count=2, recoverable=True)
+    await _run_session(r, media, loss, "video")
+    (seen,) = await asyncio.to_thread(r.sink.wait, 1, 30)
+    assert len(loss.dropped_seq) == 2 and loss.retransmitted == loss.dropped_seq
+    _assert_complete_recording(seen, ["audio:opus", "video:vp8"])
+
+
 async def test_reencode_mode_records_h264_aac_mp4_and_counts_its_cost(
     rig: Callable[..., Rig], media: TestMedia
 ) -> None:
