@@ -17,6 +17,8 @@ events. Costs: a dict lookup and a queue put per frame on the event loop; the mu
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
 import io
 import logging
 import math
@@ -52,6 +54,8 @@ _HOLD_FOR_STREAMS_S = 2.0
 _SEQ_MOD = 1 << 16
 _PICTURE_ID_MOD = 1 << 15
 _STOP = object()
+# Frames the recorder had to drop closer together than this are one gap.
+_DROP_RUN_JOIN_S = 0.5
 
 
 # --- the hooks on aiortc's receiver -------------------------------------------------------------
@@ -361,6 +365,7 @@ class RemuxRecorder:
         self._started = False
         self._closing = False
         self.dropped = {"video": 0, "audio": 0}
+        self.pcm_dropped = 0
         self._overflow: list[tuple[float, Gap]] = []
         self._overflow_lock = threading.Lock()
 
@@ -382,7 +387,19 @@ class RemuxRecorder:
             except queue.Full:
                 self.dropped[kind] += 1
                 with self._overflow_lock:
-                    self._overflow.append((item.t_s, Gap(kind, "recorder_overflow", 0.0, 0, 1, 0.0)))
+                    # Drops closer together than _DROP_RUN_JOIN_S are one gap.
+                    last = next((g for g in reversed(self._overflow) if g[1].kind == kind), None)
+                    if last is not None and item.t_s - last[0] - last[1].seconds <= _DROP_RUN_JOIN_S:
+                        index = self._overflow.index(last)
+                        gap = last[1]
+                        self._overflow[index] = (
+                            last[0],
+                            dataclasses.replace(
+                                gap, frames_missing=gap.frames_missing + 1, seconds=item.t_s - last[0]
+                            ),
+                        )
+                    else:
+                        self._overflow.append((item.t_s, Gap(kind, "recorder_overflow", 0.0, 0, 1, 0.0)))
 
         return on_frame
 
@@ -394,13 +411,11 @@ class RemuxRecorder:
             self._queue.put_nowait(("pcm", t_s, frame))
             return True
         except queue.Full:
-            self.dropped["audio"] += 1
+            self.pcm_dropped += 1  # the voice checks' audio, not the recording
             return False
 
     async def close(self) -> RecorderResult:
         """Finish the file and return the result (the wait runs in a thread)."""
-        import asyncio
-
         self._closing = True
         if not self._started:
             return self._result
@@ -458,6 +473,7 @@ class RemuxRecorder:
                 "audio_frames_recorded": muxer.counts["audio"],
                 "video_keyframes_recorded": muxer.keyframes["video"],
                 "recorder_dropped": sum(self.dropped.values()),
+                "pcm_dropped": self.pcm_dropped,
                 "recorder_discarded": muxer.discarded,
                 "recording_gaps": len(events),
                 "recording_video_frames_missing": missing["video"],

@@ -68,6 +68,10 @@ def test_still_photo_checkin_is_recorded_judged_and_never_passes(
         assert audit.verify_chain(db).ok
     kinds = {a.kind for a in artifacts}
     assert {ArtifactKind.RECORDING, ArtifactKind.FRAME, ArtifactKind.AUDIO} <= kinds
+    (recording,) = [a for a in artifacts if a.kind is ArtifactKind.RECORDING]
+    # the browser's VP8/Opus as received, with no gap on loopback
+    assert recording.content_type == "video/webm" and recording.meta["format"] == "webm"
+    assert recording.meta["gaps"] == 0 and recording.meta["codecs"] == {"video": "vp8", "audio": "opus"}
     for a in artifacts:  # evidence is in the store under its hash and verifies on read
         assert hashlib.sha256(services.store.get_bytes(a.key)).hexdigest() == a.sha256
     # The enrolled face is recognised; the still photo cannot follow the challenge.
