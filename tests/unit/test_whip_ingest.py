@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import numpy as np
 import pytest
-from aiortc import RTCPeerConnection
+from aiortc import RTCPeerConnection, RTCRtpSender
 from aiortc.contrib.media import MediaPlayer
 
 from media_server.settings import Settings
@@ -186,11 +186,30 @@ def _assert_complete_recording(seen: RecordedCapture, streams: list[str]) -> Non
     assert meta["gaps"] == 0 and isinstance(meta["t0_s"], float) and meta["t0_s"] >= 0
 
 
-async def _run_session(r: Rig, media: TestMedia, loss: PacketLoss | None = None, kind: str = "audio") -> None:
+async def _run_session(
+    r: Rig,
+    media: TestMedia,
+    loss: PacketLoss | None = None,
+    kind: str = "audio",
+    video_codec: str | None = None,
+) -> None:
     """A whole check-in from an aiortc client (prompts acknowledged) until the outcome arrives."""
     video = MediaPlayer(str(media.video_y4m), loop=True)
     audio = MediaPlayer(str(media.speech_wav), loop=True)
     client = WhipClient(r.url, r.tokens.issue("person-1"), loopback_only=True)
+    if video_codec is not None:
+        add = client.pc.addTransceiver
+
+        def only(track: Any, direction: str) -> Any:
+            transceiver = add(track, direction=direction)
+            if transceiver.kind == "video":
+                codecs = RTCRtpSender.getCapabilities("video").codecs
+                transceiver.setCodecPreferences(
+                    [c for c in codecs if c.mimeType.lower() in (f"video/{video_codec}", "video/rtx")]
+                )
+            return transceiver
+
+        client.pc.addTransceiver = only
     try:
         await client.publish([MonotonicTrack(video.video), MonotonicTrack(audio.audio)])
         if loss is not None:
@@ -250,6 +269,22 @@ async def test_video_loss_repaired_by_nack_is_no_gap(rig: Callable[..., Rig], me
     (seen,) = await asyncio.to_thread(r.sink.wait, 1, 30)
     assert len(loss.dropped_seq) == 2 and loss.retransmitted == loss.dropped_seq
     _assert_complete_recording(seen, ["audio:opus", "video:vp8"])
+
+
+async def test_h264_from_the_client_is_stored_as_received_in_matroska(
+    rig: Callable[..., Rig], media: TestMedia
+) -> None:
+    r = rig()
+    await _run_session(r, media, video_codec="h264")
+    (seen,) = await asyncio.to_thread(r.sink.wait, 1, 30)
+    capture, probe = seen.capture, seen.probe
+    assert capture.recording_path is not None and capture.recording_path.suffix == ".mkv"
+    assert capture.recording_meta["codecs"] == {"video": "h264", "audio": "opus"}
+    assert probe is not None and sorted(probe.streams) == ["audio:opus", "video:h264"]
+    assert probe.packets["video"] == capture.stats["video_frames_recorded"] > 30
+    assert probe.frames["video"] >= probe.packets["video"] - 2 and probe.decode_errors == 0
+    assert probe.first_is_keyframe["video"] and probe.monotonic == {"video": True, "audio": True}
+    assert capture.stats["recording_gaps"] == 0
 
 
 async def test_reencode_mode_records_h264_aac_mp4_and_counts_its_cost(
