@@ -67,8 +67,27 @@ class EvidenceSettings(_Group):
     signing_key_file: Path | None = Field(
         None,
         description="Ed25519 PKCS#8 PEM key every node signs evidence with (`kuzet evidence keygen`); "
-        "unset = <data_dir>/evidence_signing_key.pem, created on first use (one node only).",
+        "the same as signing_key=file:PATH. Unset (and no signing_key) = "
+        "<data_dir>/evidence_signing_key.pem, created on first use (one node only).",
     )
+    signing_key: str = Field(
+        "",
+        max_length=4096,
+        pattern=r"^((file|env|command):.+)?$",
+        description="Evidence-signing key provider, the same on every node: `file:/path/key.pem`, "
+        "`env:VARIABLE` (the PEM in that variable), or `command:/path/signer ARGS` (an external signer, "
+        "e.g. a KMS/HSM client: `ARGS public-key` prints the base64 public key, `ARGS sign` signs stdin; "
+        "the private key never lives on the node).",
+    )
+    signer_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Longest wait for the external signer command (one call)."
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> EvidenceSettings:
+        if self.signing_key and self.signing_key_file is not None:
+            raise ValueError("set evidence.signing_key or evidence.signing_key_file, not both")
+        return self
 
 
 class RedisSettings(_Group):

@@ -26,12 +26,13 @@ from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import Text, cast, func, select, text
 from sqlalchemy.orm import Session
 
 from media_server.db.models import GENESIS_HASH, AuditEntry
 from media_server.db.types import utcnow
+from media_server.keys import EvidenceSigner
 
 # pg_advisory_xact_lock key for audit appends ("kuzet" + 1); any constant shared by all writers.
 AUDIT_LOCK_KEY = 0x6B757A6574_0001
@@ -285,7 +286,7 @@ def _checkpoint_body(head_row: AuditHead, count: int, created_at: str, public_ke
     }
 
 
-def make_checkpoint(session: Session, signing_key: Ed25519PrivateKey) -> dict[str, Any]:
+def make_checkpoint(session: Session, signing_key: EvidenceSigner) -> dict[str, Any]:
     """The current head and row count, signed (Ed25519 over the canonical JSON of the other fields)."""
     head_row = head(session)
     if head_row is None:
