@@ -1,4 +1,4 @@
-"""One configured evidence signing key for every node (KUZET_EVIDENCE__SIGNING_KEY_FILE)."""
+"""The evidence-signing key every node shares: file (KUZET_EVIDENCE__SIGNING_KEY_FILE or file:), env: and command: providers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import Request
 
 from media_server.cli import main
 from media_server.keys import load_or_create, load_signing_key
@@ -178,3 +179,23 @@ def test_signer_misconfiguration_is_refused_with_a_clear_error(
     monkeypatch.setenv("KUZET_EVIDENCE__SIGNING_KEY", "env:KMS_MISSING")
     printed = CliRunner().invoke(main, ["evidence", "pubkey"])
     assert printed.exit_code == 2 and "KMS_MISSING" in printed.output
+
+
+def test_a_signer_that_goes_down_is_a_503_with_retry_after(
+    tmp_path: Path, shared_key: tuple[Ed25519PrivateKey, Path]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from media_server.app import create_app
+
+    _, path = shared_key
+    app = create_app(Settings(data_dir=tmp_path, evidence={"signing_key": _command(path, "--fail")}))
+
+    @app.post("/test-sign")
+    def sign(request: Request) -> dict[str, str]:
+        return {"signature": request.app.state.services.signing_key.sign(b"manifest").hex()}
+
+    with TestClient(app) as client:
+        r = client.post("/test-sign")
+    assert r.status_code == 503 and r.json()["error"] == "signer_unavailable", r.text
+    assert r.headers["Retry-After"].isdigit()
