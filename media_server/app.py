@@ -22,6 +22,7 @@ from media_server.evidence.port import EvidenceError, ObjectLocked
 from media_server.evidence.port import IntegrityError as EvidenceIntegrityError
 from media_server.evidence.port import NotFound as EvidenceNotFound
 from media_server.hygiene import install as install_hygiene
+from media_server.keys import SignerUnavailable
 from media_server.leader import build_lease
 from media_server.links import deliver_link
 from media_server.recovery import run_recovery
@@ -140,6 +141,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, ObjectLocked):
             return _error(409, "evidence_locked", "this artifact is under retention or legal hold")
         return _error(503, "evidence_unavailable", "the evidence store is unavailable; try again shortly")
+
+    @app.exception_handler(SignerUnavailable)
+    async def signer_down(_: Request, exc: SignerUnavailable) -> JSONResponse:
+        # The evidence is stored; the verdict waits for the signer (the recovery sweep or a resend).
+        log.error("the evidence signer failed", extra={"error": str(exc)})
+        response = _error(503, "signer_unavailable", "the evidence signer is unavailable; try again shortly")
+        response.headers["Retry-After"] = str(app.state.settings.database.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

@@ -67,8 +67,27 @@ class EvidenceSettings(_Group):
     signing_key_file: Path | None = Field(
         None,
         description="Ed25519 PKCS#8 PEM key every node signs evidence with (`kuzet evidence keygen`); "
-        "unset = <data_dir>/evidence_signing_key.pem, created on first use (one node only).",
+        "the same as signing_key=file:PATH. Unset (and no signing_key) = "
+        "<data_dir>/evidence_signing_key.pem, created on first use (one node only).",
     )
+    signing_key: str = Field(
+        "",
+        max_length=4096,
+        pattern=r"^((file|env|command):.+)?$",
+        description="Evidence-signing key provider, the same on every node: `file:/path/key.pem`, "
+        "`env:VARIABLE` (the PEM in that variable), or `command:/path/signer ARGS` (an external signer, "
+        "e.g. a KMS/HSM client: `ARGS public-key` prints the base64 public key, `ARGS sign` signs stdin; "
+        "the private key never lives on the node).",
+    )
+    signer_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Longest wait for the external signer command (one call)."
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> EvidenceSettings:
+        if self.signing_key and self.signing_key_file is not None:
+            raise ValueError("set evidence.signing_key or evidence.signing_key_file, not both")
+        return self
 
 
 class RedisSettings(_Group):
@@ -81,6 +100,51 @@ class RedisSettings(_Group):
         le=3600,
         description="A node that stops renewing loses the scheduler lease after this (> schedules.tick_s).",
     )
+
+
+class NodeSettings(_Group):
+    """This media node among several: WHIP sessions live in one process, so their URLs name it.
+
+    With an `id`, a WHIP resource is `/whip/<id>.<token>` (absolute under `public_url` when set): a load
+    balancer can route on it, and a GET/DELETE/PATCH that still reaches another node is forwarded to the
+    owner named in `peers` (proxied, or a 307 redirect). No id = one node, resource ids without a prefix.
+    """
+
+    id: str = Field(
+        "",
+        max_length=32,
+        pattern=r"^([a-z0-9][a-z0-9-]*)?$",
+        description="This node's id (lower-case letters, digits, '-'), unique in the cluster; empty = one node.",
+    )
+    public_url: str = Field(
+        "",
+        max_length=300,
+        pattern=r"^(https?://[^/?#\s]+)?$",
+        description="Scheme://host[:port] clients reach this node at; WHIP Location URLs become absolute "
+        "under it. Empty = a relative Location (any node behind the balancer forwards to the owner).",
+    )
+    peers: dict[str, str] = Field(
+        default_factory=dict,
+        description="The other nodes: id -> scheme://host[:port] this node reaches them at (JSON in env).",
+    )
+    forward: str = Field(
+        "proxy",
+        pattern="^(proxy|redirect)$",
+        description="A WHIP request for another node's session: proxy it (the client's bearer never leaves "
+        "the cluster) or answer 307 to the owner's URL (clients must resend the bearer to it).",
+    )
+    forward_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Timeout of one request forwarded to the owning node."
+    )
+
+    @model_validator(mode="after")
+    def _peers_are_urls(self) -> NodeSettings:
+        for name, url in self.peers.items():
+            if not name or name == self.id or not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"node.peers: {name!r} -> {url!r} must be another node's id and an http(s) URL"
+                )
+        return self
 
 
 class ModelsSettings(_Group):
@@ -454,6 +518,7 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
+    node: NodeSettings = Field(default_factory=NodeSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)

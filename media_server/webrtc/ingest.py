@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import secrets
 import shutil
 import time
 from collections import OrderedDict
@@ -29,6 +28,7 @@ from media_server.tokens import token_hash
 from media_server.webrtc.analysis import FeedbackLimits, FrameAdvisor
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.credentials import ServicesAuthenticator, WhipAuthenticator
+from media_server.webrtc.nodes import new_resource_id
 from media_server.webrtc.sdp import keep_loopback_candidates, validate_offer
 from media_server.webrtc.session import MediaSession
 
@@ -86,7 +86,7 @@ class WhipIngest:
         principal = await self.authenticator.authenticate(authorization)
         if self.settings.media.loopback_only:
             offer = keep_loopback_candidates(offer)
-        resource_id = secrets.token_urlsafe(16)
+        resource_id = new_resource_id(self.settings.node)
         workdir = self._root / resource_id
         try:
             await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)

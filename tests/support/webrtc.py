@@ -96,11 +96,11 @@ def build_whip_app(settings: Settings, authenticator: WhipAuthenticator, sink: S
 class ServerThread:
     """uvicorn serving `app` on 127.0.0.1:<free port> in a background thread (a real UDP/TCP path)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, port: int = 0) -> None:
         import uvicorn
 
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         )
         self._thread = threading.Thread(target=self._server.run, name="uvicorn-test", daemon=True)
         self.url = ""
