@@ -70,6 +70,8 @@ def create_app(
         services = await asyncio.to_thread(build, settings)
         app.state.services = services
         services.background.append(asyncio.create_task(_flush_spool_forever(services)))
+        if settings.workers.warm_at_start:
+            services.background.append(asyncio.create_task(_warm_workers(services)))
         lease = build_lease(settings.redis.url, "scheduler", int(settings.redis.lease_ttl_s * 1000))
         services.background.append(asyncio.create_task(run_recovery(services, lease.acquire)))
         services.background.append(
@@ -118,6 +120,15 @@ def create_app(
 
     install_whip(app)
     return app
+
+
+async def _warm_workers(services: Services) -> None:
+    """Load the analysis engines now, not on the first job (a failure here is retried by that job)."""
+    try:
+        await asyncio.to_thread(services.workers.warm)
+        log.info("analysis workers warm")
+    except Exception:
+        log.exception("warming the analysis workers failed; they load on the first job")
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:

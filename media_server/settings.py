@@ -162,6 +162,11 @@ class WorkerSettings(_Group):
         le=64,
         description="Worker processes for face/voice/PAD engines (per node or `kuzet worker`).",
     )
+    warm_at_start: bool = Field(
+        True,
+        description="Start the in-process pool's workers and load their engines when the service starts "
+        "(in the background: the service is up at once), so the first jobs do not pay ~2-5 s per worker.",
+    )
 
 
 class CelerySettings(_Group):

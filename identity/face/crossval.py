@@ -302,3 +302,120 @@ def final_margins(
         target_ffr=target_ffr,
         pass_rule=pass_rule,
     )
+
+
+# ---------------------------------------------------------------------------- on-demand flip TTA
+def flip_band_margin(refined: F64, single: F64, quantile: float = 0.999) -> float:
+    """How far a one-pass distance can sit from its mirror-averaged value: the `quantile` of
+    |single - refined| (cosine distance units) over a set of comparisons."""
+    gap = np.abs(np.asarray(single, dtype=np.float64) - np.asarray(refined, dtype=np.float64))
+    gap = gap[np.isfinite(gap)]
+    return float(np.quantile(gap, quantile)) if gap.size else 0.0
+
+
+def on_demand_decisions(
+    single: F64, refined: F64, pass_below: float, fail_above: float, margin: float
+) -> tuple[F64, npt.NDArray[np.bool_]]:
+    """Distances decided on, and which comparisons needed the mirror pass.
+
+    A probe is encoded once; only when its one-pass distance lies within `margin` of the decision band
+    [pass_below, fail_above] is the mirror encoded and the mirror-averaged distance used instead.
+    """
+    need = (single >= pass_below - margin) & (single <= fail_above + margin)
+    return np.where(need, refined, single), need
+
+
+def _decide(d: F64, pass_below: float, fail_above: float) -> npt.NDArray[np.int8]:
+    return np.where(d < pass_below, 0, np.where(d > fail_above, 2, 1)).astype(np.int8)
+
+
+def cross_validate_on_demand_flip(
+    plain: npt.NDArray[np.floating[Any]],
+    mirror: npt.NDArray[np.floating[Any]],
+    identities: Sequence[str],
+    cv: CrossValidation,
+    *,
+    seed: int = 0,
+    quantile: float = 0.999,
+) -> dict[str, Any]:
+    """Out-of-sample rates of on-demand flip TTA at the thresholds of `cv` (a flip-TTA cross-validation).
+
+    Enrolled side: mirror-averaged embeddings (enrolment keeps flip TTA). Probe side: one pass, plus the
+    mirror only near the decision band. Every within-fold pair is tested both ways round. Per outer fold
+    the band margin is `flip_band_margin` on the TUNING folds' comparisons, so the held-out figures
+    include the choice of margin. Returns pooled rates for full flip, on-demand flip and no flip on the
+    probe side, the share of probes that needed the mirror, and the decisions that differ from full flip.
+    """
+    p = np.asarray(plain, dtype=np.float64)
+    m = np.asarray(mirror, dtype=np.float64)
+    both = p + m
+    flip = both / np.maximum(np.linalg.norm(both, axis=1, keepdims=True), 1e-12)
+    found = np.all(np.isfinite(flip), axis=1)
+    labels = np.asarray(identities)
+    pairs = all_pairs(flip, identities)
+    # Both directions: (enrolled, probe) = (i, j) and (j, i).
+    e_idx = np.concatenate([pairs.i, pairs.j])
+    q_idx = np.concatenate([pairs.j, pairs.i])
+    same = np.concatenate([pairs.same, pairs.same])
+    d_flip = 1.0 - np.einsum("ij,ij->i", flip[e_idx], flip[q_idx])
+    d_one = 1.0 - np.einsum("ij,ij->i", flip[e_idx], p[q_idx])
+    counts = {
+        name: {"false_fail": 0, "false_pass": 0, "genuine_review": 0, "impostor_review": 0}
+        for name in ("flip", "on_demand", "no_flip")
+    }
+    n_gen = n_imp = n_refined = n_differ = n_total = n_refined_gen = 0
+    margins: list[float] = []
+    fold_of_cv = {(f.repeat, f.fold): f for f in cv.folds}
+    for rep in range(cv.repeats):
+        outer = identity_folds(labels.tolist(), cv.k, seed + 1000 * rep)
+        for f in range(cv.k):
+            res = fold_of_cv[(rep, f)]
+            member = found & (outer == f)
+            train_member = found & (outer != f)
+            test = member[e_idx] & member[q_idx]
+            train = train_member[e_idx] & train_member[q_idx]
+            # The margin matters only near the band: measure the gap on tuning comparisons there.
+            near = train & (d_one > res.pass_below - 0.05) & (d_one < res.fail_above + 0.05)
+            margin = flip_band_margin(d_flip[near], d_one[near], quantile)
+            margins.append(margin)
+            d_od, need = on_demand_decisions(
+                d_one[test], d_flip[test], res.pass_below, res.fail_above, margin
+            )
+            s = same[test]
+            n_gen += int(s.sum())
+            n_imp += int((~s).sum())
+            n_refined += int(need.sum())
+            n_refined_gen += int(need[s].sum())
+            n_total += int(test.sum())
+            n_differ += int(
+                (
+                    _decide(d_od, res.pass_below, res.fail_above)
+                    != _decide(d_flip[test], res.pass_below, res.fail_above)
+                ).sum()
+            )
+            for name, d in (("flip", d_flip[test]), ("on_demand", d_od), ("no_flip", d_one[test])):
+                c = counts[name]
+                c["false_fail"] += int((d[s] > res.fail_above).sum())
+                c["false_pass"] += int((d[~s] < res.pass_below).sum())
+                c["genuine_review"] += int(((d[s] >= res.pass_below) & (d[s] <= res.fail_above)).sum())
+                c["impostor_review"] += int(((d[~s] >= res.pass_below) & (d[~s] <= res.fail_above)).sum())
+    rates_out = {
+        name: {
+            "false_fail": c["false_fail"] / max(n_gen, 1),
+            "false_pass": c["false_pass"] / max(n_imp, 1),
+            "genuine_review": c["genuine_review"] / max(n_gen, 1),
+            "impostor_review": c["impostor_review"] / max(n_imp, 1),
+        }
+        for name, c in counts.items()
+    }
+    return {
+        "n_genuine": n_gen,
+        "n_impostor": n_imp,
+        "quantile": quantile,
+        "margin": {"min": float(np.min(margins)), "max": float(np.max(margins))},
+        "mirror_pass_share": n_refined / max(n_total, 1),
+        "mirror_pass_share_genuine": n_refined_gen / max(n_gen, 1),
+        "mirror_pass_share_impostor": (n_refined - n_refined_gen) / max(n_imp, 1),
+        "decisions_differing_from_flip": n_differ,
+        "rates": rates_out,
+    }

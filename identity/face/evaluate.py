@@ -582,6 +582,14 @@ def calibrate(
             "_gen": gen,
             "_imp": imp,
         }
+        if flip:
+            from identity.face.crossval import cross_validate_on_demand_flip
+
+            # Probe side encoded once, mirrored only near the band, at this CV's own thresholds.
+            report["on_demand_flip"] = cross_validate_on_demand_flip(
+                enc.plain, enc.mirror, enc.identities, cv
+            )
+            report["on_demand_flip"]["shipped_margin"] = settings.flip_tta_margin
     chosen = report["variants"]["flip_tta" if settings.flip_tta else "no_flip"]
     if write_calibration is not None:
         from identity.models import load_manifest
@@ -660,6 +668,24 @@ def format_calibration(report: dict[str, Any]) -> str:
             f"-{a['pass_margin']:.4f} FAIL +{a['fail_margin']:.4f} -> PASS d < {a['pass_below']:.4f}, "
             f"FAIL d > {a['fail_above']:.4f}",
         ]
+    od = report.get("on_demand_flip")
+    if od:
+        r = od["rates"]
+        lines += [
+            f"on-demand flip TTA (probe encoded once, mirror when within a margin of the band; margin per "
+            f"fold = {od['quantile']:g} quantile of |one-pass - mirrored| on its tuning folds, "
+            f"{od['margin']['min']:.4f}..{od['margin']['max']:.4f}; shipped {od['shipped_margin']:.4f}), "
+            f"{od['n_genuine']} genuine / {od['n_impostor']} impostor probe-tests:",
+            f"  decisions differing from always mirroring: {od['decisions_differing_from_flip']}; mirror pass "
+            f"for {od['mirror_pass_share_genuine']:.1%} of genuine, {od['mirror_pass_share_impostor']:.1%} "
+            "of impostor probes",
+        ]
+        for name in ("flip", "on_demand", "no_flip"):
+            x = r[name]
+            lines.append(
+                f"  probe {name:9s}: false-FAIL {x['false_fail']:.3%}  false-PASS {x['false_pass']:.3%}  "
+                f"genuine REVIEW {x['genuine_review']:.2%}  impostor REVIEW {x['impostor_review']:.2%}"
+            )
     if "calibration_written" in report:
         lines.append(f"calibration written to {report['calibration_written']}")
     return "\n".join(lines)
