@@ -650,6 +650,7 @@ def format_calibration(report: dict[str, Any]) -> str:
     ]
     for name, v in report["variants"].items():
         cv, a = v["cv"], v["all_images"]
+        po = cv["pooled"]
         lines += [
             f"{name} (encode ~{v['encode_ms_per_image']:.0f} ms/image): out-of-sample over "
             f"{cv['k'] * cv['repeats']} held-out folds ({cv['pooled']['n_genuine']} genuine, "
@@ -664,6 +665,17 @@ def format_calibration(report: dict[str, Any]) -> str:
             f"{cv['impostor_review']['worst_fold']:7.3%}",
             f"  genuine PASS                        {cv['genuine_pass']['mean']:7.3%} | "
             f"{cv['genuine_pass']['worst_fold']:7.3%}",
+            f"  pooled over all held-out folds: false-FAIL {po['false_fail_count']}/{po['n_genuine']} = "
+            f"{po['false_fail']:.3%} (95% upper bound {po['false_fail_upper95']:.3%}), false-PASS "
+            f"{po['false_pass_count']}/{po['n_impostor']} = {po['false_pass']:.3%} (95% upper bound "
+            f"{po['false_pass_upper95']:.3%}), genuine REVIEW {po['genuine_review']:.2%}; PASS-side rule "
+            f"'{cv['pass_rule']}'",
+            "  per fold (repeat.fold: PASS d <, FAIL d >, false-PASS, false-FAIL, genuine REVIEW): "
+            + "; ".join(
+                f"{f['repeat']}.{f['fold']}: {f['pass_below']:.4f}, {f['fail_above']:.4f}, {f['false_pass']}, "
+                f"{f['false_fail']}, {f['genuine_review']:.1%}"
+                for f in cv["per_fold"]
+            ),
             f"  all images ({a['n_genuine']} genuine, {a['n_impostor']} impostor pairs): margins PASS "
             f"-{a['pass_margin']:.4f} FAIL +{a['fail_margin']:.4f} -> PASS d < {a['pass_below']:.4f}, "
             f"FAIL d > {a['fail_above']:.4f}",
