@@ -105,7 +105,11 @@ PERSON_SESSIONS_SHOWN = 50
 MAX_PAGE = 10_000
 # Confirmation banners a redirect may ask for, by key: the page never echoes text from the URL.
 FLASHES = {"decided": N_("Decision recorded")}
-_WS_STATIC = {"ws.js": "text/javascript; charset=utf-8", "ws.css": "text/css; charset=utf-8"}
+_WS_STATIC = {
+    "ws.js": "text/javascript; charset=utf-8",
+    "ws.css": "text/css; charset=utf-8",
+    "call.js": "text/javascript; charset=utf-8",
+}
 ERROR_TITLES = {
     400: N_("The request could not be used"),
     401: N_("Please log in"),
