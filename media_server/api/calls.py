@@ -37,6 +37,7 @@ from media_server.errors import (
     Unauthorized,
     UnsupportedMediaType,
 )
+from media_server.i18n import DECISION_WORDS
 from media_server.lifecycle import require_active
 from media_server.package import iso, review_view, verdict_view
 from media_server.services import Services
@@ -310,8 +311,24 @@ async def person_unwatch(
 # --- the officer's page -----------------------------------------------------------------------------
 
 
+# The workstation's CSP plus what a call needs: fetch to the API and live media from the peer connection.
+_CALL_PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        "default-src 'none'; script-src 'self'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; "
+        "media-src 'self' blob: mediastream:; connect-src 'self'; form-action 'self'; base-uri 'none'; "
+        "frame-ancestors 'none'"
+    ),
+    "Permissions-Policy": "camera=(self), microphone=(self), geolocation=()",
+}
+
+
 def _officer_page(
-    request: Request, services: Services, principal: Principal, mode: str, session: CheckSession
+    request: Request,
+    services: Services,
+    principal: Principal,
+    mode: str,
+    session: CheckSession,
+    link: str | None = None,
 ) -> HTMLResponse:
     config = {
         "mode": mode,
@@ -324,15 +341,19 @@ def _officer_page(
         "endUrl": f"/api/v1/calls/{session.id}/end" if mode == "call" else None,
         "iceServers": [parse_ice_server(u) for u in services.settings.media.ice_servers],
     }
-    return workstation_page(
+    response = workstation_page(
         request,
         "call.html",
         principal,
         mode=mode,
         session=session,
+        link=link,
         decisions=[d.value for d in Decision],
+        decision_words=DECISION_WORDS,
         config_json=json.dumps(config).replace("</", "<\\/"),
     )
+    response.headers.update(_CALL_PAGE_HEADERS)
+    return response
 
 
 def _page_principal(request: Request) -> Principal | RedirectResponse:
@@ -350,6 +371,18 @@ async def call_page(call_id: str, request: Request, services: ServicesDep) -> Re
         return who
     call = await asyncio.to_thread(load_call, services, call_id)
     return _officer_page(request, services, who, "call", call)
+
+
+@pages.post("/persons/{person_id}/calls", response_model=None)
+async def start_call_page(person_id: str, request: Request, services: ServicesDep) -> Response:
+    """The person page's "Start a video call": the call screen, with the person's link shown this once."""
+    who = _page_principal(request)
+    if isinstance(who, RedirectResponse):
+        return who
+    issued = await asyncio.to_thread(create_call, services, person_id, who)
+    call = await asyncio.to_thread(load_call, services, issued.session_id)
+    link = f"{str(request.base_url).rstrip('/')}{CALL_PATH}{issued.token}"
+    return _officer_page(request, services, who, "call", call, link=link)
 
 
 @pages.get("/watch/{session_id}", response_model=None)

@@ -29,7 +29,7 @@ from media_server import charts
 from media_server.api.deps import ServicesDep
 from media_server.auth import SESSION_COOKIE, Principal, password_login, principal_from_request, revoke_token
 from media_server.db import audit
-from media_server.db.enums import ArtifactKind, Decision, Role, SessionKind
+from media_server.db.enums import ArtifactKind, Decision, Role, SessionKind, SessionStatus
 from media_server.db.models import (
     Artifact,
     BreathEpisode,
@@ -880,6 +880,7 @@ def person_page(person_id: str, request: Request, services: ServicesDep) -> Resp
                 "when": local_time(s.started_at or s.window_start, tz),
                 "decision": v.decision.value if v else "",
                 "decision_word": word(t, DECISION_WORDS, v.decision.value) if v else "—",
+                "live": s.status is SessionStatus.ACTIVE and s.kind is not SessionKind.BREATH,
             }
             for s, v in recent
         ]
