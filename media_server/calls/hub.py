@@ -214,8 +214,8 @@ class CallHub:
         call = await asyncio.to_thread(load_call, self.services, call_id)
         if call_id in self._ending:
             raise Conflict("this call is being ended")
-        if await asyncio.to_thread(_reviewed, self.services, call_id):
-            raise Conflict("this call was already ended with a decision")
+        if call.status is SessionStatus.CANCELLED or await asyncio.to_thread(_reviewed, self.services, call_id):
+            raise Conflict("this call was already ended")
         self._ending.add(call_id)
         try:
             probe = self.probes.pop(call_id, None)
