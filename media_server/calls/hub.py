@@ -214,7 +214,9 @@ class CallHub:
         call = await asyncio.to_thread(load_call, self.services, call_id)
         if call_id in self._ending:
             raise Conflict("this call is being ended")
-        if call.status is SessionStatus.CANCELLED or await asyncio.to_thread(_reviewed, self.services, call_id):
+        if call.status is SessionStatus.CANCELLED or await asyncio.to_thread(
+            _reviewed, self.services, call_id
+        ):
             raise Conflict("this call was already ended")
         self._ending.add(call_id)
         try:

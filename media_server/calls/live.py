@@ -20,9 +20,9 @@ import numpy as np
 import numpy.typing as npt
 from av import VideoFrame
 
-from identity.checks import CheckKind, CheckResult
+from identity.checks import CheckKind, CheckResult, Outcome
 from identity.face import worker as face_worker
-from identity.face.results import FaceAnalysis, Template, template_from_bytes
+from identity.face.results import Template, template_from_bytes
 from media_server.db.enums import Modality
 from media_server.gallery import active_template
 from media_server.jobs import run_engine
@@ -120,14 +120,13 @@ class LiveProbe:
     async def _judge(self, rgb: npt.NDArray[np.uint8], template: Template | None) -> LiveResult:
         t_s = time.monotonic() - self._t0
         services = self._services
-        got = await run_engine(services, CheckKind.FACE, face_worker.analyse_frames, [rgb])
-        if isinstance(got, CheckResult):
-            return LiveResult(t_s, False, got.outcome.value, got.code, None, None)
-        analyses: list[FaceAnalysis] = got
-        seen = bool(analyses) and analyses[0].primary_face is not None
-        if not seen:
-            return LiveResult(t_s, False, None, "no_face", None, None)
-        if template is None:
-            return LiveResult(t_s, True, None, "not_enrolled", None, None)
-        result = await run_engine(services, CheckKind.FACE, face_worker.verify_analyses, template, analyses)
-        return LiveResult(t_s, True, result.outcome.value, result.code, result.score, result.threshold)
+        if template is None:  # not enrolled: only whether a face is in view
+            got = await run_engine(services, CheckKind.FACE, face_worker.analyse_frames, [rgb])
+            if isinstance(got, CheckResult):
+                return LiveResult(t_s, False, got.outcome.value, got.code, None, None)
+            seen = bool(got) and got[0].primary_face is not None
+            return LiveResult(t_s, seen, None, "not_enrolled" if seen else "no_face", None, None)
+        # One frame against the template (the session's own check fuses many frames at the end).
+        result = await run_engine(services, CheckKind.FACE, face_worker.verify_image, template, rgb)
+        seen = result.code != "no_face" and result.outcome is not Outcome.TECHNICAL
+        return LiveResult(t_s, seen, result.outcome.value, result.code, result.score, result.threshold)

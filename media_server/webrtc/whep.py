@@ -16,10 +16,12 @@ import secrets
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from fractions import Fraction
+from typing import Protocol, cast
 
 from aiortc import RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from av import AudioFrame, VideoFrame
 from av.frame import Frame
 
 from media_server.errors import BadInput, Forbidden, NotFoundError, TooManyRequests
@@ -31,6 +33,8 @@ log = logging.getLogger("kuzet.webrtc")
 
 # How often a viewer whose source has not published yet looks again.
 _SOURCE_POLL_S = 0.1
+# RTP video clock (Hz): a relayed video frame's copy is stamped on it.
+_VIDEO_CLOCK = 90_000
 # How often the reaper looks for viewers past their lifetime.
 _REAP_EVERY_S = 1.0
 
@@ -59,6 +63,8 @@ class ForwardTrack(MediaStreamTrack):  # type: ignore[misc]
         self._lookup = lookup
         self._expired = expired
         self._inner: MediaStreamTrack | None = None
+        self._t0: float | None = None
+        self._next_pts = 0
 
     async def recv(self) -> Frame:
         while self._inner is None:
@@ -68,7 +74,31 @@ class ForwardTrack(MediaStreamTrack):  # type: ignore[misc]
             self._inner = source.subscribe(self.kind) if source is not None else None
             if self._inner is None:
                 await asyncio.sleep(_SOURCE_POLL_S)
-        frame: Frame = await self._inner.recv()
+        frame = await self._inner.recv()
+        return self._own_copy(frame)
+
+    def _own_copy(self, frame: Frame) -> Frame:
+        """A copy with this viewer's own timeline. The relayed frame is shared with the session's recorder,
+        which restamps it in its thread; an encoder reading that pts sees time jump (libvpx refuses)."""
+        now = time.monotonic()
+        if self._t0 is None:
+            self._t0 = now
+        if isinstance(frame, VideoFrame):
+            copy: VideoFrame = VideoFrame.from_ndarray(frame.to_ndarray(format="yuv420p"), format="yuv420p")
+            pts = max(round((now - self._t0) * _VIDEO_CLOCK), self._next_pts)
+            copy.pts = pts
+            copy.time_base = Fraction(1, _VIDEO_CLOCK)
+            self._next_pts = pts + 1
+            return cast(Frame, copy)
+        if isinstance(frame, AudioFrame):
+            audio: AudioFrame = AudioFrame.from_ndarray(
+                frame.to_ndarray(), format=frame.format.name, layout=frame.layout.name
+            )
+            audio.sample_rate = frame.sample_rate
+            audio.pts = self._next_pts
+            audio.time_base = Fraction(1, frame.sample_rate)
+            self._next_pts += frame.samples
+            return cast(Frame, audio)
         return frame
 
     def stop(self) -> None:
