@@ -182,6 +182,9 @@
     }
     if (response && response.ok) {
       state.ended = true;
+      // The server ended the publish and the viewers with the call: nothing is left to DELETE.
+      state.viewerUrl = null;
+      state.publishUrl = null;
       teardown();
       result.textContent = strings.ended;
       result.dataset.state = "done";

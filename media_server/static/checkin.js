@@ -192,6 +192,7 @@
       state.outcomeKey = outcomeKey(message);
       $("result").hidden = false;
       state.finished = true;
+      state.viewerResource = null;  // the server ends a call's viewers with the call
       teardown(false);
       setStatus("status.done", "done");
     }

@@ -41,7 +41,12 @@ VIDEO_PLAYING = (
 def _problems(page: Any, problems: list[str], who: str) -> None:
     page.on("pageerror", lambda exc: problems.append(f"{who} page error: {exc}"))
     page.on(
-        "console", lambda msg: problems.append(f"{who} console: {msg.text}") if msg.type == "error" else None
+        "response",
+        lambda r: (
+            problems.append(f"{who}: {r.status} {r.request.method} {r.url}")
+            if r.status >= 400 and not r.url.endswith("/favicon.ico")
+            else None
+        ),
     )
 
 
