@@ -119,6 +119,9 @@ def create_app(
     from media_server.webrtc.ingest import install as install_whip
 
     install_whip(app)
+    from media_server.calls import install as install_calls
+
+    install_calls(app)
     return app
 
 

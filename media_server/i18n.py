@@ -117,6 +117,7 @@ SESSION_KINDS: dict[str, str] = {
     "checkin": N_("Phone check-in"),
     "station": N_("Home station check-in"),
     "breath": N_("Breath test"),
+    "call": N_("Officer's video call"),
 }
 
 SESSION_STATUSES: dict[str, str] = {
@@ -505,6 +506,13 @@ CHECKIN: dict[str, str] = {
     "link.what_to_do": N_(
         "Nothing was recorded and no camera access is needed. Contact your officer for a new link."
     ),
+    "call.title": N_("Call with your officer"),
+    "call.intro": N_(
+        "Your officer is calling you by video. You will see and hear each other; the call is recorded. "
+        "Hold the phone in front of your face in a well-lit place."
+    ),
+    "call.live": N_("Call in progress."),
+    "call.ended": N_("The call has ended. You can close this page."),
 }
 
 

@@ -53,8 +53,8 @@ WORKSTATION_HEADERS: dict[str, str] = {
     ),
 }
 # Pages whose URL or content must never be cached or framed (the check-in page sets its own CSP).
-NO_STORE_PREFIXES = ("/ws", "/checkin/", "/api/v1/auth/")
-_CHECKIN_TOKEN = re.compile(r"(/checkin/)[A-Za-z0-9._~-]+")
+NO_STORE_PREFIXES = ("/ws", "/checkin/", "/call/", "/api/v1/auth/")
+_CHECKIN_TOKEN = re.compile(r"(/checkin/|/call/)[A-Za-z0-9._~-]+")
 REDACTED = "<redacted>"
 
 

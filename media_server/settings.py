@@ -437,6 +437,37 @@ class RetentionSettings(_Group):
     )
 
 
+class CallSettings(_Group):
+    """The officer's live identification call and watching a check-in (media_server.calls)."""
+
+    link_valid_min: int = Field(
+        15, ge=1, le=24 * 60, description="How long the person's one-time call link stays valid (minutes)."
+    )
+    max_call_s: float = Field(
+        1800, ge=30, le=3600, description="Longest call; the person's session then ends on its own."
+    )
+    live_check_every_s: float = Field(
+        3.0,
+        ge=0.5,
+        le=60,
+        description="How often one frame of the person's live video is face-checked for the officer's "
+        "screen (one worker job each; the session's own checks run on all sampled frames at the end).",
+    )
+    live_results_kept: int = Field(
+        50, ge=1, le=1000, description="Live face results kept per call for the officer's screen."
+    )
+    verdict_wait_s: float = Field(
+        180,
+        ge=1,
+        le=1800,
+        description="How long ending a call waits for the person's checks and verdict before it answers "
+        "409 (the decision is then recorded by posting it again).",
+    )
+    max_subscribers: int = Field(
+        8, ge=1, le=100, description="Most WHEP viewers of one live session (each costs an encoder)."
+    )
+
+
 class LocationSettings(_Group):
     """Position reports, zones and device events (media_server.location).
 
@@ -489,6 +520,22 @@ class LocationSettings(_Group):
         2000, ge=3, le=100000, description="Vertices of one polygon zone, at most."
     )
     min_circle_radius_m: float = Field(10.0, gt=0, le=1000, description="Smallest circle zone radius (m).")
+    page_report_every_s: float = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        description="How often an open check-in or call page reports the phone's position (the first at once).",
+    )
+    page_report_grace_s: float = Field(
+        600.0,
+        ge=0,
+        le=86400,
+        description="A page may still report positions this long after its session ended (it stays open).",
+    )
+    page_max_fixes: int = Field(20, ge=1, le=1000, description="Positions in one page report, at most.")
+    page_max_clock_skew_s: float = Field(
+        120.0, ge=0, le=3600, description="How far in the future a page's fix time may lie (phone clock)."
+    )
     max_zone_extent_m: float = Field(
         50_000.0,
         ge=100,
@@ -540,6 +587,7 @@ class Settings(BaseSettings):
     liveness: LivenessSettings = Field(default_factory=LivenessSettings)
     sobriety: SobrietySettings = Field(default_factory=SobrietySettings)
     location: LocationSettings = Field(default_factory=LocationSettings)
+    calls: CallSettings = Field(default_factory=CallSettings)
 
     @property
     def database_url(self) -> str:

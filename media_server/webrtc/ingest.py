@@ -58,6 +58,8 @@ class WhipIngest:
             )
         )
         self._root = settings.data_dir / "media"
+        # A call's session runs until the officer ends it (or calls.max_call_s).
+        self._call_media = media.model_copy(update={"max_session_s": settings.calls.max_call_s})
         # resource id -> sha256 of the bearer that opened it (DELETE must present the same one).
         self._bearers: dict[str, str] = {}
         # Sessions that ended, kept a while so a client whose peer died still learns the outcome.
@@ -90,15 +92,17 @@ class WhipIngest:
         workdir = self._root / resource_id
         try:
             await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
+            is_call = principal.kind == "call"
             session = MediaSession(
                 resource_id=resource_id,
                 principal=principal,
-                media=self.settings.media,
+                media=self._call_media if is_call else self.settings.media,
                 liveness=self.settings.liveness,
                 sink=self.sink,
                 advisor=self._advisor,
                 workdir=workdir,
                 on_closed=self._forget,
+                ends_after_challenge=not is_call,
             )
         except BaseException:
             await self.authenticator.release(principal)
@@ -139,6 +143,13 @@ class WhipIngest:
             self._ended[resource_id] = (bearer, time.monotonic(), _ended_state(session))
             while len(self._ended) > _ENDED_KEEP_MAX:
                 self._ended.popitem(last=False)
+
+    def live_session(self, session_id: str) -> MediaSession | None:
+        """The live (not yet ended) WHIP session of a check session row, if this node holds it."""
+        for session in self.sessions.values():
+            if session.principal.session_id == session_id and session.end_reason is None:
+                return session
+        return None
 
     def state(self, resource_id: str, authorization: str | None) -> dict[str, Any]:
         """GET /whip/<id> (an extension of RFC 9725): live, processing, or ended with the outcome the

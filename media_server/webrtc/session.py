@@ -60,6 +60,7 @@ class MediaSession:
         advisor: FrameAdvisor | None,
         workdir: Path,
         on_closed: Callable[[str], None],
+        ends_after_challenge: bool = True,
     ) -> None:
         self.resource_id = resource_id
         self.principal = principal
@@ -72,6 +73,10 @@ class MediaSession:
         self.started_at = datetime.now(UTC)
         self.pc = RTCPeerConnection(rtc_configuration(media.ice_servers))
         self._relay = MediaRelay()
+        # The peer's own tracks by kind, for read-only subscribers (WHEP egress: a call, a watching officer).
+        self._sources: dict[str, MediaStreamTrack] = {}
+        # False for a call: the challenge runs at its start, and the officer ends the session.
+        self._ends_after_challenge = ends_after_challenge
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finish_task: asyncio.Task[None] | None = None
         self._channel: RTCDataChannel | None = None
@@ -160,10 +165,19 @@ class MediaSession:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind not in ("audio", "video"):
             return
+        self._sources[track.kind] = track
         # The recorder must see every frame (its own consumer is only an enqueue); analysis may skip.
         self._spawn(self._record(self._relay.subscribe(track, buffered=True), track.kind))
         if track.kind == "video":
             self._spawn(self._analyse(self._relay.subscribe(track, buffered=False)))
+
+    def subscribe(self, kind: str) -> MediaStreamTrack | None:
+        """A live, unbuffered copy of the peer's `kind` track (None before it arrives or after the end);
+        a slow subscriber skips frames, it never holds back the recorder or the analysis."""
+        source = self._sources.get(kind)
+        if source is None or self.end_reason is not None:
+            return None
+        return self._relay.subscribe(source, buffered=False)
 
     def _mark_media(self, t_s: float) -> None:
         self._last_media_s = t_s
@@ -246,7 +260,8 @@ class MediaSession:
             delivered = self._send(message)
             self._record_event({**message, "delivered": delivered})
             await asyncio.sleep(step.window_s + (step.gap_s if index < len(steps) - 1 else 0.0))
-        self.end(EndedReason.COMPLETED)
+        if self._ends_after_challenge:
+            self.end(EndedReason.COMPLETED)
 
     def _on_connection_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed") and self.end_reason is None:

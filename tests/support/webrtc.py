@@ -203,3 +203,26 @@ def make_test_media(directory: Path, *, seconds: float = 4.0, text: str | None =
 
 def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+
+def offer_sdp(direction: str = "sendonly", kinds: tuple[str, ...] = ("video", "audio")) -> str:
+    """A real aiortc SDP offer (loopback candidates; the peer is closed at once, so nothing connects).
+
+    `sendonly` is what a WHIP publisher offers, `recvonly` what a WHEP viewer offers."""
+    import asyncio
+
+    from aiortc import RTCPeerConnection
+
+    from media_server.webrtc.ice import gather_loopback, rtc_configuration
+
+    async def make() -> str:
+        pc = RTCPeerConnection(rtc_configuration([]))
+        for kind in kinds:
+            pc.addTransceiver(kind, direction=direction)
+        await gather_loopback(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = str(pc.localDescription.sdp)
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())
