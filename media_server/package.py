@@ -175,8 +175,13 @@ def _audit_segment(db: Session, subjects: set[str], person_id: str) -> tuple[lis
     return out, full
 
 
+# Where the platform's mimetypes table is wrong or silent (it maps Matroska to ".mpv").
+_EXTENSIONS = {"video/webm": ".webm", "video/x-matroska": ".mkv", "video/mp4": ".mp4"}
+
+
 def _extension(content_type: str) -> str:
-    return mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".bin"
+    media_type = content_type.split(";")[0].strip().lower()
+    return _EXTENSIONS.get(media_type) or mimetypes.guess_extension(media_type) or ".bin"
 
 
 class _Writer:

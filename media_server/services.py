@@ -70,6 +70,24 @@ class Metrics:
             "Frames the evidence recorder could not keep (a gap in the stored recording)",
             registry=self.registry,
         )
+        self.recording_gaps = Counter(
+            "kuzet_recording_gaps_total",
+            "Holes in stored session recordings (each is a recording_gap session event)",
+            ["kind", "cause"],
+            registry=self.registry,
+        )
+        self.recording_frames_missing = Counter(
+            "kuzet_recording_frames_missing_total",
+            "Frames missing from stored session recordings (lost on the network or by the recorder)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.recording_cpu = Counter(
+            "kuzet_recording_cpu_seconds_total",
+            "CPU time of the session recorder threads, by recording format (mp4 = re-encoded)",
+            ["format"],
+            registry=self.registry,
+        )
         self.jobs_in_flight = Gauge(
             "kuzet_jobs_in_flight", "Engine jobs submitted and not yet answered", registry=self.registry
         )

@@ -7,6 +7,7 @@ directory under `data_dir`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -317,12 +318,30 @@ class MediaSettings(_Group):
     outcome_linger_s: float = Field(
         30, ge=1, le=600, description="How long a finished session waits for the client's DELETE."
     )
+    record_mode: Literal["remux", "reencode"] = Field(
+        "remux",
+        description="remux: store the received VP8/H.264 and Opus frames as they are (WebM/Matroska, no "
+        "transcoding); reencode: decode and re-encode to H.264/AAC MP4 (the fallback, used anyway for a "
+        "codec that cannot be remuxed).",
+    )
+    record_gap_jump_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="A jump in a stream's RTP time longer than this without lost packets (the sender "
+        "paused) is recorded as a recording gap.",
+    )
+    record_max_gap_events: int = Field(
+        200, ge=1, le=10_000, description="Recording-gap events kept per session (all are counted)."
+    )
     record_preset: str = Field(
         "veryfast",
         pattern="^(ultrafast|superfast|veryfast|faster|fast|medium)$",
-        description="libx264 preset of the session recording (faster presets cost less CPU).",
+        description="libx264 preset of the re-encoded recording (faster presets cost less CPU).",
     )
-    record_crf: int = Field(26, ge=0, le=51, description="libx264 constant rate factor of the recording.")
+    record_crf: int = Field(
+        26, ge=0, le=51, description="libx264 constant rate factor of the re-encoded recording."
+    )
     record_queue_s: float = Field(
         2.0, gt=0, le=30, description="Media the recorder thread may lag behind before frames are dropped."
     )

@@ -26,7 +26,7 @@ from media_server.webrtc.analysis import FrameAdvisor, sample_frame
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.challenge import plan_prompts, plan_windows, session_challenge
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
-from media_server.webrtc.recorder import SessionRecorder
+from media_server.webrtc.remux import Recorder, open_session_recorder
 from media_server.webrtc.sampling import FeedbackDebouncer, FrameSampler
 
 log = logging.getLogger("kuzet.webrtc")
@@ -34,9 +34,6 @@ log = logging.getLogger("kuzet.webrtc")
 DATA_CHANNEL_LABEL = "kuzet"
 # Watchdog granularity: how late a timeout may fire.
 _WATCH_EVERY_S = 0.2
-# Nominal frame rates, to size the recorder queue from record_queue_s.
-_VIDEO_FPS = 30
-_AUDIO_FPS = 50
 _LOCATION_LIMITS = {"lat": 90.0, "lon": 180.0}
 _MAX_ACCURACY_M = 1_000_000.0
 _MAX_TEXT = 64
@@ -96,7 +93,7 @@ class MediaSession:
         self._location: dict[str, Any] | None = None
         self._last_media_s: float | None = None
         self._kinds: set[str] = set()
-        self._recorder: SessionRecorder | None = None
+        self._recorder: Recorder | None = None
         self._control: list[asyncio.Task[None]] = []
         self.challenge = session_challenge(principal.challenge, liveness)
         self.end_reason: EndedReason | None = None
@@ -134,13 +131,9 @@ class MediaSession:
         if self._media.loopback_only:
             await gather_loopback(self.pc)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        per_s = (_VIDEO_FPS if "video" in kinds else 0) + (_AUDIO_FPS if "audio" in kinds else 0)
-        self._recorder = SessionRecorder(
-            self._workdir / "session.mp4",
-            expected_kinds=self._kinds,
-            preset=self._media.record_preset,
-            crf=self._media.record_crf,
-            queue_items=max(8, math.ceil(per_s * self._media.record_queue_s)),
+        # Before the receivers start (they start once ICE connects): the remuxer hooks them here.
+        self._recorder = open_session_recorder(
+            self.pc, self._workdir / "session", self._kinds, self._media, clock=self.now
         )
         self._recorder.start()
         self._control = [
@@ -373,10 +366,11 @@ class MediaSession:
             device_id=self.principal.device_id,
             challenge=self.challenge,
             recording_path=result.path if result else None,
+            recording_meta=result.meta if result else {},
             frames=self._sampler.take(),
             audio_pcm16k=result.audio_pcm16k if result else _empty_pcm(),
             audio_t0_s=result.audio_t0_s if result else None,
-            events=list(self._events),
+            events=sorted([*self._events, *(result.events if result else [])], key=lambda e: e["t_s"]),
             location=self._location,
             ended_reason=reason,
             started_at=self.started_at,
