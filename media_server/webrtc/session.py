@@ -26,6 +26,7 @@ from media_server.webrtc.analysis import FrameAdvisor, sample_frame
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.challenge import plan_prompts, plan_windows, session_challenge
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
+from media_server.webrtc.live import LiveAnalyser, LiveFaceAnalysis, return_freed_memory
 from media_server.webrtc.recorder import SessionRecorder
 from media_server.webrtc.sampling import FeedbackDebouncer, FrameSampler
 
@@ -60,6 +61,7 @@ class MediaSession:
         advisor: FrameAdvisor | None,
         workdir: Path,
         on_closed: Callable[[str], None],
+        live: LiveFaceAnalysis | None = None,
     ) -> None:
         self.resource_id = resource_id
         self.principal = principal
@@ -84,6 +86,19 @@ class MediaSession:
             between_every_s=media.sample_every_s,
             window_max_fps=media.window_max_fps,
             max_frames=media.max_sampled_frames,
+            retain=live is None,
+        )
+        # Frames are analysed as they arrive; the session keeps only a few (see webrtc/live.py).
+        self._live: LiveAnalyser | None = (
+            LiveAnalyser(
+                live,
+                chunk_frames=media.analysis_chunk_frames,
+                max_pending=media.max_pending_frames,
+                held_every_s=media.held_frame_every_s,
+                max_held=media.max_held_frames,
+            )
+            if live is not None
+            else None
         )
         self._feedback = FeedbackDebouncer(hold_s=media.feedback_hold_s)
         self._next_hint_s = 0.0
@@ -109,6 +124,16 @@ class MediaSession:
             ),
             0,
         )
+
+    @property
+    def busy(self) -> bool:
+        """True while the session costs the node work: live, or ended and not yet judged."""
+        return self.end_reason is None or (self.outcome is None and not self.closed.is_set())
+
+    @property
+    def frames_held(self) -> int:
+        """Video frames this session holds now (sampled and waiting, or kept for the end)."""
+        return len(self._sampler.frames) + (self._live.frames_held if self._live is not None else 0)
 
     def now(self) -> float:
         """Seconds on the session clock (0 = the session object was created)."""
@@ -204,6 +229,8 @@ class MediaSession:
                 continue
             if sampler.keep(round(t_s, 3), rgb):
                 self.stats["frames_sampled"] += 1
+                if self._live is not None:
+                    self._live.offer(round(t_s, 3), rgb)
                 if sampler.in_window(t_s):
                     self.stats["frames_sampled_in_windows"] += 1
             else:
@@ -272,6 +299,8 @@ class MediaSession:
         await self.pc.close()
         if self._recorder is not None:
             await self._recorder.close()
+        if self._live is not None:
+            await self._live.cancel()
         await asyncio.to_thread(shutil.rmtree, self._workdir, True)
         self.closed.set()
         self._on_closed(self.resource_id)
@@ -351,6 +380,8 @@ class MediaSession:
             await self.pc.close()
         self._send({"type": "status", "state": "processing", "t_s": round(self.now(), 3)})
         result = await self._recorder.close() if self._recorder is not None else None
+        live = await self._live.finish() if self._live is not None else None
+        frames = [(h.t_s, h.rgb) for h in live.held] if live is not None else self._sampler.take()
         capture = SessionCapture(
             session_id=self.principal.session_id,
             person_id=self.principal.person_id,
@@ -358,7 +389,7 @@ class MediaSession:
             device_id=self.principal.device_id,
             challenge=self.challenge,
             recording_path=result.path if result else None,
-            frames=self._sampler.take(),
+            frames=frames,
             audio_pcm16k=result.audio_pcm16k if result else _empty_pcm(),
             audio_t0_s=result.audio_t0_s if result else None,
             events=list(self._events),
@@ -366,8 +397,10 @@ class MediaSession:
             ended_reason=reason,
             started_at=self.started_at,
             ended_at=ended_at,
-            stats={**self.stats, **(result.counts if result else {})},
+            stats={**self.stats, **(result.counts if result else {}), **(live.stats if live else {})},
+            live=live,
         )
+        del frames, live, result
         log.info(
             "session ended",
             extra={"session": self.resource_id, "reason": reason.value, **capture.stats},
@@ -379,6 +412,9 @@ class MediaSession:
             # Evidence first: keep the work directory so the recording can be recovered.
             log.exception("session sink failed; work directory kept", extra={"workdir": str(self._workdir)})
             self.outcome = {"status": "error", "code": "processing_failed", "retake": True}
+        # The frames and audio are judged: let them go now, not after the linger below.
+        del capture
+        await asyncio.to_thread(return_freed_memory)
         if self.outcome is not None:
             self._send({"type": "outcome", **self.outcome})
         if reason is EndedReason.COMPLETED:
