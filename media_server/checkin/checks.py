@@ -367,7 +367,12 @@ async def _face_checks_live(
     async def face() -> CheckResult:
         if face_template is None:
             return _not_enrolled(CheckKind.FACE, "face")
-        best = live.best_held(services.settings.media.embed_best_frames)
+        # Most of the best frames were embedded while the session ran; embed whatever is missing.
+        best = [
+            h
+            for h in live.best_held(services.settings.media.embed_best_frames)
+            if analyses[h.index].embedding is None
+        ]
         if best:
             got = await run_engine(
                 services,

@@ -40,6 +40,8 @@ class LiveFaceAnalysis(Protocol):
 
     async def analyse(self, frames: list[RgbFrame]) -> list[FaceAnalysis]: ...
 
+    async def embed(self, frames: list[RgbFrame], analyses: list[FaceAnalysis]) -> list[FaceAnalysis]: ...
+
 
 class PoolLiveAnalysis:
     """`LiveFaceAnalysis` on the node's analysis pool (`identity.face.worker.analyse_live`)."""
@@ -52,6 +54,13 @@ class PoolLiveAnalysis:
         from identity.face import worker as face_worker
 
         result: list[FaceAnalysis] = await self._pool.run(face_worker.analyse_live, frames)
+        return result
+
+    async def embed(self, frames: list[RgbFrame], analyses: list[FaceAnalysis]) -> list[FaceAnalysis]:
+        """The same analyses with the primary face's embedding, in a worker."""
+        from identity.face import worker as face_worker
+
+        result: list[FaceAnalysis] = await self._pool.run(face_worker.embed_analyses, frames, analyses)
         return result
 
 
@@ -80,8 +89,12 @@ class LiveResult:
 
     def best_held(self, n: int) -> list[HeldFrame]:
         """Up to n held frames whose face passed the quality gate, best first."""
-        good = [h for h in self.held if self.analyses[h.index].quality.passed and h.score > _NO_FACE_SCORE]
-        return sorted(good, key=lambda h: -h.score)[:n]
+        return _best(self.held, self.analyses, n)
+
+
+def _best(held: list[HeldFrame], analyses: list[FaceAnalysis], n: int) -> list[HeldFrame]:
+    good = [h for h in held if analyses[h.index].quality.passed and h.score > _NO_FACE_SCORE]
+    return sorted(good, key=lambda h: -h.score)[:n]
 
 
 def held_score(analysis: FaceAnalysis) -> float:
@@ -103,12 +116,14 @@ class LiveAnalyser:
         max_pending: int,
         held_every_s: float,
         max_held: int,
+        embed_best: int = 0,
     ) -> None:
         self._port = port
         self._chunk = chunk_frames
         self._max_pending = max_pending
         self._held_every_s = held_every_s
         self._max_held = max_held
+        self._embed_best = embed_best
         self._pending: list[tuple[float, RgbFrame]] = []
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -122,6 +137,8 @@ class LiveAnalyser:
                 "frames_analysis_failed",
                 "analysis_jobs",
                 "peak_pending_frames",
+                "frames_embedded",
+                "frames_embedded_at_end",
             ),
             0,
         )
@@ -158,6 +175,38 @@ class LiveAnalyser:
                 self.stats["frames_analysis_failed"] += len(chunk)
                 continue
             self._absorb(chunk, analyses)
+            # Held frames whose interval is over and that rank among the best are embedded now, so
+            # that little is left to embed when the person stops.
+            await self._embed_best_held(closed_before=int(chunk[-1][0] // self._held_every_s))
+
+    async def _embed_best_held(self, closed_before: int | None) -> int:
+        """Embed the best held frames not embedded yet (only closed intervals unless None); how many."""
+        if self._embed_best <= 0:
+            return 0
+        held = sorted(self._held.items())
+        best = _best([h for _, h in held], self._analyses, self._embed_best)
+        todo = [
+            h
+            for h in best
+            if self._analyses[h.index].embedding is None
+            and (closed_before is None or int(h.t_s // self._held_every_s) < closed_before)
+        ]
+        if not todo:
+            return 0
+        try:
+            embedded = await self._port.embed([h.rgb for h in todo], [self._analyses[h.index] for h in todo])
+            if len(embedded) != len(todo):
+                raise ValueError(f"{len(embedded)} embeddings for {len(todo)} frames")
+        except Exception:
+            # The end of the session embeds what is missing (and reports a failure there).
+            log.exception("live face embedding failed", extra={"frames": len(todo)})
+            return 0
+        for h, analysis in zip(todo, embedded, strict=True):
+            self._analyses[h.index] = analysis
+        self.stats["frames_embedded"] += len(todo)
+        if self._closed:  # the person has stopped: this embedding adds to the verdict's latency
+            self.stats["frames_embedded_at_end"] += len(todo)
+        return len(todo)
 
     def _absorb(self, chunk: list[tuple[float, RgbFrame]], analyses: list[FaceAnalysis]) -> None:
         base = len(self._analyses)
@@ -183,6 +232,7 @@ class LiveAnalyser:
         if self._task is not None:
             await self._task
         await self._drain(full_only=False)
+        await self._embed_best_held(closed_before=None)
         held = sorted(self._held.values(), key=lambda h: h.t_s)
         result = LiveResult(list(self._frame_ts), list(self._analyses), held, dict(self.stats))
         self._pending, self._held, self._frame_ts, self._analyses = [], {}, [], []

@@ -96,6 +96,7 @@ class MediaSession:
                 max_pending=media.max_pending_frames,
                 held_every_s=media.held_frame_every_s,
                 max_held=media.max_held_frames,
+                embed_best=media.embed_best_frames,
             )
             if live is not None
             else None
@@ -379,8 +380,13 @@ class MediaSession:
             # The peer is gone or misbehaving: free its sockets now.
             await self.pc.close()
         self._send({"type": "status", "state": "processing", "t_s": round(self.now(), 3)})
-        result = await self._recorder.close() if self._recorder is not None else None
-        live = await self._live.finish() if self._live is not None else None
+        ending = time.monotonic()
+        # The recording's tail and the last analysis chunk finish side by side.
+        result, live = await asyncio.gather(
+            self._recorder.close() if self._recorder is not None else _none(),
+            self._live.finish() if self._live is not None else _none(),
+        )
+        closed_s = time.monotonic() - ending
         frames = [(h.t_s, h.rgb) for h in live.held] if live is not None else self._sampler.take()
         capture = SessionCapture(
             session_id=self.principal.session_id,
@@ -407,6 +413,14 @@ class MediaSession:
         )
         try:
             self.outcome = await self._sink.finish(capture)
+            log.info(
+                "session judged",
+                extra={
+                    "session": self.resource_id,
+                    "media_closed_s": round(closed_s, 3),
+                    "judged_s": round(time.monotonic() - ending, 3),
+                },
+            )
             await asyncio.to_thread(shutil.rmtree, self._workdir, True)
         except Exception:
             # Evidence first: keep the work directory so the recording can be recovered.
@@ -425,6 +439,10 @@ class MediaSession:
             task.cancel()
         self.closed.set()
         self._on_closed(self.resource_id)
+
+
+async def _none() -> None:
+    return None
 
 
 def _empty_pcm() -> Any:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import weakref
+from dataclasses import replace
 
 import numpy as np
 
@@ -42,6 +43,7 @@ class FakePort:
         self.fail = fail
         self.seen: list[weakref.ref[np.ndarray]] = []
         self.chunks: list[int] = []
+        self.embedded: list[int] = []
 
     async def analyse(self, frames: list[np.ndarray]) -> list[FaceAnalysis]:
         self.seen.extend(weakref.ref(f) for f in frames)
@@ -52,6 +54,13 @@ class FakePort:
         # The second frame of each chunk reuses the first one's identity analysis (a near-duplicate).
         return [_analysis(f, 0 if i == 1 else None) for i, f in enumerate(frames)]
 
+    async def embed(self, frames: list[np.ndarray], analyses: list[FaceAnalysis]) -> list[FaceAnalysis]:
+        self.embedded.extend(int(f[0, 0, 0]) for f in frames)
+        return [
+            replace(a, embedding=np.full(128, f[0, 0, 0], np.float32))
+            for f, a in zip(frames, analyses, strict=True)
+        ]
+
 
 def _frame(value: int) -> np.ndarray:
     rgb = np.zeros((48, 64, 3), np.uint8)
@@ -60,13 +69,14 @@ def _frame(value: int) -> np.ndarray:
 
 
 def _analyser(port: FakePort, **kw: float) -> LiveAnalyser:
-    opts = {"chunk_frames": 4, "max_pending": 12, "held_every_s": 1.0, "max_held": 3, **kw}
+    opts = {"chunk_frames": 4, "max_pending": 12, "held_every_s": 1.0, "max_held": 3, "embed_best": 0, **kw}
     return LiveAnalyser(
         port,
         chunk_frames=int(opts["chunk_frames"]),
         max_pending=int(opts["max_pending"]),
         held_every_s=opts["held_every_s"],
         max_held=int(opts["max_held"]),
+        embed_best=int(opts["embed_best"]),
     )
 
 
@@ -123,3 +133,21 @@ async def test_frames_are_released_once_the_result_is_dropped() -> None:
     del result
     gc.collect()
     assert all(r() is None for r in port.seen)
+
+
+async def test_the_best_held_frames_are_embedded_while_the_session_runs() -> None:
+    port = FakePort()
+    live = _analyser(port, max_held=10, embed_best=2)
+    values = [10, 200, 30, 40, 50, 60, 250, 80, 90, 100]  # held per 1 s: 200, 40, 60, 250, 100
+    for i, v in enumerate(values):
+        live.offer(0.5 * i, _frame(v))
+        await asyncio.sleep(0)
+    # Before the end: only frames of closed intervals that rank were embedded (200; 250's interval is open).
+    await asyncio.sleep(0.05)
+    assert port.embedded == [200]
+    result = await live.finish()
+    assert port.embedded == [200, 250]  # once the person stopped, only 250 was left to embed
+    assert result.stats["frames_embedded"] == 2 and result.stats["frames_embedded_at_end"] == 1
+    assert [int(h.rgb[0, 0, 0]) for h in result.best_held(2)] == [250, 200]
+    assert all(result.analyses[h.index].embedding is not None for h in result.best_held(2))
+    assert sum(a.embedding is not None for a in result.analyses) == 2

@@ -117,6 +117,9 @@ class SlowFakeFaces:
         quality = CheckResult(CheckKind.FACE_QUALITY, Outcome.INCONCLUSIVE, "no_face", "no face", model=STAMP)
         return [FaceAnalysis([], None, quality, None, None, STAMP, (f.shape[0], f.shape[1])) for f in frames]
 
+    async def embed(self, frames: list[np.ndarray], analyses: list[FaceAnalysis]) -> list[FaceAnalysis]:
+        return analyses
+
 
 class DroppingSink:
     """Keeps only counters and weak references to the capture's frames (like a sink that has stored them)."""
