@@ -17,7 +17,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from media_server import logs, security
 from media_server.breath import run_episode_clock
-from media_server.errors import KuzetError, status_for
+from media_server.errors import KuzetError, headers_for, status_for
 from media_server.evidence.port import EvidenceError, ObjectLocked
 from media_server.evidence.port import IntegrityError as EvidenceIntegrityError
 from media_server.evidence.port import NotFound as EvidenceNotFound
@@ -141,7 +141,9 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KuzetError)
     async def domain_error(_: Request, exc: KuzetError) -> JSONResponse:
-        return _error(status_for(exc), exc.code, str(exc))
+        return JSONResponse(
+            {"error": exc.code, "message": str(exc)}, status_code=status_for(exc), headers=headers_for(exc)
+        )
 
     @app.exception_handler(EvidenceError)
     async def evidence_error(_: Request, exc: EvidenceError) -> JSONResponse:

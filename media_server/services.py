@@ -59,6 +59,11 @@ class Metrics:
         self.live_sessions = Gauge(
             "kuzet_webrtc_sessions_live", "WebRTC (WHIP) sessions open on this node", registry=self.registry
         )
+        self.sessions_refused_busy = Counter(
+            "kuzet_webrtc_sessions_refused_busy_total",
+            "WHIP offers refused with 503 because this node was at media.max_live_sessions",
+            registry=self.registry,
+        )
         self.sessions_ended = Counter(
             "kuzet_webrtc_sessions_ended_total",
             "WebRTC sessions judged, by how they ended",

@@ -373,6 +373,56 @@ class MediaSettings(_Group):
     max_events: int = Field(
         500, ge=10, le=10000, description="Data-channel events kept per session (the rest are counted)."
     )
+    max_live_sessions: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Sessions this node serves at once (live or still being judged); one more WHIP offer is "
+        "refused with 503 + Retry-After before its link is spent. Default measured on a 2-core node with live "
+        "analysis on the local worker pool (benchmarks/media_sessions.py): above it, analysis falls behind "
+        "the camera and frames are lost for liveness. Raise it with the node's measured capacity.",
+    )
+    busy_retry_after_s: int = Field(
+        5, ge=1, le=300, description="Retry-After (seconds) sent with a 503 when the node is at capacity."
+    )
+    analysis_chunk_frames: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Sampled frames sent to the analysis pool in one job while the session runs (landmarks, "
+        "face box, quality; no embedding). Larger chunks cost fewer round trips, smaller ones less latency.",
+    )
+    max_pending_frames: int = Field(
+        45,
+        ge=4,
+        le=600,
+        description="Sampled frames one live session may hold waiting for analysis (about 0.9 MB each at "
+        "640x480). When the pool falls this far behind, new frames are not analysed (counted as "
+        "frames_analysis_dropped): a bounded loss instead of unbounded memory.",
+    )
+    held_frame_every_s: float = Field(
+        1.5,
+        gt=0,
+        le=60,
+        description="Of each interval this long the session keeps one analysed frame (the best by face "
+        "quality): the evidence frames and the candidates for the face embedding.",
+    )
+    max_held_frames: int = Field(
+        16,
+        ge=3,
+        le=200,
+        description="Most analysed frames one live session holds (the best by quality are kept); all are "
+        "released when the session has been judged.",
+    )
+    embed_best_frames: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="Held frames (best quality first, quality gate passed) whose face embedding is computed "
+        "when the session ends; the face decision fuses them (face.session_top_k of them). Measured on the "
+        "shared clips (benchmarks/best_frames.py): the fused distance with 5 best frames equals that of 16 "
+        "evenly spread frames within 0.01 and keeps every decision.",
+    )
 
 
 class SchedulesSettings(_Group):

@@ -323,7 +323,9 @@ class FaceEngine:
         probe.analysis.timing_ms["mirror_ms"] = (time.perf_counter() - t0) * 1e3
         probe.mirrored = True
 
-    def analyse_frames(self, frames: Sequence[Any]) -> tuple[list[FaceAnalysis], list[int | None]]:
+    def analyse_frames(
+        self, frames: Sequence[Any], *, encode: bool = True
+    ) -> tuple[list[FaceAnalysis], list[int | None]]:
         """Analyse a frame sequence; identity work (detection, quality gate, embedding) only where needed.
 
         Returns one analysis per frame and, per frame, the index of the frame whose identity analysis it
@@ -331,7 +333,8 @@ class FaceEngine:
         near-duplicate of the last analysed frame, or fewer than `session_detect_every_n` frames have
         passed since it. Every frame still gets its own 68 landmarks: a reusing frame's are fitted on its
         own pixels in the reused face box (about a millisecond), because
-        liveness reads eye and mouth movement that a near-duplicate thumbnail hides.
+        liveness reads eye and mouth movement that a near-duplicate thumbnail hides. `encode=False`
+        skips the embedding (live analysis: `embed_analyses` encodes the chosen best frames later).
         """
         s = self.settings
         unique: list[Any] = []
@@ -360,7 +363,7 @@ class FaceEngine:
             dup_of.append(None)
             last_thumb = thumb
             last_index = i
-        analysed = self.analyse_many(unique, session=True)
+        analysed = self.analyse_many(unique, session=True, encode=encode)
         out: list[FaceAnalysis] = []
         for i, (u, dup) in enumerate(zip(unique_of, dup_of, strict=True)):
             source = analysed[u]
@@ -374,6 +377,31 @@ class FaceEngine:
             ]
             out.append(replace(source, faces=faces, reused_from=dup))
         return out, dup_of
+
+    def embed_analyses(self, frames: Sequence[Any], analyses: Sequence[FaceAnalysis]) -> list[FaceAnalysis]:
+        """Embeddings for frames already analysed (live analysis chose them): frames[i] is the RGB image
+        analyses[i] was made from. Each primary face is chipped from its own landmarks and encoded (one
+        batch); a frame without a face comes back unchanged. No detection runs again."""
+        out = list(analyses)
+        chips: list[RgbImage] = []
+        owners: list[int] = []
+        for i, (frame, analysis) in enumerate(zip(frames, analyses, strict=True)):
+            rgb = as_rgb(frame)
+            face = analysis.primary_face
+            if rgb is None or face is None:
+                continue
+            chips.append(self._chip(rgb, face))
+            owners.append(i)
+        if chips:
+            t0 = time.perf_counter()
+            embs = self.encode_chips(chips, flip=self.settings.session_flip_tta)
+            per_chip = (time.perf_counter() - t0) * 1e3 / len(chips)
+            for owner, emb in zip(owners, embs, strict=True):
+                a = out[owner]
+                out[owner] = replace(
+                    a, embedding=emb, reused_from=None, timing_ms={**a.timing_ms, "encode_ms": per_chip}
+                )
+        return out
 
     def _landmarks(self, rgb: RgbImage, box: FaceBox) -> npt.NDArray[np.int32]:
         shape = self._sp68(rgb, dlib.rectangle(box.left, box.top, box.right, box.bottom))

@@ -19,11 +19,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from media_server.errors import KuzetError, status_for
+from media_server.errors import KuzetError, headers_for, status_for
 from media_server.settings import Settings
 from media_server.webrtc.capture import SessionCapture, SessionSink
 from media_server.webrtc.credentials import WhipAuthenticator
 from media_server.webrtc.ingest import WhipIngest
+from media_server.webrtc.live import LiveFaceAnalysis
 
 SERVER_START_TIMEOUT_S = 10.0
 
@@ -143,13 +144,19 @@ class PacketLoss:
         receiver._handle_rtp_packet = handle
 
 
-def build_whip_app(settings: Settings, authenticator: WhipAuthenticator, sink: SessionSink) -> FastAPI:
+def build_whip_app(
+    settings: Settings,
+    authenticator: WhipAuthenticator,
+    sink: SessionSink,
+    live: LiveFaceAnalysis | None = None,
+) -> FastAPI:
     """A small app with the WHIP and check-in routers and the domain error mapping, without the
-    database or evidence store (create_app + `ingest.install` is the production wiring)."""
+    database or evidence store (create_app + `ingest.install` is the production wiring). `live`: where
+    frames are analysed while a session runs (None: sessions keep their sampled frames, no analysis)."""
     from media_server.api.checkin_page import router as checkin_router
     from media_server.api.whip import router as whip_router
 
-    ingest = WhipIngest(settings, authenticator, sink)
+    ingest = WhipIngest(settings, authenticator, sink, live=live)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -162,7 +169,9 @@ def build_whip_app(settings: Settings, authenticator: WhipAuthenticator, sink: S
 
     @app.exception_handler(KuzetError)
     async def domain_error(_: Request, exc: KuzetError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=status_for(exc))
+        return JSONResponse(
+            {"error": exc.code, "message": str(exc)}, status_code=status_for(exc), headers=headers_for(exc)
+        )
 
     app.include_router(whip_router)
     app.include_router(checkin_router)
