@@ -191,12 +191,12 @@ def require(*roles: Role) -> Callable[[Request], Principal]:
 
 @dataclass(frozen=True, slots=True)
 class WhipPrincipal:
-    """Who opened a WHIP session: a person with a one-time link (`checkin`) or an AV station with its
-    device key (`station`), and the session row that credential opened."""
+    """Who opened a WHIP session: a person with a one-time link (`checkin`, or `call` for an officer's live
+    call), or an AV station with its device key (`station`), and the session row that credential opened."""
 
     session_id: str
     person_id: str
-    kind: Literal["checkin", "station"]
+    kind: Literal["checkin", "station", "call"]
     device_id: str | None = None
     challenge: dict[str, Any] | None = None
 
@@ -324,5 +324,11 @@ def authenticate_whip(db: Session, authorization: str | None, max_session_s: flo
     )
     if spent.rowcount != 1:  # type: ignore[attr-defined]
         raise Unauthorized("this check-in link was already used")
-    kind: Literal["checkin", "station"] = "station" if row.kind is SessionKind.STATION else "checkin"
+    kind: Literal["checkin", "station", "call"] = (
+        "station"
+        if row.kind is SessionKind.STATION
+        else "call"
+        if row.kind is SessionKind.CALL
+        else "checkin"
+    )
     return WhipPrincipal(row.id, row.person_id, kind, row.device_id, row.challenge)

@@ -117,6 +117,7 @@ SESSION_KINDS: dict[str, str] = {
     "checkin": N_("Phone check-in"),
     "station": N_("Home station check-in"),
     "breath": N_("Breath test"),
+    "call": N_("Officer's video call"),
 }
 
 SESSION_STATUSES: dict[str, str] = {
@@ -462,6 +463,7 @@ CHECKIN: dict[str, str] = {
     "start": N_("Start"),
     "status.permissions": N_("Allow access to the camera and microphone…"),
     "status.connecting": N_("Connecting…"),
+    "status.busy": N_("The server is busy. Retrying automatically — please keep this page open."),
     "status.live": N_("Check in progress. Follow the prompts."),
     "status.processing": N_("Check finished. Processing the result…"),
     "status.done": N_("Done. You can close this page."),
@@ -505,6 +507,13 @@ CHECKIN: dict[str, str] = {
     "link.what_to_do": N_(
         "Nothing was recorded and no camera access is needed. Contact your officer for a new link."
     ),
+    "call.title": N_("Call with your officer"),
+    "call.intro": N_(
+        "Your officer is calling you by video. You will see and hear each other; the call is recorded. "
+        "Hold the phone in front of your face in a well-lit place."
+    ),
+    "call.live": N_("Call in progress."),
+    "call.ended": N_("The call has ended. You can close this page."),
 }
 
 

@@ -11,14 +11,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from media_server.evidence import build_store
 from media_server.evidence.port import EvidenceStore
-from media_server.keys import ServiceKeys, load_or_create
+from media_server.keys import EvidenceSigner, ServiceKeys, load_or_create
 from media_server.settings import Settings
 from media_server.webhooks import WebhookNotifier
 from media_server.workers import AnalysisPool, build_pool
@@ -59,6 +58,11 @@ class Metrics:
         )
         self.live_sessions = Gauge(
             "kuzet_webrtc_sessions_live", "WebRTC (WHIP) sessions open on this node", registry=self.registry
+        )
+        self.sessions_refused_busy = Counter(
+            "kuzet_webrtc_sessions_refused_busy_total",
+            "WHIP offers refused with 503 because this node was at media.max_live_sessions",
+            registry=self.registry,
         )
         self.sessions_ended = Counter(
             "kuzet_webrtc_sessions_ended_total",
@@ -112,8 +116,8 @@ class Services:
     workers: AnalysisPool
     metrics: Metrics
     notifier: WebhookNotifier
-    # Ed25519 evidence-signing key, loaded once (never read from disk per verdict).
-    signing_key: Ed25519PrivateKey
+    # The evidence signer (a key loaded once, or an external signer holding it; never read per verdict).
+    signing_key: EvidenceSigner
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
 

@@ -10,6 +10,7 @@ def routers() -> list[APIRouter]:
     from media_server.api import (
         admin,
         breath,
+        calls,
         checkin_page,
         enrolment,
         lifecycle,
@@ -29,8 +30,10 @@ def routers() -> list[APIRouter]:
         location.router,
         # workstation pages of other modules before the workstation's router: it ends in a catch-all 404
         location.pages,
+        calls.pages,
         ws_admin.router,
         workstation.router,
         whip.router,
+        calls.router,
         checkin_page.router,
     ]

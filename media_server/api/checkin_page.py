@@ -8,19 +8,21 @@ import json
 import re
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Header, Request
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from sqlalchemy import select
 
+from media_server.auth import require_bearer
 from media_server.db.enums import SessionStatus
 from media_server.db.models import CheckSession
 from media_server.db.types import utcnow
 from media_server.errors import BadInput, Gone, LinkRefused, NotFoundError, Unauthorized
 from media_server.i18n import checkin_strings
 from media_server.lifecycle import PersonNotActive, refuse_entry, require_active
+from media_server.location.page import PageReport, submit_page_report
 from media_server.schedules.tick import PAGE_OPENED_META
 from media_server.services import Services
 from media_server.settings import Settings
@@ -122,6 +124,17 @@ async def checkin_page(token: str, request: Request, lang: str | None = None) ->
 
     A revoked link, or one of a person no longer under supervision, answers 410 with a short page.
     """
+    return await _link_page(token, request, lang, call=False)
+
+
+@router.get("/call/{token}", response_class=HTMLResponse)
+async def call_page(token: str, request: Request, lang: str | None = None) -> HTMLResponse:
+    """The person's side of an officer's live call: the check-in page, which also shows the officer
+    (WHEP, `POST /call/whep`) and keeps going until the officer ends the call."""
+    return await _link_page(token, request, lang, call=True)
+
+
+async def _link_page(token: str, request: Request, lang: str | None, *, call: bool) -> HTMLResponse:
     if not _TOKEN.match(token):
         raise BadInput("this is not a check-in link")
     language = pick_language(lang, request.headers.get("accept-language"))
@@ -150,6 +163,11 @@ async def checkin_page(token: str, request: Request, lang: str | None = None) ->
         "languages": list(LANGUAGES),
         "iceServers": [parse_ice_server(u) for u in _settings(request).media.ice_servers],
         "strings": strings,
+        # While the page is open it reports the phone's position (media_server.location.page).
+        "positionsUrl": "/page/positions",
+        "positionEveryS": _settings(request).location.page_report_every_s,
+        "call": call,
+        "whepUrl": "/call/whep" if call else None,
     }
     html = (
         _environment()
@@ -158,6 +176,7 @@ async def checkin_page(token: str, request: Request, lang: str | None = None) ->
             lang=language,
             t=strings[language],
             languages=LANGUAGES,
+            call=call,
             # Embedded as a JSON data block (not executed); "</" is escaped so it cannot close the tag.
             config_json=json.dumps(config, ensure_ascii=False).replace("</", "<\\/"),
         )
@@ -177,6 +196,20 @@ async def _link_refusal(request: Request, token: str) -> str | None:
     except Unauthorized:
         return "unknown"
     return None
+
+
+@router.post("/page/positions", status_code=201)
+async def page_positions(
+    report: PageReport, request: Request, authorization: Annotated[str | None, Header()] = None
+) -> JSONResponse:
+    """Positions from an open check-in or call page (its link is the bearer); stored in the person's track
+    and judged against their zones. 401 for an unknown or closed link, 410 for a revoked one."""
+    token = require_bearer(authorization)
+    services: Services | None = getattr(request.app.state, "services", None)
+    if services is None:
+        raise NotFoundError("positions are not stored by this server")
+    accepted = await submit_page_report(services, token, report, utcnow())
+    return JSONResponse(accepted.to_dict(), status_code=201, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/static/{name}")

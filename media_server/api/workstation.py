@@ -29,7 +29,7 @@ from media_server import charts
 from media_server.api.deps import ServicesDep
 from media_server.auth import SESSION_COOKIE, Principal, password_login, principal_from_request, revoke_token
 from media_server.db import audit
-from media_server.db.enums import ArtifactKind, Decision, Role, SessionKind
+from media_server.db.enums import ArtifactKind, Decision, Role, SessionKind, SessionStatus
 from media_server.db.models import (
     Artifact,
     BreathEpisode,
@@ -106,7 +106,11 @@ PERSON_SESSIONS_SHOWN = 50
 MAX_PAGE = 10_000
 # Confirmation banners a redirect may ask for, by key: the page never echoes text from the URL.
 FLASHES = {"decided": N_("Decision recorded")}
-_WS_STATIC = {"ws.js": "text/javascript; charset=utf-8", "ws.css": "text/css; charset=utf-8"}
+_WS_STATIC = {
+    "ws.js": "text/javascript; charset=utf-8",
+    "ws.css": "text/css; charset=utf-8",
+    "call.js": "text/javascript; charset=utf-8",
+}
 ERROR_TITLES = {
     400: N_("The request could not be used"),
     401: N_("Please log in"),
@@ -878,6 +882,7 @@ def person_page(person_id: str, request: Request, services: ServicesDep) -> Resp
                 "when": local_time(s.started_at or s.window_start, tz),
                 "decision": v.decision.value if v else "",
                 "decision_word": word(t, DECISION_WORDS, v.decision.value) if v else "—",
+                "live": s.status is SessionStatus.ACTIVE and s.kind is not SessionKind.BREATH,
             }
             for s, v in recent
         ]

@@ -71,7 +71,7 @@ def store_capture_evidence(services: Services, capture: SessionCapture) -> list[
                 sid,
                 ArtifactKind.FRAME,
                 "image/jpeg",
-                {"t_s": round(t_s, 3), "frame_index": i, "width": w, "height": h},
+                {"t_s": round(t_s, 3), "frame_index": capture.frame_index(i), "width": w, "height": h},
                 data=jpeg_bytes(rgb),
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -44,11 +45,23 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
         }
     services.metrics.sessions_ended.labels(capture.ended_reason.value).inc()
     count_recording(services, capture)
+    t0 = time.monotonic()
     await asyncio.to_thread(store_capture_evidence, services, capture)
+    t1 = time.monotonic()
     checks = await run_checkin_checks(services, capture)
+    t2 = time.monotonic()
     await asyncio.to_thread(annotate_frames, services, capture.session_id, checks.results)
     outcome, verdict_id = await asyncio.to_thread(
         write_verdict, services, capture.session_id, checks.results, checks.required
+    )
+    log.info(
+        "check-in judged",
+        extra={
+            "session_id": capture.session_id,
+            "evidence_s": round(t1 - t0, 3),
+            "checks_s": round(t2 - t1, 3),
+            "verdict_s": round(time.monotonic() - t2, 3),
+        },
     )
     announce(services, capture.session_id, capture.person_id, capture.kind, outcome, verdict_id)
     await _record_location(services, capture)

@@ -17,11 +17,12 @@ class Role(StrEnum):
 
 
 class SessionKind(StrEnum):
-    """How a check is taken: phone check-in, home AV station, or breath test."""
+    """How a check is taken: phone check-in, home AV station, breath test, or an officer's live call."""
 
     CHECKIN = "checkin"
     STATION = "station"
     BREATH = "breath"
+    CALL = "call"  # an officer's live identification call (media_server.calls)
 
 
 class SessionStatus(StrEnum):

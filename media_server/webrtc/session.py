@@ -26,6 +26,7 @@ from media_server.webrtc.analysis import FrameAdvisor, sample_frame
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.challenge import plan_prompts, plan_windows, session_challenge
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
+from media_server.webrtc.live import LiveAnalyser, LiveFaceAnalysis, return_freed_memory
 from media_server.webrtc.remux import Recorder, open_session_recorder
 from media_server.webrtc.sampling import FeedbackDebouncer, FrameSampler
 
@@ -57,6 +58,8 @@ class MediaSession:
         advisor: FrameAdvisor | None,
         workdir: Path,
         on_closed: Callable[[str], None],
+        ends_after_challenge: bool = True,
+        live: LiveFaceAnalysis | None = None,
     ) -> None:
         self.resource_id = resource_id
         self.principal = principal
@@ -69,6 +72,10 @@ class MediaSession:
         self.started_at = datetime.now(UTC)
         self.pc = RTCPeerConnection(rtc_configuration(media.ice_servers))
         self._relay = MediaRelay()
+        # The peer's own tracks by kind, for read-only subscribers (WHEP egress: a call, a watching officer).
+        self._sources: dict[str, MediaStreamTrack] = {}
+        # False for a call: the challenge runs at its start, and the officer ends the session.
+        self._ends_after_challenge = ends_after_challenge
         self._tasks: set[asyncio.Task[Any]] = set()
         self._finish_task: asyncio.Task[None] | None = None
         self._channel: RTCDataChannel | None = None
@@ -81,6 +88,20 @@ class MediaSession:
             between_every_s=media.sample_every_s,
             window_max_fps=media.window_max_fps,
             max_frames=media.max_sampled_frames,
+            retain=live is None,
+        )
+        # Frames are analysed as they arrive; the session keeps only a few (see webrtc/live.py).
+        self._live: LiveAnalyser | None = (
+            LiveAnalyser(
+                live,
+                chunk_frames=media.analysis_chunk_frames,
+                max_pending=media.max_pending_frames,
+                held_every_s=media.held_frame_every_s,
+                max_held=media.max_held_frames,
+                embed_best=media.embed_best_frames,
+            )
+            if live is not None
+            else None
         )
         self._feedback = FeedbackDebouncer(hold_s=media.feedback_hold_s)
         self._next_hint_s = 0.0
@@ -106,6 +127,16 @@ class MediaSession:
             ),
             0,
         )
+
+    @property
+    def busy(self) -> bool:
+        """True while the session costs the node work: live, or ended and not yet judged."""
+        return self.end_reason is None or (self.outcome is None and not self.closed.is_set())
+
+    @property
+    def frames_held(self) -> int:
+        """Video frames this session holds now (sampled and waiting, or kept for the end)."""
+        return len(self._sampler.frames) + (self._live.frames_held if self._live is not None else 0)
 
     def now(self) -> float:
         """Seconds on the session clock (0 = the session object was created)."""
@@ -153,10 +184,19 @@ class MediaSession:
     def _on_track(self, track: MediaStreamTrack) -> None:
         if track.kind not in ("audio", "video"):
             return
+        self._sources[track.kind] = track
         # The recorder must see every frame (its own consumer is only an enqueue); analysis may skip.
         self._spawn(self._record(self._relay.subscribe(track, buffered=True), track.kind))
         if track.kind == "video":
             self._spawn(self._analyse(self._relay.subscribe(track, buffered=False)))
+
+    def subscribe(self, kind: str) -> MediaStreamTrack | None:
+        """A live, unbuffered copy of the peer's `kind` track (None before it arrives or after the end);
+        a slow subscriber skips frames, it never holds back the recorder or the analysis."""
+        source = self._sources.get(kind)
+        if source is None or self.end_reason is not None:
+            return None
+        return self._relay.subscribe(source, buffered=False)
 
     def _mark_media(self, t_s: float) -> None:
         self._last_media_s = t_s
@@ -197,6 +237,8 @@ class MediaSession:
                 continue
             if sampler.keep(round(t_s, 3), rgb):
                 self.stats["frames_sampled"] += 1
+                if self._live is not None:
+                    self._live.offer(round(t_s, 3), rgb)
                 if sampler.in_window(t_s):
                     self.stats["frames_sampled_in_windows"] += 1
             else:
@@ -239,7 +281,8 @@ class MediaSession:
             delivered = self._send(message)
             self._record_event({**message, "delivered": delivered})
             await asyncio.sleep(step.window_s + (step.gap_s if index < len(steps) - 1 else 0.0))
-        self.end(EndedReason.COMPLETED)
+        if self._ends_after_challenge:
+            self.end(EndedReason.COMPLETED)
 
     def _on_connection_state(self) -> None:
         if self.pc.connectionState in ("failed", "closed") and self.end_reason is None:
@@ -265,6 +308,8 @@ class MediaSession:
         await self.pc.close()
         if self._recorder is not None:
             await self._recorder.close()
+        if self._live is not None:
+            await self._live.cancel()
         await asyncio.to_thread(shutil.rmtree, self._workdir, True)
         self.closed.set()
         self._on_closed(self.resource_id)
@@ -343,7 +388,14 @@ class MediaSession:
             # The peer is gone or misbehaving: free its sockets now.
             await self.pc.close()
         self._send({"type": "status", "state": "processing", "t_s": round(self.now(), 3)})
-        result = await self._recorder.close() if self._recorder is not None else None
+        ending = time.monotonic()
+        # The recording's tail and the last analysis chunk finish side by side.
+        result, live = await asyncio.gather(
+            self._recorder.close() if self._recorder is not None else _none(),
+            self._live.finish() if self._live is not None else _none(),
+        )
+        closed_s = time.monotonic() - ending
+        frames = [(h.t_s, h.rgb) for h in live.held] if live is not None else self._sampler.take()
         capture = SessionCapture(
             session_id=self.principal.session_id,
             person_id=self.principal.person_id,
@@ -352,7 +404,7 @@ class MediaSession:
             challenge=self.challenge,
             recording_path=result.path if result else None,
             recording_meta=result.meta if result else {},
-            frames=self._sampler.take(),
+            frames=frames,
             audio_pcm16k=result.audio_pcm16k if result else _empty_pcm(),
             audio_t0_s=result.audio_t0_s if result else None,
             events=sorted(
@@ -362,19 +414,32 @@ class MediaSession:
             ended_reason=reason,
             started_at=self.started_at,
             ended_at=ended_at,
-            stats={**self.stats, **(result.counts if result else {})},
+            stats={**self.stats, **(result.counts if result else {}), **(live.stats if live else {})},
+            live=live,
         )
+        del frames, live, result
         log.info(
             "session ended",
             extra={"session": self.resource_id, "reason": reason.value, **capture.stats},
         )
         try:
             self.outcome = await self._sink.finish(capture)
+            log.info(
+                "session judged",
+                extra={
+                    "session": self.resource_id,
+                    "media_closed_s": round(closed_s, 3),
+                    "judged_s": round(time.monotonic() - ending, 3),
+                },
+            )
             await asyncio.to_thread(shutil.rmtree, self._workdir, True)
         except Exception:
             # Evidence first: keep the work directory so the recording can be recovered.
             log.exception("session sink failed; work directory kept", extra={"workdir": str(self._workdir)})
             self.outcome = {"status": "error", "code": "processing_failed", "retake": True}
+        # The frames and audio are judged: let them go now, not after the linger below.
+        del capture
+        await asyncio.to_thread(return_freed_memory)
         if self.outcome is not None:
             self._send({"type": "outcome", **self.outcome})
         if reason is EndedReason.COMPLETED:
@@ -385,6 +450,10 @@ class MediaSession:
             task.cancel()
         self.closed.set()
         self._on_closed(self.resource_id)
+
+
+async def _none() -> None:
+    return None
 
 
 def _empty_pcm() -> Any:

@@ -19,11 +19,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from media_server.errors import KuzetError, status_for
+from media_server.errors import KuzetError, headers_for, status_for
 from media_server.settings import Settings
 from media_server.webrtc.capture import SessionCapture, SessionSink
 from media_server.webrtc.credentials import WhipAuthenticator
 from media_server.webrtc.ingest import WhipIngest
+from media_server.webrtc.live import LiveFaceAnalysis
 
 SERVER_START_TIMEOUT_S = 10.0
 
@@ -149,13 +150,19 @@ class PacketLoss:
         receiver._handle_rtp_packet = handle
 
 
-def build_whip_app(settings: Settings, authenticator: WhipAuthenticator, sink: SessionSink) -> FastAPI:
+def build_whip_app(
+    settings: Settings,
+    authenticator: WhipAuthenticator,
+    sink: SessionSink,
+    live: LiveFaceAnalysis | None = None,
+) -> FastAPI:
     """A small app with the WHIP and check-in routers and the domain error mapping, without the
-    database or evidence store (create_app + `ingest.install` is the production wiring)."""
+    database or evidence store (create_app + `ingest.install` is the production wiring). `live`: where
+    frames are analysed while a session runs (None: sessions keep their sampled frames, no analysis)."""
     from media_server.api.checkin_page import router as checkin_router
     from media_server.api.whip import router as whip_router
 
-    ingest = WhipIngest(settings, authenticator, sink)
+    ingest = WhipIngest(settings, authenticator, sink, live=live)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -168,7 +175,9 @@ def build_whip_app(settings: Settings, authenticator: WhipAuthenticator, sink: S
 
     @app.exception_handler(KuzetError)
     async def domain_error(_: Request, exc: KuzetError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=status_for(exc))
+        return JSONResponse(
+            {"error": exc.code, "message": str(exc)}, status_code=status_for(exc), headers=headers_for(exc)
+        )
 
     app.include_router(whip_router)
     app.include_router(checkin_router)
@@ -178,11 +187,11 @@ def build_whip_app(settings: Settings, authenticator: WhipAuthenticator, sink: S
 class ServerThread:
     """uvicorn serving `app` on 127.0.0.1:<free port> in a background thread (a real UDP/TCP path)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, port: int = 0) -> None:
         import uvicorn
 
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         )
         self._thread = threading.Thread(target=self._server.run, name="uvicorn-test", daemon=True)
         self.app = app
@@ -286,3 +295,26 @@ def make_test_media(directory: Path, *, seconds: float = 4.0, text: str | None =
 
 def _run(cmd: list[str]) -> None:
     subprocess.run(cmd, check=True, capture_output=True, timeout=60)
+
+
+def offer_sdp(direction: str = "sendonly", kinds: tuple[str, ...] = ("video", "audio")) -> str:
+    """A real aiortc SDP offer (loopback candidates; the peer is closed at once, so nothing connects).
+
+    `sendonly` is what a WHIP publisher offers, `recvonly` what a WHEP viewer offers."""
+    import asyncio
+
+    from aiortc import RTCPeerConnection
+
+    from media_server.webrtc.ice import gather_loopback, rtc_configuration
+
+    async def make() -> str:
+        pc = RTCPeerConnection(rtc_configuration([]))
+        for kind in kinds:
+            pc.addTransceiver(kind, direction=direction)
+        await gather_loopback(pc)
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = str(pc.localDescription.sdp)
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())
