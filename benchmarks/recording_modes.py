@@ -1,12 +1,12 @@
-"""How many concurrent 640x480 WHIP sessions one server process sustains with analysis running.
+"""Recording re-encoded vs remuxed: WHIP sessions through one server process, analysis running.
 
 The server (uvicorn + aiortc, frame sampling with live face/brightness hints, recording, audio
 intake) runs in this process and is measured alone; each client is an aiortc peer in its own
 process sending a moving 640x480@30 picture (VP8) and a 48 kHz tone (Opus). Levels ramp 1, 2, 4, ...
 until frame loss exceeds --max-loss or --max-sessions is reached.
 
-    .venv/bin/python benchmarks/media_sessions.py [--seconds 15] [--max-sessions 8]
-    .venv/bin/python benchmarks/media_sessions.py --recording both --levels 1,2,4 \
+    .venv/bin/python benchmarks/recording_modes.py [--seconds 15] [--max-sessions 8]
+    .venv/bin/python benchmarks/recording_modes.py --recording both --levels 1,2,4 \
         --clip ../shared/data/video/lp_d3.mp4 --seconds 10
 
 Printed per level: frames the clients sent vs frames the server decoded (loss), frames sampled for
