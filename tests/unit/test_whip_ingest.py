@@ -166,7 +166,7 @@ def _assert_complete_recording(seen: RecordedCapture, streams: list[str]) -> Non
         recorded = stats[f"{kind}_frames_recorded"]
         assert recorded > 0 and probe.packets[kind] == recorded, (kind, probe.packets, stats)
         assert probe.frames[kind] >= recorded - 2, (kind, probe.frames, recorded)  # decoder delay only
-        assert probe.monotonic[kind] and probe.first_is_keyframe[kind]
+        assert probe.monotonic[kind] and probe.first_is_keyframe[kind], probe
     assert probe.decode_errors == 0
     # ~30 fps for the seconds the video lasted (the aiortc player paces the y4m at 30 fps)
     assert probe.duration_s["video"] > 1.0
@@ -175,12 +175,11 @@ def _assert_complete_recording(seen: RecordedCapture, streams: list[str]) -> Non
     # restarts its encoder on every >10 % bitrate change, so early on most frames are keyframes)
     assert probe.keyframes["video"] == probe.vp8_bitstream_keyframes == stats["video_keyframes_recorded"] >= 1
     # a frame decoded by the analysis path had its encoded twin recorded
-    assert stats["video_frames_recorded"] >= stats["video_frames_received"]
-    assert (
-        stats["recording_gaps"] == 0 and stats["recorder_dropped"] == 0 and stats["recorder_discarded"] == 0
-    )
+    assert stats["video_frames_recorded"] >= stats["video_frames_received"], stats
+    gaps = [e for e in capture.events if e["type"] == "recording_gap"]
+    assert stats["recording_gaps"] == 0 and not gaps, gaps
+    assert stats["recorder_dropped"] == 0 and stats["recorder_discarded"] == 0, stats
     assert stats["recording_video_frames_missing"] == 0 and stats["recording_audio_frames_missing"] == 0
-    assert not [e for e in capture.events if e["type"] == "recording_gap"]
     meta = capture.recording_meta
     assert meta["format"] == "webm" and meta["codecs"] == {"video": "vp8", "audio": "opus"}
     assert meta["gaps"] == 0 and isinstance(meta["t0_s"], float) and meta["t0_s"] >= 0
