@@ -162,6 +162,15 @@ class WorkerSettings(_Group):
         le=64,
         description="Worker processes for face/voice/PAD engines (per node or `kuzet worker`).",
     )
+    max_job_frame_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=96 * 1024 * 1024,
+        description="Pixels (bytes) of the frames one analysis job carries, at most: a check-in's frames are "
+        "analysed in several jobs, which also spreads one session over the workers. A 20 s check-in at the "
+        "shipped sampling is ~280 frames, ~250 MB at 640x480: one message that large is refused by RabbitMQ "
+        "(128 MiB by default) and would leave the session waiting for its job timeout.",
+    )
 
 
 class CelerySettings(_Group):
