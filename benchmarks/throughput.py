@@ -13,7 +13,9 @@ tests/api/test_breath_api.station_photos) posted by `--clients` concurrent stati
 
 Printed per worker count: tests judged per minute (completed / wall time of the timed batch), and
 p50 / p95 from evidence stored (the last photo or reading row written) to the verdict row, read from the
-database; then the ratio 2 workers / 1 worker. One warm-up batch per worker count is excluded.
+database; the CPU seconds the worker processes spent per judged test (load-independent, unlike the
+rate on a shared machine); then the ratio 2 workers / 1 worker. One warm-up batch per worker count is
+excluded.
 
 `--kind checkin`: recorded check-ins handed to the real session sink (`media_server.checkin.flow.
 finish_session`, as a WHIP session hands its capture over) by `--clients` concurrent sessions: the frames
@@ -60,6 +62,22 @@ def _photo_sets(n: int, photos: int) -> list[tuple[bytes, ...]]:
         if len(out) == n:
             break
     return out
+
+
+def _group_cpu_s(pgids: list[int]) -> float:
+    """CPU seconds (user + system) used so far by every live process of these process groups."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) in pgids:
+            total += (int(fields[11]) + int(fields[12])) / tick
+    return total
 
 
 def _settings(data_dir: Path, pg_url: str, queue: Any) -> Any:
@@ -165,9 +183,10 @@ def _run(n_workers: int, args: argparse.Namespace, photo_sets: list[tuple[bytes,
                 warm, timed = photo_sets[: args.clients], photo_sets[args.clients :]
                 with ThreadPoolExecutor(args.clients) as pool:
                     list(pool.map(one, warm))
-                    start = time.perf_counter()
+                    start, cpu0 = time.perf_counter(), _group_cpu_s([w.pid for w in workers])
                     sessions = list(pool.map(one, timed))
                     wall_s = time.perf_counter() - start
+                    cpu_s = _group_cpu_s([w.pid for w in workers]) - cpu0
                 with services.sessions() as db:
                     lat = []
                     for sid in sessions:
@@ -188,12 +207,14 @@ def _run(n_workers: int, args: argparse.Namespace, photo_sets: list[tuple[bytes,
     per_min = len(sessions) / wall_s * 60
     print(
         f"[{n_workers} worker(s)] {len(sessions)} breath tests ({args.photos} photos) by {args.clients} stations "
-        f"in {wall_s:.1f} s: {per_min:.1f} judged/min; stored->verdict p50 {np.percentile(ms, 50):.0f} ms "
+        f"in {wall_s:.1f} s: {per_min:.1f} judged/min; worker CPU {cpu_s / len(sessions):.1f} s per test; "
+        f"stored->verdict p50 {np.percentile(ms, 50):.0f} ms "
         f"p95 {np.percentile(ms, 95):.0f} ms",
         flush=True,
     )
     return {
         "per_min": per_min,
+        "cpu_s": cpu_s / len(sessions),
         "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)),
     }
@@ -336,9 +357,10 @@ def _run_checkins(n_workers: int, args: argparse.Namespace) -> dict[str, float]:
                     return list(await asyncio.gather(*(one() for _ in range(n))))
 
                 asyncio.run(batch(args.clients))  # warm-up
-                start = time.perf_counter()
+                start, cpu0 = time.perf_counter(), _group_cpu_s([w.pid for w in workers])
                 sessions = asyncio.run(batch(args.checkins))
                 wall_s = time.perf_counter() - start
+                cpu_s = _group_cpu_s([w.pid for w in workers]) - cpu0
                 frames = len(_checkin_capture("-", person, face, speech).frames)
                 with services.sessions() as db:
                     lat = []
@@ -360,12 +382,14 @@ def _run_checkins(n_workers: int, args: argparse.Namespace) -> dict[str, float]:
     per_min = len(sessions) / wall_s * 60
     print(
         f"[{n_workers} worker(s)] {len(sessions)} recorded check-ins ({frames} frames each) by {args.clients} "
-        f"sessions in {wall_s:.1f} s: {per_min:.1f} judged/min; stored->verdict p50 {np.percentile(ms, 50):.0f} ms "
+        f"sessions in {wall_s:.1f} s: {per_min:.1f} judged/min; worker CPU {cpu_s / len(sessions):.1f} s per "
+        f"check-in; stored->verdict p50 {np.percentile(ms, 50):.0f} ms "
         f"p95 {np.percentile(ms, 95):.0f} ms",
         flush=True,
     )
     return {
         "per_min": per_min,
+        "cpu_s": cpu_s / len(sessions),
         "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)),
     }
@@ -390,9 +414,9 @@ def main() -> None:
         runs["recorded check-ins"] = lambda n: _run_checkins(n, args)
     for label, run in runs.items():
         results = {n: run(n) for n in args.workers}
-        print(f"\n{label}\nworkers  judged/min  p50 ms  p95 ms")
+        print(f"\n{label}\nworkers  judged/min  worker CPU s each  p50 ms  p95 ms")
         for n, r in results.items():
-            print(f"{n:7d}  {r['per_min']:10.1f}  {r['p50_ms']:6.0f}  {r['p95_ms']:6.0f}")
+            print(f"{n:7d}  {r['per_min']:10.1f}  {r['cpu_s']:17.1f}  {r['p50_ms']:6.0f}  {r['p95_ms']:6.0f}")
         if 1 in results and 2 in results:
             print(f"ratio 2/1 workers: {results[2]['per_min'] / results[1]['per_min']:.2f}x")
     print(f"load average at the end {os.getloadavg()[0]:.1f} (other processes share these CPUs)")
