@@ -168,6 +168,15 @@ class WorkerSettings(_Group):
         description="Start the in-process pool's workers and load their engines when the service starts "
         "(in the background: the service is up at once), so the first jobs do not pay ~2-5 s per worker.",
     )
+    max_job_frame_bytes: int = Field(
+        32 * 1024 * 1024,
+        ge=1024 * 1024,
+        le=96 * 1024 * 1024,
+        description="Pixels (bytes) of the frames one analysis job carries, at most: a check-in's frames are "
+        "analysed in several jobs, which also spreads one session over the workers. A 20 s check-in at the "
+        "shipped sampling is ~280 frames, ~250 MB at 640x480: one message that large is refused by RabbitMQ "
+        "(128 MiB by default) and would leave the session waiting for its job timeout.",
+    )
 
 
 class CelerySettings(_Group):

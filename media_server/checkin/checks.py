@@ -232,6 +232,36 @@ class CheckinChecks:
     face_analyses: list[FaceAnalysis]
 
 
+def frame_chunks(frames: list[npt.NDArray[np.uint8]], max_bytes: int) -> list[list[npt.NDArray[np.uint8]]]:
+    """Consecutive runs of frames of at most `max_bytes` pixels each (at least one frame per run)."""
+    chunks: list[list[npt.NDArray[np.uint8]]] = []
+    size = max_bytes
+    for frame in frames:
+        if not chunks or size + frame.nbytes > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(frame)
+        size += frame.nbytes
+    return chunks
+
+
+async def _analyse_frames(
+    services: Services, frames: list[npt.NDArray[np.uint8]]
+) -> list[FaceAnalysis] | CheckResult:
+    """Face analyses of every frame, in jobs of bounded size run at once (so one session can use every
+    worker); the first job that fails decides (a TECHNICAL result)."""
+    chunks = frame_chunks(frames, services.settings.workers.max_job_frame_bytes)
+    answers = await asyncio.gather(
+        *(run_engine(services, CheckKind.FACE, face_worker.analyse_frames, chunk) for chunk in chunks)
+    )
+    analyses: list[FaceAnalysis] = []
+    for answer in answers:
+        if isinstance(answer, CheckResult):
+            return answer
+        analyses.extend(answer)
+    return analyses
+
+
 async def run_checkin_checks(services: Services, capture: SessionCapture) -> CheckinChecks:
     """Face, passive anti-spoofing, liveness challenge, AV sync, voice and location for one capture."""
     results: list[CheckResult] = []
@@ -327,7 +357,7 @@ async def _face_checks(
             technical(CheckKind.MEDIA, "no_video", "No video reached the server: check the camera.")
         )
         return results, analyses, times_s
-    got = await run_engine(services, CheckKind.FACE, face_worker.analyse_frames, frames)
+    got = await _analyse_frames(services, frames)
     if isinstance(got, CheckResult):
         results.append(got)
         return results, analyses, times_s
