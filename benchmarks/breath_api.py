@@ -94,7 +94,12 @@ def closed_loop(c: int, per_client: int, send: Callable[[int, int], str]) -> tup
     def client(i: int) -> None:
         for k in range(per_client):
             t0 = time.perf_counter()
-            outcome = send(i, k)
+            try:
+                outcome = send(i, k)
+            except Exception as exc:  # a refused request is counted, not a crashed client
+                with lock:
+                    outcomes[f"error: {str(exc)[:80]}"] += 1
+                continue
             dt = time.perf_counter() - t0
             with lock:
                 times.append(dt)
@@ -309,6 +314,11 @@ def run_ours(
                     c, per_client, lambda i, k, base=base: post(i, sets[base + i * per_client + k])
                 )
                 wall = time.perf_counter() - t0
+                errors = sum(v for key, v in got.items() if key.startswith("error"))
+                if errors:
+                    notes.append(
+                        f"c={c}: {errors} requests refused: {[k for k in got if k.startswith('error')]}"
+                    )
                 # The client threads run in this process too: their CPU is counted (a small share).
                 cpu = _cpu_s(procs) - cpu0
                 s1, n1 = job_stats()
