@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import wave
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,59 @@ def store_artifact(
             details={"artifact_id": row.id, "kind": kind.value, "sha256": stored.sha256, "size": stored.size},
         )
         return StoredRef(row.id, stored.key, stored.sha256, stored.size, kind)
+
+
+@dataclass(frozen=True)
+class NewArtifact:
+    """Bytes to store as one artifact of a session."""
+
+    kind: ArtifactKind
+    content_type: str
+    meta: dict[str, Any]
+    data: bytes
+
+
+def store_artifacts(services: Services, session_id: str, items: Sequence[NewArtifact]) -> list[StoredRef]:
+    """Store several blobs, then commit all their artifact rows and audit entries in ONE transaction
+    (blocking; call in a thread). Same guarantee as `store_artifact` for each (bytes stored, then the row
+    committed, before anything is judged), with one commit and one audit-chain lock per submission."""
+    stored = []
+    for item in items:
+        metadata = {"session-id": session_id, "kind": item.kind.value}
+        put = services.store.put_bytes(item.data, content_type=item.content_type, metadata=metadata)
+        if put.spooled:
+            services.metrics.spooled.inc()
+        stored.append(put)
+    refs: list[StoredRef] = []
+    with services.sessions.begin() as db:
+        for item, put in zip(items, stored, strict=True):
+            row = Artifact(
+                session_id=session_id,
+                key=put.key,
+                sha256=put.sha256,
+                size=put.size,
+                content_type=item.content_type,
+                kind=item.kind,
+                spooled=put.spooled,
+                meta=item.meta,
+            )
+            db.add(row)
+            db.flush()
+            audit.append(
+                db,
+                actor="system",
+                action="evidence_stored",
+                subject_type="session",
+                subject_id=session_id,
+                details={
+                    "artifact_id": row.id,
+                    "kind": item.kind.value,
+                    "sha256": put.sha256,
+                    "size": put.size,
+                },
+            )
+            refs.append(StoredRef(row.id, put.key, put.sha256, put.size, item.kind))
+    return refs
 
 
 def jpeg_bytes(rgb: npt.NDArray[np.uint8], quality: int = 90) -> bytes:

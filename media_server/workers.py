@@ -77,10 +77,32 @@ def engine_groups(settings: Settings) -> dict[str, dict[str, Any]]:
 
 
 def init_engines(models_dir: str, groups: dict[str, dict[str, Any]]) -> None:
-    """Load every engine in this (worker) process."""
+    """Load every engine in this (worker) process, then run each once on a synthetic input."""
     for module_name, group in ENGINE_INITIALISERS:
         module = importlib.import_module(module_name)
         module.init_worker(models_dir, groups.get(group, {}))
+    warm_up_engines()
+
+
+def warm_up_engines() -> None:
+    """One inference per engine on synthetic input, so a job never pays the libraries' first-call set-up
+    (dlib's allocations, torch's first forward pass). A failure here is logged and left to the first job."""
+    import numpy as np
+
+    from identity.face import worker as face_worker
+    from identity.pad import worker as pad_worker
+    from identity.voice import worker as voice_worker
+
+    steps: list[tuple[str, Callable[[], object]]] = [
+        ("face", lambda: face_worker.current_engine().encode_chips([np.zeros((150, 150, 3), np.uint8)])),
+        ("pad", lambda: pad_worker.pad_score_rgb(np.full((240, 320, 3), 128, np.uint8), (100, 60, 220, 180))),
+        ("voice", voice_worker.warm_up),
+    ]
+    for name, step in steps:
+        try:
+            step()
+        except Exception:
+            log.warning("engine warm-up failed", extra={"engine": name}, exc_info=True)
 
 
 def _init_worker(

@@ -3,8 +3,9 @@
 The service's worker pool already holds one `identity.face.engine.FaceEngine` per process (built by
 `identity.face.worker.init_worker`, weights sha256-verified); this adapter reuses it instead of loading
 dlib a second time. Detection, 68 landmarks, chip alignment and the L2-normalised embedding are the
-engine's (single-image settings: full fallbacks, flip TTA), so a breath photo is encoded exactly like an
-enrolment photo and is comparable with the person's enrolled `Template`.
+engine's (single-image settings: full fallbacks, flip TTA), so a breath photo is encoded like an
+enrolment photo and is comparable with the person's enrolled `Template`; with the engine's on-demand flip
+TTA and a `band`, the mirror pass runs only for photos whose distance is near the caller's band.
 
 Distance unit: Euclidean distance between L2-normalised embeddings (0..2; equals sqrt(2 * cosine
 distance)); `sobriety/occlusion_calibration.json` and the `occluded_*_distance` settings are measured in

@@ -61,6 +61,14 @@ def make_executor(models_dir: Path, settings: VoiceSettings, processes: int) -> 
     )
 
 
+def warm_up() -> None:
+    """Run the loaded engine once on 1.5 s of synthetic noise (its first forward pass is the slow one)."""
+    p = _STATE.pipeline
+    if p is not None:
+        noise = 0.05 * np.random.default_rng(0).standard_normal(24000)
+        p.engine.embed(_pcm(noise.astype(np.float32)))
+
+
 def _unavailable() -> dict[str, Any]:
     return CheckResult(
         CheckKind.VOICE,

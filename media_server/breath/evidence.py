@@ -14,7 +14,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from identity.checks import CheckResult, Outcome
-from media_server.artifacts import StoredRef, store_artifact
+from media_server.artifacts import NewArtifact, StoredRef, store_artifacts
 from media_server.breath.episodes import context_of
 from media_server.breath.values import PHOTO_CONTENT_TYPES, SYSTEM_ACTOR, Upload, _Route, _sig
 from media_server.db import audit
@@ -263,37 +263,24 @@ def _photo_content_type(declared: str) -> str:
 
 
 def _store_session_evidence(services: Services, session_id: str, upload: Upload) -> list[StoredRef]:
-    """Reading, signature and photos as artifacts of the session (each hashed, stored and committed)."""
-    refs = [
-        store_artifact(
-            services,
-            session_id,
-            ArtifactKind.READING,
-            "application/json",
-            {"what": "breath_reading"},
-            data=upload.reading,
-        ),
-        store_artifact(
-            services,
-            session_id,
-            ArtifactKind.OTHER,
-            "text/plain",
-            {"what": "reading_signature"},
-            data=upload.signature.encode("utf-8"),
+    """Reading, signature and photos as artifacts of the session (each hashed and stored, then all rows
+    committed in one transaction)."""
+    items = [
+        NewArtifact(ArtifactKind.READING, "application/json", {"what": "breath_reading"}, upload.reading),
+        NewArtifact(
+            ArtifactKind.OTHER, "text/plain", {"what": "reading_signature"}, upload.signature.encode("utf-8")
         ),
     ]
     for index, (name, data, content_type) in enumerate(upload.photos):
-        refs.append(
-            store_artifact(
-                services,
-                session_id,
+        items.append(
+            NewArtifact(
                 ArtifactKind.PHOTO,
                 _photo_content_type(content_type),
                 {"what": "breath_photo", "field": name, "index": index},
-                data=data,
+                data,
             )
         )
-    return refs
+    return store_artifacts(services, session_id, items)
 
 
 def _store_loose_evidence(services: Services, upload: Upload) -> list[dict[str, Any]]:
