@@ -43,7 +43,12 @@ class Profile:
 
     @contextlib.contextmanager
     def settings(self, data_dir: Path, **overrides: Any) -> Iterator[Settings]:
-        """Settings for one app on this profile; a PostgreSQL database made for it is dropped afterwards."""
+        """Settings for one app on this profile; a PostgreSQL database made for it is dropped afterwards.
+
+        API tests start one app per test: warming two engine processes at each start would cost more CPU
+        than the tests themselves, so the pool starts on its first job here (`workers.warm_at_start`
+        off). The e2e servers and tests/unit/test_worker_warm.py run with the shipped default (on)."""
+        overrides.setdefault("workers", {"warm_at_start": False})
         if self.name == "sqlite":
             yield Settings(data_dir=data_dir, models={"dir": MODELS_DIR}, **overrides)
             return

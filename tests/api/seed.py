@@ -481,7 +481,10 @@ def app_settings(data_dir: Path) -> Any:
     """Settings for a test app: SQLite and the local evidence directory under `data_dir`."""
     from media_server.settings import Settings
 
-    return Settings(data_dir=data_dir, models={"dir": Path("var/models").resolve()})
+    # One app per test: the engine pool starts on its first job (see tests/api/conftest.Profile.settings).
+    return Settings(
+        data_dir=data_dir, models={"dir": Path("var/models").resolve()}, workers={"warm_at_start": False}
+    )
 
 
 @contextlib.contextmanager

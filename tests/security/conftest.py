@@ -54,6 +54,7 @@ def settings_for(data_dir: Path, database_url: str) -> Settings:
         data_dir=data_dir,
         database={"url": database_url},
         models={"dir": Path("var/models").resolve()},
+        workers={"warm_at_start": False},  # one app per test: the pool starts on its first job
     )
 
 
