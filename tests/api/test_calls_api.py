@@ -173,6 +173,14 @@ def test_call_errors_are_clear_4xx(api: Api) -> None:
     checkin = api.client.post(f"/api/v1/persons/{person_id}/checkins", headers=officer, json={})
     assert checkin.status_code == 201
     assert api.client.get(f"/api/v1/calls/{checkin.json()['session_id']}", headers=officer).status_code == 404
+    # A call is not a check-in kind nor a schedule kind.
+    r = api.client.post(f"/api/v1/persons/{person_id}/checkins", headers=officer, json={"kind": "call"})
+    assert r.status_code == 422
+    rule = {"type": "daily", "windows": [{"start": "09:00", "end": "10:00"}]}
+    r = api.client.post(
+        f"/api/v1/persons/{person_id}/schedules", headers=officer, json={"kind": "call", "rule": rule}
+    )
+    assert r.status_code == 422
     # Watching a check-in that is not in progress on this server.
     watch = api.client.post(
         f"/api/v1/sessions/{checkin.json()['session_id']}/whep",
