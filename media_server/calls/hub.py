@@ -161,10 +161,6 @@ class CallHub:
         self.start_probe(call)
         return resource_id, answer
 
-    def publish_resource(self, call_id: str) -> str | None:
-        """The resource id of the call's publish (for its DELETE)."""
-        return self._publish_ids.get(call_id)
-
     def start_probe(self, call: CheckSession) -> None:
         """Start the live face probe of a call (once)."""
         if call.id not in self.probes:
@@ -176,6 +172,16 @@ class CallHub:
             )
             self.probes[call.id] = probe
             probe.start()
+
+    async def unpublish(self, call_id: str, resource_id: str) -> str | None:
+        """The officer's DELETE: the publish ends and its recording is stored now (the call goes on; the
+        officer may publish again, which records anew). The artifact id, if anything was recorded."""
+        if self._publish_ids.get(call_id) != resource_id:
+            raise NotFoundError("no such publish")
+        artifact = await self._store_officer_recording(call_id)
+        self.publishes.pop(call_id, None)
+        self._publish_ids.pop(call_id, None)
+        return artifact
 
     async def _store_officer_recording(self, call_id: str) -> str | None:
         """Finish the officer's recording and store it as evidence of the call; the artifact id."""
