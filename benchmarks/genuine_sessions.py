@@ -14,6 +14,12 @@ person doing only some actions). Only lp_d12 and lp_d3 can answer default challe
 GRID speakers cannot turn, so `--grid` adds sessions with a one-blink + read-digits challenge at the
 default windows for them (a non-default challenge design, reported on its own line).
 
+Every person is also enrolled for spoken digits (as the officer does at enrolment): each simulated person
+is given the voice of one Free Spoken Digit Dataset speaker (../shared/data/voice/fsdd); the first
+`--enrol-takes` takes of each digit enrol through the officer API, and at a check-in the person says the
+prompted digits with that speaker's OTHER takes (held out), whatever the clip shows. The wrong-digits
+attack says a string that differs in every digit in the same voice; a replay or a still says nothing.
+
 Prints: auto-PASS rate (REVIEW counts against), per-check pass rates (blink judged), per attack kind
 the share that PASSes.
 
@@ -41,6 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 SHARED = Path(os.environ.get("KUZET_SHARED_DIR", ROOT.parent / "shared"))
 VIDEO_DIR = SHARED / "data" / "video"
+FSDD_DIR = SHARED / "data" / "voice" / "fsdd"
 PASSWORD = "benchmark-password-1"
 CAMERAS = ((640, 480, 15.0), (480, 640, 15.0), (640, 480, 24.0), (480, 640, 24.0))
 DEFAULT_PEOPLE = ("lp_d12", "lp_d3")
@@ -62,6 +69,33 @@ def enrolment_frames(clip: Any) -> list[bytes]:
     n = len(clip.frames)
     picks = [int(look.start_s * clip.fps), n // 2, max(n - 5, 0)]
     return [_png(clip.frames[min(i, n - 1)]) for i in picks]
+
+
+def _wav(pcm16k: Any) -> bytes:
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.asarray(pcm16k, dtype=np.float32), 16000, format="WAV", subtype="PCM_16")
+    return buf.getvalue()
+
+
+def digit_voices(enrol_takes: int) -> dict[str, tuple[dict[str, list[Any]], dict[str, list[Any]]]]:
+    """{FSDD speaker: (enrolment takes at 16 kHz, held-out takes at 48 kHz)} per digit."""
+    from scipy.signal import resample_poly
+
+    from identity.voice.digits_data import fsdd_takes
+
+    out = {}
+    for speaker, per_digit in sorted(fsdd_takes(FSDD_DIR).items()):
+        if any(len(per_digit.get(str(d), [])) <= enrol_takes for d in range(10)):
+            continue
+        enrol = {d: t[:enrol_takes] for d, t in per_digit.items()}
+        held = {
+            d: [resample_poly(np.asarray(x, np.float64), 3, 1).astype(np.float32) for x in t[enrol_takes:]]
+            for d, t in per_digit.items()
+        }
+        out[speaker] = (enrol, held)
+    return out
 
 
 def draw_challenge(rng: np.random.Generator, actions: set[str], settings: Any) -> Any | None:
@@ -105,6 +139,7 @@ class Bench:
         self.app = create_app(self.settings)
         self.server = ServerThread(self.app)
         self.people: dict[str, str] = {}
+        self.voices: dict[str, dict[str, list[Any]]] = {}
 
     def __enter__(self) -> Bench:
         self.server.__enter__()
@@ -146,6 +181,24 @@ class Bench:
             self.people[name] = pid
         else:
             print(f"  enrolment of {name} refused: {e.status_code} {e.text[:300]}")
+        return ok
+
+    def enrol_digits(
+        self, name: str, voice: str, takes: dict[str, list[Any]], held: dict[str, list[Any]]
+    ) -> bool:
+        files = [
+            (f"digit_{d}", (f"{voice}_{d}_{i}.wav", _wav(x), "audio/wav"))
+            for d, xs in sorted(takes.items())
+            for i, x in enumerate(xs)
+        ]
+        r = self.http.post(
+            f"/api/v1/persons/{self.people[name]}/enrolments/digits", files=files, headers=self.headers
+        )
+        ok = r.status_code == 201 and bool(r.json().get("enrolled"))
+        if ok:
+            self.voices[name] = held
+        else:
+            print(f"  digit enrolment of {name} ({voice}) refused: {r.status_code} {r.text[:300]}")
         return ok
 
     def link(self, name: str, challenge: Any) -> tuple[str, str]:
@@ -211,6 +264,8 @@ def run_one(
         camera,
         seed,
         foreign,
+        None,
+        bench.voices.get(clip.name),
     ).result()
     decision, checks = bench.verdict(session_id)
     stats = bench.stats(session_id)
@@ -229,6 +284,7 @@ def run_one(
         "feedback": run["feedback"],
         "seconds": time.monotonic() - started,
         "outcome_received": run["outcome"] is not None,
+        "said": run.get("said", []),
     }
 
 
@@ -238,7 +294,14 @@ def show(row: dict[str, Any]) -> None:
         if c.kind.value in ("location",):
             continue
         label = c.details.get("step_kind", c.kind.value)
-        parts.append(f"{label}={c.outcome.value}({c.code})")
+        extra = ""
+        if c.kind.value == "pad" and c.outcome.value != "pass":
+            frames = c.details.get("frames") or []
+            extra = "[" + ",".join(f"{f.get('score') or 0:.2f}" for f in frames) + "]"
+            extra += f"{c.score:.2f}" if c.score is not None else ""
+        if c.kind.value == "spoken_digits" and c.code != "not_enrolled":
+            extra = f"[{c.details.get('digits', '')}->{c.details.get('recognised', '')}]"
+        parts.append(f"{label}={c.outcome.value}({c.code}){extra}")
     fb = Counter(row["feedback"])
     print(
         f"  {row['mode']:13} {row['clip']:12} {row['camera']:11} {row['decision']:7} {row['seconds']:5.1f}s "
@@ -285,6 +348,8 @@ def main() -> None:
     ap.add_argument("--attacks", type=int, default=1, help="sessions per attack kind")
     ap.add_argument("--grid", type=int, default=0, help="genuine GRID sessions (blink + read digits)")
     ap.add_argument("--seed", type=int, default=14)
+    ap.add_argument("--enrol-takes", type=int, default=3, help="FSDD takes per digit that enrol")
+    ap.add_argument("--no-digits", action="store_true", help="do not enrol spoken digits (the old setup)")
     args = ap.parse_args()
 
     from identity.liveness.config import LivenessSettings
@@ -310,6 +375,14 @@ def main() -> None:
         wanted = list(DEFAULT_PEOPLE) + ([n for n in clips if n.startswith("grid_")] if args.grid else [])
         for name in wanted:
             bench.enrol(name, enrolment_frames(clips[name]))
+        voices = {} if args.no_digits else digit_voices(args.enrol_takes)
+        for k, name in enumerate(n for n in wanted if n in bench.people and voices):
+            speaker = sorted(voices)[k % len(voices)]
+            bench.enrol_digits(name, speaker, *voices[speaker])
+        print(
+            f"spoken digits enrolled: {len(bench.voices)} of {len(bench.people)} people "
+            f"({args.enrol_takes} FSDD takes per digit; check-ins say held-out takes)"
+        )
         genuine: list[dict[str, Any]] = []
         grid_rows: list[dict[str, Any]] = []
         attacks: dict[str, list[dict[str, Any]]] = defaultdict(list)

@@ -1,24 +1,33 @@
-"""How many concurrent 640x480 WHIP sessions one server process sustains with analysis running.
+"""Concurrent real check-ins through the real service: frame loss, recording gaps, CPU, verdict latency.
 
-The server (uvicorn + aiortc, frame sampling with live face/brightness hints, recording, audio
-intake) runs in this process and is measured alone; each client is an aiortc peer in its own
-process sending a moving 640x480@30 picture (VP8) and a 48 kHz tone (Opus). Levels ramp 1, 2, 4, ...
-until frame loss exceeds --max-loss or --max-sessions is reached.
+The service (`create_app`: SQLite, local evidence store, the local worker pool doing live analysis, the
+real verdict path) runs in this process. Each phone is its own process: the project's simulator
+(`media_server.simulator`) plays a real clip from ../shared/data/video (lp_d12, lp_d3, lp_d19:
+letterboxed to 640x480 at 15 fps, with its own audio) and answers the shipped-default challenge's
+prompts with labelled segments of the clip. People are enrolled from 3 frames of their clip first.
 
-    .venv/bin/python benchmarks/media_sessions.py [--seconds 15] [--max-sessions 8]
+For each level (1, 2, 4, 8 concurrent sessions started together) it prints: frames the phones sent vs
+frames the server decoded (network loss), frames missing from the recording (decoded but not
+recorded), frames sampled and analysed per session, server-side CPU-seconds per session (this
+process + the analysis workers, not the phones), verdict latency after the person stops (the
+server's "processing" message to the outcome message, on the phone) p50/p95, and how many offers
+admission control refused (503 + Retry-After; the phone retries like the check-in page). Server RSS is
+printed idle before the run, at its peak, and idle after it.
 
-Printed per level: frames the clients sent vs frames the server decoded (loss), frames sampled for
-analysis, frames the recorder had to drop, server CPU (process CPU time / wall time over the window
-in which every client was streaming, 100% = one core) and CPU per session.
+    .venv/bin/python benchmarks/media_sessions.py [--levels 1 2 4 8] [--no-admission]
+
+--no-admission lifts media.max_live_sessions, to see where the node breaks without it (that is how the
+shipped default was chosen). The machine is shared: say what else was running (the load is printed).
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
-import fractions
+import contextlib
+import io
 import multiprocessing
 import os
+import statistics
 import sys
 import tempfile
 import threading
@@ -28,175 +37,317 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WIDTH, HEIGHT, FPS = 640, 480, 30
-AUDIO_RATE, AUDIO_SAMPLES = 48000, 960
-DRAIN_S = 2.0  # after the clients stop sending, frames still in flight may arrive
+VIDEO_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "video"
+CLIPS = ("lp_d12", "lp_d3", "lp_d19")
+CAMERA = (640, 480, 15.0)
+RETRY_FOR_S = 300.0
+_TICK = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
-# --- client side (child processes) ------------------------------------------------------------
+# --- /proc readings (no psutil here) ---------------------------------------------------------------
 
 
-def _client_main(url: str, token: str, seconds: float, results: Any) -> None:
+def _cpu_s(pid: int) -> float:
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / _TICK
+    return 0.0
+
+
+def _rss_mb(pid: int) -> float:
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        return int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * _PAGE / 2**20
+    return 0.0
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError, IndexError):
+                if int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1]) == pid:
+                    out.append(int(entry.name))
+    return out
+
+
+class Meter:
+    """Server process and its analysis workers (children that are not phones): CPU and RSS."""
+
+    def __init__(self) -> None:
+        self.me = os.getpid()
+        self.phones: set[int] = set()
+        self.peak_server_mb = 0.0
+        self.peak_workers_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, daemon=True)
+
+    def workers(self) -> list[int]:
+        return [p for p in _children(self.me) if p not in self.phones]
+
+    def cpu_s(self) -> tuple[float, float]:
+        """CPU-seconds so far of (this process, the analysis workers)."""
+        return _cpu_s(self.me), sum(_cpu_s(p) for p in self.workers())
+
+    def rss(self) -> tuple[float, float]:
+        return _rss_mb(self.me), sum(_rss_mb(p) for p in self.workers())
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.25):
+            server, workers = self.rss()
+            self.peak_server_mb = max(self.peak_server_mb, server)
+            self.peak_workers_mb = max(self.peak_workers_mb, workers)
+
+    def __enter__(self) -> Meter:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+# --- the phone (a child process) -------------------------------------------------------------------
+
+
+def _phone(url: str, token: str, clip: str, seed: int, retry_after_s: float, results: Any) -> None:
+    import asyncio
+
     try:
-        results.put({**asyncio.run(_client(url, token, seconds, results.put)), "event": "done"})
+        results.put(asyncio.run(_phone_session(url, token, clip, seed, retry_after_s)))
     except Exception as exc:
-        results.put({"token": token, "event": "done", "error": f"{type(exc).__name__}: {exc}"})
+        results.put({"token": token, "error": f"{type(exc).__name__}: {exc}"})
 
 
-async def _client(url: str, token: str, seconds: float, report: Any) -> dict[str, Any]:
+async def _phone_session(url: str, token: str, clip: str, seed: int, retry_after_s: float) -> dict[str, Any]:
+    import asyncio
+
     import numpy as np
-    from aiortc import AudioStreamTrack, VideoStreamTrack
-    from av import AudioFrame, VideoFrame
-    from PIL import Image
-    from skimage import data
 
-    from media_server.station_client import WhipClient
+    from media_server.simulator.client import CameraSpec, PerformerAudio, PerformerVideo, _cached_clip, _Clock
+    from media_server.simulator.performer import Mode, Performer
+    from media_server.station_client import WhipClient, WhipError
 
-    face = np.asarray(Image.fromarray(data.astronaut()).resize((HEIGHT, HEIGHT)))
-    canvas = np.full((HEIGHT, WIDTH, 3), 128, np.uint8)
-    canvas[:, (WIDTH - HEIGHT) // 2 : (WIDTH + HEIGHT) // 2] = face
-    # A slowly swaying picture: the encoder has real motion to code, like a hand-held phone.
-    pictures = [
-        VideoFrame.from_ndarray(np.roll(canvas, int(8 * np.sin(i / 5)), axis=1), format="rgb24").reformat(
-            format="yuv420p"
-        )
-        for i in range(FPS)
-    ]
-
-    class Video(VideoStreamTrack):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self.sent = 0
-            self.sending = True
-            self.first_sent = asyncio.Event()
-
-        async def recv(self) -> VideoFrame:
-            pts, time_base = await self.next_timestamp()
-            frame = pictures[self.sent % len(pictures)]
-            frame.pts, frame.time_base = pts, time_base
-            if not self.sending:
-                await asyncio.sleep(3600)  # stop sending; the peer is closed before this returns
-            self.sent += 1
-            self.first_sent.set()
-            return frame
-
-    tone = (0.2 * 32767 * np.sin(2 * np.pi * 220 * np.arange(AUDIO_SAMPLES * 50) / AUDIO_RATE)).astype(
-        np.int16
-    )
-
-    class Tone(AudioStreamTrack):  # type: ignore[misc]
-        def __init__(self) -> None:
-            super().__init__()
-            self._n = 0
-
-        async def recv(self) -> AudioFrame:
-            frame = await super().recv()  # paced silence, 20 ms
-            chunk = tone[(self._n % 50) * AUDIO_SAMPLES : (self._n % 50 + 1) * AUDIO_SAMPLES]
-            self._n += 1
-            out = AudioFrame.from_ndarray(chunk.reshape(1, -1), format="s16", layout="mono")
-            out.sample_rate, out.pts, out.time_base = AUDIO_RATE, frame.pts, fractions.Fraction(1, AUDIO_RATE)
-            return out
-
-    video, audio = Video(), Tone()
-    client = WhipClient(url, token, loopback_only=True)
+    refused = 0
+    waited = 0.0
+    started = time.monotonic()
+    while True:
+        rng = np.random.default_rng(seed)
+        performer = Performer(_cached_clip(str(VIDEO_DIR), clip), Mode.GENUINE, rng, reaction_s=0.6)
+        clock = _Clock()
+        video = PerformerVideo(performer, CameraSpec(*CAMERA), clock, seed)
+        audio = PerformerAudio(performer, clock)
+        client = WhipClient(url, token, loopback_only=True)
+        try:
+            await client.publish([video, audio])
+            break
+        except WhipError as exc:
+            await client.close()
+            video.stop()
+            audio.stop()
+            if exc.status != 503 or time.monotonic() - started > RETRY_FOR_S:
+                raise
+            refused += 1
+            await asyncio.sleep(retry_after_s)
+            waited += retry_after_s
+    t_processing = t_outcome = None
+    outcome: dict[str, Any] | None = None
     try:
-        await client.publish([video, audio])
         await asyncio.wait_for(client.channel_open.wait(), 30)
-        await video.first_sent.wait()
-        report({"token": token, "event": "started"})
-        started = time.monotonic()
-        await asyncio.sleep(seconds)
-        video.sending = False
-        sent, elapsed = video.sent, time.monotonic() - started
-        report({"token": token, "event": "stopped"})
-        await asyncio.sleep(DRAIN_S)
+        client.send({"type": "location", "lat": 43.2389, "lon": 76.8897, "accuracy_m": 25.0})
+        while True:
+            message = await asyncio.wait_for(client.messages.get(), 120)
+            kind = message.get("type")
+            if kind == "prompt":
+                step = str(message.get("step", ""))
+                performer.on_prompt(clock.now(), step)
+                client.send({"type": "ack", "step": step, "index": message.get("index")})
+            elif kind == "status" and message.get("state") == "processing":
+                t_processing = time.monotonic()
+                video.stop()  # the person stops: nothing more is sent
+            elif kind == "outcome":
+                t_outcome = time.monotonic()
+                outcome = message
+                break
         await client.delete()
     finally:
         await client.close()
-    return {"token": token, "sent": sent, "send_s": elapsed}
+        video.stop()
+        audio.stop()
+    return {
+        "token": token,
+        "sent": video._n,
+        "refused": refused,
+        "waited_s": waited,
+        "latency_s": (t_outcome - t_processing) if t_processing and t_outcome else None,
+        "decision": (outcome or {}).get("decision"),
+    }
 
 
-# --- server side (this process) ---------------------------------------------------------------
+# --- setup through the real API --------------------------------------------------------------------
 
 
-class StatsSink:
-    """Keeps only each capture's counters (frames are dropped at once)."""
+def _png(rgb: Any) -> bytes:
+    from PIL import Image
 
-    def __init__(self) -> None:
-        self.stats: dict[str, dict[str, Any]] = {}
-        self._cond = threading.Condition()
-
-    async def finish(self, capture: Any) -> None:
-        with self._cond:
-            self.stats[capture.person_id] = {**capture.stats, "reason": capture.ended_reason.value}
-            self._cond.notify_all()
-
-    def wait_for(self, people: set[str], timeout_s: float) -> None:
-        with self._cond:
-            self._cond.wait_for(lambda: people <= set(self.stats), timeout_s)
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG")
+    return buf.getvalue()
 
 
-def run_level(url: str, tokens: Any, sink: StatsSink, n: int, seconds: float, level: int) -> dict[str, Any]:
+class _ClipLabels:
+    """What the challenge choice needs of a clip (its labelled actions), without its frames."""
+
+    def __init__(self, clip: Any) -> None:
+        self._actions = clip.actions()
+
+    def actions(self) -> Any:
+        return self._actions
+
+
+def _challenge_for(clip: Any, seed: int) -> Any:
+    import numpy as np
+
+    from identity.liveness.challenge import make_challenge
+    from identity.liveness.config import LivenessSettings
+
+    actions = {a.value for a in clip.actions()}
+    rng = np.random.default_rng(seed)
+    for _ in range(1000):
+        c = make_challenge(rng, LivenessSettings())
+        if all(s.kind.value in actions for s in c.steps if s.kind.value != "read_digits"):
+            return c
+    raise RuntimeError("no shipped challenge fits the clip")
+
+
+def _enrol(client: Any, officer: dict[str, str], name: str, clip: Any) -> str:
+    from media_server.simulator.performer import Action
+
+    person = client.post(
+        "/api/v1/persons", json={"external_ref": name, "display_name": name}, headers=officer
+    )
+    person_id = str(person.json()["id"])
+    look = next(s for s in clip.segments if s.action is Action.LOOK)
+    n = len(clip.frames)
+    picks = [int(look.start_s * clip.fps), n // 2, n - 5]
+    files = [("images", (f"f{j}.png", _png(clip.frames[k]), "image/png")) for j, k in enumerate(picks)]
+    r = client.post(f"/api/v1/persons/{person_id}/enrolments/face", files=files, headers=officer)
+    if r.status_code != 201 or not r.json().get("enrolled"):
+        raise RuntimeError(f"enrolment of {name} failed: {r.text}")
+    return person_id
+
+
+def _links(
+    client: Any,
+    officer: dict[str, str],
+    services: Any,
+    people: dict[str, str],
+    clips: dict[str, Any],
+    n: int,
+    level: int,
+) -> list[tuple[str, str, str]]:
+    from media_server.db.models import CheckSession
+
+    out = []
+    for i in range(n):
+        name = CLIPS[i % len(CLIPS)]
+        r = client.post(
+            f"/api/v1/persons/{people[name]}/checkins", json={"window_minutes": 30}, headers=officer
+        )
+        body = r.json()
+        with services.sessions.begin() as db:
+            row = db.get(CheckSession, body["session_id"])
+            row.challenge = _challenge_for(clips[name], 100 * level + i).to_dict()
+        out.append((body["session_id"], body["url"].rsplit("/", 1)[-1], name))
+    return out
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, round(q * (len(s) - 1))))]
+
+
+def run_level(
+    server_url: str, services: Any, meter: Meter, links: list[tuple[str, str, str]], level: int
+) -> dict[str, Any]:
+    from media_server.db.models import CheckSession, Verdict
+
     ctx = multiprocessing.get_context("spawn")
     results = ctx.Queue()
-    people = {f"bench-{level}-{i}": tokens.issue(f"bench-{level}-{i}", kind="station") for i in range(n)}
-    by_token = {token: person for person, token in people.items()}
-    procs = [ctx.Process(target=_client_main, args=(url, t, seconds, results)) for t in people.values()]
+    retry_after = float(services.settings.media.busy_retry_after_s)
+    procs = [
+        ctx.Process(
+            target=_phone, args=(server_url + "/whip", token, name, 7 * level + i, retry_after, results)
+        )
+        for i, (_, token, name) in enumerate(links)
+    ]
+    cpu0, wall0 = meter.cpu_s(), time.monotonic()
     for p in procs:
         p.start()
-    # CPU is measured over the steady window: from the last client streaming to the first stopping.
-    cpu0 = wall0 = cpu1 = wall1 = None
-    started = stopped = 0
-    client_results: list[dict[str, Any]] = []
-    while len(client_results) < n:
-        message = results.get(timeout=seconds + 180)
-        if message["event"] == "started":
-            started += 1
-            if started == n:
-                cpu0, wall0 = time.process_time(), time.monotonic()
-        elif message["event"] == "stopped":
-            stopped += 1
-            if stopped == 1 and cpu0 is not None:
-                cpu1, wall1 = time.process_time(), time.monotonic()
-        else:
-            client_results.append(message)
-            if cpu0 is not None and cpu1 is None:
-                cpu1, wall1 = time.process_time(), time.monotonic()
-    sink.wait_for(set(people), timeout_s=60)
+        if p.pid is not None:
+            meter.phones.add(p.pid)
+    phones = [results.get(timeout=RETRY_FOR_S + 300) for _ in procs]
     for p in procs:
         p.join(timeout=30)
-    window = (wall1 - wall0) if wall0 is not None and wall1 is not None else float("nan")
-    cpu = (cpu1 - cpu0) if cpu0 is not None and cpu1 is not None else float("nan")
-    errors = [r["error"] for r in client_results if "error" in r]
-    sent = received = sampled = dropped = 0
-    worst = 0.0
-    for r in client_results:
-        if "error" in r:
-            continue
-        s = sink.stats.get(by_token[r["token"]], {})
-        got = s.get("video_frames_received", 0)
-        # aiortc's jitter buffer completes a frame when the next frame's first packet arrives, so
-        # the last frame a client sends is never decoded: it is not counted as lost.
-        decodable = max(r["sent"] - 1, 0)
-        sent += decodable
-        received += min(got, decodable)
-        sampled += s.get("frames_sampled", 0)
-        dropped += s.get("recorder_dropped", 0)
-        worst = max(worst, 1 - min(got, decodable) / max(decodable, 1))
+    # The gallery update runs after the reply: wait until every verdict is written and the pool is idle.
+    deadline = time.monotonic() + 120
+    ids = [sid for sid, _, _ in links]
+    while time.monotonic() < deadline:
+        with services.sessions() as db:
+            if sum(1 for sid in ids if db.query(Verdict).filter(Verdict.session_id == sid).first()) == len(
+                ids
+            ):
+                break
+        time.sleep(0.5)
+    while services.background and time.monotonic() < deadline:
+        time.sleep(0.2)
+    cpu1, wall1 = meter.cpu_s(), time.monotonic()
+    by_token = {token: sid for sid, token, _ in links}
+    stats: list[dict[str, Any]] = []
+    with services.sessions() as db:
+        for r in phones:
+            if "error" in r:
+                continue
+            row = db.get(CheckSession, by_token[r["token"]])
+            s = dict((row.meta or {}).get("stats", {})) if row else {}
+            s["duration_s"] = (
+                (row.ended_at - row.started_at).total_seconds()
+                if row and row.ended_at and row.started_at
+                else float("nan")
+            )
+            stats.append({**s, **r})
+    n_ok = max(len(stats), 1)
+    sent = sum(
+        max(s["sent"] - 1, 0) for s in stats
+    )  # the last frame sent is never completed by the jitter buffer
+    decoded = sum(s.get("video_frames_received", 0) for s in stats)
+    missing = sum(
+        max(s.get("video_frames_received", 0) - s.get("video_frames_recorded", 0), 0)
+        + s.get("recorder_dropped", 0)
+        for s in stats
+    )
+    latencies = [s["latency_s"] for s in stats if s.get("latency_s") is not None]
     return {
-        "n": n,
-        "errors": errors,
-        "sent": sent,
-        "received": received,
-        "loss": 1 - received / max(sent, 1),
-        "worst_loss": worst,
-        "fps": received / max(n, 1) / seconds,
-        "reasons": sorted({sink.stats.get(p, {}).get("reason", "?") for p in people}),
-        "sampled": sampled,
-        "recorder_dropped": dropped,
-        "cpu_core": cpu / window,
-        "cpu_per_session": cpu / window / n,
-        "window_s": window,
+        "n": len(links),
+        "errors": [r["error"] for r in phones if "error" in r],
+        "loss": 1 - min(decoded, sent) / max(sent, 1),
+        "missing": missing,
+        "sampled": sum(s.get("frames_sampled", 0) for s in stats) / n_ok,
+        "analysed": sum(s.get("frames_analysed", 0) for s in stats) / n_ok,
+        "not_analysed": sum(
+            s.get("frames_analysis_dropped", 0) + s.get("frames_analysis_failed", 0) for s in stats
+        ),
+        "cpu_per_session": (cpu1[0] + cpu1[1] - cpu0[0] - cpu0[1]) / n_ok,
+        "cpu_server": (cpu1[0] - cpu0[0]) / n_ok,
+        "cpu_workers": (cpu1[1] - cpu0[1]) / n_ok,
+        "duration": statistics.mean(s["duration_s"] for s in stats) if stats else float("nan"),
+        "p50": _pct(latencies, 0.5),
+        "p95": _pct(latencies, 0.95),
+        "refused": sum(s.get("refused", 0) for s in stats),
+        "decisions": sorted(str(s.get("decision")) for s in stats),
+        "wall": wall1 - wall0,
     }
 
 
@@ -204,53 +355,75 @@ def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--seconds", type=float, default=15.0, help="Sending time per client per level.")
-    parser.add_argument("--max-sessions", type=int, default=8)
-    parser.add_argument("--max-loss", type=float, default=0.01, help="Stop when frame loss exceeds this.")
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
+    parser.add_argument("--no-admission", action="store_true", help="Lift media.max_live_sessions.")
     args = parser.parse_args()
 
-    from media_server.settings import Settings
-    from media_server.webrtc.credentials import OneTimeTokens
-    from tests.support.webrtc import ServerThread, build_whip_app
+    import gc
 
-    with tempfile.TemporaryDirectory(prefix="kuzet-bench-") as tmp:
-        settings = Settings(
-            data_dir=Path(tmp),
-            media={"loopback_only": True, "max_session_s": 600},
-            # Long prompt windows keep every session in its capture phase for the whole measurement.
-            liveness={"motion_steps": 4, "motion_window_s": 15, "read_digits_window_s": 30},
-        )
-        tokens, sink = OneTimeTokens(), StatsSink()
-        print(f"host: {os.cpu_count()} CPUs; server process pid {os.getpid()}; {args.seconds:g} s per level")
+    import httpx
+
+    from media_server.app import create_app
+    from media_server.db.enums import Role
+    from media_server.settings import Settings
+    from media_server.simulator.client import _cached_clip
+    from media_server.webrtc.live import return_freed_memory
+    from tests.e2e.e2e_service import login, seed_staff
+    from tests.support.webrtc import ServerThread
+
+    media: dict[str, Any] = {"loopback_only": True}
+    if args.no_admission:
+        media["max_live_sessions"] = 1000
+    with tempfile.TemporaryDirectory(prefix="kuzet-bench-") as tmp, Meter() as meter:
+        settings = Settings(data_dir=Path(tmp), media=media)
         print(
-            f"media: {WIDTH}x{HEIGHT}@{FPS} VP8 + Opus; sampling every {settings.media.sample_every_s} s "
-            f"with live hints; recording libx264 {settings.media.record_preset} + AAC"
+            f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start (shared machine); "
+            f"max_live_sessions={settings.media.max_live_sessions}; clips {', '.join(CLIPS)} at "
+            f"{CAMERA[0]}x{CAMERA[1]}@{CAMERA[2]:g}; shipped challenge and analysis settings"
         )
-        header = (
-            f"{'sessions':>8} {'sent':>7} {'decoded':>7} {'loss%':>6} {'worst%':>6} {'fps/sess':>8} "
-            f"{'sampled':>7} {'rec.drop':>8} {'server CPU':>10} {'CPU/session':>11}"
-        )
-        print(header)
-        sustained = 0
-        with ServerThread(build_whip_app(settings, tokens, sink)) as server:
-            n, level = 1, 0
-            while n <= args.max_sessions:
-                r = run_level(server.url, tokens, sink, n, args.seconds, level)
+        clips = {name: _cached_clip(str(VIDEO_DIR), name) for name in CLIPS}
+        app = create_app(settings)
+        with ServerThread(app) as server:
+            services = app.state.services
+            seed_staff(services)
+            with httpx.Client(base_url=server.url, timeout=300) as client:
+                officer = login(client, Role.OFFICER)
+                people = {name: _enrol(client, officer, name, clip) for name, clip in clips.items()}
+                # Only the clips' labels stay in this process (the phones decode their own copy).
+                clips = {name: _ClipLabels(clip) for name, clip in clips.items()}
+                _cached_clip.cache_clear()
+                time.sleep(2.0)
+                gc.collect()
+                return_freed_memory()
+                idle_server, idle_workers = meter.rss()
                 print(
-                    f"{n:>8} {r['sent']:>7} {r['received']:>7} {100 * r['loss']:>6.2f} "
-                    f"{100 * r['worst_loss']:>6.2f} {r['fps']:>8.1f} {r['sampled']:>7} "
-                    f"{r['recorder_dropped']:>8} {100 * r['cpu_core']:>9.0f}% "
-                    f"{100 * r['cpu_per_session']:>10.1f}%"
-                    + (f"  errors: {r['errors']}" if r["errors"] else ""),
-                    flush=True,
+                    f"RSS idle (pool warm, people enrolled): server {idle_server:.0f} MB, workers {idle_workers:.0f} MB"
                 )
-                if r["errors"] or r["loss"] > args.max_loss:
-                    break
-                sustained = n
-                n, level = n * 2, level + 1
+                print(
+                    f"{'sessions':>8} {'loss%':>6} {'rec.missing':>11} {'sampled':>7} {'analysed':>8} "
+                    f"{'not.anal':>8} {'CPU-s/sess (media+workers)':>26} {'sess s':>6} {'p50 s':>6} {'p95 s':>6} {'refused':>7}  decisions"
+                )
+                for level, n in enumerate(args.levels):
+                    links = _links(client, officer, services, people, clips, n, level)
+                    r = run_level(server.url, services, meter, links, level)
+                    cpu = f"{r['cpu_per_session']:.2f} ({r['cpu_server']:.2f}+{r['cpu_workers']:.2f})"
+                    print(
+                        f"{r['n']:>8} {100 * r['loss']:>6.2f} {r['missing']:>11} {r['sampled']:>7.0f} "
+                        f"{r['analysed']:>8.0f} {r['not_analysed']:>8} {cpu:>26} "
+                        f"{r['duration']:>6.1f} {r['p50']:>6.2f} {r['p95']:>6.2f} {r['refused']:>7}  "
+                        f"{','.join(r['decisions'])}" + (f"  errors: {r['errors']}" if r["errors"] else ""),
+                        flush=True,
+                    )
+            time.sleep(5.0)
+            gc.collect()
+            return_freed_memory()
+            after_server, after_workers = meter.rss()
         print(
-            f"sustained without frame loss (<= {100 * args.max_loss:g}%): {sustained} concurrent session(s)"
+            f"RSS server: idle {idle_server:.0f} MB, peak {meter.peak_server_mb:.0f} MB, after {after_server:.0f} MB "
+            f"({100 * (after_server / idle_server - 1):+.0f}% of idle); workers: idle {idle_workers:.0f} MB, "
+            f"peak {meter.peak_workers_mb:.0f} MB, after {after_workers:.0f} MB"
         )
+        print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":

@@ -17,11 +17,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from media_server import logs, security
 from media_server.breath import run_episode_clock
-from media_server.errors import KuzetError, status_for
+from media_server.errors import KuzetError, headers_for, status_for
 from media_server.evidence.port import EvidenceError, ObjectLocked
 from media_server.evidence.port import IntegrityError as EvidenceIntegrityError
 from media_server.evidence.port import NotFound as EvidenceNotFound
 from media_server.hygiene import install as install_hygiene
+from media_server.keys import SignerUnavailable
 from media_server.leader import build_lease
 from media_server.links import deliver_link
 from media_server.recovery import run_recovery
@@ -69,6 +70,8 @@ def create_app(
         services = await asyncio.to_thread(build, settings)
         app.state.services = services
         services.background.append(asyncio.create_task(_flush_spool_forever(services)))
+        if settings.workers.warm_at_start:
+            services.background.append(asyncio.create_task(_warm_workers(services)))
         lease = build_lease(settings.redis.url, "scheduler", int(settings.redis.lease_ttl_s * 1000))
         services.background.append(asyncio.create_task(run_recovery(services, lease.acquire)))
         services.background.append(
@@ -122,6 +125,15 @@ def create_app(
     return app
 
 
+async def _warm_workers(services: Services) -> None:
+    """Load the analysis engines now, not on the first job (a failure here is retried by that job)."""
+    try:
+        await asyncio.to_thread(services.workers.warm)
+        log.info("analysis workers warm")
+    except Exception:
+        log.exception("warming the analysis workers failed; they load on the first job")
+
+
 def _error(status: int, code: str, message: str) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, status_code=status)
 
@@ -129,7 +141,9 @@ def _error(status: int, code: str, message: str) -> JSONResponse:
 def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(KuzetError)
     async def domain_error(_: Request, exc: KuzetError) -> JSONResponse:
-        return _error(status_for(exc), exc.code, str(exc))
+        return JSONResponse(
+            {"error": exc.code, "message": str(exc)}, status_code=status_for(exc), headers=headers_for(exc)
+        )
 
     @app.exception_handler(EvidenceError)
     async def evidence_error(_: Request, exc: EvidenceError) -> JSONResponse:
@@ -143,6 +157,14 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, ObjectLocked):
             return _error(409, "evidence_locked", "this artifact is under retention or legal hold")
         return _error(503, "evidence_unavailable", "the evidence store is unavailable; try again shortly")
+
+    @app.exception_handler(SignerUnavailable)
+    async def signer_down(_: Request, exc: SignerUnavailable) -> JSONResponse:
+        # The evidence is stored; the verdict waits for the signer (the recovery sweep or a resend).
+        log.error("the evidence signer failed", extra={"error": str(exc)})
+        response = _error(503, "signer_unavailable", "the evidence signer is unavailable; try again shortly")
+        response.headers["Retry-After"] = str(app.state.settings.database.retry_after_s)
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(_: Request, exc: RequestValidationError) -> JSONResponse:

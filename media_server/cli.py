@@ -593,11 +593,10 @@ def audit_verify(checkpoint_path: Path | None, pubkey: str | None) -> None:
 
 
 def _service_public_key(settings: Settings) -> str:
-    from media_server.keys import SIGNING_KEY_FILE, load_signing_key
+    from media_server.keys import SIGNING_KEY_FILE, load_signing_key, signing_key_configured
     from media_server.package import public_key_b64
 
-    configured = settings.evidence.signing_key_file
-    if configured is None and not (settings.data_dir / SIGNING_KEY_FILE).exists():
+    if not signing_key_configured(settings) and not (settings.data_dir / SIGNING_KEY_FILE).exists():
         raise CheckpointKeyMissing(f"no signing key in {settings.data_dir}; pass --pubkey")
     return public_key_b64(load_signing_key(settings))
 
@@ -678,8 +677,8 @@ def evidence() -> None:
 def evidence_pubkey() -> None:
     """Print the evidence signing public key (base64) and its SHA-256 fingerprint.
 
-    The key is KUZET_EVIDENCE__SIGNING_KEY_FILE (shared by every node), else the data_dir key (created on
-    first use)."""
+    The key is KUZET_EVIDENCE__SIGNING_KEY (file:, env: or command:, the same on every node) or
+    KUZET_EVIDENCE__SIGNING_KEY_FILE, else the data_dir key (created on first use)."""
     from media_server.keys import load_signing_key
     from media_server.package import fingerprint, public_key_b64
 

@@ -62,6 +62,17 @@ class ServiceUnavailable(KuzetError):
     code = "service_unavailable"
 
 
+class ServerBusy(ServiceUnavailable):
+    """This node already serves as many sessions as it can without losing frames: try again after
+    `retry_after_s` seconds (nothing was spent: a one-time link stays valid)."""
+
+    code = "busy"
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
 HTTP_STATUS: dict[type[KuzetError], int] = {
     BadInput: 400,
     Unauthorized: 401,
@@ -83,3 +94,10 @@ def status_for(exc: KuzetError) -> int:
         if cls in HTTP_STATUS:
             return HTTP_STATUS[cls]  # type: ignore[index]
     return 400
+
+
+def headers_for(exc: KuzetError) -> dict[str, str]:
+    """Response headers a domain error implies (Retry-After for a busy node)."""
+    if isinstance(exc, ServerBusy):
+        return {"Retry-After": str(exc.retry_after_s)}
+    return {}

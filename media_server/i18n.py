@@ -463,6 +463,7 @@ CHECKIN: dict[str, str] = {
     "start": N_("Start"),
     "status.permissions": N_("Allow access to the camera and microphone…"),
     "status.connecting": N_("Connecting…"),
+    "status.busy": N_("The server is busy. Retrying automatically — please keep this page open."),
     "status.live": N_("Check in progress. Follow the prompts."),
     "status.processing": N_("Check finished. Processing the result…"),
     "status.done": N_("Done. You can close this page."),

@@ -1,21 +1,122 @@
-"""Service secrets: taken from settings, or generated once into data_dir with 0600 permissions."""
+"""Service secrets: taken from settings, or generated once into data_dir with 0600 permissions.
+
+The evidence-signing key comes from a provider named by `KUZET_EVIDENCE__SIGNING_KEY` (see
+`load_signing_key`): a PEM file, a PEM in an environment variable, or an external signer command (a
+KMS/HSM wrapper) so the private key never lives on the node. Whatever the provider, the service only
+sees an `EvidenceSigner`: sign bytes, tell the public key.
+"""
 
 from __future__ import annotations
 
 import base64
+import binascii
 import json
 import os
 import secrets
+import shlex
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol
 
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from media_server.settings import Settings
 
 SIGNING_KEY_FILE = "evidence_signing_key.pem"
+ED25519_PUBLIC_BYTES = 32
+ED25519_SIGNATURE_BYTES = 64
+
+
+class EvidenceSigner(Protocol):
+    """What signs manifests, packages and audit checkpoints (an `Ed25519PrivateKey` is one)."""
+
+    def sign(self, data: bytes) -> bytes:
+        """The Ed25519 signature (64 bytes) of `data`."""
+        ...
+
+    def public_key(self) -> Ed25519PublicKey:
+        """The public key every signature verifies against."""
+        ...
+
+
+class SigningKeyError(ValueError):
+    """The configured evidence-signing key cannot be loaded (a misconfiguration: the node must not start)."""
+
+
+class SignerUnavailable(RuntimeError):
+    """The external signer failed to sign (nothing is signed; the caller retries later)."""
+
+
+class CommandSigner:
+    """An external signer process: the private key stays with it (a KMS/HSM client, a signing service).
+
+    Protocol: `<command> public-key` prints the base64 raw 32-byte Ed25519 public key; `<command> sign`
+    reads the bytes to sign on stdin and prints the base64 64-byte signature. Exit status 0 on success.
+    The public key is read once; every signature is verified against it before it is used, so a signer
+    that answers with another key's signature is refused, never stored.
+    """
+
+    def __init__(self, argv: list[str], timeout_s: float) -> None:
+        self._argv = argv
+        self._timeout_s = timeout_s
+        try:
+            raw = _b64_exact(self._run("public-key", b""), ED25519_PUBLIC_BYTES, "public key")
+        except SignerUnavailable as exc:
+            raise SigningKeyError(f"the signer command gave no public key: {exc}") from exc
+        self._public = Ed25519PublicKey.from_public_bytes(raw)
+
+    def _run(self, verb: str, data: bytes) -> bytes:
+        try:
+            done = subprocess.run(
+                [*self._argv, verb], input=data, capture_output=True, timeout=self._timeout_s, check=False
+            )
+        except FileNotFoundError as exc:
+            raise SignerUnavailable(f"{self._argv[0]} was not found") from exc
+        except PermissionError as exc:
+            raise SignerUnavailable(f"{self._argv[0]} is not executable") from exc
+        except subprocess.TimeoutExpired as exc:
+            raise SignerUnavailable(f"`{verb}` took longer than {self._timeout_s} s") from exc
+        if done.returncode != 0:
+            err = done.stderr.decode(errors="replace").strip()[-300:]
+            raise SignerUnavailable(f"`{verb}` exited with status {done.returncode}: {err}")
+        return done.stdout
+
+    def sign(self, data: bytes) -> bytes:
+        """Sign through the external command; SignerUnavailable when it fails or answers wrongly."""
+        signature = _b64_exact(self._run("sign", data), ED25519_SIGNATURE_BYTES, "signature")
+        try:
+            self._public.verify(signature, data)
+        except InvalidSignature as exc:
+            raise SignerUnavailable("the signer's signature does not verify against its public key") from exc
+        return signature
+
+    def public_key(self) -> Ed25519PublicKey:
+        """The public key the signer published at start."""
+        return self._public
+
+
+def _b64_exact(text: bytes, size: int, what: str) -> bytes:
+    try:
+        raw = base64.b64decode(text.strip(), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise SignerUnavailable(f"the {what} is not base64") from exc
+    if len(raw) != size:
+        raise SignerUnavailable(f"the {what} has {len(raw)} bytes, not {size}")
+    return raw
+
+
+def _pem_key(pem: bytes, where: str) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(pem, password=None)
+    except (ValueError, TypeError) as exc:
+        raise SigningKeyError(f"{where} does not hold an unencrypted PEM private key") from exc
+    if not isinstance(key, Ed25519PrivateKey):
+        raise SigningKeyError(f"{where} does not hold an Ed25519 private key")
+    return key
 
 
 @dataclass(frozen=True)
@@ -25,28 +126,57 @@ class ServiceKeys:
 
     secret_key: bytes
     template_key: bytes
-    signing_key: Ed25519PrivateKey | None = None
+    signing_key: EvidenceSigner | None = None
 
-    def evidence_key(self) -> Ed25519PrivateKey:
+    def evidence_key(self) -> EvidenceSigner:
         """The evidence signing key; a node built without one cannot sign."""
         if self.signing_key is None:
             raise RuntimeError("no evidence signing key was loaded for this node")
         return self.signing_key
 
 
-def load_signing_key(settings: Settings) -> Ed25519PrivateKey:
-    """The evidence signing key: the configured file (shared by every node; never created here), or
-    `<data_dir>/evidence_signing_key.pem`, created on first use, when none is configured."""
-    path = settings.evidence.signing_key_file
-    if path is None:
-        return load_or_create_signing_key(settings.data_dir)
+def signing_key_configured(settings: Settings) -> bool:
+    """Whether a shared key is configured (else each data_dir makes its own)."""
+    return bool(settings.evidence.signing_key) or settings.evidence.signing_key_file is not None
+
+
+def load_signing_key(settings: Settings) -> EvidenceSigner:
+    """The evidence signer named by `evidence.signing_key`; SigningKeyError when it cannot be loaded.
+
+    - `file:PATH`: an Ed25519 PKCS#8 PEM file shared by every node (`kuzet evidence keygen`);
+    - `env:NAME`: the same PEM in the environment variable NAME (from a secret manager);
+    - `command:CMD ARGS`: an external signer (`CommandSigner`); the private key never lives on the node.
+    Unset: `evidence.signing_key_file` when set (the older spelling of `file:`), else
+    `<data_dir>/evidence_signing_key.pem`, created on first use (one node only). Never created here.
+    """
+    spec = settings.evidence.signing_key
+    legacy = settings.evidence.signing_key_file
+    if not spec:
+        return load_or_create_signing_key(settings.data_dir) if legacy is None else _file_key(legacy)
+    scheme, _, rest = spec.partition(":")
+    if scheme == "file":
+        return _file_key(Path(rest))
+    if scheme == "env":
+        value = os.environ.get(rest, "")
+        if not value.strip():
+            raise SigningKeyError(f"KUZET_EVIDENCE__SIGNING_KEY names ${rest}, which is unset or empty")
+        return _pem_key(value.encode(), f"${rest}")
+    if scheme == "command":
+        argv = shlex.split(rest)
+        if not argv:
+            raise SigningKeyError("KUZET_EVIDENCE__SIGNING_KEY command: names no program")
+        return CommandSigner(argv, settings.evidence.signer_timeout_s)
+    raise SigningKeyError(f"KUZET_EVIDENCE__SIGNING_KEY: unknown provider {scheme!r} (file, env, command)")
+
+
+def _file_key(path: Path) -> Ed25519PrivateKey:
     try:
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+        pem = path.read_bytes()
     except FileNotFoundError as exc:
-        raise ValueError(f"KUZET_EVIDENCE__SIGNING_KEY_FILE {path} does not exist") from exc
-    if not isinstance(key, Ed25519PrivateKey):
-        raise ValueError(f"KUZET_EVIDENCE__SIGNING_KEY_FILE {path} does not hold an Ed25519 private key")
-    return key
+        raise SigningKeyError(f"the evidence signing key file {path} does not exist") from exc
+    except OSError as exc:
+        raise SigningKeyError(f"the evidence signing key file {path} cannot be read: {exc}") from exc
+    return _pem_key(pem, f"the evidence signing key file {path}")
 
 
 def write_signing_key(path: Path) -> Ed25519PrivateKey:
@@ -113,10 +243,7 @@ def load_or_create_signing_key(data_dir: Path) -> Ed25519PrivateKey:
     """
     path = data_dir / SIGNING_KEY_FILE
     if path.exists():
-        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-        if not isinstance(key, Ed25519PrivateKey):
-            raise ValueError(f"{path} does not hold an Ed25519 private key")
-        return key
+        return _pem_key(path.read_bytes(), str(path))
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()

@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -48,6 +48,7 @@ from media_server.db.models import (
     Verdict,
 )
 from media_server.evidence.port import EvidenceError, EvidenceStore
+from media_server.keys import EvidenceSigner
 from media_server.verdict import POLICY_VERSION
 
 PACKAGE_FORMAT = "kuzet-evidence-package/1"
@@ -69,9 +70,9 @@ class PackageError(Exception):
 # -- the signing key ------------------------------------------------------------------------------
 
 
-def public_key_b64(key: Ed25519PrivateKey | Ed25519PublicKey) -> str:
+def public_key_b64(key: EvidenceSigner | Ed25519PublicKey) -> str:
     """The raw 32-byte public key, base64."""
-    pub = key.public_key() if isinstance(key, Ed25519PrivateKey) else key
+    pub = key if isinstance(key, Ed25519PublicKey) else key.public_key()
     return base64.b64encode(
         pub.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
     ).decode()
@@ -174,8 +175,13 @@ def _audit_segment(db: Session, subjects: set[str], person_id: str) -> tuple[lis
     return out, full
 
 
+# Where the platform's mimetypes table is wrong or silent (it maps Matroska to ".mpv").
+_EXTENSIONS = {"video/webm": ".webm", "video/x-matroska": ".mkv", "video/mp4": ".mp4"}
+
+
 def _extension(content_type: str) -> str:
-    return mimetypes.guess_extension(content_type.split(";")[0].strip()) or ".bin"
+    media_type = content_type.split(";")[0].strip().lower()
+    return _EXTENSIONS.get(media_type) or mimetypes.guess_extension(media_type) or ".bin"
 
 
 class _Writer:
@@ -213,7 +219,7 @@ def write_package(
     db: Session,
     store: EvidenceStore,
     session_id: str,
-    signing_key: Ed25519PrivateKey,
+    signing_key: EvidenceSigner,
     out: IO[bytes],
     *,
     exporter: str,
@@ -360,7 +366,7 @@ def export_package(
     db: Session,
     store: EvidenceStore,
     session_id: str,
-    signing_key: Ed25519PrivateKey,
+    signing_key: EvidenceSigner,
     *,
     exporter: str = "kuzet",
     now: datetime | None = None,

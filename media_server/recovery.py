@@ -26,6 +26,7 @@ from sqlalchemy.orm import Session
 
 from identity.checks import CheckKind, CheckResult, Outcome
 from media_server.breath.flow import rejudge
+from media_server.db import audit
 from media_server.db.enums import SessionKind, SessionStatus
 from media_server.db.models import Artifact, CheckSession, Verdict
 from media_server.db.types import utcnow
@@ -94,6 +95,19 @@ def _close_unjudged(session_id: str) -> Callable[[Session], bool]:
     return guard
 
 
+def _audit_rejudged(services: Services, session_id: str, verdict_id: str | None) -> None:
+    """Say in the audit log that the sweep, not the original request, judged this breath test."""
+    with services.sessions.begin() as db:
+        audit.append(
+            db,
+            actor=RECOVERY_ACTOR,
+            action="session.recovered",
+            subject_type="session",
+            subject_id=session_id,
+            details={"verdict_id": verdict_id, "how": "rejudged from stored evidence"},
+        )
+
+
 def _artifact_count(services: Services, session_id: str) -> int:
     with services.sessions() as db:
         return int(db.scalar(select(func.count()).where(Artifact.session_id == session_id)) or 0)
@@ -105,7 +119,8 @@ async def sweep(services: Services, now: datetime | None = None) -> RecoveryRepo
     for session_id, kind, person_id in await asyncio.to_thread(_unjudged, services, now or utcnow()):
         if kind is SessionKind.BREATH:
             try:
-                await rejudge(services, session_id)
+                judged = await rejudge(services, session_id)
+                await asyncio.to_thread(_audit_rejudged, services, session_id, judged.verdict_id)
                 report.rejudged.append(session_id)
                 continue
             except Exception:

@@ -112,6 +112,53 @@ def recording_offset_s(artifacts: Iterable[Artifact]) -> float:
     return 0.0
 
 
+# Why a stretch of a session recording is missing (the `cause` of a `recording_gap` event).
+GAP_CAUSES = {
+    "network_loss": N_("lost on the network"),
+    "jitter_buffer": N_("received but discarded by the media receiver"),
+    "timestamp_jump": N_("the phone stopped sending"),
+    "recorder_overflow": N_("dropped by the overloaded recorder"),
+    "before_keyframe": N_("before the first complete picture"),
+    "codec": N_("in a format that cannot be stored"),
+}
+GAP_KINDS = {"video": N_("video"), "audio": N_("audio")}
+
+
+def recording_gaps(t: Translator, recording: Artifact, offset_s: float) -> dict[str, Any] | None:
+    """What the reviewer is told about one recording: stored as received or re-encoded, and its gaps
+    (from the recorder's meta), each with where to seek in the video. None for a recording stored
+    before the recorder reported gaps."""
+    meta = recording.meta or {}
+    if "gaps" not in meta:
+        return None
+    codecs = ", ".join(str(c) for c in (meta.get("codecs") or {}).values())
+    missing = meta.get("frames_missing") or {}
+    rows = []
+    for gap in meta.get("gap_list") or []:
+        if not isinstance(gap, Mapping):
+            continue
+        t_s = gap.get("t_s")
+        rows.append(
+            {
+                "seek_s": round(max(0.0, float(t_s) - offset_s), 2) if isinstance(t_s, int | float) else None,
+                "kind": word(t, GAP_KINDS, str(gap.get("kind"))),
+                "cause": word(t, GAP_CAUSES, str(gap.get("cause"))),
+                "frames": int(gap.get("frames_missing") or 0),
+                "seconds": float(gap.get("seconds") or 0.0),
+            }
+        )
+    total = int(meta.get("gaps") or 0)
+    return {
+        "reencoded": bool(meta.get("reencoded")),
+        "codecs": codecs,
+        "total": total,
+        "video": int(missing.get("video") or 0),
+        "audio": int(missing.get("audio") or 0),
+        "rows": rows,
+        "unlisted": max(0, total - len(rows)),
+    }
+
+
 def challenge_timeline(
     t: Translator,
     challenge: Mapping[str, Any] | None,

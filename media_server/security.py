@@ -5,7 +5,8 @@
 * `/metrics` either moved to a separate internal port (`security.metrics_port`) or behind a bearer
   token (`security.metrics_token`);
 * one-time check-in links (`ck_...`) redacted from uvicorn's access log;
-* the per username+IP login throttle (`LoginThrottle`, on `app.state.login_throttle`);
+* the per username+IP login throttle (`LoginThrottle`, on `app.state.login_throttle`; shared through
+  Redis by every node when `redis.url` is set);
 * /docs and /redoc from packaged assets, not a CDN (`media_server.api_docs`).
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import hmac
 import logging
 import re
@@ -21,7 +23,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI
 
@@ -66,23 +68,23 @@ class _Failures:
     last_at: float
 
 
-class LoginThrottle:
-    """Exponential backoff per (username, client IP): after `login_max_failures` failures within
-    `login_failure_window_s`, each new attempt must wait `base * 2**extra` seconds (capped) after the
-    last failure. A success clears the pair. In-process state: each node throttles on its own."""
+class FailureStore(Protocol):
+    """Where failed logins are counted: in this process, or in Redis shared by every node."""
 
-    def __init__(self, settings: SecuritySettings, clock: Callable[[], float] = time.monotonic) -> None:
+    def get(self, key: tuple[str, str], now: float) -> _Failures | None: ...
+
+    def add(self, key: tuple[str, str], now: float) -> None: ...
+
+    def clear(self, key: tuple[str, str]) -> None: ...
+
+
+class MemoryFailures:
+    """One node's failures (the embedded default): an LRU bounded by `login_throttle_max_keys`."""
+
+    def __init__(self, settings: SecuritySettings) -> None:
         self._settings = settings
-        self._clock = clock
         self._entries: OrderedDict[tuple[str, str], _Failures] = OrderedDict()
         self._lock = threading.Lock()
-        # A login flood must not run 40 argon2 hashes (64 MiB each) at once: they queue here.
-        self.hash_slots = threading.BoundedSemaphore(settings.login_max_parallel_hashes)
-
-    @staticmethod
-    def key(username: str, client_ip: str | None) -> tuple[str, str]:
-        """The throttled pair: the username as typed (case-folded) and the client address."""
-        return username.strip().casefold(), client_ip or "-"
 
     def _current(self, key: tuple[str, str], now: float) -> _Failures | None:
         entry = self._entries.get(key)
@@ -91,22 +93,13 @@ class LoginThrottle:
             return None
         return entry
 
-    def retry_after_s(self, key: tuple[str, str]) -> float:
-        """Seconds before this pair may try again (0: now)."""
-        s = self._settings
+    def get(self, key: tuple[str, str], now: float) -> _Failures | None:
         with self._lock:
-            now = self._clock()
             entry = self._current(key, now)
-            if entry is None or entry.count < s.login_max_failures:
-                return 0.0
-            extra = entry.count - s.login_max_failures
-            wait = min(s.login_backoff_base_s * 2.0 ** min(extra, 30), s.login_backoff_max_s)
-            return max(0.0, entry.last_at + wait - now)
+            return None if entry is None else _Failures(entry.count, entry.first_at, entry.last_at)
 
-    def failed(self, key: tuple[str, str]) -> None:
-        """Count a failed attempt."""
+    def add(self, key: tuple[str, str], now: float) -> None:
         with self._lock:
-            now = self._clock()
             entry = self._current(key, now)
             if entry is None:
                 self._entries[key] = _Failures(1, now, now)
@@ -117,10 +110,127 @@ class LoginThrottle:
             while len(self._entries) > self._settings.login_throttle_max_keys:
                 self._entries.popitem(last=False)
 
-    def succeeded(self, key: tuple[str, str]) -> None:
-        """Forget the pair's failures."""
+    def clear(self, key: tuple[str, str]) -> None:
         with self._lock:
             self._entries.pop(key, None)
+
+
+# KEYS[1] = the pair's hash; ARGV = now (s), window (ms). One atomic step per failure on any node.
+_ADD_FAILURE = """
+local last = redis.call('hget', KEYS[1], 'last_at')
+if (not last) or (tonumber(ARGV[1]) - tonumber(last)) * 1000 > tonumber(ARGV[2]) then
+  redis.call('del', KEYS[1])
+  redis.call('hset', KEYS[1], 'count', 1, 'first_at', ARGV[1], 'last_at', ARGV[1])
+else
+  redis.call('hincrby', KEYS[1], 'count', 1)
+  redis.call('hset', KEYS[1], 'last_at', ARGV[1])
+end
+redis.call('pexpire', KEYS[1], ARGV[2])
+return 1
+"""
+
+
+class RedisFailures:
+    """Failures shared by every node through Redis (`redis.url` set): a guesser spreading attempts over
+    several nodes meets the same backoff. Keys are hashed (no usernames in Redis) and expire with the
+    window. Time is wall-clock seconds, the one clock the nodes share."""
+
+    def __init__(self, settings: SecuritySettings, url: str, prefix: str = "kuzet:login:") -> None:
+        import redis
+
+        self._settings = settings
+        self._redis = redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)
+        self._errors: tuple[type[Exception], ...] = (redis.RedisError, OSError)
+        self._prefix = prefix
+        # Redis unreachable: this node keeps throttling on its own rather than refusing every login.
+        self._fallback = MemoryFailures(settings)
+
+    def _unreachable(self, exc: Exception) -> None:
+        log.warning("login throttle: Redis unreachable (%s); throttling on this node only", exc)
+
+    def _name(self, key: tuple[str, str]) -> str:
+        digest = hashlib.sha256("\x1f".join(key).encode("utf-8", "surrogatepass")).hexdigest()
+        return self._prefix + digest
+
+    def get(self, key: tuple[str, str], now: float) -> _Failures | None:
+        try:
+            raw = self._redis.hgetall(self._name(key))
+        except self._errors as exc:
+            self._unreachable(exc)
+            return self._fallback.get(key, now)
+        if not raw:
+            return None
+        entry = _Failures(int(raw[b"count"]), float(raw[b"first_at"]), float(raw[b"last_at"]))
+        if now - entry.last_at > self._settings.login_failure_window_s:
+            return None
+        return entry
+
+    def add(self, key: tuple[str, str], now: float) -> None:
+        window_ms = int(self._settings.login_failure_window_s * 1000)
+        try:
+            self._redis.eval(_ADD_FAILURE, 1, self._name(key), repr(now), window_ms)
+        except self._errors as exc:
+            self._unreachable(exc)
+            self._fallback.add(key, now)
+
+    def clear(self, key: tuple[str, str]) -> None:
+        self._fallback.clear(key)
+        try:
+            self._redis.delete(self._name(key))
+        except self._errors as exc:
+            self._unreachable(exc)
+
+
+class LoginThrottle:
+    """Exponential backoff per (username, client IP): after `login_max_failures` failures within
+    `login_failure_window_s`, each new attempt must wait `base * 2**extra` seconds (capped) after the
+    last failure. A success clears the pair. The failures live in `store`: this process's memory by
+    default, Redis (shared by all nodes) when `redis.url` is configured (see `build_login_throttle`)."""
+
+    def __init__(
+        self,
+        settings: SecuritySettings,
+        clock: Callable[[], float] = time.monotonic,
+        store: FailureStore | None = None,
+    ) -> None:
+        self._settings = settings
+        self._clock = clock
+        self._store: FailureStore = store if store is not None else MemoryFailures(settings)
+        # A login flood must not run 40 argon2 hashes (64 MiB each) at once: they queue here.
+        self.hash_slots = threading.BoundedSemaphore(settings.login_max_parallel_hashes)
+
+    @staticmethod
+    def key(username: str, client_ip: str | None) -> tuple[str, str]:
+        """The throttled pair: the username as typed (case-folded) and the client address."""
+        return username.strip().casefold(), client_ip or "-"
+
+    def retry_after_s(self, key: tuple[str, str]) -> float:
+        """Seconds before this pair may try again (0: now)."""
+        s = self._settings
+        now = self._clock()
+        entry = self._store.get(key, now)
+        if entry is None or entry.count < s.login_max_failures:
+            return 0.0
+        extra = entry.count - s.login_max_failures
+        wait = min(s.login_backoff_base_s * 2.0 ** min(extra, 30), s.login_backoff_max_s)
+        return max(0.0, entry.last_at + wait - now)
+
+    def failed(self, key: tuple[str, str]) -> None:
+        """Count a failed attempt."""
+        self._store.add(key, self._clock())
+
+    def succeeded(self, key: tuple[str, str]) -> None:
+        """Forget the pair's failures."""
+        self._store.clear(key)
+
+
+def build_login_throttle(settings: Settings) -> LoginThrottle:
+    """Shared through Redis when the deployment has it (several nodes), per process otherwise."""
+    if settings.redis.url:
+        return LoginThrottle(
+            settings.security, clock=time.time, store=RedisFailures(settings.security, settings.redis.url)
+        )
+    return LoginThrottle(settings.security)
 
 
 def login_throttle(app_state: Any) -> LoginThrottle:
@@ -328,7 +438,7 @@ def install(app: FastAPI, settings: Settings) -> None:
     from media_server.api_docs import install_offline_docs
 
     install_offline_docs(app)
-    app.state.login_throttle = LoginThrottle(settings.security)
+    app.state.login_throttle = build_login_throttle(settings)
     app.add_middleware(SecurityMiddleware, settings=settings.security)
     install_log_redaction()
     _install_metrics_port(app, settings.security)

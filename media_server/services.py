@@ -11,14 +11,13 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from media_server.evidence import build_store
 from media_server.evidence.port import EvidenceStore
-from media_server.keys import ServiceKeys, load_or_create
+from media_server.keys import EvidenceSigner, ServiceKeys, load_or_create
 from media_server.settings import Settings
 from media_server.webhooks import WebhookNotifier
 from media_server.workers import AnalysisPool, build_pool
@@ -60,6 +59,11 @@ class Metrics:
         self.live_sessions = Gauge(
             "kuzet_webrtc_sessions_live", "WebRTC (WHIP) sessions open on this node", registry=self.registry
         )
+        self.sessions_refused_busy = Counter(
+            "kuzet_webrtc_sessions_refused_busy_total",
+            "WHIP offers refused with 503 because this node was at media.max_live_sessions",
+            registry=self.registry,
+        )
         self.sessions_ended = Counter(
             "kuzet_webrtc_sessions_ended_total",
             "WebRTC sessions judged, by how they ended",
@@ -69,6 +73,24 @@ class Metrics:
         self.recording_dropped = Counter(
             "kuzet_recording_frames_dropped_total",
             "Frames the evidence recorder could not keep (a gap in the stored recording)",
+            registry=self.registry,
+        )
+        self.recording_gaps = Counter(
+            "kuzet_recording_gaps_total",
+            "Holes in stored session recordings (each is a recording_gap session event)",
+            ["kind", "cause"],
+            registry=self.registry,
+        )
+        self.recording_frames_missing = Counter(
+            "kuzet_recording_frames_missing_total",
+            "Frames missing from stored session recordings (lost on the network or by the recorder)",
+            ["kind"],
+            registry=self.registry,
+        )
+        self.recording_cpu = Counter(
+            "kuzet_recording_cpu_seconds_total",
+            "CPU time of the session recorder threads, by recording format (mp4 = re-encoded)",
+            ["format"],
             registry=self.registry,
         )
         self.jobs_in_flight = Gauge(
@@ -94,8 +116,8 @@ class Services:
     workers: AnalysisPool
     metrics: Metrics
     notifier: WebhookNotifier
-    # Ed25519 evidence-signing key, loaded once (never read from disk per verdict).
-    signing_key: Ed25519PrivateKey
+    # The evidence signer (a key loaded once, or an external signer holding it; never read per verdict).
+    signing_key: EvidenceSigner
     background: list[asyncio.Task[Any]] = field(default_factory=list)
 
 

@@ -7,6 +7,7 @@ directory under `data_dir`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -67,8 +68,27 @@ class EvidenceSettings(_Group):
     signing_key_file: Path | None = Field(
         None,
         description="Ed25519 PKCS#8 PEM key every node signs evidence with (`kuzet evidence keygen`); "
-        "unset = <data_dir>/evidence_signing_key.pem, created on first use (one node only).",
+        "the same as signing_key=file:PATH. Unset (and no signing_key) = "
+        "<data_dir>/evidence_signing_key.pem, created on first use (one node only).",
     )
+    signing_key: str = Field(
+        "",
+        max_length=4096,
+        pattern=r"^((file|env|command):.+)?$",
+        description="Evidence-signing key provider, the same on every node: `file:/path/key.pem`, "
+        "`env:VARIABLE` (the PEM in that variable), or `command:/path/signer ARGS` (an external signer, "
+        "e.g. a KMS/HSM client: `ARGS public-key` prints the base64 public key, `ARGS sign` signs stdin; "
+        "the private key never lives on the node).",
+    )
+    signer_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Longest wait for the external signer command (one call)."
+    )
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> EvidenceSettings:
+        if self.signing_key and self.signing_key_file is not None:
+            raise ValueError("set evidence.signing_key or evidence.signing_key_file, not both")
+        return self
 
 
 class RedisSettings(_Group):
@@ -81,6 +101,51 @@ class RedisSettings(_Group):
         le=3600,
         description="A node that stops renewing loses the scheduler lease after this (> schedules.tick_s).",
     )
+
+
+class NodeSettings(_Group):
+    """This media node among several: WHIP sessions live in one process, so their URLs name it.
+
+    With an `id`, a WHIP resource is `/whip/<id>.<token>` (absolute under `public_url` when set): a load
+    balancer can route on it, and a GET/DELETE/PATCH that still reaches another node is forwarded to the
+    owner named in `peers` (proxied, or a 307 redirect). No id = one node, resource ids without a prefix.
+    """
+
+    id: str = Field(
+        "",
+        max_length=32,
+        pattern=r"^([a-z0-9][a-z0-9-]*)?$",
+        description="This node's id (lower-case letters, digits, '-'), unique in the cluster; empty = one node.",
+    )
+    public_url: str = Field(
+        "",
+        max_length=300,
+        pattern=r"^(https?://[^/?#\s]+)?$",
+        description="Scheme://host[:port] clients reach this node at; WHIP Location URLs become absolute "
+        "under it. Empty = a relative Location (any node behind the balancer forwards to the owner).",
+    )
+    peers: dict[str, str] = Field(
+        default_factory=dict,
+        description="The other nodes: id -> scheme://host[:port] this node reaches them at (JSON in env).",
+    )
+    forward: str = Field(
+        "proxy",
+        pattern="^(proxy|redirect)$",
+        description="A WHIP request for another node's session: proxy it (the client's bearer never leaves "
+        "the cluster) or answer 307 to the owner's URL (clients must resend the bearer to it).",
+    )
+    forward_timeout_s: float = Field(
+        10.0, gt=0, le=120, description="Timeout of one request forwarded to the owning node."
+    )
+
+    @model_validator(mode="after")
+    def _peers_are_urls(self) -> NodeSettings:
+        for name, url in self.peers.items():
+            if not name or name == self.id or not url.startswith(("http://", "https://")):
+                raise ValueError(
+                    f"node.peers: {name!r} -> {url!r} must be another node's id and an http(s) URL"
+                )
+        return self
 
 
 class ModelsSettings(_Group):
@@ -97,6 +162,11 @@ class WorkerSettings(_Group):
         ge=1,
         le=64,
         description="Worker processes for face/voice/PAD engines (per node or `kuzet worker`).",
+    )
+    warm_at_start: bool = Field(
+        True,
+        description="Start the in-process pool's workers and load their engines when the service starts "
+        "(in the background: the service is up at once), so the first jobs do not pay ~2-5 s per worker.",
     )
 
 
@@ -248,12 +318,30 @@ class MediaSettings(_Group):
     outcome_linger_s: float = Field(
         30, ge=1, le=600, description="How long a finished session waits for the client's DELETE."
     )
+    record_mode: Literal["remux", "reencode"] = Field(
+        "remux",
+        description="remux: store the received VP8/H.264 and Opus frames as they are (WebM/Matroska, no "
+        "transcoding); reencode: decode and re-encode to H.264/AAC MP4 (the fallback, used anyway for a "
+        "codec that cannot be remuxed).",
+    )
+    record_gap_jump_s: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="A jump in a stream's RTP time longer than this without lost packets (the sender "
+        "paused) is recorded as a recording gap.",
+    )
+    record_max_gap_events: int = Field(
+        200, ge=1, le=10_000, description="Recording-gap events kept per session (all are counted)."
+    )
     record_preset: str = Field(
         "veryfast",
         pattern="^(ultrafast|superfast|veryfast|faster|fast|medium)$",
-        description="libx264 preset of the session recording (faster presets cost less CPU).",
+        description="libx264 preset of the re-encoded recording (faster presets cost less CPU).",
     )
-    record_crf: int = Field(26, ge=0, le=51, description="libx264 constant rate factor of the recording.")
+    record_crf: int = Field(
+        26, ge=0, le=51, description="libx264 constant rate factor of the re-encoded recording."
+    )
     record_queue_s: float = Field(
         2.0, gt=0, le=30, description="Media the recorder thread may lag behind before frames are dropped."
     )
@@ -284,6 +372,56 @@ class MediaSettings(_Group):
     )
     max_events: int = Field(
         500, ge=10, le=10000, description="Data-channel events kept per session (the rest are counted)."
+    )
+    max_live_sessions: int = Field(
+        3,
+        ge=1,
+        le=1000,
+        description="Sessions this node serves at once (live or still being judged); one more WHIP offer is "
+        "refused with 503 + Retry-After before its link is spent. Default measured on a 2-core node with live "
+        "analysis on the local worker pool (benchmarks/media_sessions.py): above it, analysis falls behind "
+        "the camera and frames are lost for liveness. Raise it with the node's measured capacity.",
+    )
+    busy_retry_after_s: int = Field(
+        5, ge=1, le=300, description="Retry-After (seconds) sent with a 503 when the node is at capacity."
+    )
+    analysis_chunk_frames: int = Field(
+        8,
+        ge=1,
+        le=64,
+        description="Sampled frames sent to the analysis pool in one job while the session runs (landmarks, "
+        "face box, quality; no embedding). Larger chunks cost fewer round trips, smaller ones less latency.",
+    )
+    max_pending_frames: int = Field(
+        45,
+        ge=4,
+        le=600,
+        description="Sampled frames one live session may hold waiting for analysis (about 0.9 MB each at "
+        "640x480). When the pool falls this far behind, new frames are not analysed (counted as "
+        "frames_analysis_dropped): a bounded loss instead of unbounded memory.",
+    )
+    held_frame_every_s: float = Field(
+        1.5,
+        gt=0,
+        le=60,
+        description="Of each interval this long the session keeps one analysed frame (the best by face "
+        "quality): the evidence frames and the candidates for the face embedding.",
+    )
+    max_held_frames: int = Field(
+        16,
+        ge=3,
+        le=200,
+        description="Most analysed frames one live session holds (the best by quality are kept); all are "
+        "released when the session has been judged.",
+    )
+    embed_best_frames: int = Field(
+        5,
+        ge=1,
+        le=50,
+        description="Held frames (best quality first, quality gate passed) whose face embedding is computed "
+        "when the session ends; the face decision fuses them (face.session_top_k of them). Measured on the "
+        "shared clips (benchmarks/best_frames.py): the fused distance with 5 best frames equals that of 16 "
+        "evenly spread frames within 0.01 and keeps every decision.",
     )
 
 
@@ -501,6 +639,7 @@ class Settings(BaseSettings):
     s3: S3Settings = Field(default_factory=S3Settings)
     evidence: EvidenceSettings = Field(default_factory=EvidenceSettings)
     models: ModelsSettings = Field(default_factory=ModelsSettings)
+    node: NodeSettings = Field(default_factory=NodeSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     workers: WorkerSettings = Field(default_factory=WorkerSettings)
     celery: CelerySettings = Field(default_factory=CelerySettings)

@@ -136,6 +136,11 @@ class CeleryWorkerPool:
             result.forget()
         return value
 
+    def warm(self) -> None:
+        """Nothing to load on an API node: `kuzet worker` processes load their engines when they start
+        (`worker_process_init`), before they take a job."""
+        return None
+
     def shutdown(self, wait: bool = True) -> None:
         """Close the broker and backend connections (jobs in flight stay queued for the workers)."""
         self._app.close()

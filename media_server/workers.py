@@ -13,8 +13,10 @@ import importlib
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import sys
+import time
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -38,6 +40,8 @@ ENGINE_INITIALISERS: tuple[tuple[str, str], ...] = (
     ("identity.pad.worker", "pad"),
 )
 _PR_SET_PDEATHSIG = 1
+# Longest wait for every worker of a pool to load its engines (dlib + torch + voice: seconds each).
+WARM_TIMEOUT_S = 300.0
 
 
 class AnalysisPool(Protocol):
@@ -46,6 +50,10 @@ class AnalysisPool(Protocol):
     async def run(self, fn: Callable[..., T], *args: Any) -> T: ...
 
     def submit_sync(self, fn: Callable[..., T], *args: Any) -> T: ...
+
+    def warm(self) -> None:
+        """Load the engines now (at service start), not on the first job; blocking."""
+        ...
 
     def shutdown(self, wait: bool = True) -> None: ...
 
@@ -75,9 +83,18 @@ def init_engines(models_dir: str, groups: dict[str, dict[str, Any]]) -> None:
         module.init_worker(models_dir, groups.get(group, {}))
 
 
-def _init_worker(models_dir: str, groups: dict[str, dict[str, Any]], parent_pid: int) -> None:
+def _init_worker(
+    models_dir: str, groups: dict[str, dict[str, Any]], parent_pid: int, ready: Any = None
+) -> None:
     die_with_parent(parent_pid)
     init_engines(models_dir, groups)
+    if ready is not None:
+        ready.put(os.getpid())
+
+
+def worker_pid() -> int:
+    """The process id of the worker that runs this job (the pool's own no-op job)."""
+    return os.getpid()
 
 
 class WorkerPool:
@@ -86,17 +103,47 @@ class WorkerPool:
     def __init__(self, settings: Settings) -> None:
         self._settings = settings
         self._executor: ProcessPoolExecutor | None = None
+        self._ready: Any = None
+        # Worker processes that finished loading their engines (pids), for this pool generation.
+        self.loaded: list[int] = []
 
     def _ensure(self) -> ProcessPoolExecutor:
         if self._executor is None:
             s = self._settings
+            ctx = multiprocessing.get_context("spawn")
+            # Each worker reports here once its engines are loaded (initargs travel with the spawn).
+            self._ready = ctx.Queue()
+            self.loaded = []
             self._executor = ProcessPoolExecutor(
                 max_workers=s.workers.processes,
-                mp_context=multiprocessing.get_context("spawn"),
+                mp_context=ctx,
                 initializer=_init_worker,
-                initargs=(str(s.models.dir.resolve()), engine_groups(s), os.getpid()),
+                initargs=(str(s.models.dir.resolve()), engine_groups(s), os.getpid(), self._ready),
             )
         return self._executor
+
+    def warm(self) -> None:
+        """Start every worker process and wait until each has loaded its engines.
+
+        A spawn pool starts a process only when a job finds no idle one: one no-op job per process starts
+        them all; each initializer reports its pid when its engines are loaded. Returns early (without
+        error) when the pool is shut down meanwhile; raises TimeoutError after WARM_TIMEOUT_S.
+        """
+        executor = self._ensure()
+        ready = self._ready
+        n = self._settings.workers.processes
+        for f in [executor.submit(worker_pid) for _ in range(n)]:
+            f.result(timeout=WARM_TIMEOUT_S)
+        deadline = time.monotonic() + WARM_TIMEOUT_S
+        while len(self.loaded) < n:
+            if self._executor is not executor:
+                return  # shut down (or rebuilt after a crash) while warming
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{n - len(self.loaded)} of {n} workers did not load their engines")
+            try:
+                self.loaded.append(int(ready.get(timeout=0.2)))
+            except queue.Empty:
+                continue
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         """Run `fn(*args)` in a worker process; `fn` must be a module-level function.

@@ -143,11 +143,21 @@ class SobrietySettings(BaseModel):
         220.0, ge=128, le=255, description="Brightest acceptable mean luma of the face box (0-255)."
     )
     photo_min_sharpness: float = Field(
-        15.0,
+        13.0,
         ge=0,
         le=1000,
-        description="Lowest variance of the Laplacian over the upper face (eyes/brow), below which the photo "
-        "is too blurred to judge.",
+        description="Lowest variance of the Laplacian (grey levels^2) over the upper half of the face box "
+        "(eyes/brow) scaled to photo_sharpness_width_px wide, below which the photo is too blurred to judge. "
+        "Chosen by benchmarks/breath_sharpness.py on LFW dev faces, sharp vs Gaussian-blurred (sigma 1.5 px "
+        "at LFW scale), 5-fold identity-grouped CV: see README (breath photos).",
+    )
+    photo_sharpness_width_px: int = Field(
+        150,
+        ge=50,
+        le=600,
+        description="Face box width the sharpness is measured at (the face engine's chip size). Measured at "
+        "the photo's own scale, a large soft face (a 300 px face from a station camera) read as blurred "
+        "while a small face of the same detail read as sharp.",
     )
     phash_max_hamming: int = Field(
         8,

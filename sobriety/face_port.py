@@ -29,7 +29,7 @@ from sobriety.occlusion import RGB
 from sobriety.photos import FaceObservation
 
 if TYPE_CHECKING:
-    from identity.face.engine import FaceEngine
+    from identity.face.engine import FaceEngine, Probe
 
 # PAD result codes that mean "no anti-spoofing model in this process" rather than a judgement.
 PAD_UNAVAILABLE_CODES = frozenset({"pad_worker_not_initialised", "pad_models_unavailable"})
@@ -53,25 +53,37 @@ class EngineFacePort:
     `identity.pad.worker.pad_score_rgb`; results whose code is in `PAD_UNAVAILABLE_CODES` count as "no
     PAD model" (None). Faces narrower than the face settings' `other_face_min_ratio` of the largest one
     are background faces and are not reported, as in the face engine's own quality gate.
+
+    `band` = (accept, reject) Euclidean distances of the caller's decision: with the engine's on-demand
+    flip TTA a photo is encoded once, and mirrored only when its distance is near that band (the
+    engine's `flip_tta_margin`, in cosine distance). None: every photo is mirrored.
     """
 
-    def __init__(self, engine: FaceEngine, pad: PadScorer | None = None) -> None:
+    def __init__(
+        self, engine: FaceEngine, pad: PadScorer | None = None, band: tuple[float, float] | None = None
+    ) -> None:
         self._engine = engine
         self._pad = pad
+        self._band = band
         # The last analysed image and its analysis: `distance` on the same image reuses its embedding.
-        self._last: tuple[RGB, FaceAnalysis] | None = None
+        self._last: tuple[RGB, Probe] | None = None
 
     @property
     def model(self) -> ModelStamp | None:
         """Stamp of the embedding model (the engine's dlib ResNet entry)."""
         return self._engine.stamp
 
-    def _analysis(self, rgb: RGB) -> FaceAnalysis:
+    def _probe(self, rgb: RGB) -> Probe:
         if self._last is not None and self._last[0] is rgb:
             return self._last[1]
-        analysis = self._engine.analyse(rgb, encode_rejected=True)
-        self._last = (rgb, analysis)
-        return analysis
+        probe = self._engine.analyse_probe(rgb, encode_rejected=True)
+        if self._band is None:
+            self._engine.add_mirror(probe)
+        self._last = (rgb, probe)
+        return probe
+
+    def _analysis(self, rgb: RGB) -> FaceAnalysis:
+        return self._probe(rgb).analysis
 
     def analyse(self, rgb: RGB) -> list[FaceObservation]:
         """Every (non-background) face in an HxWx3 uint8 RGB image, largest first, with 68 landmarks."""
@@ -100,9 +112,23 @@ class EngineFacePort:
         """Smallest Euclidean distance (unit embeddings, 0..2) from this face to the gallery embeddings."""
         if len(gallery) == 0:
             raise ValueError("empty gallery")
-        e = self.embed(rgb, face).astype(np.float64)
         g = np.atleast_2d(np.asarray(gallery, dtype=np.float64))
-        return float(np.min(np.linalg.norm(g - e[None, :], axis=1)))
+        e = self.embed(rgb, face).astype(np.float64)
+        d = float(np.min(np.linalg.norm(g - e[None, :], axis=1)))
+        if self._band is not None:
+            # Unit vectors: cosine distance = Euclidean^2 / 2, the unit of the engine's margin.
+            probe = self._probe(rgb)
+            lo, hi = self._band
+            if self._engine.needs_mirror(probe, d * d / 2, lo * lo / 2, hi * hi / 2):
+                self._engine.add_mirror(probe)
+                e = self.embed(rgb, face).astype(np.float64)
+                d = float(np.min(np.linalg.norm(g - e[None, :], axis=1)))
+        return d
+
+    @property
+    def mirrored(self) -> bool:
+        """Whether the last analysed photo's embedding is mirror-averaged."""
+        return self._last is not None and self._last[1].mirrored
 
     def antispoof(self, rgb: RGB, face: FaceObservation) -> CheckResult | None:
         """The PAD scorer's result for this face; None when no scorer or no PAD model is available."""

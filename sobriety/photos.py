@@ -216,6 +216,23 @@ def _photo(outcome: Outcome, code: str, message: str, **details: Any) -> CheckRe
     return CheckResult(CheckKind.BREATH_PHOTO, outcome, code, message, details=dict(details))
 
 
+def face_sharpness(grey_face: npt.NDArray[np.uint8], width_px: int) -> float:
+    """Laplacian variance (grey levels^2) of the upper half of a grey face crop scaled to width_px wide.
+
+    The mouthpiece covers the lower face, so only the eyes and brows count. Scaling first makes the
+    figure a property of the face, not of the camera distance: the same face detail gives the same value
+    at 100 or 300 px.
+    """
+    h, w = grey_face.shape[:2]
+    if h < 2 or w < 2:
+        return 0.0
+    scale = width_px / w
+    size = (width_px, max(2, int(round(h * scale))))
+    g = cv2.resize(grey_face, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_LINEAR)
+    upper = g[: max(1, g.shape[0] // 2)]
+    return float(cv2.Laplacian(upper, cv2.CV_64F).var())
+
+
 def photo_quality(rgb: RGB, face: FaceObservation, settings: SobrietySettings) -> CheckResult:
     """Face size, brightness (mean luma 0-255 of the box) and sharpness (Laplacian variance, upper face)."""
     b = face.box
@@ -255,9 +272,7 @@ def photo_quality(rgb: RGB, face: FaceObservation, settings: SobrietySettings) -
             score=luma,
             threshold=settings.photo_max_brightness,
         )
-    # The mouthpiece covers the lower face, so sharpness is measured on the upper half (eyes, brows).
-    upper = grey[: max(1, grey.shape[0] // 2)]
-    sharp = float(cv2.Laplacian(upper, cv2.CV_64F).var())
+    sharp = face_sharpness(grey, settings.photo_sharpness_width_px)
     if sharp < settings.photo_min_sharpness:
         return CheckResult(
             CheckKind.FACE_QUALITY,

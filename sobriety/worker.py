@@ -88,6 +88,7 @@ def analyse_photos_job(
     decoded = [decode_photo(pid, data, engine.settings) for pid, data in photos]
     good = [d for d in decoded if isinstance(d, BreathPhoto)]
     bad = [d for d in decoded if isinstance(d, CheckResult)]
-    port = EngineFacePort(engine, pad=pad_worker.pad_score_rgb)
+    band = (sobriety_settings.occluded_accept_distance, sobriety_settings.occluded_reject_distance)
+    port = EngineFacePort(engine, pad=pad_worker.pad_score_rgb, band=band)
     rows = [np.asarray(g, dtype=np.float64) for g in np.atleast_2d(gallery)] if len(gallery) else []
     return PhotoJobResult(analyse_breath_photos(good, rows, port, sobriety_settings), bad)

@@ -9,6 +9,8 @@ face_recognition, which loads unverified weights at import and flips Pillow's LO
 Speed: detection runs on a frame downscaled to `detect_max_side_px` (full resolution only as a
 fallback); encoding is given the box (no second detection); chips are encoded in batches; in a frame
 sequence, near-duplicate frames reuse the previous identity analysis (their landmarks are refitted).
+A probe judged against a template (`analyse_probe`) gets its mirror pass only when its distance is
+near the decision band (`flip_tta_on_demand`); enrolment always mirrors.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +80,16 @@ def thumbnail(rgb: RgbImage) -> npt.NDArray[np.float32]:
     g = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
     small: npt.NDArray[np.uint8] = cv2.resize(g, (32, 32), interpolation=cv2.INTER_AREA)
     return small.astype(np.float32)
+
+
+@dataclass(slots=True)
+class Probe:
+    """A single image analysed for a comparison: its analysis, the aligned chip of its primary face (None
+    when not encoded) and whether its embedding is already mirror-averaged."""
+
+    analysis: FaceAnalysis
+    chip: RgbImage | None
+    mirrored: bool
 
 
 class FaceEngine:
@@ -203,6 +215,22 @@ class FaceEngine:
 
         `session` marks video frames: the cheaper detection and encoding of the session_* settings.
         """
+        return self._analyse_many(
+            images, num_jitters=num_jitters, encode=encode, encode_rejected=encode_rejected, session=session
+        )[0]
+
+    def _analyse_many(
+        self,
+        images: Sequence[Any],
+        *,
+        num_jitters: int = 0,
+        encode: bool = True,
+        encode_rejected: bool = False,
+        session: bool = False,
+        flip: bool | None = None,
+    ) -> tuple[list[FaceAnalysis], dict[int, RgbImage]]:
+        """`analyse_many`, plus the aligned chip of every encoded image by its index; `flip` overrides
+        the settings' flip TTA."""
         results: list[FaceAnalysis] = []
         chips: list[RgbImage] = []
         chip_owner: list[int] = []
@@ -245,19 +273,59 @@ class FaceEngine:
             chip_owner = [chip_owner[i] for i in keep]
         if chips:
             t2 = time.perf_counter()
-            flip = self.settings.session_flip_tta if session else self.settings.flip_tta
+            if flip is None:
+                flip = self.settings.session_flip_tta if session else self.settings.flip_tta
             embs = self.encode_chips(chips, num_jitters, flip=flip)
             per_chip = (time.perf_counter() - t2) * 1e3 / len(chips)
             for owner, emb in zip(chip_owner, embs, strict=True):
                 results[owner].embedding = emb
                 results[owner].timing_ms["encode_ms"] = per_chip
-        return results
+        return results, dict(zip(chip_owner, chips, strict=True))
 
     def analyse(self, image: Any, *, num_jitters: int = 0, encode_rejected: bool = False) -> FaceAnalysis:
         """Analyse one RGB (H, W, 3) image: faces, 68 landmarks, quality gate, embedding when it passes."""
         return self.analyse_many([image], num_jitters=num_jitters, encode_rejected=encode_rejected)[0]
 
-    def analyse_frames(self, frames: Sequence[Any]) -> tuple[list[FaceAnalysis], list[int | None]]:
+    def analyse_probe(self, image: Any, *, encode_rejected: bool = False) -> Probe:
+        """Analyse one RGB (H, W, 3) probe that will be judged against a template.
+
+        With on-demand flip TTA (`flip_tta` and `flip_tta_on_demand`) the chip is encoded once; call
+        `needs_mirror` with the resulting distance and `add_mirror` when it says so. Otherwise the
+        embedding is already mirror-averaged (as `analyse`).
+        """
+        s = self.settings
+        on_demand = s.flip_tta and s.flip_tta_on_demand
+        results, chips = self._analyse_many(
+            [image], encode_rejected=encode_rejected, flip=False if on_demand else None
+        )
+        analysis = results[0]
+        return Probe(analysis, chips.get(0), mirrored=not on_demand and s.flip_tta)
+
+    def needs_mirror(self, probe: Probe, distance: float, pass_below: float, fail_above: float) -> bool:
+        """Whether a one-pass cosine `distance` is close enough to [pass_below, fail_above] (within
+        `flip_tta_margin`) that the mirror-averaged embedding must decide."""
+        m = self.settings.flip_tta_margin
+        return (
+            self.settings.flip_tta
+            and not probe.mirrored
+            and probe.chip is not None
+            and probe.analysis.embedding is not None
+            and pass_below - m <= distance <= fail_above + m
+        )
+
+    def add_mirror(self, probe: Probe) -> None:
+        """Replace the probe's one-pass embedding by the mirror-averaged one (what `analyse` gives)."""
+        if probe.mirrored or probe.chip is None or probe.analysis.embedding is None:
+            return
+        t0 = time.perf_counter()
+        mirror = self.encode_chips([np.ascontiguousarray(probe.chip[:, ::-1])], flip=False)[0]
+        probe.analysis.embedding = l2_normalise((probe.analysis.embedding + mirror) / 2.0)
+        probe.analysis.timing_ms["mirror_ms"] = (time.perf_counter() - t0) * 1e3
+        probe.mirrored = True
+
+    def analyse_frames(
+        self, frames: Sequence[Any], *, encode: bool = True
+    ) -> tuple[list[FaceAnalysis], list[int | None]]:
         """Analyse a frame sequence; identity work (detection, quality gate, embedding) only where needed.
 
         Returns one analysis per frame and, per frame, the index of the frame whose identity analysis it
@@ -265,7 +333,8 @@ class FaceEngine:
         near-duplicate of the last analysed frame, or fewer than `session_detect_every_n` frames have
         passed since it. Every frame still gets its own 68 landmarks: a reusing frame's are fitted on its
         own pixels in the reused face box (about a millisecond), because
-        liveness reads eye and mouth movement that a near-duplicate thumbnail hides.
+        liveness reads eye and mouth movement that a near-duplicate thumbnail hides. `encode=False`
+        skips the embedding (live analysis: `embed_analyses` encodes the chosen best frames later).
         """
         s = self.settings
         unique: list[Any] = []
@@ -294,7 +363,7 @@ class FaceEngine:
             dup_of.append(None)
             last_thumb = thumb
             last_index = i
-        analysed = self.analyse_many(unique, session=True)
+        analysed = self.analyse_many(unique, session=True, encode=encode)
         out: list[FaceAnalysis] = []
         for i, (u, dup) in enumerate(zip(unique_of, dup_of, strict=True)):
             source = analysed[u]
@@ -308,6 +377,31 @@ class FaceEngine:
             ]
             out.append(replace(source, faces=faces, reused_from=dup))
         return out, dup_of
+
+    def embed_analyses(self, frames: Sequence[Any], analyses: Sequence[FaceAnalysis]) -> list[FaceAnalysis]:
+        """Embeddings for frames already analysed (live analysis chose them): frames[i] is the RGB image
+        analyses[i] was made from. Each primary face is chipped from its own landmarks and encoded (one
+        batch); a frame without a face comes back unchanged. No detection runs again."""
+        out = list(analyses)
+        chips: list[RgbImage] = []
+        owners: list[int] = []
+        for i, (frame, analysis) in enumerate(zip(frames, analyses, strict=True)):
+            rgb = as_rgb(frame)
+            face = analysis.primary_face
+            if rgb is None or face is None:
+                continue
+            chips.append(self._chip(rgb, face))
+            owners.append(i)
+        if chips:
+            t0 = time.perf_counter()
+            embs = self.encode_chips(chips, flip=self.settings.session_flip_tta)
+            per_chip = (time.perf_counter() - t0) * 1e3 / len(chips)
+            for owner, emb in zip(owners, embs, strict=True):
+                a = out[owner]
+                out[owner] = replace(
+                    a, embedding=emb, reused_from=None, timing_ms={**a.timing_ms, "encode_ms": per_chip}
+                )
+        return out
 
     def _landmarks(self, rgb: RgbImage, box: FaceBox) -> npt.NDArray[np.int32]:
         shape = self._sp68(rgb, dlib.rectangle(box.left, box.top, box.right, box.bottom))
@@ -450,12 +544,20 @@ class FaceEngine:
         problem = self._template_problem(template)
         if problem is not None:
             return problem
-        analysis = self.analyse(image)
+        probe = self.analyse_probe(image)
+        analysis = probe.analysis
         if analysis.embedding is None:
             return _as_face_result(analysis.quality, analysis.summary())
         d = distance_to_template(template.embeddings, analysis.embedding)
+        t = self.thresholds
+        if self.needs_mirror(probe, d, t.pass_below, t.fail_above):
+            self.add_mirror(probe)
+            d = distance_to_template(template.embeddings, analysis.embedding)
         return decide(
-            d, self.thresholds, self.stamp, {"frame": analysis.summary(), "models": self._stamp_dicts()}
+            d,
+            self.thresholds,
+            self.stamp,
+            {"frame": analysis.summary(), "mirror_pass": probe.mirrored, "models": self._stamp_dicts()},
         )
 
     def verify_frames(self, template: Template, frames: Sequence[Any]) -> CheckResult:

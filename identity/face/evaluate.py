@@ -582,6 +582,14 @@ def calibrate(
             "_gen": gen,
             "_imp": imp,
         }
+        if flip:
+            from identity.face.crossval import cross_validate_on_demand_flip
+
+            # Probe side encoded once, mirrored only near the band, at this CV's own thresholds.
+            report["on_demand_flip"] = cross_validate_on_demand_flip(
+                enc.plain, enc.mirror, enc.identities, cv
+            )
+            report["on_demand_flip"]["shipped_margin"] = settings.flip_tta_margin
     chosen = report["variants"]["flip_tta" if settings.flip_tta else "no_flip"]
     if write_calibration is not None:
         from identity.models import load_manifest
@@ -642,6 +650,7 @@ def format_calibration(report: dict[str, Any]) -> str:
     ]
     for name, v in report["variants"].items():
         cv, a = v["cv"], v["all_images"]
+        po = cv["pooled"]
         lines += [
             f"{name} (encode ~{v['encode_ms_per_image']:.0f} ms/image): out-of-sample over "
             f"{cv['k'] * cv['repeats']} held-out folds ({cv['pooled']['n_genuine']} genuine, "
@@ -656,10 +665,39 @@ def format_calibration(report: dict[str, Any]) -> str:
             f"{cv['impostor_review']['worst_fold']:7.3%}",
             f"  genuine PASS                        {cv['genuine_pass']['mean']:7.3%} | "
             f"{cv['genuine_pass']['worst_fold']:7.3%}",
+            f"  pooled over all held-out folds: false-FAIL {po['false_fail_count']}/{po['n_genuine']} = "
+            f"{po['false_fail']:.3%} (95% upper bound {po['false_fail_upper95']:.3%}), false-PASS "
+            f"{po['false_pass_count']}/{po['n_impostor']} = {po['false_pass']:.3%} (95% upper bound "
+            f"{po['false_pass_upper95']:.3%}), genuine REVIEW {po['genuine_review']:.2%}; PASS-side rule "
+            f"'{cv['pass_rule']}'",
+            "  per fold (repeat.fold: PASS d <, FAIL d >, false-PASS, false-FAIL, genuine REVIEW): "
+            + "; ".join(
+                f"{f['repeat']}.{f['fold']}: {f['pass_below']:.4f}, {f['fail_above']:.4f}, {f['false_pass']}, "
+                f"{f['false_fail']}, {f['genuine_review']:.1%}"
+                for f in cv["per_fold"]
+            ),
             f"  all images ({a['n_genuine']} genuine, {a['n_impostor']} impostor pairs): margins PASS "
             f"-{a['pass_margin']:.4f} FAIL +{a['fail_margin']:.4f} -> PASS d < {a['pass_below']:.4f}, "
             f"FAIL d > {a['fail_above']:.4f}",
         ]
+    od = report.get("on_demand_flip")
+    if od:
+        r = od["rates"]
+        lines += [
+            f"on-demand flip TTA (probe encoded once, mirror when within a margin of the band; margin per "
+            f"fold = {od['quantile']:g} quantile of |one-pass - mirrored| on its tuning folds, "
+            f"{od['margin']['min']:.4f}..{od['margin']['max']:.4f}; shipped {od['shipped_margin']:.4f}), "
+            f"{od['n_genuine']} genuine / {od['n_impostor']} impostor probe-tests:",
+            f"  decisions differing from always mirroring: {od['decisions_differing_from_flip']}; mirror pass "
+            f"for {od['mirror_pass_share_genuine']:.1%} of genuine, {od['mirror_pass_share_impostor']:.1%} "
+            "of impostor probes",
+        ]
+        for name in ("flip", "on_demand", "no_flip"):
+            x = r[name]
+            lines.append(
+                f"  probe {name:9s}: false-FAIL {x['false_fail']:.3%}  false-PASS {x['false_pass']:.3%}  "
+                f"genuine REVIEW {x['genuine_review']:.2%}  impostor REVIEW {x['impostor_review']:.2%}"
+            )
     if "calibration_written" in report:
         lines.append(f"calibration written to {report['calibration_written']}")
     return "\n".join(lines)

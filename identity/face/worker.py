@@ -60,6 +60,18 @@ def analyse_frames(frames: list[Any]) -> list[FaceAnalysis]:
     return _engine().analyse_frames(frames)[0]
 
 
+def analyse_live(frames: list[Any]) -> list[FaceAnalysis]:
+    """Per-frame faces, 68 landmarks and quality of a chunk of live RGB frames, without embeddings.
+
+    `reused_from` indexes within this chunk. Every frame gets its own landmarks (liveness reads them)."""
+    return _engine().analyse_frames(frames, encode=False)[0]
+
+
+def embed_analyses(frames: list[Any], analyses: list[FaceAnalysis]) -> list[FaceAnalysis]:
+    """The analyses of chosen frames with the primary face's embedding added (frames[i] made analyses[i])."""
+    return _engine().embed_analyses(frames, analyses)
+
+
 def enrol(images: list[Any], previous: Template | None = None) -> tuple[Template | None, list[CheckResult]]:
     """Template from several RGB images; results[i] judges images[i], the last one is the summary."""
     return _engine().enrol(images, previous)

@@ -8,6 +8,8 @@ from fastapi import APIRouter, Header, Request
 from fastapi.responses import JSONResponse, Response
 
 from media_server.errors import TooLarge
+from media_server.settings import NodeSettings
+from media_server.webrtc import nodes
 from media_server.webrtc.ingest import SDP_MEDIA_TYPE, WhipIngest
 
 router = APIRouter(tags=["whip"])
@@ -32,6 +34,21 @@ async def read_capped(request: Request, max_bytes: int) -> bytes:
     return bytes(body)
 
 
+def _node(request: Request) -> NodeSettings:
+    node: NodeSettings = request.app.state.settings.node
+    return node
+
+
+async def _elsewhere(request: Request, resource_id: str) -> Response | None:
+    """The owning node's answer when `resource_id` lives on another node (None: it is ours)."""
+    node = _node(request)
+    owner = nodes.foreign_owner(node, resource_id)
+    if owner is None:
+        return None
+    body = await read_capped(request, request.app.state.settings.media.max_offer_bytes)
+    return await nodes.forward(request, node, owner, resource_id, body)
+
+
 def _unavailable() -> JSONResponse:
     return JSONResponse({"error": "unavailable", "message": "media ingest is not running"}, status_code=503)
 
@@ -50,7 +67,7 @@ async def whip_post(
     await ingest.preflight(content_type, authorization)
     body = await read_capped(request, ingest.settings.media.max_offer_bytes)
     resource_id, answer = await ingest.open(content_type, authorization, body)
-    location = f"/whip/{resource_id}"
+    location = nodes.location(_node(request), resource_id)
     return Response(
         content=answer,
         status_code=201,
@@ -63,7 +80,10 @@ async def whip_post(
 async def whip_delete(
     resource_id: str, request: Request, authorization: Annotated[str | None, Header()] = None
 ) -> Response:
-    """End the session (with the bearer that opened it); its capture is still processed."""
+    """End the session (with the bearer that opened it); its capture is still processed. A session of
+    another node is forwarded there (`media_server.webrtc.nodes`)."""
+    if (answer := await _elsewhere(request, resource_id)) is not None:
+        return answer
     ingest = get_ingest(request)
     if ingest is None:
         return _unavailable()
@@ -77,6 +97,8 @@ async def whip_state(
 ) -> Response:
     """The session's state and, once it ended, its outcome (same bearer as the POST). A station
     whose peer connection died polls this to learn that the server ended the session."""
+    if (answer := await _elsewhere(request, resource_id)) is not None:
+        return answer
     ingest = get_ingest(request)
     if ingest is None:
         return _unavailable()
@@ -84,8 +106,10 @@ async def whip_state(
 
 
 @router.patch("/whip/{resource_id}")
-async def whip_patch(resource_id: str) -> Response:
+async def whip_patch(resource_id: str, request: Request) -> Response:
     """Trickle ICE and ICE restarts are not supported: offers carry every candidate."""
+    if (answer := await _elsewhere(request, resource_id)) is not None:
+        return answer
     return Response(status_code=405, headers={"Allow": "GET, DELETE"})
 
 

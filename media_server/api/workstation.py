@@ -84,6 +84,7 @@ from media_server.review_views import (
     person_zone,
     photo_cards,
     reading_rows,
+    recording_gaps,
     recording_offset_s,
     zone,
 )
@@ -605,6 +606,7 @@ def session_detail(session_id: str, request: Request, services: ServicesDep) -> 
             checks=ordered,
             timeline=challenge_timeline(t, s.challenge, checks, offset),
             recordings=recordings,
+            recording_gaps={a.id: recording_gaps(t, a, offset) for a in recordings},
             frames=frame_cards(t, by_kind.get(ArtifactKind.FRAME, []), checks, offset),
             audio=by_kind.get(ArtifactKind.AUDIO, []),
             photos=photo_cards(t, by_kind.get(ArtifactKind.PHOTO, []), reading, checks, earlier, tz),

@@ -46,6 +46,19 @@ class DbDeviceRegistry:
             )
 
 
+class RoutedDevice:
+    """`sobriety.reading.DeviceRegistry` answering from the station row the route already read; any other
+    serial goes to the database (so admission never trusts a snapshot for a serial it was not read for)."""
+
+    def __init__(self, device: RegisteredDevice, fallback: DbDeviceRegistry) -> None:
+        self._device = device
+        self._fallback = fallback
+
+    def get_device(self, serial: str) -> RegisteredDevice | None:
+        """The routed station when `serial` is its serial, else the database's answer."""
+        return self._device if serial == self._device.serial else self._fallback.get_device(serial)
+
+
 class DbNonceLedger:
     """`sobriety.reading.NonceLedger` on breath_nonces; the (device, nonce) primary key makes it atomic."""
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from datetime import date, datetime
+from datetime import datetime
 from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from identity.checks import CheckResult
-from media_server.breath.values import SYSTEM_ACTOR, Retest
+from media_server.breath.values import SYSTEM_ACTOR, BreathContext, Retest
 from media_server.db import audit
 from media_server.db.models import (
     BreathEpisode,
@@ -165,16 +165,6 @@ def _retest_of(step: _EpisodeStep, now: datetime) -> Retest | None:
     return None
 
 
-@dataclass(frozen=True)
-class BreathContext:
-    """What a submission is judged against, loaded once: the person's names, the order, the calibration."""
-
-    person_names: tuple[str, ...]
-    order: OrderLimit
-    order_source: str
-    calibrated_on: date | None
-
-
 def _order_of(person: Person | None, settings: SobrietySettings) -> tuple[OrderLimit, str]:
     if person is not None and person.order_brac_limit is not None and person.order_brac_unit:
         return OrderLimit(person.order_brac_limit, AlcoholUnit(person.order_brac_unit)), "court_order"
@@ -187,14 +177,17 @@ def order_limit(services: Services, person_id: str) -> tuple[OrderLimit, str]:
         return _order_of(db.get(Person, person_id), services.settings.sobriety)
 
 
+def context_of(person: Person | None, device: Device | None, settings: SobrietySettings) -> BreathContext:
+    """The judging context from person and station rows already loaded."""
+    order, source = _order_of(person, settings)
+    names = (person.id, person.external_ref) if person is not None else ()
+    return BreathContext(names, order, source, device.calibrated_on if device is not None else None)
+
+
 def load_context(services: Services, person_id: str, device_id: str) -> BreathContext:
-    """The person and the station, read once in one transaction."""
+    """The person and the station, read once in one transaction (when the route did not already)."""
     with services.sessions() as db:
-        person = db.get(Person, person_id)
-        device = db.get(Device, device_id)
-        order, source = _order_of(person, services.settings.sobriety)
-        names = (person.id, person.external_ref) if person is not None else ()
-        return BreathContext(names, order, source, device.calibrated_on if device is not None else None)
+        return context_of(db.get(Person, person_id), db.get(Device, device_id), services.settings.sobriety)
 
 
 def judge_reading_and_advance(

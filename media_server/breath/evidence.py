@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 
 from identity.checks import CheckResult, Outcome
 from media_server.artifacts import StoredRef, store_artifact
+from media_server.breath.episodes import context_of
 from media_server.breath.values import PHOTO_CONTENT_TYPES, SYSTEM_ACTOR, Upload, _Route, _sig
 from media_server.db import audit
 from media_server.db.enums import (
@@ -37,6 +38,7 @@ from media_server.db.models import (
 from media_server.lifecycle import status_of
 from media_server.services import Services
 from sobriety.reading import (
+    RegisteredDevice,
     verify_signature,
 )
 
@@ -102,6 +104,15 @@ def _route(services: Services, upload: Upload, now: datetime) -> _Route:
             if original is not None:
                 return _Route(serial, device.id, person.id, original, resend=True)
         may_claim = signed and not spent
+        # The station and the person as read here are all the rest of the flow needs of them.
+        station = RegisteredDevice(
+            serial=device.serial,
+            public_key_b64=device.public_key_b64 or "",
+            active=device.active,
+            calibrated_on=device.calibrated_on,
+            device_id=device.id,
+        )
+        context = context_of(person, device, services.settings.sobriety)
         if may_claim:
             open_rows = db.scalars(
                 select(CheckSession)
@@ -130,7 +141,15 @@ def _route(services: Services, upload: Upload, now: datetime) -> _Route:
                         row.id,
                         {"device_id": device.id, "serial": serial},
                     )
-                    return _Route(serial, device.id, person.id, row.id, scheduled=True)
+                    return _Route(
+                        serial,
+                        device.id,
+                        person.id,
+                        row.id,
+                        scheduled=True,
+                        device=station if device.public_key_b64 else None,
+                        context=context,
+                    )
         session = CheckSession(
             person_id=person.id,
             kind=SessionKind.BREATH,
@@ -151,7 +170,14 @@ def _route(services: Services, upload: Upload, now: datetime) -> _Route:
             session.id,
             {"device_id": device.id, "serial": serial, "unscheduled": True},
         )
-        return _Route(serial, device.id, person.id, session.id)
+        return _Route(
+            serial,
+            device.id,
+            person.id,
+            session.id,
+            device=station if device.public_key_b64 else None,
+            context=context,
+        )
 
 
 def _original_submission(db: Session, person_id: str, upload: Upload) -> str | None:

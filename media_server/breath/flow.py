@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from identity.checks import CheckKind, CheckResult, Outcome
 from media_server.artifacts import StoredRef
-from media_server.breath.adapters import DbDeviceRegistry, DbNonceLedger
+from media_server.breath.adapters import DbDeviceRegistry, DbNonceLedger, RoutedDevice
 from media_server.breath.episodes import (
     _advance_episode,
     _EpisodeStep,
@@ -62,6 +62,7 @@ from sobriety.policy import (
 from sobriety.reading import (
     Admission,
     NonceLedger,
+    RegisteredDevice,
     admit_submission,
     validate_reading,
 )
@@ -167,11 +168,18 @@ class _ResumeLedger:
         return self._inner.remember(device_id, nonce, at)
 
 
-def _admit(services: Services, upload: Upload, now: datetime, ledger: NonceLedger | None = None) -> Admission:
+def _admit(
+    services: Services,
+    upload: Upload,
+    now: datetime,
+    ledger: NonceLedger | None = None,
+    device: RegisteredDevice | None = None,
+) -> Admission:
+    registry = DbDeviceRegistry(services.sessions)
     return admit_submission(
         upload.reading,
         upload.signature,
-        DbDeviceRegistry(services.sessions),
+        registry if device is None else RoutedDevice(device, registry),
         ledger or DbNonceLedger(services.sessions),
         now,
         services.settings.sobriety,
@@ -251,13 +259,15 @@ async def _judge(
     assert route.session_id is not None and route.person_id is not None and route.device_id is not None
 
     # 2. Admission and validity.
-    admission = await asyncio.to_thread(_admit, services, upload, now, ledger)
+    admission = await asyncio.to_thread(_admit, services, upload, now, ledger, route.device)
     if not admission.accepted or admission.reading is None:
         rejection = admission.rejection or _sig(Outcome.FAIL, "invalid_reading", "Reading was not admitted.")
         return await _reject(services, route, rejection, list(admission.checks), refs, now)
     reading = admission.reading
     checks = list(admission.checks)
-    context = await asyncio.to_thread(load_context, services, route.person_id, route.device_id)
+    context = route.context
+    if context is None:
+        context = await asyncio.to_thread(load_context, services, route.person_id, route.device_id)
     if reading.person_id not in context.person_names:
         mismatch = CheckResult(
             CheckKind.BREATH_READING,

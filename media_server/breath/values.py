@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import date, datetime
 from typing import Any
 
 from identity.checks import CheckKind, CheckResult, Outcome
 from media_server.db.enums import Decision
+from sobriety.policy import OrderLimit
+from sobriety.reading import RegisteredDevice
 
 log = logging.getLogger("kuzet.breath")
 
@@ -104,6 +106,20 @@ class _Route:
     inactive_person: str | None = None
     # A byte-identical resend (same reading, same signature) of a submission already stored on `session_id`.
     resend: bool = False
+    # The station and the judging context as read while routing (one read of device and person per
+    # submission); None when the route was rebuilt from a stored session (re-judging).
+    device: RegisteredDevice | None = None
+    context: BreathContext | None = None
+
+
+@dataclass(frozen=True)
+class BreathContext:
+    """What a submission is judged against, loaded once: the person's names, the order, the calibration."""
+
+    person_names: tuple[str, ...]
+    order: OrderLimit
+    order_source: str
+    calibrated_on: date | None
 
 
 def _sig(outcome: Outcome, code: str, message: str, **details: object) -> CheckResult:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
@@ -14,6 +15,13 @@ from media_server.services import Services
 from media_server.webrtc.capture import EndedReason, SessionCapture
 
 EVIDENCE_FRAMES = 12
+# The recorder's file suffix -> stored content type (WebM: VP8 + Opus as received; Matroska: H.264).
+RECORDING_TYPES = {".webm": "video/webm", ".mkv": "video/x-matroska", ".mp4": "video/mp4"}
+
+
+def recording_content_type(path: Path) -> str:
+    """The content type of a session recording, from the suffix its recorder gave it."""
+    return RECORDING_TYPES.get(path.suffix.lower(), "application/octet-stream")
 
 
 def _evidence_frames(frames: list[tuple[float, npt.NDArray[np.uint8]]]) -> list[int]:
@@ -49,8 +57,8 @@ def store_capture_evidence(services: Services, capture: SessionCapture) -> list[
                 services,
                 sid,
                 ArtifactKind.RECORDING,
-                "video/mp4",
-                {"ended_reason": capture.ended_reason.value},
+                recording_content_type(capture.recording_path),
+                {**capture.recording_meta, "ended_reason": capture.ended_reason.value},
                 path=capture.recording_path,
             )
         )
@@ -63,7 +71,7 @@ def store_capture_evidence(services: Services, capture: SessionCapture) -> list[
                 sid,
                 ArtifactKind.FRAME,
                 "image/jpeg",
-                {"t_s": round(t_s, 3), "frame_index": i, "width": w, "height": h},
+                {"t_s": round(t_s, 3), "frame_index": capture.frame_index(i), "width": w, "height": h},
                 data=jpeg_bytes(rgb),
             )
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -43,12 +44,24 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
             "session_id": capture.session_id,
         }
     services.metrics.sessions_ended.labels(capture.ended_reason.value).inc()
-    services.metrics.recording_dropped.inc(int(capture.stats.get("recorder_dropped", 0) or 0))
+    count_recording(services, capture)
+    t0 = time.monotonic()
     await asyncio.to_thread(store_capture_evidence, services, capture)
+    t1 = time.monotonic()
     checks = await run_checkin_checks(services, capture)
+    t2 = time.monotonic()
     await asyncio.to_thread(annotate_frames, services, capture.session_id, checks.results)
     outcome, verdict_id = await asyncio.to_thread(
         write_verdict, services, capture.session_id, checks.results, checks.required
+    )
+    log.info(
+        "check-in judged",
+        extra={
+            "session_id": capture.session_id,
+            "evidence_s": round(t1 - t0, 3),
+            "checks_s": round(t2 - t1, 3),
+            "verdict_s": round(time.monotonic() - t2, 3),
+        },
     )
     announce(services, capture.session_id, capture.person_id, capture.kind, outcome, verdict_id)
     await _record_location(services, capture)
@@ -68,6 +81,22 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
         # A fresh link went to the person's phone gateway (the page cannot show it: it is one-time).
         "retake_link_sent": retake is not None,
     }
+
+
+def count_recording(services: Services, capture: SessionCapture) -> None:
+    """The recording's drops, gaps (by kind and cause), frames missing and recorder CPU, in the metrics."""
+    metrics, meta = services.metrics, capture.recording_meta
+    metrics.recording_dropped.inc(int(capture.stats.get("recorder_dropped", 0) or 0))
+    for key, count in (meta.get("gaps_by_cause") or {}).items():
+        kind, _, cause = str(key).partition(":")
+        metrics.recording_gaps.labels(kind, cause).inc(int(count))
+    for kind in ("video", "audio"):
+        missing = int(capture.stats.get(f"recording_{kind}_frames_missing", 0) or 0)
+        if missing:
+            metrics.recording_frames_missing.labels(kind).inc(missing)
+    cpu_ms = int(capture.stats.get("recording_cpu_ms", 0) or 0)
+    if cpu_ms:
+        metrics.recording_cpu.labels(str(meta.get("format") or "none")).inc(cpu_ms / 1000)
 
 
 def _checkin_fix(capture: SessionCapture) -> NewFix | None:

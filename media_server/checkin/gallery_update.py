@@ -43,7 +43,8 @@ async def adapt_gallery(
         ),
         key=lambda f: f["distance"],
     )
-    picks = [capture.frames[int(f["index"])][1] for f in ranked[: cfg.frames_per_update]]
+    kept = (capture.frame_at(int(f["index"])) for f in ranked)
+    picks = [rgb for rgb in kept if rgb is not None][: cfg.frames_per_update]
     if len(picks) < services.settings.face.enrol_min_images:
         return None
     got = await run_engine(services, CheckKind.FACE, face_worker.enrol, picks, old)

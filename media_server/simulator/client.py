@@ -204,7 +204,7 @@ async def _follow(
         if kind == "prompt":
             step = str(message.get("step", ""))
             run.prompts.append((clock.now(), step))
-            performer.on_prompt(clock.now(), step)
+            performer.on_prompt(clock.now(), step, str(message.get("digits") or ""))
             client.send({"type": "ack", "step": step, "index": message.get("index")})
         elif kind == "feedback":
             run.feedback.append(str(message.get("code")))
@@ -227,10 +227,12 @@ def play_session(
     seed: int,
     foreign: str | None = None,
     reaction_s: float | None = None,
+    digit_voice: dict[str, list[Any]] | None = None,
 ) -> dict[str, Any]:
     """One simulated session, blocking; meant for a separate (spawned) process, as a phone is its own
     device: {"outcome", "feedback", "prompts"}. `clip` and `foreign` name clips in video_dir (decoded
-    once per process); reaction_s defaults to a random 0.4-1.0 s."""
+    once per process); reaction_s defaults to a random 0.4-1.0 s; `digit_voice` (takes of each digit,
+    mono float32 at 48 kHz) lets the person say the prompted digits."""
     rng = np.random.default_rng(seed)
     performer = Performer(
         _cached_clip(video_dir, clip),
@@ -238,6 +240,7 @@ def play_session(
         rng,
         reaction_s=float(rng.uniform(0.4, 1.0)) if reaction_s is None else reaction_s,
         foreign_audio=_cached_clip(video_dir, foreign).audio if foreign else None,
+        digit_voice=digit_voice,
     )
     run = asyncio.run(run_session(url, credential, performer, CameraSpec(*camera), seed=seed))
-    return {"outcome": run.outcome, "feedback": run.feedback, "prompts": run.prompts}
+    return {"outcome": run.outcome, "feedback": run.feedback, "prompts": run.prompts, "said": performer.said}

@@ -129,7 +129,10 @@ class Performer:
     """Session time -> clip frame index and audio, for one behaviour (`mode`).
 
     `reaction_s` is the delay between a prompt arriving and the answer starting (a person reads the
-    prompt first). `foreign_audio` is another clip's speech, for Mode.FOREIGN_AUDIO.
+    prompt first). `foreign_audio` is another clip's speech, for Mode.FOREIGN_AUDIO. `digit_voice` holds
+    takes of each digit "0".."9" (mono float32 at AUDIO_RATE_HZ) of one speaker: with it, a read-digits
+    prompt is answered by saying the prompted digits in that voice (Mode.WRONG_DIGITS: a string that
+    differs in every digit), while the video plays the clip's speak segment if it has one.
     """
 
     clip: Clip
@@ -137,19 +140,30 @@ class Performer:
     rng: np.random.Generator
     reaction_s: float = 0.6
     foreign_audio: npt.NDArray[np.float32] | None = None
+    digit_voice: dict[str, list[npt.NDArray[np.float32]]] | None = None
     _rest: Segment | None = None
     _rest_t0: float = 0.0
     _act: Segment | None = None
     _act_t0: float = 0.0
     answered: list[tuple[float, str]] = field(default_factory=list)
+    said: list[tuple[float, str]] = field(default_factory=list)
+    _speech: npt.NDArray[np.float32] | None = None
+    _speech_t0: float = 0.0
 
     def __post_init__(self) -> None:
         self._rest = self.clip.segment(Action.LOOK, self.rng)
 
-    def on_prompt(self, t_s: float, step: str) -> None:
+    def on_prompt(self, t_s: float, step: str, digits: str = "") -> None:
         """A prompt arrived at session time t_s; a following mode schedules its answer."""
         if self.mode in (Mode.STILL, Mode.REPLAY):
             return
+        if step == "read_digits" and digits and self.digit_voice and self.mode is not Mode.FOREIGN_AUDIO:
+            said = digits
+            if self.mode is Mode.WRONG_DIGITS:
+                said = "".join(str((int(d) + int(self.rng.integers(1, 10))) % 10) for d in digits)
+            self._speech = self._say(said)
+            self._speech_t0 = t_s + self.reaction_s
+            self.said.append((t_s, said))
         action = ANSWERS.get(step)
         if action is None or action not in self.clip.actions():
             return
@@ -186,9 +200,28 @@ class Performer:
         count = max(int((rest.end_s - rest.start_s) * fps), 1)
         return min(first + _pingpong((t_s - self._rest_t0) * fps, count), n - 1)
 
+    def _say(self, digits: str) -> npt.NDArray[np.float32]:
+        """One take per digit (random) with 0.1-0.35 s pauses between them, as a person reads a string."""
+        assert self.digit_voice is not None
+        parts: list[npt.NDArray[np.float32]] = []
+        for i, d in enumerate(digits):
+            takes = self.digit_voice[d]
+            parts.append(takes[int(self.rng.integers(len(takes)))])
+            if i < len(digits) - 1:
+                parts.append(np.zeros(int(self.rng.uniform(0.1, 0.35) * AUDIO_RATE_HZ), np.float32))
+        return np.concatenate(parts).astype(np.float32)
+
     def audio(self, t_s: float, samples: int) -> npt.NDArray[np.float32]:
         """`samples` mono float32 samples at AUDIO_RATE_HZ starting at session time t_s."""
         noise = (self.rng.standard_normal(samples) * 1e-3).astype(np.float32)  # room noise, not silence
+        if self._speech is not None and t_s + samples / AUDIO_RATE_HZ > self._speech_t0:
+            start = int(round((t_s - self._speech_t0) * AUDIO_RATE_HZ))
+            if start < self._speech.size:
+                out = np.zeros(samples, np.float32)
+                lo = max(start, 0)
+                chunk = self._speech[lo : start + samples]
+                out[lo - start : lo - start + chunk.size] = chunk
+                return out + noise
         if self.mode is Mode.REPLAY and self.clip.audio.size:
             start = int(t_s * AUDIO_RATE_HZ) % self.clip.audio.size
             return _slice(self.clip.audio, start, samples) + noise

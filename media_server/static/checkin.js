@@ -7,6 +7,9 @@
   const strings = config.strings;
   const ICE_GATHER_TIMEOUT_MS = 5000;
   const LOCATION_TIMEOUT_MS = 10000;
+  const BUSY_DEFAULT_WAIT_S = 5;
+  const BUSY_MAX_WAIT_S = 60;
+  const BUSY_GIVE_UP_MS = 15 * 60 * 1000;
   const state = {
     lang: config.language, pc: null, stream: null, channel: null, resource: null,
     location: null, locationSent: false, statusKey: null, statusError: false,
@@ -219,6 +222,22 @@
     if (state.pc) { state.pc.close(); state.pc = null; }
   }
 
+  function postOffer(sdp) {
+    return fetch(config.whipUrl, {
+      method: "POST",
+      headers: { "Content-Type": "application/sdp", Authorization: "Bearer " + config.token },
+      body: sdp,
+    });
+  }
+
+  function retryAfterMs(response) {
+    const seconds = Number.parseInt(response.headers.get("Retry-After") || "", 10);
+    const bounded = Number.isFinite(seconds) ? Math.min(Math.max(seconds, 1), BUSY_MAX_WAIT_S) : BUSY_DEFAULT_WAIT_S;
+    return bounded * 1000;
+  }
+
+  const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
   async function start() {
     if (!navigator.mediaDevices || !window.RTCPeerConnection) { fail("error.unsupported"); return; }
     $("start").disabled = true;
@@ -262,11 +281,17 @@
     try {
       await pc.setLocalDescription(await pc.createOffer());
       await waitIceGathering(pc);
-      const response = await fetch(config.whipUrl, {
-        method: "POST",
-        headers: { "Content-Type": "application/sdp", Authorization: "Bearer " + config.token },
-        body: pc.localDescription.sdp,
-      });
+      let response = await postOffer(pc.localDescription.sdp);
+      // A busy node refuses before the link is spent (503 + Retry-After): say so and offer again.
+      const busySince = Date.now();
+      while (response.status === 503 && !state.finished && Date.now() - busySince < BUSY_GIVE_UP_MS) {
+        setStatus("status.busy", "busy");
+        await sleep(retryAfterMs(response));
+        if (state.finished) return;
+        response = await postOffer(pc.localDescription.sdp);
+      }
+      if (state.finished) return;
+      setStatus("status.connecting", "connecting");
       if (response.status === 401 || response.status === 403) { fail("error.link"); return; }
       if (response.status !== 201) { fail("error.network"); return; }
       state.resource = new URL(response.headers.get("Location"), window.location.href).href;

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import secrets
 import shutil
 import time
 from collections import OrderedDict
@@ -15,12 +14,13 @@ from typing import Any
 
 from fastapi import FastAPI
 
-from media_server.auth import require_bearer
+from media_server.auth import WhipPrincipal, require_bearer
 from media_server.errors import (
     BadInput,
     Forbidden,
     KuzetError,
     NotFoundError,
+    ServerBusy,
     UnsupportedMediaType,
 )
 from media_server.services import Services
@@ -29,7 +29,9 @@ from media_server.tokens import token_hash
 from media_server.webrtc.analysis import FeedbackLimits, FrameAdvisor
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.credentials import ServicesAuthenticator, WhipAuthenticator
-from media_server.webrtc.sdp import keep_loopback_candidates, validate_offer
+from media_server.webrtc.live import LiveFaceAnalysis, PoolLiveAnalysis
+from media_server.webrtc.nodes import new_resource_id
+from media_server.webrtc.sdp import OfferSummary, keep_loopback_candidates, validate_offer
 from media_server.webrtc.session import MediaSession
 
 log = logging.getLogger("kuzet.webrtc")
@@ -44,10 +46,22 @@ __all__ = ["PipelineSink", "WhipIngest", "install"]
 class WhipIngest:
     """Creates, finds and ends WHIP sessions; one per app (on `app.state.whip_ingest`)."""
 
-    def __init__(self, settings: Settings, authenticator: WhipAuthenticator, sink: SessionSink) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        authenticator: WhipAuthenticator,
+        sink: SessionSink,
+        *,
+        live: LiveFaceAnalysis | None = None,
+        on_refused: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.authenticator = authenticator
         self.sink = sink
+        self._live = live
+        self._on_refused = on_refused
+        # Offers admitted whose session is not registered yet (authentication and setup in progress).
+        self._reserved = 0
         self.sessions: dict[str, MediaSession] = {}
         media = settings.media
         self._advisor = FrameAdvisor(
@@ -77,6 +91,23 @@ class WhipIngest:
         self._check_content_type(content_type)
         require_bearer(authorization)
         await self.authenticator.check(authorization)
+        self._admit()
+
+    def busy_sessions(self) -> int:
+        """Sessions costing this node work now (live, or ended and not yet judged)."""
+        return sum(1 for s in self.sessions.values() if s.busy) + self._reserved
+
+    def _admit(self) -> None:
+        """Refuse a new session the node cannot serve without loss (before any credential is spent)."""
+        media = self.settings.media
+        if self.busy_sessions() >= media.max_live_sessions:
+            if self._on_refused is not None:
+                self._on_refused()
+            log.warning("whip session refused: node at capacity", extra={"busy": self.busy_sessions()})
+            raise ServerBusy(
+                f"this node is serving {media.max_live_sessions} sessions; try again shortly",
+                media.busy_retry_after_s,
+            )
 
     async def open(self, content_type: str | None, authorization: str | None, body: bytes) -> tuple[str, str]:
         """POST /whip: (resource id, SDP answer). Checks run cheapest first; the credential is
@@ -85,10 +116,23 @@ class WhipIngest:
         self._check_content_type(content_type)
         token = require_bearer(authorization)
         offer, summary = validate_offer(body, max_bytes=self.settings.media.max_offer_bytes)
-        principal = await self.authenticator.authenticate(authorization)
+        # Checked again once the body arrived, and the slot held while the credential is checked and
+        # spent, so concurrent offers cannot all pass one free slot.
+        self._admit()
+        self._reserved += 1
+        try:
+            principal = await self.authenticator.authenticate(authorization)
+        except BaseException:
+            self._reserved -= 1
+            raise
+        return await self._open_session(principal, token, offer, summary)
+
+    async def _open_session(
+        self, principal: WhipPrincipal, token: str, offer: str, summary: OfferSummary
+    ) -> tuple[str, str]:
         if self.settings.media.loopback_only:
             offer = keep_loopback_candidates(offer)
-        resource_id = secrets.token_urlsafe(16)
+        resource_id = new_resource_id(self.settings.node)
         workdir = self._root / resource_id
         try:
             await asyncio.to_thread(workdir.mkdir, parents=True, exist_ok=True)
@@ -103,10 +147,14 @@ class WhipIngest:
                 workdir=workdir,
                 on_closed=self._forget,
                 ends_after_challenge=not is_call,
+                live=self._live,
             )
         except BaseException:
+            self._reserved -= 1
             await self.authenticator.release(principal)
             raise
+        # The reserved slot becomes the registered session (no await in between).
+        self._reserved -= 1
         self.sessions[resource_id] = session
         self._bearers[resource_id] = token_hash(token)
         try:
@@ -239,6 +287,9 @@ def install(
             services.settings,
             (authenticator or ServicesAuthenticator)(services),
             (sink or PipelineSink)(services),
+            # Frames are analysed on the analysis pool while the session runs (the node loads no model).
+            live=PoolLiveAnalysis(services.workers),
+            on_refused=services.metrics.sessions_refused_busy.inc,
         )
         app.state.whip_ingest = ingest
         services.metrics.live_sessions.set_function(lambda: len(ingest.sessions))

@@ -1,9 +1,11 @@
-"""Session recording in a dedicated thread: the event loop only enqueues decoded frames.
+"""Re-encoding session recorder (the fallback): decoded frames -> libx264 + AAC in a thread.
 
-aiortc's MediaRecorder encodes on the event loop; a 640x480 H.264 encode there stalls packet
-reading for every session of the process. Here one thread per session encodes video (libx264) and
-audio (AAC) into a fragmented MP4 (playable while truncated, e.g. after a crash) and also turns the
-received audio into 16 kHz mono float32 for the voice checks.
+The normal path records the received bitstream without re-encoding (`media_server.webrtc.remux`). This
+recorder is used only where that is impossible (a codec Matroska cannot carry, an aiortc without the
+receiver hooks) or when `media.record_mode` is "reencode". Its cost is bounded by its queue
+(`record_queue_s`): when the encoder lags, frames are dropped, and every run of dropped frames is a
+`recording_gap` event; its thread CPU time is counted (`recording_cpu_ms`). It writes a fragmented MP4
+(playable while truncated) and also turns the received audio into 16 kHz mono float32 for the voice checks.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass, field
 from fractions import Fraction
 from pathlib import Path
@@ -30,6 +33,8 @@ _HOLD_FOR_STREAMS_S = 2.0
 # An audio arrival gap longer than this is a real gap (loss), not jitter: the timeline jumps.
 _AUDIO_GAP_S = 0.25
 _STOP = object()
+# Dropped frames closer together than this are one gap.
+_DROP_RUN_JOIN_S = 0.5
 
 
 @dataclass
@@ -40,6 +45,9 @@ class RecorderResult:
     audio_pcm16k: npt.NDArray[np.float32]
     audio_t0_s: float | None
     counts: dict[str, int] = field(default_factory=dict)
+    # `recording_gap` session events and the recording artifact's meta (format, codecs, t0_s, gaps).
+    events: list[dict[str, Any]] = field(default_factory=list)
+    meta: dict[str, Any] = field(default_factory=dict)
 
 
 class SessionRecorder:
@@ -62,6 +70,8 @@ class SessionRecorder:
         self._thread = threading.Thread(target=self._run, name=f"recorder-{path.parent.name}", daemon=True)
         self._result = RecorderResult(path=None, audio_pcm16k=np.zeros(0, np.float32), audio_t0_s=None)
         self.dropped = 0
+        # Runs of dropped frames: [kind, first t_s, last t_s, count]; each becomes a gap event.
+        self._drop_runs: list[list[Any]] = []
         self._started = False
 
     def start(self) -> None:
@@ -77,6 +87,11 @@ class SessionRecorder:
             return True
         except queue.Full:
             self.dropped += 1
+            run = next((r for r in reversed(self._drop_runs) if r[0] == kind), None)
+            if run is not None and t_s - run[2] <= _DROP_RUN_JOIN_S:
+                run[2], run[3] = t_s, run[3] + 1
+            else:
+                self._drop_runs.append([kind, t_s, t_s, 1])
             return False
 
     async def close(self) -> RecorderResult:
@@ -86,9 +101,37 @@ class SessionRecorder:
         await asyncio.to_thread(self._queue.put, _STOP)
         await asyncio.to_thread(self._thread.join)
         self._result.counts["recorder_dropped"] = self.dropped
+        events = [
+            {
+                "type": "recording_gap",
+                "kind": kind,
+                "cause": "recorder_overflow",
+                "t_s": round(first, 3),
+                "media_t_s": None,
+                "packets_missing": 0,
+                "frames_missing": count,
+                "seconds": round(last - first, 3),
+            }
+            for kind, first, last, count in self._drop_runs
+        ]
+        missing = {k: sum(e["frames_missing"] for e in events if e["kind"] == k) for k in ("video", "audio")}
+        self._result.events = events
+        self._result.counts.update(
+            recording_gaps=len(events),
+            recording_video_frames_missing=missing["video"],
+            recording_audio_frames_missing=missing["audio"],
+        )
+        by_cause: dict[str, int] = {}
+        for e in events:
+            by_cause[f"{e['kind']}:recorder_overflow"] = by_cause.get(f"{e['kind']}:recorder_overflow", 0) + 1
+        self._result.meta.update(
+            gaps=len(events), gaps_by_cause=by_cause, frames_missing=missing, gap_list=events
+        )
         return self._result
 
     def _run(self) -> None:
+        cpu0 = time.thread_time()
+        t0_s: float | None = None
         writer = _Writer(self._path, self._preset, self._crf)
         held: list[tuple[str, float, Any]] = []
         pcm: list[npt.NDArray[np.float32]] = []
@@ -100,6 +143,8 @@ class SessionRecorder:
                 if item is _STOP:
                     break
                 kind, t_s, frame = item
+                if t0_s is None:
+                    t0_s = t_s
                 if kind == "audio":
                     if audio_t0 is None:
                         audio_t0 = t_s
@@ -133,6 +178,13 @@ class SessionRecorder:
                 "video_frames_recorded": writer.counts["video"],
                 "audio_frames_recorded": writer.counts["audio"],
                 "recorder_discarded": writer.discarded,
+                "recording_cpu_ms": round((time.thread_time() - cpu0) * 1000),
+            },
+            meta={
+                "format": "mp4",
+                "codecs": {k: s.codec_context.name for k, s in writer.streams.items()},
+                "t0_s": None if t0_s is None else round(t0_s, 3),
+                "reencoded": True,
             },
         )
 
@@ -145,7 +197,7 @@ class _Writer:
         self._preset = preset
         self._crf = crf
         self._container: Any = None
-        self._streams: dict[str, Any] = {}
+        self.streams: dict[str, Any] = {}
         self._size: tuple[int, int] = (0, 0)
         self._last_video_pts = -1
         self._next_audio_pts: int | None = None
@@ -167,20 +219,23 @@ class _Writer:
             # x264 needs even dimensions in yuv420p.
             self._size = (video.width // 2 * 2, video.height // 2 * 2)
             stream = self._container.add_stream(
-                "libx264", rate=30, options={"preset": self._preset, "crf": str(self._crf)}
+                # One x264 thread: the cost per session is bounded to this thread, and measured by it.
+                "libx264",
+                rate=30,
+                options={"preset": self._preset, "crf": str(self._crf), "threads": "1"},
             )
             stream.width, stream.height = self._size
             stream.pix_fmt = "yuv420p"
             stream.codec_context.time_base = VIDEO_TIME_BASE
-            self._streams["video"] = stream
+            self.streams["video"] = stream
         audio = first_frames.get("audio")
         if audio is not None:
             stream = self._container.add_stream("aac", rate=audio.sample_rate)
             stream.layout = audio.layout.name
-            self._streams["audio"] = stream
+            self.streams["audio"] = stream
 
     def write(self, kind: str, t_s: float, frame: Any) -> None:
-        stream = self._streams.get(kind)
+        stream = self.streams.get(kind)
         if stream is None:
             self.discarded += 1
             return
@@ -207,7 +262,7 @@ class _Writer:
     def close(self) -> None:
         if self._container is None:
             return
-        for stream in self._streams.values():
+        for stream in self.streams.values():
             try:
                 for packet in stream.encode(None):
                     self._container.mux(packet)

@@ -42,6 +42,8 @@ class FrameSampler(Generic[T]):
     between_every_s: float
     window_max_fps: float
     max_frames: int
+    # False: the sampler only decides which frames are due (live analysis takes them, see live.py).
+    retain: bool = True
     windows: list[Window] = field(default_factory=list)
     frames: list[tuple[float, T]] = field(default_factory=list)
     refused: int = 0
@@ -73,7 +75,7 @@ class FrameSampler(Generic[T]):
     def keep(self, t_s: float, frame: T) -> bool:
         """Store a frame `wants` accepted; False when the cap refused it."""
         inside = self.in_window(t_s)
-        if len(self.frames) >= self.max_frames and not self._release_one_outside():
+        if self.retain and len(self.frames) >= self.max_frames and not self._release_one_outside():
             self.refused += 1
             return False
         if inside:
@@ -83,7 +85,8 @@ class FrameSampler(Generic[T]):
             self._next_window_s = max(self._next_window_s + period, t_s + period / 2)
         else:
             self._next_between_s = t_s + self.between_every_s
-        self.frames.append((t_s, frame))
+        if self.retain:
+            self.frames.append((t_s, frame))
         return True
 
     def _release_one_outside(self) -> bool:

@@ -26,7 +26,8 @@ from media_server.webrtc.analysis import FrameAdvisor, sample_frame
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.challenge import plan_prompts, plan_windows, session_challenge
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
-from media_server.webrtc.recorder import SessionRecorder
+from media_server.webrtc.live import LiveAnalyser, LiveFaceAnalysis, return_freed_memory
+from media_server.webrtc.remux import Recorder, open_session_recorder
 from media_server.webrtc.sampling import FeedbackDebouncer, FrameSampler
 
 log = logging.getLogger("kuzet.webrtc")
@@ -34,9 +35,6 @@ log = logging.getLogger("kuzet.webrtc")
 DATA_CHANNEL_LABEL = "kuzet"
 # Watchdog granularity: how late a timeout may fire.
 _WATCH_EVERY_S = 0.2
-# Nominal frame rates, to size the recorder queue from record_queue_s.
-_VIDEO_FPS = 30
-_AUDIO_FPS = 50
 _LOCATION_LIMITS = {"lat": 90.0, "lon": 180.0}
 _MAX_ACCURACY_M = 1_000_000.0
 _MAX_TEXT = 64
@@ -61,6 +59,7 @@ class MediaSession:
         workdir: Path,
         on_closed: Callable[[str], None],
         ends_after_challenge: bool = True,
+        live: LiveFaceAnalysis | None = None,
     ) -> None:
         self.resource_id = resource_id
         self.principal = principal
@@ -89,6 +88,20 @@ class MediaSession:
             between_every_s=media.sample_every_s,
             window_max_fps=media.window_max_fps,
             max_frames=media.max_sampled_frames,
+            retain=live is None,
+        )
+        # Frames are analysed as they arrive; the session keeps only a few (see webrtc/live.py).
+        self._live: LiveAnalyser | None = (
+            LiveAnalyser(
+                live,
+                chunk_frames=media.analysis_chunk_frames,
+                max_pending=media.max_pending_frames,
+                held_every_s=media.held_frame_every_s,
+                max_held=media.max_held_frames,
+                embed_best=media.embed_best_frames,
+            )
+            if live is not None
+            else None
         )
         self._feedback = FeedbackDebouncer(hold_s=media.feedback_hold_s)
         self._next_hint_s = 0.0
@@ -96,7 +109,7 @@ class MediaSession:
         self._location: dict[str, Any] | None = None
         self._last_media_s: float | None = None
         self._kinds: set[str] = set()
-        self._recorder: SessionRecorder | None = None
+        self._recorder: Recorder | None = None
         self._control: list[asyncio.Task[None]] = []
         self.challenge = session_challenge(principal.challenge, liveness)
         self.end_reason: EndedReason | None = None
@@ -114,6 +127,16 @@ class MediaSession:
             ),
             0,
         )
+
+    @property
+    def busy(self) -> bool:
+        """True while the session costs the node work: live, or ended and not yet judged."""
+        return self.end_reason is None or (self.outcome is None and not self.closed.is_set())
+
+    @property
+    def frames_held(self) -> int:
+        """Video frames this session holds now (sampled and waiting, or kept for the end)."""
+        return len(self._sampler.frames) + (self._live.frames_held if self._live is not None else 0)
 
     def now(self) -> float:
         """Seconds on the session clock (0 = the session object was created)."""
@@ -134,13 +157,9 @@ class MediaSession:
         if self._media.loopback_only:
             await gather_loopback(self.pc)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        per_s = (_VIDEO_FPS if "video" in kinds else 0) + (_AUDIO_FPS if "audio" in kinds else 0)
-        self._recorder = SessionRecorder(
-            self._workdir / "session.mp4",
-            expected_kinds=self._kinds,
-            preset=self._media.record_preset,
-            crf=self._media.record_crf,
-            queue_items=max(8, math.ceil(per_s * self._media.record_queue_s)),
+        # Before the receivers start (they start once ICE connects): the remuxer hooks them here.
+        self._recorder = open_session_recorder(
+            self.pc, self._workdir / "session", self._kinds, self._media, clock=self.now
         )
         self._recorder.start()
         self._control = [
@@ -218,6 +237,8 @@ class MediaSession:
                 continue
             if sampler.keep(round(t_s, 3), rgb):
                 self.stats["frames_sampled"] += 1
+                if self._live is not None:
+                    self._live.offer(round(t_s, 3), rgb)
                 if sampler.in_window(t_s):
                     self.stats["frames_sampled_in_windows"] += 1
             else:
@@ -287,6 +308,8 @@ class MediaSession:
         await self.pc.close()
         if self._recorder is not None:
             await self._recorder.close()
+        if self._live is not None:
+            await self._live.cancel()
         await asyncio.to_thread(shutil.rmtree, self._workdir, True)
         self.closed.set()
         self._on_closed(self.resource_id)
@@ -365,7 +388,14 @@ class MediaSession:
             # The peer is gone or misbehaving: free its sockets now.
             await self.pc.close()
         self._send({"type": "status", "state": "processing", "t_s": round(self.now(), 3)})
-        result = await self._recorder.close() if self._recorder is not None else None
+        ending = time.monotonic()
+        # The recording's tail and the last analysis chunk finish side by side.
+        result, live = await asyncio.gather(
+            self._recorder.close() if self._recorder is not None else _none(),
+            self._live.finish() if self._live is not None else _none(),
+        )
+        closed_s = time.monotonic() - ending
+        frames = [(h.t_s, h.rgb) for h in live.held] if live is not None else self._sampler.take()
         capture = SessionCapture(
             session_id=self.principal.session_id,
             person_id=self.principal.person_id,
@@ -373,27 +403,41 @@ class MediaSession:
             device_id=self.principal.device_id,
             challenge=self.challenge,
             recording_path=result.path if result else None,
-            frames=self._sampler.take(),
+            recording_meta=result.meta if result else {},
+            frames=frames,
             audio_pcm16k=result.audio_pcm16k if result else _empty_pcm(),
             audio_t0_s=result.audio_t0_s if result else None,
-            events=list(self._events),
+            events=sorted([*self._events, *(result.events if result else [])], key=lambda e: e["t_s"]),
             location=self._location,
             ended_reason=reason,
             started_at=self.started_at,
             ended_at=ended_at,
-            stats={**self.stats, **(result.counts if result else {})},
+            stats={**self.stats, **(result.counts if result else {}), **(live.stats if live else {})},
+            live=live,
         )
+        del frames, live, result
         log.info(
             "session ended",
             extra={"session": self.resource_id, "reason": reason.value, **capture.stats},
         )
         try:
             self.outcome = await self._sink.finish(capture)
+            log.info(
+                "session judged",
+                extra={
+                    "session": self.resource_id,
+                    "media_closed_s": round(closed_s, 3),
+                    "judged_s": round(time.monotonic() - ending, 3),
+                },
+            )
             await asyncio.to_thread(shutil.rmtree, self._workdir, True)
         except Exception:
             # Evidence first: keep the work directory so the recording can be recovered.
             log.exception("session sink failed; work directory kept", extra={"workdir": str(self._workdir)})
             self.outcome = {"status": "error", "code": "processing_failed", "retake": True}
+        # The frames and audio are judged: let them go now, not after the linger below.
+        del capture
+        await asyncio.to_thread(return_freed_memory)
         if self.outcome is not None:
             self._send({"type": "outcome", **self.outcome})
         if reason is EndedReason.COMPLETED:
@@ -404,6 +448,10 @@ class MediaSession:
             task.cancel()
         self.closed.set()
         self._on_closed(self.resource_id)
+
+
+async def _none() -> None:
+    return None
 
 
 def _empty_pcm() -> Any:

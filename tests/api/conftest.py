@@ -76,10 +76,9 @@ class Profile:
 SQLITE = Profile("sqlite")
 
 
-@pytest.fixture(scope="module", params=PROFILES)
-def profile(request: pytest.FixtureRequest) -> Profile:
-    """Each profile in turn (module scope, so module-wide apps are built once per profile)."""
-    if request.param == "sqlite":
+def resolve_profile(request: pytest.FixtureRequest, name: str) -> Profile:
+    """The profile called `name`; the production one brings up its services (fixtures of tests/conftest)."""
+    if name == "sqlite":
         return SQLITE
     request.getfixturevalue("celery_worker")  # one `kuzet worker` for the whole test session
     return Profile(
@@ -88,6 +87,12 @@ def profile(request: pytest.FixtureRequest) -> Profile:
         request.getfixturevalue("s3_bucket"),
         request.getfixturevalue("celery_queue"),
     )
+
+
+@pytest.fixture(scope="module", params=PROFILES)
+def profile(request: pytest.FixtureRequest) -> Profile:
+    """Each profile in turn (module scope, so module-wide apps are built once per profile)."""
+    return resolve_profile(request, request.param)
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """Test data through the real database and evidence store: a flagged check-in and a breath test.
 
-Media are real: a recording (H.264/AAC MP4) made by ffmpeg from `skimage.data.astronaut()` (public
+Media are real: a recording (VP8/Opus WebM, the format the session recorder stores) made by ffmpeg from `skimage.data.astronaut()` (public
 domain) with espeak-ng speech, JPEG frames with OpenCV face boxes, a 16 kHz mono WAV. The verdict is
 computed by the real policy (`media_server.verdict.decide`); its manifest hash is the sha256 of a
 canonical JSON of the artifacts and checks.
@@ -58,7 +58,7 @@ class SeedFrame:
 class SeedMedia:
     """Media bytes shared by every seeded session of a test run."""
 
-    recording_mp4: bytes
+    recording_webm: bytes
     speech_wav16k: bytes
     frames: tuple[SeedFrame, ...]
     photos: tuple[bytes, ...]
@@ -137,15 +137,16 @@ def seed_media() -> SeedMedia:
                 str(wav),
             ]
         )
-        mp4 = d / "recording.mp4"
-        # H.264/AAC in MP4, like the session recorder; x264 ultrafast encodes it in well under a second.
+        webm = d / "recording.webm"
+        # VP8/Opus in WebM, what the session recorder stores from a browser; realtime libvpx encodes it in
+        # well under a second.
         _run(
             ["ffmpeg", "-v", "error", "-y", "-loop", "1", "-framerate", "10", "-i", str(png), "-i", str(raw),
-             "-t", str(RECORDING_S), "-c:v", "libx264", "-preset", "ultrafast", "-tune", "stillimage",
-             "-pix_fmt", "yuv420p", "-c:a", "aac", "-b:a", "64k", "-ar", "48000", "-movflags", "+faststart",
-             "-shortest", str(mp4)]
+             "-t", str(RECORDING_S), "-c:v", "libvpx", "-deadline", "realtime", "-b:v", "300k",
+             "-pix_fmt", "yuv420p", "-c:a", "libopus", "-b:a", "48k", "-ar", "48000",
+             "-shortest", str(webm)]
         )  # fmt: skip
-        recording, speech = mp4.read_bytes(), wav.read_bytes()
+        recording, speech = webm.read_bytes(), wav.read_bytes()
     frames = []
     photos = []
     for i, t_s in enumerate(FRAME_TIMES_S):
@@ -298,9 +299,16 @@ def seed_flagged_checkin(
                 db,
                 session.id,
                 ArtifactKind.RECORDING,
-                media.recording_mp4,
-                "video/mp4",
-                {"duration_s": RECORDING_S},
+                media.recording_webm,
+                "video/webm",
+                {
+                    "duration_s": RECORDING_S,
+                    "format": "webm",
+                    "codecs": {"video": "vp8", "audio": "opus"},
+                    "gaps": 0,
+                    "frames_missing": {"video": 0, "audio": 0},
+                    "gap_list": [],
+                },
             ),
         ]
         face = _stamp("dlib_resnet_face_v1")

@@ -32,6 +32,18 @@ from tests.api.seed import (
 DIGITS = "37194"
 # Prompt times on the session clock (s); the seeded recording starts at session time RECORDING_T0_S.
 RECORDING_T0_S = 0.2
+# One stretch of video lost on the network (a recording_gap event as the remuxing recorder writes it).
+GAP = {
+    "type": "recording_gap",
+    "kind": "video",
+    "cause": "network_loss",
+    "t_s": 1.5,
+    "media_t_s": 1.3,
+    "packets_missing": 9,
+    "packets_discarded": 0,
+    "frames_missing": 4,
+    "seconds": 0.167,
+}
 PROMPTS = (("turn_left", 0.6, ""), ("read_digits", 1.4, DIGITS), ("blink", 2.3, ""))
 STEP_WINDOW_S = 0.6
 ORDER_LIMIT_G_210L = 0.02
@@ -71,9 +83,18 @@ def seed_challenge_checkin(
                 db,
                 session.id,
                 ArtifactKind.RECORDING,
-                media.recording_mp4,
-                "video/mp4",
-                {"ended_reason": "completed", "t0_s": RECORDING_T0_S},
+                media.recording_webm,
+                "video/webm",
+                {
+                    "ended_reason": "completed",
+                    "t0_s": RECORDING_T0_S,
+                    "format": "webm",
+                    "codecs": {"video": "vp8", "audio": "opus"},
+                    "gaps": 1,
+                    "gaps_by_cause": {"video:network_loss": 1},
+                    "frames_missing": {"video": GAP["frames_missing"], "audio": 0},
+                    "gap_list": [GAP],
+                },
             )
         ]
         frame_rows = []

@@ -617,3 +617,50 @@ def test_a_confirmatory_test_never_taken_is_booked_by_the_episode_clock(api: Bre
         assert booked is not None and booked.meta["follows"] == screening["session_id"]
         assert booked.meta["episode_id"] == screening["episode"]["id"]
     assert _audit(api, "breath_episode_updated")
+
+
+def test_one_submission_reads_station_and_person_once_and_runs_one_job_per_photo(
+    api: BreathApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Routing reads the station and the person; admission, the reading's context and the verdict reuse
+    them (no repeated loads); the photos go to the pool as one job each, all in flight together."""
+    from sqlalchemy import event
+
+    station = _station(api)
+    with api.services.sessions() as db:
+        device_id = db.scalars(select(Device.id).where(Device.serial == station.serial)).one()
+    photos = station_photos("Akhmed_Zakayev/Akhmed_Zakayev_0001.jpg")
+    body, sig = _reading(station, photos)
+    reads: dict[str, int] = {"devices": 0, "persons": 0}
+
+    def count(_conn: Any, _cursor: Any, statement: str, parameters: Any, *_: Any) -> None:
+        text = statement.lower()
+        values = {str(v) for v in (parameters.values() if isinstance(parameters, dict) else parameters or ())}
+        if text.lstrip().startswith("select") and "from devices" in text:
+            reads["devices"] += bool(values & {station.serial, device_id})
+        if text.lstrip().startswith("select") and "from persons" in text:
+            reads["persons"] += station.person_id in values
+
+    jobs: list[str] = []
+    in_flight = {"now": 0, "max": 0}
+    real_run = api.services.workers.run
+
+    async def run(fn: Any, *args: Any) -> Any:
+        jobs.append(fn.__name__)
+        in_flight["now"] += 1
+        in_flight["max"] = max(in_flight["max"], in_flight["now"])
+        try:
+            return await real_run(fn, *args)
+        finally:
+            in_flight["now"] -= 1
+
+    monkeypatch.setattr(api.services.workers, "run", run)
+    event.listen(api.services.engine, "before_cursor_execute", count)
+    try:
+        r = _post(api, body, sig, photos)
+    finally:
+        event.remove(api.services.engine, "before_cursor_execute", count)
+    assert r.status_code == 201, r.text
+    assert reads == {"devices": 1, "persons": 1}, reads
+    assert jobs == ["analyse_photos_job"] * len(photos)
+    assert in_flight["max"] == len(photos)

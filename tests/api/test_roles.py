@@ -125,7 +125,7 @@ def _session_detail(w: World, r: Response) -> None:
 
 def _artifact_bytes(w: World, r: Response) -> None:
     assert r.status_code == 200, r.text
-    assert r.headers["content-type"] == "video/mp4"
+    assert r.headers["content-type"] == "video/webm"
     with w.services.sessions() as db:
         from media_server.db.models import Artifact
 

@@ -138,6 +138,9 @@ def test_session_page_shows_checks_frames_audio_and_recording(api: Api, seeded: 
     assert f'<audio controls src="/ws/artifacts/{seeded.artifacts[ArtifactKind.AUDIO][0]}">' in html
     assert f'src="/ws/artifacts/{seeded.artifacts[ArtifactKind.RECORDING][0]}"' in html
     assert "<video" in html
+    # the recording is the received VP8/Opus, and nothing is missing from it
+    assert "Stored as received, without re-encoding (vp8, opus)." in html
+    assert 'id="no-gaps"' in html and "every frame the server received is in the recording" in html
     assert 'id="decide"' in html  # a reviewer gets the decision form
 
 

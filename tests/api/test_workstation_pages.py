@@ -23,7 +23,9 @@ from tests.api.seed import staff_app
 from tests.api.seed_workstation import (
     CONFIRMATORY_BRAC,
     DIGITS,
+    GAP,
     ORDER_LIMIT_G_210L,
+    RECORDING_T0_S,
     SeededEpisode,
     seed_breath_episode,
     seed_challenge_checkin,
@@ -99,7 +101,7 @@ def test_range_requests_on_the_recording(api: Api) -> None:
     assert part.status_code == 206
     assert part.headers["content-range"] == f"bytes 100-1123/{size}"
     assert part.headers["content-length"] == "1024" and part.content == data[100:1124]
-    assert part.headers["content-type"] == "video/mp4"
+    assert part.headers["content-type"] == "video/webm"
 
     tail = api.client.get(f"/ws/artifacts/{rid}", headers={"Range": "bytes=-500"})
     assert tail.status_code == 206 and tail.content == data[-500:]
@@ -145,6 +147,15 @@ def test_session_page_explains_the_decision_in_russian(api: Api) -> None:
     assert steps == [("0.4", "0"), ("1.2", "1"), ("2.1", "2")]
     assert "Поворот головы влево" in timeline and f"Прочитать цифры вслух: {DIGITS}" in timeline
     assert "замечено через 0.3 с после подсказки" in timeline and "окно 0.6 с" in timeline
+    # the recording: stored as received, and its one gap, where to seek and why it is missing
+    gaps = html.split('id="recording-gaps"')[1].split("</div>")[0]
+    assert (
+        "Пропуски в записи" in gaps
+        and "Сохранено так, как получено, без перекодирования (vp8, opus)." in gaps
+    )
+    assert "Пропусков: 1; недостающих кадров: видео 4, звук 0." in gaps
+    assert re.findall(r'data-seek="([\d.]+)"', gaps) == [f"{GAP['t_s'] - RECORDING_T0_S:.1f}"]
+    assert "потеряно в сети" in gaps and "недостаёт кадров: 4" in gaps and "видео" in gaps
     # frames say why they were or were not used
     assert "Слишком темно." in html and "использован для решения" in html
     # times in the person's zone, to the second

@@ -15,6 +15,7 @@ import pytest
 from media_server.settings import Settings
 from media_server.webrtc.capture import SessionSink
 from media_server.webrtc.credentials import OneTimeTokens, WhipAuthenticator
+from tests.api.conftest import Profile, resolve_profile
 from tests.support.webrtc import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
 
 CHROMIUM = "/usr/bin/chromium"
@@ -107,13 +108,21 @@ def browser(test_media: TestMedia) -> Iterator[Any]:
 
 
 @pytest.fixture
-def live_service(e2e_settings: Settings) -> Iterator[tuple[ServerThread, Any]]:
+def e2e_profile(request: pytest.FixtureRequest) -> Profile:
+    """The live service's deployment profile: the embedded default, unless the module parametrises this
+    fixture (BOTH_PROFILES) to run on the production profile too (PostgreSQL + Ceph S3 + a Celery worker)."""
+    return resolve_profile(request, getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture
+def live_service(e2e_settings: Settings, e2e_profile: Profile) -> Iterator[tuple[ServerThread, Any]]:
     """The real service (create_app: real auth, pipeline, workers) on 127.0.0.1, with staff accounts."""
-    from e2e_service import seed_staff
+    from e2e_service import profile_settings, seed_staff
 
     from media_server.app import create_app
 
-    app = create_app(e2e_settings)
-    with ServerThread(app) as server:
-        seed_staff(app.state.services)
-        yield server, app.state.services
+    with profile_settings(e2e_profile, e2e_settings) as settings:
+        app = create_app(settings)
+        with ServerThread(app) as server:
+            seed_staff(app.state.services)
+            yield server, app.state.services

@@ -1,12 +1,16 @@
-"""Helpers for e2e tests against the real service: staff logins, enrolment photos, waiting for a verdict."""
+"""Helpers for e2e tests against the real service: the profile it runs on, staff logins, enrolment photos,
+waiting for a verdict."""
 
 from __future__ import annotations
 
+import contextlib
 import io
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
+import pytest
 from PIL import Image
 from skimage import data
 from sqlalchemy import select
@@ -14,10 +18,33 @@ from sqlalchemy import select
 from media_server.db import audit
 from media_server.db.enums import Role
 from media_server.db.models import User, Verdict
+from media_server.settings import Settings
 from media_server.tokens import hash_password
+from tests.api.conftest import Profile
 
 PASSWORD = "correct-horse-battery"
 STAFF = (Role.ADMIN, Role.OFFICER, Role.REVIEWER)
+
+
+# What a profile decides; every other field of a module's `e2e_settings` is kept on either profile.
+_PROFILE_FIELDS = frozenset({"data_dir", "database", "s3", "evidence", "celery", "models"})
+# A module runs its flows on both profiles with `pytestmark = [..., BOTH_PROFILES]`.
+BOTH_PROFILES = pytest.mark.parametrize(
+    "e2e_profile",
+    ["sqlite", pytest.param("postgres", marks=[pytest.mark.integration, pytest.mark.slow])],
+    indirect=True,
+)
+
+
+@contextlib.contextmanager
+def profile_settings(profile: Profile, settings: Settings) -> Iterator[Settings]:
+    """`settings` on `profile`: its own database, store and workers, the module's other choices kept."""
+    if profile.name == "sqlite":
+        yield settings
+        return
+    kept = {name: getattr(settings, name) for name in settings.model_fields_set - _PROFILE_FIELDS}
+    with profile.settings(settings.data_dir, **kept) as on_profile:
+        yield on_profile
 
 
 def seed_staff(services: Any) -> None:

@@ -1,7 +1,7 @@
 """A breath station end to end: `kuzet station keygen`, device registration, `kuzet station simulate`.
 
-The service runs in uvicorn (ServerThread) on the embedded default (SQLite + local evidence store) with
-its real worker pool. The station key is made by the CLI, registered through the admin API, and the
+The service runs in uvicorn (ServerThread) on both profiles: the embedded default (SQLite + local
+evidence store, its real worker pool) and production (PostgreSQL + Ceph S3 + a Celery worker). The station key is made by the CLI, registered through the admin API, and the
 simulator posts a signed reading with photos over real HTTP: 201 and a verdict stored with its evidence.
 Sending a reading with the same nonce again (`--replay-nonce`) is refused with 409.
 """
@@ -16,18 +16,19 @@ from pathlib import Path
 
 import httpx
 import pytest
+from e2e_service import BOTH_PROFILES, profile_settings
 from sqlalchemy import select
 
 from media_server.app import create_app
 from media_server.db.enums import ArtifactKind, Role
 from media_server.db.models import Artifact, AuditEntry, Verdict
 from media_server.settings import Settings
-from tests.api.conftest import PASSWORD
+from tests.api.conftest import PASSWORD, Profile
 from tests.api.seed import create_staff
 from tests.api.test_breath_api import ENROL, GENUINE, LFW, MODELS_DIR, station_photos
 from tests.support.webrtc import ServerThread
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, BOTH_PROFILES]
 
 KUZET = Path(sys.executable).with_name("kuzet")
 COMMAND_TIMEOUT_S = 180
@@ -35,12 +36,13 @@ SERIAL = "BR-E2E-1"
 
 
 @pytest.fixture
-def server(tmp_path: Path) -> Iterator[tuple[ServerThread, object]]:
+def server(tmp_path: Path, e2e_profile: Profile) -> Iterator[tuple[ServerThread, object]]:
     settings = Settings(data_dir=tmp_path / "var", models={"dir": MODELS_DIR.resolve()})
-    app = create_app(settings)
-    with ServerThread(app) as srv:
-        create_staff(app.state.services)
-        yield srv, app.state.services
+    with profile_settings(e2e_profile, settings) as on_profile:
+        app = create_app(on_profile)
+        with ServerThread(app) as srv:
+            create_staff(app.state.services)
+            yield srv, app.state.services
 
 
 def _login(client: httpx.Client, role: Role) -> dict[str, str]:

@@ -2,7 +2,8 @@
 
 An admin registers an AV station for an enrolled person; the station command publishes a face video
 and speech over WHIP with its device key; the server opens a station session, and the real pipeline
-stores the evidence, runs the checks and writes a verdict. A wrong key is refused with 401.
+stores the evidence, runs the checks and writes a verdict. A wrong key is refused with 401. Both
+profiles: the embedded default and production (PostgreSQL + Ceph S3 + analysis on a Celery worker).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Any
 
 import httpx
 import pytest
-from e2e_service import enrolment_images, login, wait_for_verdict
+from e2e_service import BOTH_PROFILES, enrolment_images, login, wait_for_verdict
 from sqlalchemy import select
 
 from media_server.db import audit
@@ -26,7 +27,7 @@ from media_server.db.enums import ArtifactKind, Role, SessionKind
 from media_server.db.models import Artifact, CheckResultRecord, CheckSession, Device
 from tests.support.webrtc import ServerThread, TestMedia
 
-pytestmark = pytest.mark.e2e
+pytestmark = [pytest.mark.e2e, BOTH_PROFILES]
 
 STATION_LAT, STATION_LON = 43.2389, 76.8897
 KUZET = Path(sys.executable).with_name("kuzet")

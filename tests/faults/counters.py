@@ -8,6 +8,7 @@ COUNTERS: Counter[str] = Counter()
 # Printed even when zero: these are the figures the fault suite exists to show.
 REPORTED = (
     "jobs redelivered",
+    "sessions recovered",
     "orphaned worker processes",
     "jobs resumed after broker restart",
     "artifacts spooled while S3 was down",

@@ -2,9 +2,10 @@
 
 Each test drives a real breath test (signed reading, 3 photos) through the API while it breaks one
 thing for real: kill -9 the Celery worker running the job; stop and restart RabbitMQ; stop the S3
-server. It then checks the outcome, that the session has exactly one verdict, and that every stored
-artifact is in S3 with its SHA-256. The suite prints: jobs redelivered, duplicate verdicts (must be 0),
-evidence lost (must be 0).
+server. It also kill -9s a `kuzet serve` node after a breath test's evidence is stored and before its verdict,
+restarts it and lets the recovery sweep judge the session. It then checks the outcome, that the session
+has exactly one verdict, and that every stored artifact is in S3 with its SHA-256. The suite prints: jobs
+redelivered, sessions recovered, duplicate verdicts (must be 0), evidence lost (must be 0).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 
 from media_server.app import create_app
-from media_server.db.models import Artifact, Verdict
+from media_server.db.models import Artifact, CheckResultRecord, Verdict
 from tests.api.conftest import Profile
 from tests.api.seed import create_staff
 from tests.api.test_breath_api import GENUINE, BreathApp, _post, _reading, _station, station_photos
@@ -45,7 +46,11 @@ from tests.faults.counters import COUNTERS
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 # Genuine photos of the enrolled person, a different one per test (a repeated photo is flagged as reuse).
-OTHER_GENUINE = ("Hugo_Chavez/Hugo_Chavez_0051.jpg", "Hugo_Chavez/Hugo_Chavez_0053.jpg")
+OTHER_GENUINE = (
+    "Hugo_Chavez/Hugo_Chavez_0051.jpg",
+    "Hugo_Chavez/Hugo_Chavez_0053.jpg",
+    "Hugo_Chavez/Hugo_Chavez_0056.jpg",
+)
 JOB_START_TIMEOUT_S = 120.0
 REQUEST_TIMEOUT_S = 600.0
 BROKER_DOWN_S = 3.0
@@ -243,3 +248,185 @@ def test_s3_down_spools_then_all_evidence_reaches_s3_intact(world: World) -> Non
         assert store.stat(row.key).spooled is False
         assert hashlib.sha256(store.get_bytes(row.key)).hexdigest() == row.sha256
     assert _verdicts(api, out["session_id"]) == 1
+
+
+# ------------------------------------------------------------------ a serve node killed mid-breath-test
+SERVE_START_TIMEOUT_S = 120.0
+RECOVERY_TIMEOUT_S = 180.0
+# Shortened windows (in addition to the default-settings sweep test in tests/api/test_breath_api.py): the
+# restarted node sweeps 10 s after arrival instead of 120 s, every 5 s instead of every 60 s.
+SHORT_RECOVERY = {"KUZET_SCHEDULES__RECOVERY_GRACE_S": "10", "KUZET_SCHEDULES__TICK_S": "5"}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _node_env(world: World, data_dir: Path, port: int, extra: dict[str, str]) -> dict[str, str]:
+    """Environment of a `kuzet serve` node that shares the world app's database, S3, queue and keys."""
+    import base64
+
+    s = world.api.settings
+    keys = world.api.services.keys
+    signing_key = s.data_dir / "evidence_signing_key.pem"
+    assert signing_key.exists(), "the world app's evidence key (every node must sign with one key)"
+    return {
+        **world.queue.env(),
+        "KUZET_DATA_DIR": str(data_dir),
+        "KUZET_PORT": str(port),
+        "KUZET_DATABASE__URL": s.database.url,
+        "KUZET_S3__ENDPOINT": s.s3.endpoint,
+        "KUZET_S3__ACCESS_KEY": s.s3.access_key.get_secret_value(),
+        "KUZET_S3__SECRET_KEY": s.s3.secret_key.get_secret_value(),
+        "KUZET_S3__BUCKET": s.s3.bucket,
+        "KUZET_EVIDENCE__RETENTION_DAYS": str(s.evidence.retention_days),
+        "KUZET_EVIDENCE__MULTIPART_PART_BYTES": str(s.evidence.multipart_part_bytes),
+        "KUZET_EVIDENCE__SIGNING_KEY_FILE": str(signing_key),
+        "KUZET_AUTH__SECRET_KEY": keys.secret_key.decode(),
+        "KUZET_AUTH__TEMPLATE_KEY": base64.b64encode(keys.template_key).decode(),
+        **extra,
+    }
+
+
+def _start_node(world: World, name: str, port: int, extra: dict[str, str]) -> subprocess.Popen[bytes]:
+    """`kuzet serve` in a process group of its own, ready (readyz) before this returns."""
+    import httpx
+
+    from tests.conftest import REPO
+
+    data_dir = world.log_dir / name
+    data_dir.mkdir(parents=True, exist_ok=True)
+    out = (world.log_dir / f"{name}.log").open("ab")
+    proc = subprocess.Popen(
+        [str(REPO / ".venv" / "bin" / "kuzet"), "serve"],
+        env=_node_env(world, data_dir, port, extra),
+        stdout=out,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + SERVE_START_TIMEOUT_S
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, f"kuzet serve exited ({proc.returncode}); see {world.log_dir}/{name}.log"
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code == 200:
+                return proc
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    stop_worker(proc)
+    raise AssertionError(f"kuzet serve {name} was not ready in {SERVE_START_TIMEOUT_S} s")
+
+
+def _group_members(pgid: int) -> list[int]:
+    """Live processes of a process group (zombies excluded: they hold no memory)."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry.name))
+    return members
+
+
+def _post_to(url: str, body: bytes, sig: str, photos: tuple[bytes, ...]) -> Any:
+    import httpx
+
+    from sobriety.simulator import multipart_parts
+
+    data, files = multipart_parts(body, sig, list(photos))
+    return httpx.post(f"{url}/api/v1/breath-tests", data=data, files=files, timeout=REQUEST_TIMEOUT_S)
+
+
+def _stored_unjudged(api: BreathApp, serial: str) -> str | None:
+    """The id of the station's breath session once its reading, signature and photos are stored and it
+    has no verdict yet (None before that)."""
+    from media_server.db.models import CheckSession, Device
+
+    with api.services.sessions() as db:
+        device_id = db.scalar(select(Device.id).where(Device.serial == serial))
+        session_id = db.scalar(select(CheckSession.id).where(CheckSession.device_id == device_id))
+        if session_id is None:
+            return None
+        stored = int(db.scalar(select(func.count()).where(Artifact.session_id == session_id)) or 0)
+    return session_id if stored >= 2 + 3 and _verdicts(api, session_id) == 0 else None
+
+
+def test_a_serve_node_killed_mid_breath_test_is_recovered_by_the_sweep(world: World) -> None:
+    from media_server.db.models import AuditEntry
+
+    api = world.api
+    station = _station(api)
+    photos = station_photos(OTHER_GENUINE[2], seed=3)
+    body, sig = _reading(station, photos)
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    node = _start_node(world, "serve-a", port, {})
+    try:
+        with ThreadPoolExecutor(1) as ex:
+            future = ex.submit(_post_to, url, body, sig, photos)
+            session_id = None
+            deadline = time.monotonic() + JOB_START_TIMEOUT_S
+            while session_id is None and time.monotonic() < deadline and not future.done():
+                session_id = _stored_unjudged(api, station.serial)
+                time.sleep(0.02)
+            assert session_id is not None, "the evidence was never stored, or the node judged it first"
+            os.kill(node.pid, signal.SIGKILL)  # the node's main process only: its children must follow
+            node.wait(timeout=30)
+            with pytest.raises(Exception):  # noqa: B017 - the connection dies with the node
+                future.result(timeout=60)
+        lingering = [pid for pid in _group_members(node.pid) if not _gone(pid)]
+        COUNTERS["orphaned worker processes"] += len(lingering)
+        assert not lingering, f"processes of the killed node survived: {lingering}"
+        assert _verdicts(api, session_id) == 0, "judged although the node died before its verdict"
+    finally:
+        stop_worker(node)
+
+    # A restarted node's recovery sweep judges the session from its stored evidence.
+    node = _start_node(world, "serve-a-restarted", port, SHORT_RECOVERY)
+    try:
+        deadline = time.monotonic() + RECOVERY_TIMEOUT_S
+        while _verdicts(api, session_id) == 0 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert _verdicts(api, session_id) == 1, "the recovery sweep did not judge the session"
+        with api.services.sessions() as db:
+            recovered = db.scalars(
+                select(AuditEntry).where(
+                    AuditEntry.action == "session.recovered", AuditEntry.subject_id == session_id
+                )
+            ).all()
+            assert [e.actor for e in recovered] == ["recovery"]
+            verdict = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).one()
+            checks = {
+                r.code
+                for r in db.scalars(
+                    select(CheckResultRecord).where(CheckResultRecord.session_id == session_id)
+                )
+            }
+        COUNTERS["sessions recovered"] += 1
+        assert "replayed_nonce" not in checks, "the sweep booked the session's own nonce as a replay"
+        assert verdict.decision.value == "pass", verdict.reasons
+
+        # The station never got its answer: it resends the byte-identical request and gets that outcome.
+        resent = _post_to(url, body, sig, photos)
+    finally:
+        stop_worker(node)
+    assert resent.status_code == 201, resent.text
+    out = resent.json()
+    assert out["session_id"] == session_id and out["verdict_id"] == verdict.id, out
+    assert out["decision"] == "pass" and all(c["code"] != "replayed_nonce" for c in out["checks"])
+    assert _verdicts(api, session_id) == 1
+    with api.services.sessions() as db:
+        replays = db.scalars(
+            select(AuditEntry).where(
+                AuditEntry.action == "breath_rejected", AuditEntry.subject_id == session_id
+            )
+        ).all()
+    assert not replays, [e.details for e in replays]

@@ -155,6 +155,36 @@ def test_append_and_verify(factory: sessionmaker[Session]) -> None:
     assert report.head == audit.AuditHead(entries[-1].id, entries[-1].row_hash)
 
 
+def test_the_server_side_row_hash_is_the_documented_one(factory: sessionmaker[Session]) -> None:
+    """The one-statement PostgreSQL append hashes exactly what `compute_row_hash` does, for awkward text."""
+    awkward = {
+        "q": 'a "quoted" \\ back\\slash',
+        "u": "Қазақ тілі — ü 😀",
+        "n": [1, 2.5, None, True],
+        "k": {"z": 1},
+    }
+    with factory.begin() as session:
+        written = [
+            audit.append(session, 'actor "x"', "act\\ion", "type", None, awkward),
+            audit.append(session, "ü", "a", "t", "@@slot@@", {"@@": "@@prev@@"}),
+        ]
+    with factory() as session:
+        for entry in written:
+            row = session.get(AuditEntry, entry.id)
+            assert row is not None and row.row_hash == entry.row_hash and row.ts == entry.ts
+            assert row.row_hash == audit.compute_row_hash(
+                ts=row.ts,
+                actor=row.actor,
+                action=row.action,
+                subject_type=row.subject_type,
+                subject_id=row.subject_id,
+                details=row.details,
+                prev_hash=row.prev_hash,
+            )
+        assert audit.verify_chain(session).ok
+    assert written[1].prev_hash == written[0].row_hash
+
+
 @pytest.mark.parametrize(
     "sql",
     [

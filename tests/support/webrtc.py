@@ -5,6 +5,7 @@ Nothing here is imported by the service itself.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import shutil
 import subprocess
@@ -18,22 +19,74 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from media_server.errors import KuzetError, status_for
+from media_server.errors import KuzetError, headers_for, status_for
 from media_server.settings import Settings
 from media_server.webrtc.capture import SessionCapture, SessionSink
 from media_server.webrtc.credentials import WhipAuthenticator
 from media_server.webrtc.ingest import WhipIngest
+from media_server.webrtc.live import LiveFaceAnalysis
 
 SERVER_START_TIMEOUT_S = 10.0
 
 
 @dataclass
+class RecordingProbe:
+    """What PyAV reads back from a stored recording: per kind ("video"/"audio") packet and frame counts.
+
+    `frames` are decoded frames (every packet is decoded); `monotonic` is whether each stream's packet
+    times strictly increase; `first_is_keyframe` whether each stream starts at a keyframe.
+    """
+
+    streams: list[str] = field(default_factory=list)
+    packets: dict[str, int] = field(default_factory=dict)
+    keyframes: dict[str, int] = field(default_factory=dict)
+    # VP8 packets whose own frame header says "key frame" (bit 0 of the frame tag clear)
+    vp8_bitstream_keyframes: int = 0
+    frames: dict[str, int] = field(default_factory=dict)
+    monotonic: dict[str, bool] = field(default_factory=dict)
+    first_is_keyframe: dict[str, bool] = field(default_factory=dict)
+    decode_errors: int = 0
+    duration_s: dict[str, float] = field(default_factory=dict)
+
+
+def probe_recording(path: Path) -> RecordingProbe:
+    """Demux and decode a whole recording with PyAV (the same libraries ffprobe uses)."""
+    import av
+
+    probe = RecordingProbe()
+    with av.open(str(path)) as container:
+        probe.streams = [f"{s.type}:{s.codec_context.name}" for s in container.streams]
+        last: dict[str, float] = {}
+        first_pts: dict[str, float] = {}
+        for packet in container.demux():
+            if packet.size == 0 or packet.pts is None or packet.time_base is None:
+                continue  # the flush packet at the end of each stream
+            kind = packet.stream.type
+            t = float(packet.pts * packet.time_base)
+            probe.packets[kind] = probe.packets.get(kind, 0) + 1
+            probe.keyframes[kind] = probe.keyframes.get(kind, 0) + int(packet.is_keyframe)
+            probe.first_is_keyframe.setdefault(kind, bool(packet.is_keyframe))
+            if packet.stream.codec_context.name == "vp8":
+                probe.vp8_bitstream_keyframes += int(not bytes(packet)[0] & 0x01)
+            probe.monotonic[kind] = probe.monotonic.get(kind, True) and (kind not in last or t > last[kind])
+            first_pts.setdefault(kind, t)
+            last[kind] = t
+            try:
+                probe.frames[kind] = probe.frames.get(kind, 0) + len(packet.decode())
+            except av.FFmpegError:
+                probe.decode_errors += 1
+        probe.duration_s = {k: last[k] - first_pts[k] for k in last}
+    return probe
+
+
+@dataclass
 class RecordedCapture:
-    """A capture as the fake sink saw it, with the recording's size read while the file existed."""
+    """A capture as the fake sink saw it, with the recording read back while the file existed."""
 
     capture: SessionCapture
     recording_bytes: int
     recording_streams: list[str] = field(default_factory=list)
+    probe: RecordingProbe | None = None
 
 
 class FakeSink:
@@ -45,10 +98,11 @@ class FakeSink:
         self._cond = threading.Condition()
 
     async def finish(self, capture: SessionCapture) -> dict[str, Any] | None:
-        size = capture.recording_path.stat().st_size if capture.recording_path else 0
-        streams = _probe_streams(capture.recording_path) if capture.recording_path else []
+        path = capture.recording_path
+        size = path.stat().st_size if path else 0
+        probe = await asyncio.to_thread(probe_recording, path) if path else None
         with self._cond:
-            self.captures.append(RecordedCapture(capture, size, streams))
+            self.captures.append(RecordedCapture(capture, size, probe.streams if probe else [], probe))
             self._cond.notify_all()
         return self.outcome
 
@@ -60,20 +114,49 @@ class FakeSink:
             return list(self.captures)
 
 
-def _probe_streams(path: Path) -> list[str]:
-    import av
+class PacketLoss:
+    """Induced network loss on one server-side receiver: RTP packets number `start`, `start + 1`, ...
+    (`count` of them, counted from the first packet received) never reach the receiver, nor do their
+    retransmissions. Install from the server's loop before media flow (`install(receiver)`)."""
 
-    with av.open(str(path)) as container:
-        return [f"{s.type}:{s.codec_context.name}" for s in container.streams]
+    def __init__(self, start: int, count: int) -> None:
+        self.start, self.count = start, count
+        self.seen = 0
+        self.dropped_seq: set[int] = set()
+
+    def install(self, receiver: Any) -> None:
+        original = receiver._handle_rtp_packet
+
+        async def handle(packet: Any, arrival_time_ms: int) -> None:
+            if len(packet.payload) >= 2 and int.from_bytes(packet.payload[:2], "big") in self.dropped_seq:
+                if (
+                    packet.payload_type not in receiver._RTCRtpReceiver__codecs
+                    or getattr(receiver._RTCRtpReceiver__codecs[packet.payload_type], "name", "").lower()
+                    == "rtx"
+                ):
+                    return  # a retransmission of a dropped packet
+            self.seen += 1
+            if self.start <= self.seen < self.start + self.count:
+                self.dropped_seq.add(packet.sequence_number)
+                return
+            await original(packet, arrival_time_ms)
+
+        receiver._handle_rtp_packet = handle
 
 
-def build_whip_app(settings: Settings, authenticator: WhipAuthenticator, sink: SessionSink) -> FastAPI:
+def build_whip_app(
+    settings: Settings,
+    authenticator: WhipAuthenticator,
+    sink: SessionSink,
+    live: LiveFaceAnalysis | None = None,
+) -> FastAPI:
     """A small app with the WHIP and check-in routers and the domain error mapping, without the
-    database or evidence store (create_app + `ingest.install` is the production wiring)."""
+    database or evidence store (create_app + `ingest.install` is the production wiring). `live`: where
+    frames are analysed while a session runs (None: sessions keep their sampled frames, no analysis)."""
     from media_server.api.checkin_page import router as checkin_router
     from media_server.api.whip import router as whip_router
 
-    ingest = WhipIngest(settings, authenticator, sink)
+    ingest = WhipIngest(settings, authenticator, sink, live=live)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -86,7 +169,9 @@ def build_whip_app(settings: Settings, authenticator: WhipAuthenticator, sink: S
 
     @app.exception_handler(KuzetError)
     async def domain_error(_: Request, exc: KuzetError) -> JSONResponse:
-        return JSONResponse({"error": exc.code, "message": str(exc)}, status_code=status_for(exc))
+        return JSONResponse(
+            {"error": exc.code, "message": str(exc)}, status_code=status_for(exc), headers=headers_for(exc)
+        )
 
     app.include_router(whip_router)
     app.include_router(checkin_router)
@@ -96,13 +181,14 @@ def build_whip_app(settings: Settings, authenticator: WhipAuthenticator, sink: S
 class ServerThread:
     """uvicorn serving `app` on 127.0.0.1:<free port> in a background thread (a real UDP/TCP path)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, port: int = 0) -> None:
         import uvicorn
 
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", lifespan="on")
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
         )
         self._thread = threading.Thread(target=self._server.run, name="uvicorn-test", daemon=True)
+        self.app = app
         self.url = ""
 
     def __enter__(self) -> ServerThread:

@@ -32,6 +32,9 @@ class CrashingPool:
     def submit_sync(self, fn: Callable[..., T], *args: Any) -> T:
         raise RuntimeError("worker died")
 
+    def warm(self) -> None:
+        return None
+
     def shutdown(self, wait: bool = True) -> None:
         return None
 

@@ -11,7 +11,14 @@ from click.testing import CliRunner
 
 from identity.face.calibration import DEFAULT_PATH, Calibration, build_calibration, load_calibration
 from identity.face.config import FaceSettings
-from identity.face.crossval import all_pairs, cross_validate, identity_folds, rates
+from identity.face.crossval import (
+    all_pairs,
+    choose_margins,
+    cross_validate,
+    identity_folds,
+    rates,
+    wilson_upper,
+)
 from identity.face.evaluate import calibration_provenance, image_digests, provenance_lines
 from media_server.cli import main
 
@@ -139,3 +146,33 @@ def test_eval_face_cross_validate_command_on_a_small_set(tmp_path: Path) -> None
         again.exit_code == 0 and json.loads(again.output[again.output.index("{") :])["encoding"]["from_cache"]
     )
     assert DEFAULT_PATH.is_file()
+
+
+def test_wilson_upper_bound_is_above_the_rate_and_shrinks_with_n() -> None:
+    assert 0.0 < float(wilson_upper(0, 1000)) < 0.005
+    assert float(wilson_upper(10, 10_000)) > 0.001
+    assert float(wilson_upper(10, 100_000)) < float(wilson_upper(1, 10_000))
+
+
+def test_ucb_rule_never_picks_a_smaller_pass_margin_than_the_point_estimate() -> None:
+    """The PASS side must cover the spread of held-out folds, not only their average."""
+    emb, names = clustered(120, [1, 2, 3], 0.45, 7)
+    pairs = all_pairs(emb, names)
+    members = np.ones(len(names), dtype=bool)
+    kw = {"k": 4, "seed": 1, "target_fmr": 1e-3, "target_ffr": 0.01}
+    pooled, _ = choose_margins(pairs, names, members, pass_rule="pooled", **kw)
+    ucb, _ = choose_margins(pairs, names, members, pass_rule="ucb", **kw)
+    assert ucb >= pooled
+    cv = cross_validate(emb, names, k=4, repeats=1)
+    s = cv.summary()
+    assert s["pass_rule"] == "ucb" and len(s["per_fold"]) == 4
+    assert s["pooled"]["false_pass_upper95"] >= s["pooled"]["false_pass"]
+    assert sum(int(f["false_pass"].split("/")[1]) for f in s["per_fold"]) == s["pooled"]["n_impostor"]
+
+
+def test_shipped_calibration_meets_the_targets_pooled_with_confidence() -> None:
+    """Out of sample, pooled over every held-out fold, the 95% upper bounds meet both targets."""
+    cv = load_calibration().extra["cross_validation"]
+    assert cv["pass_rule"] == "ucb"
+    assert cv["pooled"]["false_pass_upper95"] <= cv["target_fmr"]
+    assert cv["pooled"]["false_fail_upper95"] <= cv["target_false_fail_rate"]

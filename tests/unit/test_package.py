@@ -31,6 +31,7 @@ from media_server.package import (
     MANIFEST,
     PUBLIC_KEY,
     SIGNATURE,
+    _extension,
     export_package,
     fingerprint,
     public_key_b64,
@@ -205,6 +206,18 @@ def test_export_then_verify_ok(world: World) -> None:
     # The export is itself audited, and the live chain still verifies.
     with world.factory() as db:
         assert audit.verify_chain(db).ok
+
+
+def test_the_recording_is_a_member_under_its_container_extension_with_its_sha256(world: World) -> None:
+    package = _export(world)
+    with zipfile.ZipFile(io.BytesIO(package)) as zf:
+        manifest = json.loads(zf.read(MANIFEST))
+        (webm,) = [n for n in zf.namelist() if n.endswith(".webm")]
+        data = zf.read(webm)
+    assert data.startswith(b"\x1aE\xdf\xa3")  # the EBML header of the stored WebM, byte for byte
+    listed = {f["path"]: f["sha256"] for f in manifest["files"]}
+    assert listed[webm] == hashlib.sha256(data).hexdigest()
+    assert _extension("video/x-matroska") == ".mkv" and _extension("video/webm; codecs=vp8") == ".webm"
 
 
 def test_any_altered_member_fails_naming_it(world: World) -> None:

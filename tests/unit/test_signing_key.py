@@ -1,4 +1,4 @@
-"""One configured evidence signing key for every node (KUZET_EVIDENCE__SIGNING_KEY_FILE)."""
+"""The evidence-signing key every node shares: file (KUZET_EVIDENCE__SIGNING_KEY_FILE or file:), env: and command: providers."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from fastapi import Request
 
 from media_server.cli import main
 from media_server.keys import load_or_create, load_signing_key
@@ -63,3 +64,138 @@ def test_a_missing_or_wrong_key_file_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="Ed25519"):
         load_signing_key(Settings(data_dir=tmp_path, evidence={"signing_key_file": wrong}))
     assert isinstance(load_signing_key(Settings(data_dir=tmp_path)), Ed25519PrivateKey)
+
+
+# ------------------------------------------------------------------ providers: file:, env:, command:
+SIGNER = Path(__file__).resolve().parents[1] / "support" / "signer.py"
+
+
+def _pem(key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    )
+
+
+def _command(key_file: Path, *extra: str) -> str:
+    import shlex
+    import sys
+
+    return "command:" + shlex.join([sys.executable, str(SIGNER), str(key_file), *extra])
+
+
+@pytest.fixture
+def shared_key(tmp_path: Path) -> tuple[Ed25519PrivateKey, Path]:
+    key = Ed25519PrivateKey.generate()
+    path = tmp_path / "kms" / "evidence.pem"
+    path.parent.mkdir()
+    path.write_bytes(_pem(key))
+    return key, path
+
+
+def test_every_provider_signs_with_the_one_published_key(
+    tmp_path: Path, shared_key: tuple[Ed25519PrivateKey, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, path = shared_key
+    monkeypatch.setenv("KMS_EVIDENCE_PEM", _pem(key).decode())
+    specs = {"file": f"file:{path}", "env": "env:KMS_EVIDENCE_PEM", "command": _command(path)}
+    expected = public_key_b64(key)
+    for name, spec in specs.items():
+        node = tmp_path / f"node-{name}"
+        signer = load_or_create(Settings(data_dir=node, evidence={"signing_key": spec})).evidence_key()
+        assert public_key_b64(signer) == expected, name
+        signature = signer.sign(b"manifest " + name.encode())
+        key.public_key().verify(signature, b"manifest " + name.encode())  # raises when it does not verify
+        assert not (node / "evidence_signing_key.pem").exists(), name  # nothing generated per node
+
+    # `kuzet evidence pubkey` publishes the same key whichever provider a node uses
+    for spec in specs.values():
+        monkeypatch.setenv("KUZET_DATA_DIR", str(tmp_path / "cli"))
+        monkeypatch.setenv("KUZET_EVIDENCE__SIGNING_KEY", spec)
+        printed = CliRunner().invoke(main, ["evidence", "pubkey"])
+        assert (
+            printed.exit_code == 0 and expected in printed.output and fingerprint(expected) in printed.output
+        )
+
+
+def test_the_command_signer_never_sees_the_key_on_the_node(
+    tmp_path: Path, shared_key: tuple[Ed25519PrivateKey, Path]
+) -> None:
+    from media_server.keys import CommandSigner
+
+    key, path = shared_key
+    signer = load_signing_key(Settings(data_dir=tmp_path, evidence={"signing_key": _command(path)}))
+    assert isinstance(signer, CommandSigner) and not isinstance(signer, Ed25519PrivateKey)
+    assert not any(isinstance(v, Ed25519PrivateKey) for v in vars(signer).values())
+    key.public_key().verify(signer.sign(b""), b"")
+
+
+def test_signer_misconfiguration_is_refused_with_a_clear_error(
+    tmp_path: Path, shared_key: tuple[Ed25519PrivateKey, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pydantic import ValidationError
+
+    from media_server.keys import SignerUnavailable, SigningKeyError
+
+    key, path = shared_key
+
+    def load(spec: str, **more: object) -> object:
+        return load_signing_key(Settings(data_dir=tmp_path, evidence={"signing_key": spec, **more}))
+
+    with pytest.raises(ValidationError, match="signing_key"):
+        load("vault:secret/evidence")  # an unknown provider
+    with pytest.raises(ValidationError, match="not both"):
+        load(f"file:{path}", signing_key_file=path)
+    with pytest.raises(SigningKeyError, match="does not exist"):
+        load(f"file:{tmp_path / 'none.pem'}")
+    monkeypatch.delenv("KMS_MISSING", raising=False)
+    with pytest.raises(SigningKeyError, match=r"\$KMS_MISSING.*unset"):
+        load("env:KMS_MISSING")
+    monkeypatch.setenv("KMS_GARBAGE", "not a pem")
+    with pytest.raises(SigningKeyError, match="PEM"):
+        load("env:KMS_GARBAGE")
+    with pytest.raises(SigningKeyError, match="was not found"):
+        load(f"command:{tmp_path / 'no-such-signer'} --key evidence")
+    with pytest.raises(SigningKeyError, match="exited with status"):
+        load(_command(tmp_path / "none.pem"))  # the signer cannot read its key: no public key
+    with pytest.raises(SigningKeyError, match="not base64|bytes, not 32"):
+        load("command:/bin/echo")  # prints its arguments, not a key
+    with pytest.raises(SigningKeyError, match="took longer"):
+        load("command:/bin/sh -c 'sleep 5' sh", signer_timeout_s=0.5)  # a signer that hangs
+
+    # A signer that signs with another key than it publishes, or that is down: nothing is signed.
+    other = tmp_path / "other.pem"
+    other.write_bytes(_pem(Ed25519PrivateKey.generate()))
+    lying = load(_command(path, "--other-key", str(other)))
+    with pytest.raises(SignerUnavailable, match="does not verify"):
+        lying.sign(b"manifest")  # type: ignore[attr-defined]
+    down = load(_command(path, "--fail"))
+    with pytest.raises(SignerUnavailable, match="exited with status 1"):
+        down.sign(b"manifest")  # type: ignore[attr-defined]
+
+    # the CLI says what is wrong instead of a traceback
+    monkeypatch.setenv("KUZET_DATA_DIR", str(tmp_path / "cli"))
+    monkeypatch.setenv("KUZET_EVIDENCE__SIGNING_KEY", "env:KMS_MISSING")
+    printed = CliRunner().invoke(main, ["evidence", "pubkey"])
+    assert printed.exit_code == 2 and "KMS_MISSING" in printed.output
+
+
+def test_a_signer_that_goes_down_is_a_503_with_retry_after(
+    tmp_path: Path, shared_key: tuple[Ed25519PrivateKey, Path]
+) -> None:
+    from fastapi.testclient import TestClient
+
+    from media_server.app import create_app
+
+    _, path = shared_key
+    app = create_app(Settings(data_dir=tmp_path, evidence={"signing_key": _command(path, "--fail")}))
+
+    @app.post("/test-sign")
+    def sign(request: Request) -> dict[str, str]:
+        return {"signature": request.app.state.services.signing_key.sign(b"manifest").hex()}
+
+    with TestClient(app) as client:
+        r = client.post("/test-sign")
+    assert r.status_code == 503 and r.json()["error"] == "signer_unavailable", r.text
+    assert r.headers["Retry-After"].isdigit()

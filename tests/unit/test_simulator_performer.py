@@ -57,6 +57,40 @@ def test_attacks_ignore_or_misplay_the_prompts() -> None:
     assert abs(float(dubbed.audio(0.1, 960).mean()) + 0.25) < 0.01
 
 
+def _voice() -> dict[str, list[np.ndarray]]:
+    """Digit d is a 0.2 s tone of level (d + 1) / 20, so the audio tells which digit is being said."""
+    return {str(d): [np.full(int(0.2 * AUDIO_RATE_HZ), (d + 1) / 20, np.float32)] for d in range(10)}
+
+
+def _levels(p: Performer, start: float, end: float) -> list[float]:
+    """Distinct audio levels (rounded) heard between start and end, in order."""
+    out: list[float] = []
+    for t in np.arange(start, end, 0.02):
+        m = round(float(np.median(p.audio(float(t), 960))), 2)
+        if m > 0.01 and (not out or out[-1] != m):
+            out.append(m)
+    return out
+
+
+def test_a_person_with_a_digit_voice_says_the_prompted_digits() -> None:
+    p = Performer(_clip(), Mode.GENUINE, np.random.default_rng(1), reaction_s=0.5, digit_voice=_voice())
+    p.on_prompt(2.0, "read_digits", "3071")
+    assert p.said == [(2.0, "3071")]
+    assert p.audio(2.3, 960).std() < 0.01  # reading the prompt first
+    assert _levels(p, 2.5, 5.0) == [0.2, 0.05, 0.4, 0.1]  # 3, 0, 7, 1 in order
+    assert p.frame_index(2.6) >= 40  # the lips play the clip's speak segment meanwhile
+
+
+def test_the_wrong_digits_attack_says_a_string_that_differs_in_every_digit() -> None:
+    p = Performer(_clip(), Mode.WRONG_DIGITS, np.random.default_rng(2), reaction_s=0.0, digit_voice=_voice())
+    p.on_prompt(1.0, "read_digits", "55555")
+    said = p.said[0][1]
+    assert len(said) == 5 and all(d != "5" for d in said)
+    replay = Performer(_clip(), Mode.REPLAY, np.random.default_rng(2), digit_voice=_voice())
+    replay.on_prompt(1.0, "read_digits", "123")
+    assert replay.said == []  # a recording cannot answer
+
+
 def test_labels_file_names_real_segments() -> None:
     labels = load_labels()
     assert {"grid_bbaf2n", "lp_d12", "lp_d3"} <= set(labels)

@@ -251,3 +251,25 @@ def test_settings_defaults_follow_the_measured_calibration() -> None:
     assert S.occluded_reject_distance == policy["occluded_reject_distance"]
     assert S.mouthpiece_min_fraction == policy["mouthpiece_min_fraction"]
     assert S.phash_max_hamming == policy["phash_max_hamming"]
+
+
+def test_blur_gate_reads_the_face_not_the_camera_distance() -> None:
+    """A real face upscaled 2.5x (a large, soft station face) is as sharp as at its own size; a blur is not."""
+    from sobriety.photos import face_sharpness, photo_quality
+
+    grey = cv2.cvtColor(load(pairs(True)[0][0]), cv2.COLOR_RGB2GRAY)
+    face = np.ascontiguousarray(grey[BOX.top : BOX.bottom, BOX.left : BOX.right])
+    big = cv2.resize(face, None, fx=2.5, fy=2.5, interpolation=cv2.INTER_CUBIC)
+    blurred = cv2.GaussianBlur(face, (0, 0), 2.0)
+    w = S.photo_sharpness_width_px
+    small_v, big_v, blur_v = face_sharpness(face, w), face_sharpness(big, w), face_sharpness(blurred, w)
+    assert abs(big_v - small_v) < 0.35 * small_v
+    assert blur_v < S.photo_min_sharpness <= min(small_v, big_v)
+    # Measured at the photo's own scale (the old gate), the big face read as several times blurrier.
+    raw_small = float(cv2.Laplacian(face[: face.shape[0] // 2], cv2.CV_64F).var())
+    raw_big = float(cv2.Laplacian(big[: big.shape[0] // 2], cv2.CV_64F).var())
+    assert raw_big < 0.5 * raw_small
+    rgb = cv2.resize(load(pairs(True)[0][0]), None, fx=2.5, fy=2.5, interpolation=cv2.INTER_CUBIC)
+    scaled_box = FaceBox(left=175, top=188, right=450, bottom=463)
+    obs = FaceObservation(scaled_box, np.zeros((68, 2)))
+    assert photo_quality(rgb, obs, S).code == "quality_ok"

@@ -19,7 +19,15 @@ from media_server.station_client import MonotonicTrack, WhipClient
 from media_server.webrtc.capture import EndedReason
 from media_server.webrtc.credentials import OneTimeTokens
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
-from tests.support.webrtc import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
+from tests.support.webrtc import (
+    FakeSink,
+    PacketLoss,
+    RecordedCapture,
+    ServerThread,
+    TestMedia,
+    build_whip_app,
+    make_test_media,
+)
 
 # A short challenge (two moves and digits, about 4.5 s) keeps the tests quick.
 QUICK_CHALLENGE = {"motion_window_s": 1.0, "read_digits_window_s": 2.0, "lead_in_s": 0.5, "step_gap_s": 0.0}
@@ -129,10 +137,11 @@ async def test_media_flows_to_the_sink_and_is_recorded(rig: Callable[..., Rig], 
     assert capture.audio_pcm16k.dtype == np.float32 and capture.audio_pcm16k.ndim == 1
     assert capture.audio_pcm16k.size > 16000 // 2
     assert float(np.sqrt(np.mean(capture.audio_pcm16k**2))) > 1e-3
-    # the recording: a finished, non-empty MP4 with both streams
+    # the recording: the received VP8 and Opus, remuxed into WebM (not re-encoded), every frame kept
     assert seen.recording_bytes > 10_000
-    assert sorted(seen.recording_streams) == ["audio:aac", "video:h264"]
-    assert capture.recording_path is not None and not capture.recording_path.exists()  # cleaned after finish
+    assert capture.recording_path is not None and capture.recording_path.suffix == ".webm"
+    assert not capture.recording_path.exists()  # cleaned after finish
+    _assert_complete_recording(seen, ["audio:opus", "video:vp8"])
     # data channel: every prompt was sent and acknowledged; location kept; junk counted
     prompts = [e for e in capture.events if e["type"] == "prompt"]
     acks = [e for e in capture.events if e["type"] == "ack"]
@@ -146,6 +155,105 @@ async def test_media_flows_to_the_sink_and_is_recorded(rig: Callable[..., Rig], 
     assert capture.stats["invalid_messages"] == 2
     assert capture.stats["video_frames_received"] > 0 and capture.stats["audio_frames_received"] > 0
     assert [m for m in received if m["type"] == "outcome"][0]["decision"] == "review"
+
+
+def _assert_complete_recording(seen: RecordedCapture, streams: list[str]) -> None:
+    """The stored file decodes, holds every frame the recorder says it wrote, and has no gap."""
+    capture, probe = seen.capture, seen.probe
+    assert probe is not None and sorted(probe.streams) == streams
+    stats = capture.stats
+    for kind in ("video", "audio"):
+        recorded = stats[f"{kind}_frames_recorded"]
+        assert recorded > 0 and probe.packets[kind] == recorded, (kind, probe.packets, stats)
+        assert probe.frames[kind] >= recorded - 2, (kind, probe.frames, recorded)  # decoder delay only
+        assert probe.monotonic[kind] and probe.first_is_keyframe[kind]
+    assert probe.decode_errors == 0
+    # ~30 fps for the seconds the video lasted (the aiortc player paces the y4m at 30 fps)
+    assert probe.duration_s["video"] > 1.0
+    assert abs(probe.packets["video"] / probe.duration_s["video"] - 30) < 4, (probe.packets, probe.duration_s)
+    # keyframes flagged in the container exactly where the VP8 bitstream has them (aiortc's sender
+    # restarts its encoder on every >10 % bitrate change, so early on most frames are keyframes)
+    assert probe.keyframes["video"] == probe.vp8_bitstream_keyframes == stats["video_keyframes_recorded"] >= 1
+    # a frame decoded by the analysis path had its encoded twin recorded
+    assert stats["video_frames_recorded"] >= stats["video_frames_received"]
+    assert (
+        stats["recording_gaps"] == 0 and stats["recorder_dropped"] == 0 and stats["recorder_discarded"] == 0
+    )
+    assert stats["recording_video_frames_missing"] == 0 and stats["recording_audio_frames_missing"] == 0
+    assert not [e for e in capture.events if e["type"] == "recording_gap"]
+    meta = capture.recording_meta
+    assert meta["format"] == "webm" and meta["codecs"] == {"video": "vp8", "audio": "opus"}
+    assert meta["gaps"] == 0 and isinstance(meta["t0_s"], float) and meta["t0_s"] >= 0
+
+
+async def _run_session(r: Rig, media: TestMedia, loss: PacketLoss | None = None, kind: str = "audio") -> None:
+    """A whole check-in from an aiortc client (prompts acknowledged) until the outcome arrives."""
+    video = MediaPlayer(str(media.video_y4m), loop=True)
+    audio = MediaPlayer(str(media.speech_wav), loop=True)
+    client = WhipClient(r.url, r.tokens.issue("person-1"), loopback_only=True)
+    try:
+        await client.publish([MonotonicTrack(video.video), MonotonicTrack(audio.audio)])
+        if loss is not None:
+            ingest = r.server.app.state.whip_ingest
+            (session,) = ingest.sessions.values()
+            (receiver,) = [t.receiver for t in session.pc.getTransceivers() if t.kind == kind]
+            loss.install(receiver)
+        while True:
+            message = await asyncio.wait_for(client.messages.get(), 60)
+            if message["type"] == "prompt":
+                client.send({"type": "ack", "step": message["step"], "index": message["index"]})
+            if message["type"] == "outcome":
+                break
+        await client.delete()
+    finally:
+        await client.close()
+        for track in (video.video, audio.audio):
+            track.stop()
+
+
+async def test_induced_packet_loss_becomes_a_recording_gap_event(
+    rig: Callable[..., Rig], media: TestMedia
+) -> None:
+    # Audio: aiortc sends no NACK for audio, so three dropped Opus packets stay lost.
+    r = rig()
+    loss = PacketLoss(start=60, count=3)
+    await _run_session(r, media, loss, "audio")
+    (seen,) = await asyncio.to_thread(r.sink.wait, 1, 30)
+    capture, probe = seen.capture, seen.probe
+    assert len(loss.dropped_seq) == 3
+    gaps = [e for e in capture.events if e["type"] == "recording_gap"]
+    # 3 packets lost on the network; aiortc's audio jitter buffer (16 packets) then throws away the
+    # backlog that piled up behind the hole (received, but missing from the recording all the same)
+    (gap,) = gaps
+    assert (gap["kind"], gap["cause"]) == ("audio", "network_loss")
+    lost = gap["packets_missing"] - gap["packets_discarded"]
+    assert lost == 3 and gap["frames_missing"] == gap["packets_missing"], str(
+        gap
+    )  # one Opus packet per frame
+    assert gap["seconds"] == pytest.approx(0.02 * (gap["frames_missing"] + 1), abs=0.001)
+    assert capture.stats["recording_gaps"] == 1
+    assert capture.stats["recording_audio_frames_missing"] == gap["frames_missing"]
+    assert capture.recording_meta["gaps_by_cause"] == {"audio:network_loss": 1}
+    assert capture.recording_meta["gap_list"] == gaps
+    # the rest is stored and decodes: the video untouched, the audio without the lost frames
+    assert (
+        probe is not None and probe.decode_errors == 0 and probe.monotonic == {"video": True, "audio": True}
+    )
+    assert probe.packets["audio"] == capture.stats["audio_frames_recorded"]
+
+
+async def test_reencode_mode_records_h264_aac_mp4_and_counts_its_cost(
+    rig: Callable[..., Rig], media: TestMedia
+) -> None:
+    r = rig(record_mode="reencode")
+    await _run_session(r, media)
+    (seen,) = await asyncio.to_thread(r.sink.wait, 1, 30)
+    capture, probe = seen.capture, seen.probe
+    assert capture.recording_path is not None and capture.recording_path.suffix == ".mp4"
+    assert probe is not None and sorted(probe.streams) == ["audio:aac", "video:h264"]
+    assert probe.packets["video"] == capture.stats["video_frames_recorded"] > 0
+    assert capture.stats["recording_cpu_ms"] > 0 and capture.recording_meta["format"] == "mp4"
+    assert capture.stats["recording_gaps"] == capture.stats["recorder_dropped"] == 0
 
 
 async def test_garbage_sdp_is_400_and_does_not_spend_the_token(rig: Callable[..., Rig]) -> None:

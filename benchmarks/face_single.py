@@ -1,0 +1,143 @@
+"""Single-image face path: ours vs plain face_recognition, per-probe time and decisions on the same pairs.
+
+    .venv/bin/python benchmarks/face_single.py [--limit 200]
+
+Pairs: ../shared/data/faces/lfw-dev-pairs.csv (img1 = enrolled, img2 = probe). Enrolment (not timed):
+ours `FaceEngine.enrol`-style mirror-averaged embedding of img1; plain `face_recognition.face_encodings`.
+Timed per probe as CPU time of this process (time.process_time: robust to other load on a shared machine;
+dlib-bin runs one thread), from the file's bytes to a decision:
+- plain: `face_recognition.load_image_file` + `face_encodings` (HOG upsample 1 on the full image, 5-point
+  alignment, one encoding), match when euclidean <= 0.6 (its default tolerance);
+- ours, on-demand flip (the default): `decode_image` + `FaceEngine.verify_image` (HOG on a downscaled copy
+  with fallbacks, 68 landmarks, quality gate, one network pass, the mirror pass only near the band);
+- ours, always mirror (`flip_tta_on_demand=False`, the previous default).
+Accuracy: 2-fold cross-validated accuracy on each pipeline's own distances (threshold chosen on one half,
+scored on the other), plus the decisions at the shipped thresholds (PASS / REVIEW / FAIL; a face the
+quality gate rejects is REVIEW, but it is still encoded so that both matchers are scored on every pair). The shipped
+calibration was made on these LFW images, so its decisions here are in-sample; `kuzet eval face
+--root ../shared/data/faces --cross-validate` gives the out-of-sample figures (on-demand vs always mirror).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from identity.checks import Outcome  # noqa: E402
+from identity.face.config import FaceSettings  # noqa: E402
+from identity.face.decode import DecodedImage, decode_image  # noqa: E402
+from identity.face.engine import FaceEngine  # noqa: E402
+from identity.face.evaluate import accuracy_2fold, read_pairs  # noqa: E402
+from identity.face.matching import decide, distance_to_template  # noqa: E402
+from identity.face.results import Template  # noqa: E402
+
+ROOT = REPO / ".." / "shared" / "data" / "faces"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--limit", type=int, default=200, help="pairs (balanced genuine / impostor)")
+    args = ap.parse_args()
+
+    import face_recognition
+
+    pairs = read_pairs(ROOT / "lfw-dev-pairs.csv", args.limit)
+    same = np.array([p.same for p in pairs])
+    engines = {
+        "ours (on-demand flip)": FaceEngine(REPO / "var" / "models", FaceSettings()),
+        "ours (always mirror)": FaceEngine(REPO / "var" / "models", FaceSettings(flip_tta_on_demand=False)),
+    }
+    ref = next(iter(engines.values()))
+
+    def rgb_of(rel: str) -> np.ndarray | None:
+        decoded = decode_image((ROOT / rel).read_bytes(), ref.settings)
+        return decoded.rgb if isinstance(decoded, DecodedImage) else None
+
+    # Enrolled side, not timed.
+    ours_enrolled: dict[str, Template | None] = {}
+    plain_enrolled: dict[str, np.ndarray | None] = {}
+    for rel in {p.img1 for p in pairs}:
+        rgb = rgb_of(rel)
+        emb = ref.analyse(rgb, encode_rejected=True).embedding if rgb is not None else None
+        ours_enrolled[rel] = (
+            Template(embeddings=emb[None, :], model=ref.stamp, created_at="") if emb is not None else None
+        )
+        encs = face_recognition.face_encodings(face_recognition.load_image_file(str(ROOT / rel)))
+        plain_enrolled[rel] = encs[0] if encs else None
+    # Warm-up (first dlib calls allocate).
+    face_recognition.face_encodings(face_recognition.load_image_file(str(ROOT / pairs[0].img2)))
+    for e in engines.values():
+        e.analyse(rgb_of(pairs[0].img2))
+
+    rows: dict[str, tuple[float, np.ndarray, Counter[str], int]] = {}
+    t0 = time.process_time()
+    d_plain = np.full(len(pairs), np.inf)
+    plain_dec: Counter[str] = Counter()
+    for k, p in enumerate(pairs):
+        encs = face_recognition.face_encodings(face_recognition.load_image_file(str(ROOT / p.img2)))
+        ref_enc = plain_enrolled[p.img1]
+        if encs and ref_enc is not None:
+            d_plain[k] = float(np.linalg.norm(encs[0] - ref_enc))
+            match = d_plain[k] <= 0.6
+            plain_dec[("genuine" if p.same else "impostor") + (" match" if match else " no-match")] += 1
+        else:
+            plain_dec[("genuine" if p.same else "impostor") + " no face"] += 1
+    rows["plain face_recognition"] = ((time.process_time() - t0) * 1e3 / len(pairs), d_plain, plain_dec, 0)
+
+    for name, engine in engines.items():
+        d = np.full(len(pairs), np.inf)
+        dec: Counter[str] = Counter()
+        mirrored = 0
+        t0 = time.process_time()
+        for k, p in enumerate(pairs):
+            template = ours_enrolled[p.img1]
+            decoded = decode_image((ROOT / p.img2).read_bytes(), engine.settings)
+            if template is None or not isinstance(decoded, DecodedImage):
+                dec[("genuine" if p.same else "impostor") + " no face"] += 1
+                continue
+            # verify_image's steps, with a gate-rejected face still encoded so the matcher is measured
+            # on every pair (as plain face_recognition, which has no quality gate, is).
+            probe = engine.analyse_probe(decoded.rgb, encode_rejected=True)
+            emb = probe.analysis.embedding
+            label = "REVIEW" if not probe.analysis.quality.passed else ""
+            if emb is not None:
+                t = engine.thresholds
+                d[k] = distance_to_template(template.embeddings, emb)
+                if engine.needs_mirror(probe, d[k], t.pass_below, t.fail_above):
+                    engine.add_mirror(probe)
+                    d[k] = distance_to_template(template.embeddings, probe.analysis.embedding)  # type: ignore[arg-type]
+                outcome = decide(d[k], t, engine.stamp).outcome
+                label = label or {Outcome.PASS: "PASS", Outcome.FAIL: "FAIL"}.get(outcome, "REVIEW")
+            mirrored += probe.mirrored
+            dec[("genuine " if p.same else "impostor ") + label] += 1
+        rows[name] = ((time.process_time() - t0) * 1e3 / len(pairs), d, dec, mirrored)
+
+    load = os.getloadavg()
+    print(
+        f"{len(pairs)} LFW dev pairs ({int(same.sum())} genuine, {int((~same).sum())} impostor); CPU ms per "
+        f"probe (this process, one thread), from file bytes to a decision; load average {load[0]:.1f} on "
+        f"{os.cpu_count()} cores"
+    )
+    plain_ms = rows["plain face_recognition"][0]
+    for name, (ms, d, dec, mirrored) in rows.items():
+        acc, _ = accuracy_2fold(d, same)
+        extra = f"  mirror pass {mirrored}/{len(pairs)}" if name.startswith("ours") else ""
+        print(
+            f"  {name:24s} {ms:7.1f} CPU ms/probe  ({plain_ms / ms:4.2f}x plain)  2-fold CV accuracy "
+            f"{acc:6.1%}{extra}"
+        )
+        print(f"  {'':24s} decisions: " + ", ".join(f"{k} {v}" for k, v in sorted(dec.items())))
+    print("  (ours: decisions at the shipped thresholds, in-sample on these images; plain: euclidean <= 0.6)")
+
+
+if __name__ == "__main__":
+    main()

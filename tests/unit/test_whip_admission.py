@@ -1,0 +1,175 @@
+"""Admission control and bounded frame memory of live WHIP sessions (real aiortc peers on 127.0.0.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import threading
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from aiortc.contrib.media import MediaPlayer
+
+from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
+from identity.face.results import FaceAnalysis
+from media_server.settings import Settings
+from media_server.station_client import MonotonicTrack, WhipClient
+from media_server.webrtc.capture import EndedReason, SessionCapture
+from media_server.webrtc.credentials import OneTimeTokens
+from media_server.webrtc.ingest import WhipIngest
+from tests.support.webrtc import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
+from tests.unit.test_whip_ingest import QUICK_CHALLENGE, _offer, _post
+
+STAMP = ModelStamp("fake-face", "0", "00" * 32)
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory: pytest.TempPathFactory) -> TestMedia:
+    return make_test_media(tmp_path_factory.mktemp("admission-media"))
+
+
+@contextlib.contextmanager
+def _server(
+    tmp_path: Path, sink: Any, live: Any = None, **media: Any
+) -> Iterator[tuple[ServerThread, OneTimeTokens, WhipIngest]]:
+    settings = Settings(
+        data_dir=tmp_path / "var",
+        media={"loopback_only": True, "no_media_timeout_s": 10, **media},
+        liveness=QUICK_CHALLENGE,
+    )
+    tokens = OneTimeTokens()
+    app = build_whip_app(settings, tokens, sink, live=live)
+    with ServerThread(app) as server:
+        yield server, tokens, app.state.whip_ingest
+
+
+async def _run_client(url: str, token: str, media: TestMedia) -> list[dict[str, Any]]:
+    """A station-like client that answers prompts until the outcome arrives; the messages it received."""
+    video = MediaPlayer(str(media.video_y4m), loop=True)
+    audio = MediaPlayer(str(media.speech_wav), loop=True)
+    client = WhipClient(url, token, loopback_only=True)
+    received: list[dict[str, Any]] = []
+    try:
+        await client.publish([MonotonicTrack(video.video), MonotonicTrack(audio.audio)])
+        while not received or received[-1]["type"] != "outcome":
+            message = await asyncio.wait_for(client.messages.get(), 60)
+            received.append(message)
+            if message["type"] == "prompt":
+                client.send({"type": "ack", "step": message["step"], "index": message["index"]})
+        await client.delete()
+    finally:
+        await client.close()
+        for track in (video.video, audio.audio):
+            track.stop()
+    return received
+
+
+async def test_a_full_node_refuses_with_retry_after_keeps_the_link_and_spares_the_live_session(
+    tmp_path: Path, media: TestMedia
+) -> None:
+    sink = FakeSink()
+    with _server(tmp_path, sink, max_live_sessions=1, busy_retry_after_s=7) as (server, tokens, ingest):
+        first = asyncio.create_task(_run_client(server.url, tokens.issue("person-a"), media))
+        for _ in range(200):
+            if ingest.busy_sessions() == 1:
+                break
+            await asyncio.sleep(0.05)
+        assert ingest.busy_sessions() == 1
+        waiting = tokens.issue("person-b")
+        pc, offer = await _offer()
+        refused = await asyncio.to_thread(_post, server.url, offer, waiting)
+        assert refused.status_code == 503
+        assert refused.headers["retry-after"] == "7"
+        assert refused.json()["error"] == "busy"
+        assert waiting not in tokens.used  # the one-time link was not spent: the page retries with it
+        # The running session is not disturbed by the refusal: it completes and is judged.
+        received = await asyncio.wait_for(first, 90)
+        assert received[-1]["type"] == "outcome"
+        (seen,) = await asyncio.to_thread(sink.wait, 1, 30)
+        assert seen.capture.ended_reason is EndedReason.COMPLETED
+        assert seen.capture.stats["video_frames_received"] > 0 and seen.capture.frames
+        # Once it has been judged, the same link opens a session.
+        for _ in range(100):
+            if ingest.busy_sessions() == 0:
+                break
+            await asyncio.sleep(0.05)
+        admitted = await asyncio.to_thread(_post, server.url, offer, waiting)
+        assert admitted.status_code == 201, admitted.text
+        await pc.close()
+
+
+class SlowFakeFaces:
+    """A stand-in analysis pool: 'no face' for every frame after a short delay; weakly remembers frames."""
+
+    def __init__(self) -> None:
+        self.seen: list[weakref.ref[np.ndarray]] = []
+        self._lock = threading.Lock()
+
+    async def analyse(self, frames: list[np.ndarray]) -> list[FaceAnalysis]:
+        with self._lock:
+            self.seen.extend(weakref.ref(f) for f in frames)
+        await asyncio.sleep(0.02)
+        quality = CheckResult(CheckKind.FACE_QUALITY, Outcome.INCONCLUSIVE, "no_face", "no face", model=STAMP)
+        return [FaceAnalysis([], None, quality, None, None, STAMP, (f.shape[0], f.shape[1])) for f in frames]
+
+    async def embed(self, frames: list[np.ndarray], analyses: list[FaceAnalysis]) -> list[FaceAnalysis]:
+        return analyses
+
+
+class DroppingSink:
+    """Keeps only counters and weak references to the capture's frames (like a sink that has stored them)."""
+
+    def __init__(self) -> None:
+        self.stats: list[dict[str, int]] = []
+        self.held: list[int] = []
+        self.frame_refs: list[weakref.ref[np.ndarray]] = []
+        self.done = threading.Event()
+
+    async def finish(self, capture: SessionCapture) -> dict[str, Any] | None:
+        self.stats.append(dict(capture.stats))
+        self.held.append(len(capture.frames))
+        self.frame_refs.extend(weakref.ref(rgb) for _, rgb in capture.frames)
+        assert capture.live is not None and len(capture.live.analyses) == capture.stats["frames_analysed"]
+        self.done.set()
+        return {"decision": "review", "reasons": ["fake_sink"]}
+
+
+async def test_frames_held_by_a_live_session_are_bounded_and_freed_after_it_ends(
+    tmp_path: Path, media: TestMedia
+) -> None:
+    faces, sink = SlowFakeFaces(), DroppingSink()
+    bounds = {
+        "max_pending_frames": 8,
+        "max_held_frames": 4,
+        "held_frame_every_s": 0.5,
+        "analysis_chunk_frames": 4,
+    }
+    with _server(tmp_path, sink, live=faces, **bounds) as (server, tokens, ingest):
+        task = asyncio.create_task(_run_client(server.url, tokens.issue("person-m"), media))
+        peak = 0
+        while not task.done():
+            for session in list(ingest.sessions.values()):
+                peak = max(peak, session.frames_held)
+                session_ref = weakref.ref(session)
+            await asyncio.sleep(0.01)
+        await task
+        await asyncio.to_thread(sink.done.wait, 30)
+        for _ in range(200):  # the session closes after the outcome (the client's DELETE)
+            if not ingest.sessions:
+                break
+            await asyncio.sleep(0.05)
+        assert not ingest.sessions
+    stats = sink.stats[0]
+    assert stats["frames_analysed"] > 10, stats
+    assert 0 < peak <= bounds["max_pending_frames"] + bounds["max_held_frames"]
+    assert 0 < sink.held[0] <= bounds["max_held_frames"]
+    gc.collect()
+    # Every sampled frame (analysed or held) is gone once the session has ended and been judged.
+    assert faces.seen and all(r() is None for r in faces.seen)
+    assert sink.frame_refs and all(r() is None for r in sink.frame_refs)
+    assert session_ref() is None or session_ref().frames_held == 0  # type: ignore[union-attr]
