@@ -100,7 +100,7 @@ def test_officer_and_person_hold_a_recorded_two_way_call(browser: Any, tmp_path:
             o.wait_for_function(VIDEO_PLAYING, arg="remote", timeout=90_000)
             p.wait_for_function(VIDEO_PLAYING, arg="remote", timeout=90_000)
             # The officer's screen shows live face results of the person as they come.
-            o.wait_for_selector("#live li[data-face=seen]", timeout=120_000)
+            o.wait_for_selector("#live li[data-face=seen]", timeout=240_000)
             o.wait_for_selector("#live li[data-outcome=pass]", timeout=120_000)
 
             o.select_option("#call-end select[name=decision]", "pass")
