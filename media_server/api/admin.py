@@ -334,9 +334,17 @@ def set_order(person_id: str, body: OrderIn, services: ServicesDep, who: Officer
         return {**person_view(person), "order": {"brac_limit": body.brac_limit, "unit": body.unit.value}}
 
 
+def _not_a_call(kind: SessionKind) -> SessionKind:
+    if kind is SessionKind.CALL:
+        raise ValueError("a call is started by an officer: POST /api/v1/persons/{id}/calls")
+    return kind
+
+
 class CheckinIn(_In):
     kind: SessionKind = SessionKind.CHECKIN
     window_minutes: int = Field(30, ge=1, le=24 * 60, description="How long the one-time link stays valid.")
+
+    _kind = field_validator("kind")(_not_a_call)
 
 
 @router.post("/persons/{person_id}/checkins", status_code=201)
@@ -367,6 +375,8 @@ def request_checkin(
 class ScheduleIn(_In):
     kind: SessionKind = SessionKind.CHECKIN
     rule: dict[str, Any] = Field(description="daily / random / on_demand rule (see media_server.schedules).")
+
+    _kind = field_validator("kind")(_not_a_call)
 
 
 @router.post("/persons/{person_id}/schedules", status_code=201)

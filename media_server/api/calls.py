@@ -197,15 +197,18 @@ async def officer_publish(
 @router.delete("/api/v1/calls/{call_id}/whip/{resource_id}")
 async def officer_unpublish(
     call_id: str, resource_id: str, request: Request, services: ServicesDep, who: OfficerDep
-) -> Response:
-    """The officer stops sending (the call goes on until it is ended; the recording is stored then)."""
-    hub = _hub(request)
-    if hub.publish_resource(call_id) != resource_id:
-        raise NotFoundError("no such publish")
-    publish = hub.publishes.get(call_id)
-    if publish is not None:
-        publish.ended = True
-    return Response(status_code=200)
+) -> dict[str, Any]:
+    """The officer stops sending: the recording so far is stored now; the call goes on until it is ended."""
+    artifact = await _hub(request).unpublish(call_id, resource_id)
+    await asyncio.to_thread(
+        _audit,
+        services,
+        who.actor,
+        "call.officer_unpublish",
+        call_id,
+        {"resource": resource_id, "artifact": artifact},
+    )
+    return {"call_id": call_id, "officer_recording_artifact": artifact}
 
 
 @router.post("/api/v1/calls/{call_id}/whep", status_code=201, response_class=Response)

@@ -26,6 +26,7 @@ from media_server.artifacts import store_artifact
 from media_server.auth import Principal
 from media_server.calls.live import LiveProbe
 from media_server.calls.publish import OfficerPublish
+from media_server.checkin.evidence import recording_content_type
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, SessionKind, SessionStatus
 from media_server.db.models import CheckSession, Review, Verdict
@@ -44,8 +45,6 @@ log = logging.getLogger("kuzet.calls")
 CALL_PATH = "/call/"
 # How often ending a call looks for the person's verdict.
 _VERDICT_POLL_S = 0.25
-# Recording content types by file suffix (the recorder picks the container).
-_RECORDING_TYPES = {".mp4": "video/mp4", ".webm": "video/webm", ".mkv": "video/x-matroska"}
 
 
 # (services, who, session_id, decision, comment) -> review id: the one way a decision is stored and audited.
@@ -161,10 +160,6 @@ class CallHub:
         self.start_probe(call)
         return resource_id, answer
 
-    def publish_resource(self, call_id: str) -> str | None:
-        """The resource id of the call's publish (for its DELETE)."""
-        return self._publish_ids.get(call_id)
-
     def start_probe(self, call: CheckSession) -> None:
         """Start the live face probe of a call (once)."""
         if call.id not in self.probes:
@@ -177,6 +172,16 @@ class CallHub:
             self.probes[call.id] = probe
             probe.start()
 
+    async def unpublish(self, call_id: str, resource_id: str) -> str | None:
+        """The officer's DELETE: the publish ends and its recording is stored now (the call goes on; the
+        officer may publish again, which records anew). The artifact id, if anything was recorded."""
+        if self._publish_ids.get(call_id) != resource_id:
+            raise NotFoundError("no such publish")
+        artifact = await self._store_officer_recording(call_id)
+        self.publishes.pop(call_id, None)
+        self._publish_ids.pop(call_id, None)
+        return artifact
+
     async def _store_officer_recording(self, call_id: str) -> str | None:
         """Finish the officer's recording and store it as evidence of the call; the artifact id."""
         publish = self.publishes.get(call_id)
@@ -187,14 +192,13 @@ class CallHub:
             await publish.discard()
             return None
         path = result.path
-        content_type = _RECORDING_TYPES.get(path.suffix, "application/octet-stream")
         ref = await asyncio.to_thread(
             store_artifact,
             self.services,
             call_id,
             ArtifactKind.RECORDING,
-            content_type,
-            {"side": "officer", "counts": result.counts},
+            recording_content_type(path),
+            {**result.meta, "side": "officer", "counts": result.counts},
             path=path,
         )
         await publish.discard()

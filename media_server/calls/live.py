@@ -96,7 +96,9 @@ class LiveProbe:
         every_s = services.settings.calls.live_check_every_s
         stored = await asyncio.to_thread(active_template, services, self._person_id, Modality.FACE)
         template = template_from_bytes(stored) if stored is not None else None
-        while True:
+        # A call nobody ends still stops: the link's validity plus the longest call.
+        lifetime_s = services.settings.calls.link_valid_min * 60 + services.settings.calls.max_call_s
+        while time.monotonic() - self._t0 < lifetime_s:
             source = self._lookup()
             track = source.subscribe("video") if source is not None else None
             if track is None:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import shutil
 import time
 from pathlib import Path
@@ -22,13 +21,10 @@ from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
 from media_server.errors import BadInput
 from media_server.settings import MediaSettings
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
-from media_server.webrtc.recorder import RecorderResult, SessionRecorder
+from media_server.webrtc.recorder import RecorderResult
+from media_server.webrtc.remux import Recorder, open_session_recorder
 
 log = logging.getLogger("kuzet.calls")
-
-# Nominal frame rates, to size the recorder queue from media.record_queue_s (as the check-in session does).
-_VIDEO_FPS = 30
-_AUDIO_FPS = 50
 
 
 class OfficerPublish:
@@ -43,7 +39,7 @@ class OfficerPublish:
         self._relay = MediaRelay()
         self._sources: dict[str, MediaStreamTrack] = {}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._recorder: SessionRecorder | None = None
+        self._recorder: Recorder | None = None
         self.ended = False
         self.frames: dict[str, int] = {"audio": 0, "video": 0}
 
@@ -57,17 +53,17 @@ class OfficerPublish:
         if self._media.loopback_only:
             await gather_loopback(self.pc)
         await self.pc.setLocalDescription(await self.pc.createAnswer())
-        per_s = (_VIDEO_FPS if "video" in kinds else 0) + (_AUDIO_FPS if "audio" in kinds else 0)
         await asyncio.to_thread(self._workdir.mkdir, parents=True, exist_ok=True)
-        self._recorder = SessionRecorder(
-            self._workdir / "officer.mp4",
-            expected_kinds=set(kinds),
-            preset=self._media.record_preset,
-            crf=self._media.record_crf,
-            queue_items=max(8, math.ceil(per_s * self._media.record_queue_s)),
+        # The same recorder as a check-in (remuxed as received, or the re-encoding fallback), hooked on the
+        # receivers before they start.
+        self._recorder = open_session_recorder(
+            self.pc, self._workdir / "officer", set(kinds), self._media, clock=self._now
         )
         self._recorder.start()
         return str(self.pc.localDescription.sdp)
+
+    def _now(self) -> float:
+        return time.monotonic() - self._t0
 
     def subscribe(self, kind: str) -> MediaStreamTrack | None:
         """An unbuffered copy of the officer's `kind` track for the person's viewer (None until it arrives)."""
@@ -94,7 +90,7 @@ class OfficerPublish:
                 continue
             self.frames[kind] += 1
             if self._recorder is not None:
-                self._recorder.push(kind, time.monotonic() - self._t0, frame)
+                self._recorder.push(kind, self._now(), frame)
 
     async def close(self) -> RecorderResult | None:
         """End the publish: the peer closes and the recording is finished (None when nothing was set up)."""

@@ -55,13 +55,16 @@ SourceLookup = Callable[[], TrackSource | None]
 
 class ForwardTrack(MediaStreamTrack):  # type: ignore[misc]
     """Sends the source's `kind` track once it exists, so a viewer may connect before the other side of a
-    call publishes. Ends (MediaStreamError) when the source ends."""
+    call publishes. Ends (MediaStreamError, and `on_ended`) when the source ends."""
 
-    def __init__(self, kind: str, lookup: SourceLookup, expired: Callable[[], bool]) -> None:
+    def __init__(
+        self, kind: str, lookup: SourceLookup, expired: Callable[[], bool], on_ended: Callable[[], None]
+    ) -> None:
         super().__init__()
         self.kind = kind
         self._lookup = lookup
         self._expired = expired
+        self._on_ended = on_ended
         self._inner: MediaStreamTrack | None = None
         self._t0: float | None = None
         self._next_pts = 0
@@ -74,7 +77,11 @@ class ForwardTrack(MediaStreamTrack):  # type: ignore[misc]
             self._inner = source.subscribe(self.kind) if source is not None else None
             if self._inner is None:
                 await asyncio.sleep(_SOURCE_POLL_S)
-        frame = await self._inner.recv()
+        try:
+            frame = await self._inner.recv()
+        except MediaStreamError:
+            self._on_ended()
+            raise
         return self._own_copy(frame)
 
     def _own_copy(self, frame: Frame) -> Frame:
@@ -127,6 +134,7 @@ class WhepEgress:
         self.settings = settings
         self.viewers: dict[str, WhepViewer] = {}
         self._reaper: asyncio.Task[None] | None = None
+        self._dropping: set[asyncio.Task[None]] = set()
 
     def count(self, subject: str) -> int:
         """Live viewers of `subject`."""
@@ -150,7 +158,9 @@ class WhepEgress:
         try:
             await pc.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
             for kind in summary.media:
-                track = ForwardTrack(kind, lookup, lambda: time.monotonic() > deadline)
+                track = ForwardTrack(
+                    kind, lookup, lambda: time.monotonic() > deadline, lambda: self._drop_soon(resource_id)
+                )
                 viewer.tracks.append(track)
                 pc.addTrack(track)  # takes the offer's transceiver of that kind: answered sendonly
             if media.loopback_only:
@@ -191,6 +201,13 @@ class WhepEgress:
             self._reaper.cancel()
         for resource_id in list(self.viewers):
             await self._drop(resource_id)
+
+    def _drop_soon(self, resource_id: str) -> None:
+        """The watched session ended: the viewer goes too (from a track's recv, so in a task of its own)."""
+        if resource_id in self.viewers:
+            task = asyncio.create_task(self._drop(resource_id))
+            self._dropping.add(task)
+            task.add_done_callback(self._dropping.discard)
 
     async def _drop(self, resource_id: str) -> None:
         viewer = self.viewers.pop(resource_id, None)

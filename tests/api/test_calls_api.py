@@ -74,6 +74,14 @@ def test_call_link_officer_media_and_ending_unjoined_call(api: Api) -> None:
         f"/api/v1/calls/{call_id}/whip", content=offer_sdp("sendonly"), headers={**officer, **SDP}
     )
     assert second.status_code == 409  # one publish per call
+    # Stopping the publish (nothing was sent: nothing to store) lets the officer publish again.
+    stop = api.client.delete(r.headers["Location"], headers=officer)
+    assert stop.status_code == 200 and stop.json()["officer_recording_artifact"] is None
+    assert api.client.delete(r.headers["Location"], headers=officer).status_code == 404
+    r = api.client.post(
+        f"/api/v1/calls/{call_id}/whip", content=offer_sdp("sendonly"), headers={**officer, **SDP}
+    )
+    assert r.status_code == 201, r.text
     v = api.client.post(
         f"/api/v1/calls/{call_id}/whep", content=offer_sdp("recvonly"), headers={**officer, **SDP}
     )
@@ -173,6 +181,14 @@ def test_call_errors_are_clear_4xx(api: Api) -> None:
     checkin = api.client.post(f"/api/v1/persons/{person_id}/checkins", headers=officer, json={})
     assert checkin.status_code == 201
     assert api.client.get(f"/api/v1/calls/{checkin.json()['session_id']}", headers=officer).status_code == 404
+    # A call is not a check-in kind nor a schedule kind.
+    r = api.client.post(f"/api/v1/persons/{person_id}/checkins", headers=officer, json={"kind": "call"})
+    assert r.status_code == 422
+    rule = {"type": "daily", "windows": [{"start": "09:00", "end": "10:00"}]}
+    r = api.client.post(
+        f"/api/v1/persons/{person_id}/schedules", headers=officer, json={"kind": "call", "rule": rule}
+    )
+    assert r.status_code == 422
     # Watching a check-in that is not in progress on this server.
     watch = api.client.post(
         f"/api/v1/sessions/{checkin.json()['session_id']}/whep",

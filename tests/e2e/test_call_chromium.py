@@ -7,6 +7,7 @@ verdict, recorded the decision as an audited review, and kept the page's positio
 from __future__ import annotations
 
 import hashlib
+import time
 from pathlib import Path
 from typing import Any
 
@@ -99,7 +100,7 @@ def test_officer_and_person_hold_a_recorded_two_way_call(browser: Any, tmp_path:
             o.wait_for_function(VIDEO_PLAYING, arg="remote", timeout=90_000)
             p.wait_for_function(VIDEO_PLAYING, arg="remote", timeout=90_000)
             # The officer's screen shows live face results of the person as they come.
-            o.wait_for_selector("#live li[data-face=seen]", timeout=120_000)
+            o.wait_for_selector("#live li[data-face=seen]", timeout=240_000)
             o.wait_for_selector("#live li[data-outcome=pass]", timeout=120_000)
 
             o.select_option("#call-end select[name=decision]", "pass")
@@ -151,4 +152,71 @@ def test_officer_and_person_hold_a_recorded_two_way_call(browser: Any, tmp_path:
         # The person's page reported its position while open.
         assert fixes and all(f.source.value == "checkin" for f in fixes)
         assert any(abs(f.lat - ALMATY["latitude"]) < 1e-6 for f in fixes)
+    assert problems == [], problems
+
+
+def test_officer_watches_a_checkin_in_progress(browser: Any, tmp_path: Path) -> None:
+    """Read-only WHEP: the officer sees the person's check-in live; the person's check-in runs as usual."""
+    settings = Settings(data_dir=tmp_path / "var", media={"loopback_only": True})
+    app = create_app(settings)
+    problems: list[str] = []
+    with ServerThread(app) as server:
+        services = app.state.services
+        seed_staff(services)
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            officer = login(client, Role.OFFICER)
+            person = client.post(
+                "/api/v1/persons",
+                json={"external_ref": "WATCH-E2E", "display_name": "Watch E2E"},
+                headers=officer,
+            )
+            person_id = person.json()["id"]
+            link = client.post(
+                f"/api/v1/persons/{person_id}/checkins", json={"window_minutes": 10}, headers=officer
+            )
+            session_id, url = link.json()["session_id"], link.json()["url"]
+
+        officer_ctx = browser.new_context()
+        person_ctx = browser.new_context(
+            permissions=["geolocation", "camera", "microphone"], geolocation=ALMATY
+        )
+        try:
+            p = person_ctx.new_page()
+            _problems(p, problems, "person")
+            p.goto(f"{server.url}{url}?lang=kk")
+            p.click("#start")
+            p.wait_for_selector("#status[data-state=live]", timeout=60_000)
+
+            o = officer_ctx.new_page()
+            _problems(o, problems, "officer")
+            o.goto(f"{server.url}/ws/login?lang=en")
+            o.fill("input[name=username]", "officer")
+            o.fill("input[name=password]", PASSWORD)
+            o.click("button[type=submit]")
+            o.wait_for_url("**/ws/queue?lang=en")
+            o.goto(f"{server.url}/ws/persons/{person_id}?lang=en")
+            o.click(f"a.watch[href^='/ws/watch/{session_id}']")
+            o.click("#call-start")
+            o.wait_for_function(VIDEO_PLAYING, arg="remote", timeout=90_000)
+            # The check-in is unaffected: it runs its challenge to the end and gets its outcome.
+            p.wait_for_selector("#status[data-state=done]", timeout=240_000)
+            # The viewer ends with the session it watched.
+            deadline = time.monotonic() + 30
+            while app.state.whep_egress.count(session_id) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert app.state.whep_egress.count(session_id) == 0
+        finally:
+            officer_ctx.close()
+            person_ctx.close()
+
+        with services.sessions() as db:
+            watched = db.scalars(
+                select(AuditEntry).where(
+                    AuditEntry.subject_id == session_id, AuditEntry.action == "session.watched"
+                )
+            ).all()
+            session = db.get(CheckSession, session_id)
+            verdict = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).one_or_none()
+        assert len(watched) == 1 and watched[0].actor == "user:officer"
+        assert session is not None and session.status is SessionStatus.COMPLETED and verdict is not None
     assert problems == [], problems

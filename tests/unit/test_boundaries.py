@@ -45,7 +45,7 @@ FLOWS = (
     "links",
     "retention",
 )
-WEB = ("api", "app", "webrtc", "auth", "cli")
+WEB = ("api", "app", "webrtc", "calls", "auth", "cli")
 # Each layer may import itself and the layers listed after it, never one before it.
 LAYERS = [WEB, FLOWS, ROOT_MODULE, PORTS]
 # The one value type the media layer hands to the check-in flow (a plain dataclass, no behaviour).
