@@ -111,8 +111,18 @@ def main() -> None:
     )
     cache = ROOT / "var" / "breath_station_cache.pkl"
     if cache.is_file():
+        sys.path.insert(0, str(ROOT / "benchmarks"))
+        import breath_station
+
+        class _Station(pickle.Unpickler):
+            def find_class(self, module: str, name: str) -> object:
+                # breath_station.py pickles its Person as __main__.Person.
+                if name == "Person":
+                    return breath_station.Person
+                return super().find_class(module, name)
+
         with cache.open("rb") as fh:
-            people = pickle.load(fh)["people"]  # our own cache under var/ (benchmarks/breath_station.py)
+            people = _Station(fh).load()["people"]  # our own cache under var/ (breath_station.py)
         vals = []
         for person in people:
             for test in person.tests:
