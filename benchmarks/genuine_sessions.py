@@ -80,18 +80,22 @@ def _wav(pcm16k: Any) -> bytes:
 
 
 def digit_voices(enrol_takes: int) -> dict[str, tuple[dict[str, list[Any]], dict[str, list[Any]]]]:
-    """{FSDD speaker: (enrolment takes at 16 kHz, held-out takes at 48 kHz)} per digit."""
+    """{FSDD speaker: (enrolment takes at 16 kHz, held-out takes at 48 kHz)} per digit.
+
+    Up to `enrol_takes` takes of each digit enrol and at least one is always held out for the check-ins,
+    so only speakers with two or more takes of every digit qualify (FSDD: george, jackson, theo).
+    """
     from scipy.signal import resample_poly
 
     from identity.voice.digits_data import fsdd_takes
 
     out = {}
     for speaker, per_digit in sorted(fsdd_takes(FSDD_DIR).items()):
-        if any(len(per_digit.get(str(d), [])) <= enrol_takes for d in range(10)):
+        if any(len(per_digit.get(str(d), [])) < 2 for d in range(10)):
             continue
-        enrol = {d: t[:enrol_takes] for d, t in per_digit.items()}
+        enrol = {d: t[: min(enrol_takes, len(t) - 1)] for d, t in per_digit.items()}
         held = {
-            d: [resample_poly(np.asarray(x, np.float64), 3, 1).astype(np.float32) for x in t[enrol_takes:]]
+            d: [resample_poly(np.asarray(x, np.float64), 3, 1).astype(np.float32) for x in t[len(enrol[d]) :]]
             for d, t in per_digit.items()
         }
         out[speaker] = (enrol, held)
@@ -300,7 +304,7 @@ def show(row: dict[str, Any]) -> None:
             extra = "[" + ",".join(f"{f.get('score') or 0:.2f}" for f in frames) + "]"
             extra += f"{c.score:.2f}" if c.score is not None else ""
         if c.kind.value == "spoken_digits" and c.code != "not_enrolled":
-            extra = f"[{c.details.get('digits', '')}->{c.details.get('recognised', '')}]"
+            extra = f"[{c.details.get('recognised', '')}]"
         parts.append(f"{label}={c.outcome.value}({c.code}){extra}")
     fb = Counter(row["feedback"])
     print(
@@ -378,10 +382,11 @@ def main() -> None:
         voices = {} if args.no_digits else digit_voices(args.enrol_takes)
         for k, name in enumerate(n for n in wanted if n in bench.people and voices):
             speaker = sorted(voices)[k % len(voices)]
-            bench.enrol_digits(name, speaker, *voices[speaker])
+            if bench.enrol_digits(name, speaker, *voices[speaker]):
+                print(f"  {name} speaks with FSDD {speaker}'s voice")
         print(
             f"spoken digits enrolled: {len(bench.voices)} of {len(bench.people)} people "
-            f"({args.enrol_takes} FSDD takes per digit; check-ins say held-out takes)"
+            f"(up to {args.enrol_takes} FSDD takes per digit, at least one held out for the check-ins)"
         )
         genuine: list[dict[str, Any]] = []
         grid_rows: list[dict[str, Any]] = []

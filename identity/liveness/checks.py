@@ -163,6 +163,19 @@ def check_head_turn(
             opposite_deg=round(opposite, 2),
             **details,
         )
+    fps = float(resp_mask.sum()) / max(window - settings.min_reaction_s, 1e-6)
+    if fps < settings.min_fps_no_turn:
+        # Absence of a turn is only evidence when the window was seen densely enough to catch a quick one.
+        return _result(
+            CheckKind.LIVENESS,
+            Outcome.INCONCLUSIVE,
+            "frame_rate_too_low",
+            "Too few frames to tell whether the head turned; could not tell.",
+            best,
+            thr,
+            fps=round(fps, 2),
+            **details,
+        )
     return _result(
         CheckKind.LIVENESS,
         Outcome.FAIL,

@@ -72,6 +72,16 @@ class LivenessSettings(BaseModel):
         "must be the prompted one. Above the landmark yaw noise of a still head (+-4 degrees on the real "
         "clips, benchmarks/liveness_clips.py).",
     )
+    min_fps_no_turn: float = Field(
+        9.5,
+        ge=2.0,
+        le=60.0,
+        description="Frames with a face per second of the response window needed to FAIL a head-turn step "
+        "as 'no head turn'; below it the step could not tell (review). A quick genuine turn stays past "
+        "head_turn_min_deg only briefly (lp_d12: 0.16 s, labels.csv turns; lp_d3 0.67-0.83 s), so a "
+        "starved or dropped-frame window can miss it; a seen turn still passes at any rate. Same floor "
+        "as min_fps_blink (a blink is an event of similar length).",
+    )
     head_turn_review_deg: float = Field(
         5.0, ge=0.0, le=20.0, description="A largest turn within this many degrees below the minimum: review."
     )

@@ -60,6 +60,23 @@ def test_small_head_turn_goes_to_review() -> None:
     assert result.code == "head_turn_borderline"
 
 
+def test_a_quick_turn_lost_in_a_starved_window_is_not_a_fail() -> None:
+    """A 0.16 s flick past the threshold (lp_d12's real turns) between sparse frames: review, not FAIL."""
+    ts = _ts(6.0)
+    yaw = np.full(ts.size, 3.0)
+    flick = (ts > 3.0) & (ts < 3.16)
+    yaw[flick] = 25.0
+    keep = np.ones(ts.size, bool)
+    keep[(ts > 2.2) & (ts < 4.5)] = False  # the server stalled: 2.3 s without frames
+    keep[np.flatnonzero((ts > 2.2) & (ts < 4.5))[::8]] = True  # ...but a few got through
+    sparse = check_head_turn(yaw[keep], ts[keep], 2.0, TurnDirection.LEFT, S)
+    assert sparse.outcome is Outcome.INCONCLUSIVE and sparse.code == "frame_rate_too_low"
+    # Densely seen, the flick is a turn; densely seen with no turn at all is still a FAIL.
+    assert check_head_turn(yaw, ts, 2.0, TurnDirection.LEFT, S).outcome is Outcome.PASS
+    still = check_head_turn(np.full(ts.size, 3.0), ts, 2.0, TurnDirection.LEFT, S)
+    assert still.outcome is Outcome.FAIL and still.code == "no_head_turn"
+
+
 def test_head_turn_without_face_frames_is_inconclusive() -> None:
     ts = _ts(6.0)
     yaw = _turn(ts, 2.6, 25.0)

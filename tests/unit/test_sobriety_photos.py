@@ -226,8 +226,10 @@ def test_pad_results_are_summarised() -> None:
     live = CheckResult(CheckKind.PAD, Outcome.PASS, "live", "live", score=0.9)
     attack = CheckResult(CheckKind.PAD, Outcome.FAIL, "attack", "attack", score=0.1)
     port = FakeFacePort([1] * 3, [0.3] * 3, pad=[live, attack, live])
+    # A sharp LFW face (upper-face sharpness 32.8 at 150 px): every photo reaches the PAD step. (The
+    # earlier pick, Angela_Bassett_0002, scores 9.9, at the blur gate, one of the ~2% it refuses.)
     _, checks = validate_breath_photos(
-        breath_photos(pairs(True)[7][0], "t9"), GALLERY, port, InMemoryPhotoIndex(), "t9", S
+        breath_photos(pairs(True)[1][0], "t9"), GALLERY, port, InMemoryPhotoIndex(), "t9", S
     )
     assert by_kind(checks)[CheckKind.PAD].code == "pad_attack_suspected"
     assert by_kind(checks)[CheckKind.PAD].outcome is Outcome.INCONCLUSIVE
