@@ -308,12 +308,13 @@ class MediaSettings(_Group):
         "face box, quality; no embedding). Larger chunks cost fewer round trips, smaller ones less latency.",
     )
     max_pending_frames: int = Field(
-        45,
+        90,
         ge=4,
         le=600,
         description="Sampled frames one live session may hold waiting for analysis (about 0.9 MB each at "
-        "640x480). When the pool falls this far behind, new frames are not analysed (counted as "
-        "frames_analysis_dropped): a bounded loss instead of unbounded memory.",
+        "640x480; 90 = 6 s of a challenge window at 15 fps). When the pool falls this far behind, new frames "
+        "are not analysed (counted as frames_analysis_dropped): a bounded loss instead of unbounded memory. "
+        "While any session's queue is over half full the node admits no new session.",
     )
     held_frame_every_s: float = Field(
         1.5,

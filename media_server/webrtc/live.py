@@ -144,6 +144,11 @@ class LiveAnalyser:
         )
 
     @property
+    def lagging(self) -> bool:
+        """True while more than half of the analysis queue is waiting (the pool is falling behind)."""
+        return len(self._pending) * 2 > self._max_pending
+
+    @property
     def frames_held(self) -> int:
         """Frames this session holds now (waiting for analysis + kept)."""
         return len(self._pending) + len(self._held)

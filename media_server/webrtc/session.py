@@ -132,6 +132,11 @@ class MediaSession:
         return self.end_reason is None or (self.outcome is None and not self.closed.is_set())
 
     @property
+    def analysis_lagging(self) -> bool:
+        """True while this session's live analysis is falling behind its camera."""
+        return self._live is not None and self._live.lagging
+
+    @property
     def frames_held(self) -> int:
         """Video frames this session holds now (sampled and waiting, or kept for the end)."""
         return len(self._sampler.frames) + (self._live.frames_held if self._live is not None else 0)
