@@ -433,9 +433,9 @@ class MediaSession:
             self.outcome = {"status": "error", "code": "processing_failed", "retake": True}
         # The frames and audio are judged: let them go now, not after the linger below.
         del capture
-        await asyncio.to_thread(return_freed_memory)
         if self.outcome is not None:
             self._send({"type": "outcome", **self.outcome})
+        await asyncio.to_thread(return_freed_memory)
         if reason is EndedReason.COMPLETED:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._deleted.wait(), self._media.outcome_linger_s)
