@@ -319,7 +319,9 @@ class MediaSettings(_Group):
         400,
         ge=4,
         le=2000,
-        description="Hard cap on frames held per live session (memory: about 0.9 MB each at 640x480). "
+        description="Without live analysis (a node wired with none, e.g. the WHIP test kit): hard cap on "
+        "frames held per live session (memory: about 0.9 MB each at 640x480). With it, max_pending_frames and "
+        "max_held_frames bound a session instead. "
         "The default challenge (~19 s) at window_max_fps needs ~290; when full, frames outside challenge "
         "windows are no longer kept, and inside windows the oldest out-of-window frame is released first. "
         "All frames are released when the session ends.",
@@ -383,13 +385,14 @@ class MediaSettings(_Group):
         500, ge=10, le=10000, description="Data-channel events kept per session (the rest are counted)."
     )
     max_live_sessions: int = Field(
-        3,
+        2,
         ge=1,
         le=1000,
         description="Sessions this node serves at once (live or still being judged); one more WHIP offer is "
-        "refused with 503 + Retry-After before its link is spent. Default measured on a 2-core node with live "
-        "analysis on the local worker pool (benchmarks/media_sessions.py): above it, analysis falls behind "
-        "the camera and frames are lost for liveness. Raise it with the node's measured capacity.",
+        "refused with 503 + Retry-After before its link is spent, and the check-in page retries. Default from "
+        "benchmarks/media_sessions.py on the 2-core reference machine: one 19 s check-in cost 15 server-side "
+        "CPU-seconds (8.2 media process incl. the libx264 recording + 6.9 analysis workers), about 0.8 of a "
+        "core, so 2 cores serve 2 without falling behind the camera. Set it from the node's own measurement.",
     )
     busy_retry_after_s: int = Field(
         5, ge=1, le=300, description="Retry-After (seconds) sent with a 503 when the node is at capacity."
@@ -402,12 +405,13 @@ class MediaSettings(_Group):
         "face box, quality; no embedding). Larger chunks cost fewer round trips, smaller ones less latency.",
     )
     max_pending_frames: int = Field(
-        45,
+        90,
         ge=4,
         le=600,
         description="Sampled frames one live session may hold waiting for analysis (about 0.9 MB each at "
-        "640x480). When the pool falls this far behind, new frames are not analysed (counted as "
-        "frames_analysis_dropped): a bounded loss instead of unbounded memory.",
+        "640x480; 90 = 6 s of a challenge window at 15 fps). When the pool falls this far behind, new frames "
+        "are not analysed (counted as frames_analysis_dropped): a bounded loss instead of unbounded memory. "
+        "While any session's queue is over half full the node admits no new session.",
     )
     held_frame_every_s: float = Field(
         1.5,
@@ -427,10 +431,12 @@ class MediaSettings(_Group):
         5,
         ge=1,
         le=50,
-        description="Held frames (best quality first, quality gate passed) whose face embedding is computed "
-        "when the session ends; the face decision fuses them (face.session_top_k of them). Measured on the "
-        "shared clips (benchmarks/best_frames.py): the fused distance with 5 best frames equals that of 16 "
-        "evenly spread frames within 0.01 and keeps every decision.",
+        description="Held frames (best quality first, quality gate passed) whose face embedding is computed, "
+        "while the session runs as their interval closes, the rest when it ends; the face decision fuses "
+        "face.session_top_k of them and needs face.session_min_frames. benchmarks/best_frames.py on the 8 "
+        "shared clips (8 genuine, 56 impostor trials): 3, 5 and 8 best frames give the same decisions as the "
+        "16 evenly spread frames encoded before (max genuine distance 0.020 vs 0.022, min impostor 0.075 vs "
+        "0.073); 1 is too few. 5 keeps a margin of two frames for a gate failure at the same cost as top_k.",
     )
 
 

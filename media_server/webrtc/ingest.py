@@ -100,12 +100,20 @@ class WhipIngest:
     def _admit(self) -> None:
         """Refuse a new session the node cannot serve without loss (before any credential is spent)."""
         media = self.settings.media
-        if self.busy_sessions() >= media.max_live_sessions:
+        # Full, or already falling behind (the analysis of a live session is backing up: the machine
+        # is slower than measured, e.g. shared): one more session would cost frames of all of them.
+        lagging = any(s.analysis_lagging for s in self.sessions.values())
+        if self.busy_sessions() >= media.max_live_sessions or lagging:
             if self._on_refused is not None:
                 self._on_refused()
-            log.warning("whip session refused: node at capacity", extra={"busy": self.busy_sessions()})
+            log.warning(
+                "whip session refused: node at capacity",
+                extra={"busy": self.busy_sessions(), "analysis_lagging": lagging},
+            )
             raise ServerBusy(
-                f"this node is serving {media.max_live_sessions} sessions; try again shortly",
+                "this node is falling behind with its sessions; try again shortly"
+                if lagging
+                else f"this node is serving {media.max_live_sessions} sessions; try again shortly",
                 media.busy_retry_after_s,
             )
 

@@ -144,6 +144,11 @@ class LiveAnalyser:
         )
 
     @property
+    def lagging(self) -> bool:
+        """True while more than half of the analysis queue is waiting (the pool is falling behind)."""
+        return len(self._pending) * 2 > self._max_pending
+
+    @property
     def frames_held(self) -> int:
         """Frames this session holds now (waiting for analysis + kept)."""
         return len(self._pending) + len(self._held)
@@ -176,8 +181,9 @@ class LiveAnalyser:
                 continue
             self._absorb(chunk, analyses)
             # Held frames whose interval is over and that rank among the best are embedded now, so
-            # that little is left to embed when the person stops.
-            await self._embed_best_held(closed_before=int(chunk[-1][0] // self._held_every_s))
+            # that little is left to embed when the person stops (then `finish` embeds once, at the end).
+            if not self._closed:
+                await self._embed_best_held(closed_before=int(chunk[-1][0] // self._held_every_s))
 
     async def _embed_best_held(self, closed_before: int | None) -> int:
         """Embed the best held frames not embedded yet (only closed intervals unless None); how many."""

@@ -134,6 +134,11 @@ class MediaSession:
         return self.end_reason is None or (self.outcome is None and not self.closed.is_set())
 
     @property
+    def analysis_lagging(self) -> bool:
+        """True while this session's live analysis is falling behind its camera."""
+        return self._live is not None and self._live.lagging
+
+    @property
     def frames_held(self) -> int:
         """Video frames this session holds now (sampled and waiting, or kept for the end)."""
         return len(self._sampler.frames) + (self._live.frames_held if self._live is not None else 0)
@@ -439,9 +444,9 @@ class MediaSession:
             self.outcome = {"status": "error", "code": "processing_failed", "retake": True}
         # The frames and audio are judged: let them go now, not after the linger below.
         del capture
-        await asyncio.to_thread(return_freed_memory)
         if self.outcome is not None:
             self._send({"type": "outcome", **self.outcome})
+        await asyncio.to_thread(return_freed_memory)
         if reason is EndedReason.COMPLETED:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._deleted.wait(), self._media.outcome_linger_s)

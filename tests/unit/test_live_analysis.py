@@ -105,8 +105,10 @@ async def test_held_frames_are_capped_by_quality_and_the_queue_is_bounded() -> N
     live = _analyser(port, max_pending=6, max_held=3, held_every_s=0.25)
     accepted = sum(live.offer(0.25 * i, _frame(i + 1)) for i in range(20))  # faster than the fake analyses
     assert accepted == 6 and live.stats["frames_analysis_dropped"] == 14
+    assert live.lagging  # more than half the queue waits: the node admits no new session meanwhile
     assert live.frames_held <= 6 + 3
     result = await live.finish()
+    assert not live.lagging
     assert len(result.analyses) == 6
     assert len(result.held) == 3
     assert [int(h.rgb[0, 0, 0]) for h in result.held] == [4, 5, 6]  # the three sharpest survive

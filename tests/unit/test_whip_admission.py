@@ -173,3 +173,33 @@ async def test_frames_held_by_a_live_session_are_bounded_and_freed_after_it_ends
     assert faces.seen and all(r() is None for r in faces.seen)
     assert sink.frame_refs and all(r() is None for r in sink.frame_refs)
     assert session_ref() is None or session_ref().frames_held == 0  # type: ignore[union-attr]
+
+
+class _StubSession:
+    def __init__(self, *, busy: bool, lagging: bool) -> None:
+        self.busy = busy
+        self.analysis_lagging = lagging
+
+
+async def test_a_node_whose_analysis_falls_behind_admits_no_new_session(tmp_path: Path) -> None:
+    from media_server.errors import ServerBusy
+
+    settings = Settings(data_dir=tmp_path / "var", media={"max_live_sessions": 3})
+    refused: list[int] = []
+    ingest = WhipIngest(settings, OneTimeTokens(), FakeSink(), on_refused=lambda: refused.append(1))
+    token = ingest.authenticator.issue()  # type: ignore[attr-defined]
+    auth = f"Bearer {token}"
+    ingest.sessions["a"] = _StubSession(busy=True, lagging=False)  # type: ignore[assignment]
+    await ingest.preflight("application/sdp", auth)  # one of three slots used, keeping up: admitted
+    ingest.sessions["a"] = _StubSession(busy=True, lagging=True)  # type: ignore[assignment]
+    with pytest.raises(ServerBusy) as err:
+        await ingest.preflight("application/sdp", auth)
+    assert err.value.retry_after_s == settings.media.busy_retry_after_s and "falling behind" in str(err.value)
+    assert refused == [1]
+    # "a" has been judged and lingers for its DELETE (not busy); "b" and "c" are live.
+    ingest.sessions["a"] = _StubSession(busy=False, lagging=False)  # type: ignore[assignment]
+    ingest.sessions.update({k: _StubSession(busy=True, lagging=False) for k in "bc"})  # type: ignore[misc]
+    await ingest.preflight("application/sdp", auth)  # two busy of three: admitted
+    ingest.sessions["d"] = _StubSession(busy=True, lagging=False)  # type: ignore[assignment]
+    with pytest.raises(ServerBusy):
+        await ingest.preflight("application/sdp", auth)
