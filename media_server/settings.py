@@ -6,6 +6,7 @@ directory under `data_dir`.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Literal
 
@@ -385,14 +386,15 @@ class MediaSettings(_Group):
         500, ge=10, le=10000, description="Data-channel events kept per session (the rest are counted)."
     )
     max_live_sessions: int = Field(
-        2,
-        ge=1,
+        0,
+        ge=0,
         le=1000,
         description="Sessions this node serves at once (live or still being judged); one more WHIP offer is "
-        "refused with 503 + Retry-After before its link is spent, and the check-in page retries. Default from "
-        "benchmarks/media_sessions.py on the 2-core reference machine: one 19 s check-in cost 15 server-side "
-        "CPU-seconds (8.2 media process incl. the libx264 recording + 6.9 analysis workers), about 0.8 of a "
-        "core, so 2 cores serve 2 without falling behind the camera. Set it from the node's own measurement.",
+        "refused with 503 + Retry-After before its link is spent, and the check-in page retries. 0 = one per "
+        "CPU core of this node (`live_session_capacity`): benchmarks/media_sessions.py on the 2-core reference "
+        "machine measured about 0.8 of a core per 19 s check-in with live analysis (media process plus "
+        "analysis workers), so a core per session keeps up with the camera. Set it from the node's own "
+        "measurement (the benchmark prints where refusals start).",
     )
     busy_retry_after_s: int = Field(
         5, ge=1, le=300, description="Retry-After (seconds) sent with a 503 when the node is at capacity."
@@ -438,6 +440,16 @@ class MediaSettings(_Group):
         "16 evenly spread frames encoded before (max genuine distance 0.020 vs 0.022, min impostor 0.075 vs "
         "0.073); 1 is too few. 5 keeps a margin of two frames for a gate failure at the same cost as top_k.",
     )
+
+    def live_session_capacity(self) -> int:
+        """`max_live_sessions`, or one per CPU core this process may run on when it is 0."""
+        if self.max_live_sessions:
+            return self.max_live_sessions
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:  # not Linux
+            cores = os.cpu_count() or 1
+        return max(1, cores)
 
 
 class SchedulesSettings(_Group):

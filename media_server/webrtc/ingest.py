@@ -103,7 +103,7 @@ class WhipIngest:
         # Full, or already falling behind (the analysis of a live session is backing up: the machine
         # is slower than measured, e.g. shared): one more session would cost frames of all of them.
         lagging = any(s.analysis_lagging for s in self.sessions.values())
-        if self.busy_sessions() >= media.max_live_sessions or lagging:
+        if self.busy_sessions() >= media.live_session_capacity() or lagging:
             if self._on_refused is not None:
                 self._on_refused()
             log.warning(
@@ -113,7 +113,7 @@ class WhipIngest:
             raise ServerBusy(
                 "this node is falling behind with its sessions; try again shortly"
                 if lagging
-                else f"this node is serving {media.max_live_sessions} sessions; try again shortly",
+                else f"this node is serving {media.live_session_capacity()} sessions; try again shortly",
                 media.busy_retry_after_s,
             )
 

@@ -203,3 +203,12 @@ async def test_a_node_whose_analysis_falls_behind_admits_no_new_session(tmp_path
     ingest.sessions["d"] = _StubSession(busy=True, lagging=False)  # type: ignore[assignment]
     with pytest.raises(ServerBusy):
         await ingest.preflight("application/sdp", auth)
+
+
+def test_capacity_defaults_to_one_session_per_core() -> None:
+    import os
+
+    shipped = Settings().media
+    assert shipped.max_live_sessions == 0  # auto
+    assert shipped.live_session_capacity() == len(os.sched_getaffinity(0))
+    assert Settings(media={"max_live_sessions": 5}).media.live_session_capacity() == 5
