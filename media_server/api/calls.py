@@ -17,12 +17,12 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
 from media_server.api.deps import OfficerDep, ServicesDep
+from media_server.api.reviews import ReviewIn
 from media_server.api.whip import read_capped
-from media_server.api.workstation import MIN_COMMENT_CHARS, HtmlErrorRoute, _viewer
+from media_server.api.workstation import HtmlErrorRoute, _viewer
 from media_server.api.workstation import _page as workstation_page
 from media_server.auth import Principal, require_bearer
 from media_server.calls.hub import CALL_PATH, CallHub, create_call, load_call
@@ -48,8 +48,6 @@ from media_server.webrtc.whep import WhepEgress
 
 router = APIRouter(tags=["calls"])
 pages = APIRouter(prefix="/ws", tags=["workstation"], include_in_schema=False, route_class=HtmlErrorRoute)
-
-MAX_COMMENT_CHARS = 4000
 
 
 def _hub(request: Request) -> CallHub:
@@ -148,19 +146,8 @@ async def call_state(
     return {**stored, **_hub(request).live_state(call_id)}
 
 
-class CallEndIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    decision: Decision
-    comment: str = Field(max_length=MAX_COMMENT_CHARS, description="Why: required, not blank.")
-
-    @field_validator("comment")
-    @classmethod
-    def _explained(cls, value: str) -> str:
-        value = value.strip()
-        if len(value) < MIN_COMMENT_CHARS:
-            raise ValueError(f"a comment of at least {MIN_COMMENT_CHARS} characters is required")
-        return value
+class CallEndIn(ReviewIn):
+    """The officer's decision that ends a call: the same fields and rules as a reviewer's decision."""
 
 
 @router.post("/api/v1/calls/{call_id}/end")
