@@ -51,6 +51,14 @@ def _problems(page: Any, problems: list[str], who: str) -> None:
     )
 
 
+def _officer_and_person(client: httpx.Client, ref: str, name: str) -> tuple[dict[str, str], str]:
+    """The officer's auth headers and a new person's id, created by that officer."""
+    officer = login(client, Role.OFFICER)
+    person = client.post("/api/v1/persons", json={"external_ref": ref, "display_name": name}, headers=officer)
+    assert person.status_code == 201, person.text
+    return officer, str(person.json()["id"])
+
+
 def test_officer_and_person_hold_a_recorded_two_way_call(browser: Any, tmp_path: Path) -> None:
     # Shipped defaults; only loopback ICE, which a test machine needs (ENVIRONMENT.md).
     settings = Settings(data_dir=tmp_path / "var", media={"loopback_only": True})
@@ -60,13 +68,7 @@ def test_officer_and_person_hold_a_recorded_two_way_call(browser: Any, tmp_path:
         services = app.state.services
         seed_staff(services)
         with httpx.Client(base_url=server.url, timeout=120) as client:
-            officer = login(client, Role.OFFICER)
-            person = client.post(
-                "/api/v1/persons",
-                json={"external_ref": "CALL-E2E", "display_name": "Call E2E"},
-                headers=officer,
-            )
-            person_id = person.json()["id"]
+            officer, person_id = _officer_and_person(client, "CALL-E2E", "Call E2E")
             files = [("images", (f"f{i}.png", b, "image/png")) for i, b in enumerate(enrolment_images())]
             enrolled = client.post(
                 f"/api/v1/persons/{person_id}/enrolments/face", files=files, headers=officer
@@ -170,13 +172,7 @@ def test_officer_watches_a_checkin_in_progress(browser: Any, tmp_path: Path) -> 
         services = app.state.services
         seed_staff(services)
         with httpx.Client(base_url=server.url, timeout=120) as client:
-            officer = login(client, Role.OFFICER)
-            person = client.post(
-                "/api/v1/persons",
-                json={"external_ref": "WATCH-E2E", "display_name": "Watch E2E"},
-                headers=officer,
-            )
-            person_id = person.json()["id"]
+            officer, person_id = _officer_and_person(client, "WATCH-E2E", "Watch E2E")
             link = client.post(
                 f"/api/v1/persons/{person_id}/checkins", json={"window_minutes": 10}, headers=officer
             )
