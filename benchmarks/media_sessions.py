@@ -50,8 +50,12 @@ _PAGE = os.sysconf("SC_PAGE_SIZE")
 
 
 def _cpu_s(pid: int) -> float:
-    with contextlib.suppress(OSError):
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return _cpu_s_path(Path(f"/proc/{pid}/stat"))
+
+
+def _cpu_s_path(stat: Path) -> float:
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        fields = stat.read_text().rsplit(")", 1)[1].split()
         return (int(fields[11]) + int(fields[12])) / _TICK
     return 0.0
 
@@ -73,13 +77,19 @@ def _children(pid: int) -> list[int]:
 
 
 class Meter:
-    """Server process and its analysis workers (children that are not phones): CPU and RSS."""
+    """Server process and its analysis workers (children that are not phones): CPU and RSS.
+
+    The meter's own thread (it scans /proc) runs in the server process: its CPU time is subtracted
+    from the server's, and the server's CPU is also broken down by thread (`by_thread`)."""
 
     def __init__(self) -> None:
         self.me = os.getpid()
         self.phones: set[int] = set()
         self.peak_server_mb = 0.0
         self.peak_workers_mb = 0.0
+        self.own_cpu_s = 0.0
+        self._threads: dict[int, tuple[str, float]] = {}
+        self._lock = threading.Lock()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
 
@@ -87,17 +97,44 @@ class Meter:
         return [p for p in _children(self.me) if p not in self.phones]
 
     def cpu_s(self) -> tuple[float, float]:
-        """CPU-seconds so far of (this process, the analysis workers)."""
-        return _cpu_s(self.me), sum(_cpu_s(p) for p in self.workers())
+        """CPU-seconds so far of (this process less the meter's own thread, the analysis workers)."""
+        with self._lock:
+            own = self.own_cpu_s
+        return _cpu_s(self.me) - own, sum(_cpu_s(p) for p in self.workers())
 
     def rss(self) -> tuple[float, float]:
         return _rss_mb(self.me), sum(_rss_mb(p) for p in self.workers())
+
+    def by_thread(self) -> dict[str, float]:
+        """CPU-seconds of the server's threads so far, by what they run (ended threads included)."""
+        self._sample_threads()
+        out: dict[str, float] = {}
+        with self._lock:
+            for name, cpu in self._threads.values():
+                out[name] = out.get(name, 0.0) + cpu
+        return out
+
+    def _sample_threads(self) -> None:
+        names = {t.native_id: t.name for t in threading.enumerate()}
+        for task in Path(f"/proc/{self.me}/task").iterdir():
+            tid = int(task.name)
+            cpu = _cpu_s_path(task / "stat")
+            with self._lock:
+                known = self._threads.get(tid)
+                name = names.get(tid) or (known[0] if known else "native")
+                if "(" in name:  # "Thread-7 (decoder_worker)" -> "decoder_worker"
+                    name = name.split("(", 1)[1].rstrip(")")
+                name = "main" if tid == self.me else name.split("_")[0] if name[:1].isupper() else name
+                self._threads[tid] = (name, max(cpu, known[1] if known else 0.0))
 
     def _watch(self) -> None:
         while not self._stop.wait(0.25):
             server, workers = self.rss()
             self.peak_server_mb = max(self.peak_server_mb, server)
             self.peak_workers_mb = max(self.peak_workers_mb, workers)
+            self._sample_threads()
+            with self._lock:
+                self.own_cpu_s = time.thread_time()
 
     def __enter__(self) -> Meter:
         self._thread.start()
@@ -284,7 +321,7 @@ def run_level(
         )
         for i, (_, token, name) in enumerate(links)
     ]
-    cpu0, wall0 = meter.cpu_s(), time.monotonic()
+    cpu0, threads0, wall0 = meter.cpu_s(), meter.by_thread(), time.monotonic()
     for p in procs:
         p.start()
         if p.pid is not None:
@@ -304,7 +341,7 @@ def run_level(
         time.sleep(0.5)
     while services.background and time.monotonic() < deadline:
         time.sleep(0.2)
-    cpu1, wall1 = meter.cpu_s(), time.monotonic()
+    cpu1, threads1, wall1 = meter.cpu_s(), meter.by_thread(), time.monotonic()
     by_token = {token: sid for sid, token, _ in links}
     stats: list[dict[str, Any]] = []
     with services.sessions() as db:
@@ -349,6 +386,14 @@ def run_level(
         "refused": sum(s.get("refused", 0) for s in stats),
         "decisions": sorted(str(s.get("decision")) for s in stats),
         "wall": wall1 - wall0,
+        "threads": sorted(
+            (
+                (name, (cpu - threads0.get(name, 0.0)) / n_ok)
+                for name, cpu in threads1.items()
+                if name != "_watch"
+            ),
+            key=lambda kv: -kv[1],
+        ),
     }
 
 
@@ -415,6 +460,8 @@ def main() -> None:
                         f"{','.join(r['decisions'])}" + (f"  errors: {r['errors']}" if r["errors"] else ""),
                         flush=True,
                     )
+                    top = ", ".join(f"{name} {cpu:.2f}" for name, cpu in r["threads"][:6] if cpu >= 0.01)
+                    print(f"{'':>8} media CPU-s/session by thread: {top}", flush=True)
             time.sleep(5.0)
             gc.collect()
             return_freed_memory()

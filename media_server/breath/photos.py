@@ -8,10 +8,12 @@ import logging
 import numpy as np
 import numpy.typing as npt
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
 from identity.face.results import TemplateError, template_from_bytes
 from media_server.breath.adapters import DbPhotoIndex
+from media_server.db.engine import make_session_factory, read_only
 from media_server.db.enums import ArtifactKind, Modality
 from media_server.db.models import (
     Artifact,
@@ -21,7 +23,7 @@ from media_server.gallery import active_template
 from media_server.jobs import run_engine
 from media_server.services import Services
 from sobriety.config import SobrietySettings
-from sobriety.photos import judge_breath_photos, phash_hex
+from sobriety.photos import PhotoIndex, PhotoMatch, judge_breath_photos, phash_hex
 from sobriety.worker import PhotoJobResult, analyse_photos_job
 
 log = logging.getLogger("kuzet.breath")
@@ -61,13 +63,42 @@ def _gallery(
     return template.embeddings, template.model, None
 
 
+class _DeferredIndex:
+    """A `PhotoIndex` that reads the database but holds back its writes: what each lookup found (to check
+    it again under the write lock) and the fingerprints to add once the judgement is final."""
+
+    def __init__(self, inner: DbPhotoIndex) -> None:
+        self._inner = inner
+        self.lookups: list[tuple[tuple[tuple[int, ...], str, int], frozenset[str]]] = []
+        self.added: list[tuple[str, str, tuple[int, ...], str]] = []
+
+    def find(self, hashes: tuple[int, ...], sha256: str, max_distance: int) -> list[PhotoMatch]:
+        """The database's matches, remembered with the lookup that found them."""
+        found = self._inner.find(hashes, sha256, max_distance)
+        self.lookups.append(((hashes, sha256, max_distance), frozenset(m.photo_id for m in found)))
+        return found
+
+    def add(self, photo_id: str, test_id: str, hashes: tuple[int, ...], sha256: str) -> None:
+        """Held back until the write transaction."""
+        self.added.append((photo_id, test_id, hashes, sha256))
+
+    def still_current(self, index: DbPhotoIndex) -> bool:
+        """True when no lookup would find a photo now that it did not find then (none was added since)."""
+        return all({m.photo_id for m in index.find(*lookup)} <= seen for lookup, seen in self.lookups)
+
+
 def _judge_photos(
     services: Services, person_id: str, session_id: str, job: PhotoJobResult
 ) -> list[CheckResult]:
-    """Reuse lookup + fingerprints (one transaction) and the per-photo results on the artifact rows."""
-    settings: SobrietySettings = services.settings.sobriety
-    with services.sessions.begin() as db:
+    """Reuse lookup + fingerprints and the per-photo results on the artifact rows.
 
+    The reuse check (pixel comparisons with earlier photos, ~0.5 s each) runs on a read-only snapshot,
+    so it holds no write lock (on SQLite every writer would queue behind it). The write transaction then
+    repeats each fingerprint lookup: when a concurrent test added a near-duplicate photo meanwhile, the
+    judgement is made again under the lock, so two tests can never miss each other's photos."""
+    settings: SobrietySettings = services.settings.sobriety
+
+    def judge(db: Session, index: PhotoIndex) -> list[CheckResult]:
         def earlier(photo_id: str) -> bytes | None:
             """An earlier photo's stored bytes, for telling a re-sent copy from a new moment."""
             row = db.get(Artifact, photo_id)
@@ -78,9 +109,19 @@ def _judge_photos(
             except EvidenceError:
                 return None  # a near duplicate then stays INCONCLUSIVE (review)
 
-        checks = judge_breath_photos(
-            job.analyses, DbPhotoIndex(db, person_id), session_id, settings, earlier=earlier
-        )
+        return judge_breath_photos(job.analyses, index, session_id, settings, earlier=earlier)
+
+    with make_session_factory(read_only(services.engine))() as snapshot:
+        deferred = _DeferredIndex(DbPhotoIndex(snapshot, person_id))
+        checks = judge(snapshot, deferred)
+    with services.sessions.begin() as db:
+        index = DbPhotoIndex(db, person_id)
+        if deferred.still_current(index):
+            for photo_id, test_id, hashes, sha256 in deferred.added:
+                index.add(photo_id, test_id, hashes, sha256)
+        else:  # a concurrent test's photo appeared: judge again, holding the lock
+            log.info("breath photo reuse judged again under the lock", extra={"session_id": session_id})
+            checks = judge(db, index)
         per_photo = {a.photo_id: a for a in job.analyses}
         bad = {str(c.details.get("photo_id")): c for c in job.unreadable}
         for row in db.scalars(

@@ -367,6 +367,45 @@ def test_a_photo_reused_in_a_later_test_is_detected(api: BreathApp) -> None:
     _session_evidence(api, out["session_id"], [body2, sig2.encode(), *again])
 
 
+def test_a_copy_committed_while_a_test_was_judged_is_still_caught(
+    api: BreathApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The reuse check runs on a read-only snapshot, outside the write lock. A photo another test committed
+    after that snapshot (simulated: the snapshot sees no earlier photo) is found again under the lock, and
+    the test is judged again there: two concurrent tests cannot miss each other's photos."""
+    from media_server.breath import photos as breath_photos
+
+    station = _station(api)
+    photos = station_photos(REUSED, seed=11)
+    body, sig = _reading(station, photos)
+    first = _post(api, body, sig, photos)
+    assert first.status_code == 201, first.text
+
+    blind: list[int] = []
+
+    def snapshot_without_the_copy(
+        self: breath_photos._DeferredIndex, hashes: tuple[int, ...], sha256: str, max_distance: int
+    ) -> list[object]:
+        blind.append(1)
+        self.lookups.append(((hashes, sha256, max_distance), frozenset()))
+        return []
+
+    monkeypatch.setattr(breath_photos._DeferredIndex, "find", snapshot_without_the_copy)
+    again = [station_photos(NEVER_JUDGED, seed=12)[0], photos[1], photos[2]]
+    body2, sig2 = _reading(station, again)
+    r = _post(api, body2, sig2, again)
+    assert r.status_code == 201, r.text
+    assert blind, "the snapshot lookup ran"
+    reuse = _checks(r.json())["photo_reuse"]
+    assert reuse["code"] == "photo_reused" and reuse["outcome"] == "fail"
+    assert reuse["details"]["exact"][0]["earlier_test_id"] == first.json()["session_id"]
+    with api.app.state.services.sessions() as db:
+        added = db.scalars(
+            select(PhotoFingerprint).where(PhotoFingerprint.session_id == r.json()["session_id"])
+        ).all()
+    assert len(added) == 3  # fingerprints written once, by the judgement under the lock
+
+
 def test_forged_signature_is_refused_kept_and_sent_to_review(api: BreathApp) -> None:
     station = _station(api, enrol=False)
     photos = station_photos(NEVER_JUDGED, seed=9)
