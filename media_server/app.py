@@ -174,7 +174,13 @@ def _install_error_handlers(app: FastAPI) -> None:
         return _error(422, "validation_error", "; ".join(problems) or "invalid request")
 
     @app.exception_handler(StarletteHTTPException)
-    async def http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        if request.url.path == "/ws" or request.url.path.startswith("/ws/"):
+            # Raised by routing (a method the page does not take: 405), outside the workstation's routes.
+            from media_server.api.workstation import error_page
+
+            # off the event loop: the page looks up who is logged in
+            return await asyncio.to_thread(error_page, request, exc.status_code, str(exc.detail), exc.headers)
         return JSONResponse(
             {"error": "http_error", "message": str(exc.detail)},
             status_code=exc.status_code,

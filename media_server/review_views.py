@@ -23,6 +23,7 @@ from media_server.i18n import (
     score_sentence,
     word,
 )
+from media_server.schedules.rules import ALL_DAYS, DailyRule, RandomRule, parse_rule
 
 DEFAULT_TIMEZONE = "Asia/Almaty"
 # Which outcomes drive a verdict, most important first.
@@ -371,3 +372,50 @@ def day_outcomes(rows: Iterable[tuple[datetime, str]], tz: ZoneInfo) -> dict[str
         counts = out.setdefault(day, {"pass": 0, "fail": 0, "review": 0})
         counts[decision] = counts.get(decision, 0) + 1
     return dict(sorted(out.items()))
+
+
+# Weekday abbreviations, Monday = 0 (the numbering of schedule rules).
+WEEKDAYS = (N_("Mon"), N_("Tue"), N_("Wed"), N_("Thu"), N_("Fri"), N_("Sat"), N_("Sun"))
+_WORKDAYS = (0, 1, 2, 3, 4)
+
+
+def _days(t: Translator, days: Sequence[int]) -> str:
+    if tuple(days) == ALL_DAYS:
+        return t("every day")
+    if tuple(days) == _WORKDAYS:
+        return t("Monday to Friday")
+    return ", ".join(t(WEEKDAYS[d]) for d in days)
+
+
+def schedule_words(t: Translator, rule: Mapping[str, Any], zone_name: str) -> str:
+    """A stored schedule rule in words, its times local to `zone_name` (the person's zone).
+
+    "every day, window 09:00–10:00; local time, Europe/Moscow"; "random tests a week: 3, ..."
+    """
+    try:
+        parsed = parse_rule(dict(rule))
+    except ValueError:  # pydantic's ValidationError is one; a rule the scheduler would refuse too
+        return t("The rule cannot be read.")
+    where = t("local time, {zone}", zone=zone_name)
+    if isinstance(parsed, DailyRule):
+        text = t(
+            "{days}, window {start}–{end}",
+            days=_days(t, parsed.days),
+            start=parsed.start.strftime("%H:%M"),
+            end=parsed.end.strftime("%H:%M"),
+        )
+        if parsed.end <= parsed.start:
+            text += " " + t("(ends the next day)")
+        return f"{text}; {where}"
+    if isinstance(parsed, RandomRule):
+        text = t(
+            "random tests a week: {n}, {minutes} min each, between {earliest} and {latest}",
+            n=parsed.per_week,
+            minutes=parsed.duration_min,
+            earliest=parsed.earliest.strftime("%H:%M"),
+            latest=parsed.latest.strftime("%H:%M"),
+        )
+        if tuple(parsed.days) != ALL_DAYS:
+            text += "; " + _days(t, parsed.days)
+        return f"{text}; {where}"
+    return t("on demand: an officer asks for each test")

@@ -75,6 +75,11 @@ class Metrics:
             "Frames the evidence recorder could not keep (a gap in the stored recording)",
             registry=self.registry,
         )
+        self.analysis_dropped = Counter(
+            "kuzet_live_analysis_frames_dropped_total",
+            "Sampled frames live face analysis skipped because its queue was full (the pool fell behind)",
+            registry=self.registry,
+        )
         self.recording_gaps = Counter(
             "kuzet_recording_gaps_total",
             "Holes in stored session recordings (each is a recording_gap session event)",

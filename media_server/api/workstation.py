@@ -11,7 +11,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
 from typing import IO, Any
@@ -23,6 +23,7 @@ from fastapi.routing import APIRoute
 from fastapi.templating import Jinja2Templates
 from sqlalchemy import func, or_, select
 from sqlalchemy.orm import Session
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from identity.checks import CheckKind
 from media_server import charts
@@ -86,6 +87,7 @@ from media_server.review_views import (
     reading_rows,
     recording_gaps,
     recording_offset_s,
+    schedule_words,
     zone,
 )
 from media_server.security import login_throttle
@@ -116,11 +118,16 @@ ERROR_TITLES = {
     401: N_("Please log in"),
     403: N_("You have no access to this page"),
     404: N_("Not found"),
+    405: N_("This page does not take this kind of request"),
     409: N_("This cannot be done now"),
     422: N_("Some fields are missing or invalid"),
+    500: N_("Something went wrong on the server"),
     503: N_("The service is unavailable; try again shortly"),
 }
-ERROR_TEXTS = {404: N_("There is no such session, person or file, or it was erased.")}
+ERROR_TEXTS = {
+    404: N_("There is no such session, person or file, or it was erased."),
+    500: N_("The error was logged for the administrator. Try again; if it happens again, tell them."),
+}
 _RANGE = re.compile(r"^bytes=(\d*)-(\d*)$")
 
 
@@ -161,7 +168,9 @@ def _query_without_lang(request: Request) -> str:
     return urlencode(kept)
 
 
-def error_page(request: Request, status: int, detail: str = "") -> HTMLResponse:
+def error_page(
+    request: Request, status: int, detail: str = "", headers: Mapping[str, str] | None = None
+) -> HTMLResponse:
     """An error as a page in the reader's language (the detail is the service's English message)."""
     t = translator(_lang(request))
     title = t(ERROR_TITLES.get(status, N_("Something went wrong")))
@@ -170,11 +179,13 @@ def error_page(request: Request, status: int, detail: str = "") -> HTMLResponse:
         who: Principal | None = principal_from_request(request)
     except (Unauthorized, KuzetError):
         who = None
-    return _page(request, "error.html", who, status_code=status, title=title, text=text, detail=detail)
+    response = _page(request, "error.html", who, status_code=status, title=title, text=text, detail=detail)
+    response.headers.update(headers or {})
+    return response
 
 
 class HtmlErrorRoute(APIRoute):
-    """Workstation routes: domain and evidence errors become HTML pages instead of the API's JSON."""
+    """Workstation routes: domain, evidence and HTTP errors, and bugs (500), become HTML pages, not JSON."""
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
@@ -194,6 +205,12 @@ class HtmlErrorRoute(APIRoute):
                 return error_page(request, 409, "the stored artifact does not match its SHA-256; reported")
             except EvidenceError:
                 return error_page(request, 503, "the evidence store is unavailable")
+            except StarletteHTTPException as exc:
+                return error_page(request, exc.status_code, str(exc.detail), exc.headers)
+            except Exception:
+                # A bug: logged with its trace; the reader gets a page without it.
+                log.exception("workstation page failed", extra={"path": request.url.path})
+                return error_page(request, 500)
 
         return handle
 
@@ -896,7 +913,12 @@ def person_page(person_id: str, request: Request, services: ServicesDep) -> Resp
             order=order,
             devices=[{**d, "kind_word": word(t, DEVICE_KINDS, d["kind"])} for d in overview["devices"]],
             schedules=[
-                {**sc, "kind_word": word(t, SESSION_KINDS, sc["kind"])} for sc in overview["schedules"]
+                {
+                    **sc,
+                    "kind_word": word(t, SESSION_KINDS, sc["kind"]),
+                    "words": schedule_words(t, sc["rule"], sc["timezone"]),
+                }
+                for sc in overview["schedules"]
             ],
             brac_svg=brac_svg,
             outcome_svg=outcome_svg,

@@ -43,8 +43,7 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
             "reasons": ["person_erased"],
             "session_id": capture.session_id,
         }
-    services.metrics.sessions_ended.labels(capture.ended_reason.value).inc()
-    count_recording(services, capture)
+    count_session(services, capture)
     t0 = time.monotonic()
     await asyncio.to_thread(store_capture_evidence, services, capture)
     t1 = time.monotonic()
@@ -81,6 +80,13 @@ async def finish_session(services: Services, capture: SessionCapture) -> dict[st
         # A fresh link went to the person's phone gateway (the page cannot show it: it is one-time).
         "retake_link_sent": retake is not None,
     }
+
+
+def count_session(services: Services, capture: SessionCapture) -> None:
+    """How the session ended, the frames live analysis skipped, and its recording, in the metrics."""
+    services.metrics.sessions_ended.labels(capture.ended_reason.value).inc()
+    services.metrics.analysis_dropped.inc(int(capture.stats.get("frames_analysis_dropped", 0) or 0))
+    count_recording(services, capture)
 
 
 def count_recording(services: Services, capture: SessionCapture) -> None:

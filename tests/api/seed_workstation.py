@@ -8,7 +8,8 @@ sobriety.photos, sobriety.policy), so the pages render what production sessions 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -17,6 +18,7 @@ from media_server.db.enums import ArtifactKind, DeviceKind, SessionKind, Session
 from media_server.db.models import BreathEpisode, CheckResultRecord, CheckSession, Device, Verdict
 from media_server.db.types import utcnow
 from media_server.verdict import decide
+from sobriety.config import SobrietySettings
 from tests.api.seed import (
     FACE_THRESHOLD,
     PAD_LIVE_SCORE,
@@ -33,7 +35,7 @@ DIGITS = "37194"
 # Prompt times on the session clock (s); the seeded recording starts at session time RECORDING_T0_S.
 RECORDING_T0_S = 0.2
 # One stretch of video lost on the network (a recording_gap event as the remuxing recorder writes it).
-GAP = {
+GAP: dict[str, Any] = {
     "type": "recording_gap",
     "kind": "video",
     "cause": "network_loss",
@@ -49,6 +51,8 @@ STEP_WINDOW_S = 0.6
 ORDER_LIMIT_G_210L = 0.02
 SCREENING_BRAC = 0.045
 CONFIRMATORY_BRAC = 0.041
+# The limit of 'test to zero' retests (sobriety.policy.evaluate_reading judges them against it).
+ZERO_THRESHOLD_G_210L = SobrietySettings().zero_threshold_g_210l
 
 
 def seed_challenge_checkin(
@@ -226,7 +230,7 @@ def seed_challenge_checkin(
 
 @dataclass(frozen=True)
 class SeededEpisode:
-    """An earlier negative test, then a positive screening and its confirmatory test in one episode."""
+    """An earlier negative test, then a positive screening, its confirmatory test and any retests to zero."""
 
     person_id: str
     person_name: str
@@ -234,6 +238,7 @@ class SeededEpisode:
     earlier: SeededSession
     screening: SeededSession
     confirmatory: SeededSession
+    retests: list[SeededSession] = field(default_factory=list)
 
 
 def _reading(person_id: str, brac: float, at: datetime, n_photos: int) -> dict[str, Any]:
@@ -336,13 +341,14 @@ def _breath_session(
         row.created_at = at + timedelta(seconds=1 + 1.5 * i)
         artifacts.append(row)
         photos.append(row)
-    positive = brac >= ORDER_LIMIT_G_210L
-    if not positive:
-        code, outcome = "below_limit", Outcome.PASS
+    retest = stage == "test_to_zero"
+    limit = ZERO_THRESHOLD_G_210L if retest else ORDER_LIMIT_G_210L
+    if brac < limit:
+        code, outcome = ("returned_to_zero" if retest else "below_limit"), Outcome.PASS
     elif stage == "screening":
         code, outcome = "screening_positive", Outcome.INCONCLUSIVE
     else:
-        code, outcome = "confirmed_positive", Outcome.FAIL
+        code, outcome = ("still_positive" if retest else "confirmed_positive"), Outcome.FAIL
     reuse_details: dict[str, Any] = {
         "score_unit": "pHash Hamming distance (64 bits)",
         "exact": [],
@@ -363,9 +369,9 @@ def _breath_session(
             CheckKind.BREATH_READING,
             outcome,
             code,
-            f"Reading {brac:.3f} g/210L against the limit {ORDER_LIMIT_G_210L:.3f}.",
+            f"Reading {brac:.3f} g/210L against the limit {limit:.3f}.",
             score=brac,
-            threshold=ORDER_LIMIT_G_210L,
+            threshold=limit,
             details={"score_unit": "g/210L", "stage": stage, "brac": brac, "brac_unit": "g/210L"},
         ),
         CheckResult(
@@ -412,9 +418,17 @@ def _breath_session(
 
 
 def seed_breath_episode(
-    services: Any, *, external_ref: str = "SEED-E", display_name: str = "Episode Person"
+    services: Any,
+    *,
+    external_ref: str = "SEED-E",
+    display_name: str = "Episode Person",
+    retests: Sequence[float] = (),
 ) -> SeededEpisode:
-    """A person under a 0.020 g/210L order: a negative test two days ago, then screening and confirmatory."""
+    """A person under a 0.020 g/210L order: a negative test two days ago, then screening and confirmatory.
+
+    `retests` are the BrAC readings (g/210L) of 'test to zero' retests after the confirmed positive, spread
+    between the confirmatory test and now; a last one below the zero threshold closes the episode.
+    """
     now = utcnow().astimezone(UTC)
     with services.sessions.begin() as db:
         person = _person(db, external_ref, display_name)
@@ -458,9 +472,24 @@ def seed_breath_episode(
                 "session_id": confirmatory.session_id,
             },
         ]
+        seeded_retests = []
+        for i, brac in enumerate(retests):
+            at = now - timedelta(minutes=20) + (i + 1) * timedelta(minutes=20) / (len(retests) + 1)
+            retest = _breath_session(services, db, person, at, brac, "test_to_zero", episode.id)
+            seeded_retests.append(retest)
+            event = "positive" if brac >= ZERO_THRESHOLD_G_210L else "negative"
+            episode.history = [
+                *episode.history,
+                {"at": at.isoformat(), "event": event, "session_id": retest.session_id},
+            ]
+            if event == "negative":
+                episode.closed_at = at
         episode.first_session_id = screening.session_id
-        episode.last_session_id = confirmatory.session_id
-        return SeededEpisode(person.id, person.display_name, episode.id, earlier, screening, confirmatory)
+        last = seeded_retests[-1] if seeded_retests else confirmatory
+        episode.last_session_id = last.session_id
+        return SeededEpisode(
+            person.id, person.display_name, episode.id, earlier, screening, confirmatory, seeded_retests
+        )
 
 
 def seed_checkin_history(services: Any, person_id: str, days: int = 6) -> None:

@@ -15,7 +15,7 @@ from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
 from identity.pad.config import PadSettings
 from media_server.checkin.checks import fuse_pad
 from media_server.checkin.evidence import store_capture_evidence
-from media_server.checkin.flow import count_recording
+from media_server.checkin.flow import count_recording, finish_session
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind, Decision, SessionKind, SessionStatus
 from media_server.db.models import Artifact, AuditEntry, CheckResultRecord, CheckSession, Person, Verdict
@@ -147,6 +147,33 @@ def test_recording_format_gaps_and_their_metrics_are_stored(api: Api, tmp_path: 
     assert 'kuzet_recording_cpu_seconds_total{format="webm"} 0.04' in metrics
 
 
+def _metric(text: str, sample: str) -> float:
+    """The value of one sample line of a /metrics answer (0 when the series is not there yet)."""
+    found = [line.rsplit(" ", 1)[1] for line in text.splitlines() if line.startswith(sample + " ")]
+    return float(found[0]) if found else 0.0
+
+
+def test_a_judged_session_counts_how_it_ended_and_its_dropped_frames_in_the_metrics(api: Api) -> None:
+    person_id, session_id = _session(api)
+    base = _capture(person_id, session_id, None, EndedReason.CONNECTION_FAILED)
+    # No frames or audio: the checks have nothing to run an engine on (a dropped connection).
+    capture = dataclasses.replace(
+        base,
+        frames=[],
+        audio_pcm16k=np.zeros(0, dtype=np.float32),
+        audio_t0_s=None,
+        stats={**base.stats, "recorder_dropped": 3, "frames_analysis_dropped": 7},
+    )
+    ended = 'kuzet_webrtc_sessions_ended_total{reason="connection_failed"}'
+    series = (ended, "kuzet_recording_frames_dropped_total", "kuzet_live_analysis_frames_dropped_total")
+    before = api.client.get("/metrics").text
+    reply = api.client.portal.call(finish_session, api.services, capture)  # type: ignore[union-attr]
+    assert reply["decision"] == "review" and reply["retake"] is True
+    after = api.client.get("/metrics").text
+    assert [_metric(after, s) - _metric(before, s) for s in series] == [1.0, 3.0, 7.0]
+    assert _metric(after, 'kuzet_webrtc_sessions_ended_total{reason="completed"}') == 0.0
+
+
 def test_verdict_is_written_with_a_signed_manifest_and_audited(api: Api) -> None:
     person_id, session_id = _session(api)
     store_capture_evidence(api.services, _capture(person_id, session_id, None, EndedReason.COMPLETED))
@@ -239,7 +266,7 @@ def test_pad_fusion_one_genuine_dip_under_the_pass_level_still_passes() -> None:
     pad = PadSettings()
     dip = [_pad(Outcome.PASS, 0.98), _pad(Outcome.INCONCLUSIVE, 0.86), _pad(Outcome.PASS, 0.97)]
     fused = fuse_pad(dip, pad)
-    assert fused.outcome is Outcome.PASS and abs(fused.score - 0.937) < 0.001
+    assert fused.outcome is Outcome.PASS and fused.score is not None and abs(fused.score - 0.937) < 0.001
     # Frames that are all just under the PASS level (the best attacks of the dev sets) never pass.
     near = [
         _pad(Outcome.INCONCLUSIVE, 0.88),

@@ -1,7 +1,9 @@
 """Workstation pages and the APIs behind them, through TestClient on the embedded profile.
 
-HTTP Range on evidence bytes, queue filters / paging / local times, person pages and the persons API,
-HTML error pages, the review-queue gauge, and the decision form going away after a decision.
+HTTP Range on evidence bytes, queue filters / paging / local times (also for a person outside Almaty's
+zone), person pages with their schedules in words and the persons API, a breath episode with its retests,
+HTML error pages (404, 405, a bug's 500), the review-queue gauge, and the decision form going away after
+a decision.
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ import hashlib
 import re
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
+from zoneinfo import ZoneInfo
 
 import pytest
 from sqlalchemy import select
+from starlette.exceptions import HTTPException
 
 from media_server.api import workstation
 from media_server.api.workstation import parse_range
 from media_server.db.enums import ArtifactKind, Role
-from media_server.db.models import Artifact, AuditEntry
+from media_server.db.models import Artifact, AuditEntry, CheckSession, Person, Verdict
 from tests.api.conftest import PASSWORD, Api
 from tests.api.seed import staff_app
 from tests.api.seed_workstation import (
@@ -26,6 +31,7 @@ from tests.api.seed_workstation import (
     GAP,
     ORDER_LIMIT_G_210L,
     RECORDING_T0_S,
+    ZERO_THRESHOLD_G_210L,
     SeededEpisode,
     seed_breath_episode,
     seed_challenge_checkin,
@@ -184,7 +190,11 @@ def test_breath_episode_page(api: Api, episode: SeededEpisode) -> None:
     assert f'href="/ws/sessions/{episode.earlier.session_id}?lang=en"' in photos
     # the episode: screening linked from the confirmatory test
     ep = html.split('id="episode"')[1].split("</table>")[0]
-    assert "confirmed positive" in ep and f'href="/ws/sessions/{episode.screening.session_id}?lang=en"' in ep
+    assert (
+        "confirmed positive" in ep
+        and "next: retest to zero" in ep
+        and f'href="/ws/sessions/{episode.screening.session_id}?lang=en"' in ep
+    )
     assert "0.045 g/210L" in ep and "0.041 g/210L" in ep
     kk = api.client.get(f"/ws/sessions/{episode.confirmatory.session_id}?lang=kk").text
     assert "Алкогольге тест эпизоды" in kk and "растайтын" in kk and "Бұзушылық" in kk
@@ -304,3 +314,148 @@ def test_review_queue_length_is_a_metric(api: Api, episode: SeededEpisode) -> No
     text = api.client.get("/metrics").text
     (line,) = [x for x in text.splitlines() if x.startswith("kuzet_review_queue_length ")]
     assert float(line.split()[1]) == expected
+
+
+def test_episode_lists_the_retests_to_zero_linked(api: Api) -> None:
+    seeded = seed_breath_episode(
+        api.services, external_ref="EP-RT", display_name="Retest Person", retests=(0.012, 0.0)
+    )
+    assert 0.0 < ZERO_THRESHOLD_G_210L <= 0.012
+    still, zero = seeded.retests
+    login(api)
+    html = api.client.get(f"/ws/sessions/{zero.session_id}?lang=en").text
+    table = html.split('id="episode"')[1].split("</table>")[0]
+    rows = re.findall(r"<tr class=\"[^\"]*\">(.*?)</tr>", table)
+    # every test of the episode in order, each linked but the one on screen
+    assert [re.search(r'href="/ws/sessions/([^?"]+)', r) for r in rows][-1] is None
+    linked = [m.group(1) for r in rows if (m := re.search(r'href="/ws/sessions/([^?"]+)', r))]
+    assert linked == [seeded.screening.session_id, seeded.confirmatory.session_id, still.session_id]
+    stages = [re.sub(r"<[^>]*>", "", r.split("</td>")[0]) for r in rows]
+    assert stages == ["screening", "confirmatory", "retest to zero", "retest to zero"]
+    assert "0.012 g/210L" in rows[2] and "Violation" in rows[2]
+    # back to zero: no violation (a reviewer still looks, as a seeded photo left the mouthpiece unsure)
+    assert "0.000 g/210L" in rows[3] and "Needs review" in rows[3] and 'class="current-row"' in table
+    # the episode is over: confirmed positive, no next test announced
+    assert "<strong>confirmed positive</strong>" in table and "next:" not in table
+    # from the screening test every retest is one click away, in Russian too
+    ru = api.client.get(f"/ws/sessions/{seeded.screening.session_id}?lang=ru").text
+    episode_ru = ru.split('id="episode"')[1].split("</table>")[0]
+    for retest in seeded.retests:
+        assert f'href="/ws/sessions/{retest.session_id}?lang=ru"' in episode_ru
+    assert episode_ru.count("повторный до нуля") == 2
+
+
+MOSCOW = ZoneInfo("Europe/Moscow")  # UTC+3 all year: two hours behind the agency's Asia/Almaty
+
+
+def _in(zone: ZoneInfo, ts: datetime) -> str:
+    return ts.astimezone(zone).strftime("%Y-%m-%d %H:%M:%S %Z")
+
+
+def test_pages_show_times_in_the_persons_own_zone(api: Api) -> None:
+    seeded = seed_challenge_checkin(api.services, external_ref="TZ-MSK", display_name="Moscow Person")
+    with api.services.sessions.begin() as db:
+        person = db.get(Person, seeded.person_id)
+        session = db.get(CheckSession, seeded.session_id)
+        verdict = db.get(Verdict, seeded.verdict_id)
+        assert person is not None and session is not None and verdict is not None
+        person.timezone = "Europe/Moscow"
+        started, decided = session.started_at, verdict.created_at
+    assert started is not None
+    almaty = ZoneInfo("Asia/Almaty")
+    login(api)
+    queue = api.client.get("/ws/queue?lang=en&person=TZ-MSK").text
+    assert queue.count('class="queue-row"') == 1
+    assert _in(MOSCOW, decided) in queue and _in(almaty, decided) not in queue
+    page = api.client.get(f"/ws/sessions/{seeded.session_id}?lang=en").text
+    assert _in(MOSCOW, started) in page and _in(MOSCOW, decided) in page
+    assert " MSK" in page and not LOCAL_TIME.search(page)  # no time of the page is in Almaty's +05
+    person_page = api.client.get(f"/ws/persons/{seeded.person_id}?lang=en").text
+    assert _in(MOSCOW, started) in person_page and not LOCAL_TIME.search(person_page)
+    assert "Europe/Moscow" in person_page
+
+
+def test_person_page_shows_schedules_in_words_in_the_readers_language(api: Api) -> None:
+    seeded = seed_challenge_checkin(api.services, external_ref="SCH-1", display_name="Scheduled Person")
+    with api.services.sessions.begin() as db:
+        person = db.get(Person, seeded.person_id)
+        assert person is not None
+        person.timezone = "Europe/Moscow"
+    token = api.as_(Role.OFFICER)
+    rules = [
+        {"type": "daily", "start": "22:30", "end": "06:00", "days": [0, 1, 2, 3, 4]},
+        {
+            "type": "random",
+            "per_week": 3,
+            "earliest": "08:00",
+            "latest": "20:00",
+            "duration_min": 30,
+            "days": [5, 6],
+        },
+        {"type": "on_demand"},
+    ]
+    for rule in rules:
+        r = api.client.post(
+            f"/api/v1/persons/{seeded.person_id}/schedules", headers=token, json={"rule": rule}
+        )
+        assert r.status_code == 201, r.text
+    login(api)
+
+    def schedules(lang: str) -> list[str]:
+        html = api.client.get(f"/ws/persons/{seeded.person_id}?lang={lang}").text
+        cell = html.split('id="schedules"')[1].split("</td>")[0]
+        assert "{" not in cell and "type" not in cell  # no raw JSON
+        return [re.sub(r"<[^>]*>", "", d) for d in re.findall(r"<div>(.*?)</div>", cell)]
+
+    assert schedules("en") == [
+        "Phone check-in: Monday to Friday, window 22:30–06:00 (ends the next day); local time, Europe/Moscow",
+        "Phone check-in: random tests a week: 3, 30 min each, between 08:00 and 20:00; Sat, Sun; "
+        "local time, Europe/Moscow",
+        "Phone check-in: on demand: an officer asks for each test",
+    ]
+    ru = schedules("ru")
+    assert "с понедельника по пятницу, окно 22:30–06:00 (заканчивается на следующий день)" in ru[0]
+    assert ru[1].endswith(
+        "случайных проверок в неделю: 3, по 30 мин, между 08:00 и 20:00; Сб, Вс; местное время, Europe/Moscow"
+    )
+    kk = schedules("kk")
+    assert "аптасына кездейсоқ тексерулер саны: 3" in kk[1] and "Сб, Жс" in kk[1]
+    assert "жергілікті уақыт, Europe/Moscow" in kk[0]
+    # the API keeps the rule itself
+    api.client.cookies.clear()
+    body = api.client.get(f"/api/v1/persons/{seeded.person_id}", headers=token).json()
+    assert [sc["rule"]["type"] for sc in body["schedules"]] == ["daily", "random", "on_demand"]
+    assert {sc["timezone"] for sc in body["schedules"]} == {"Europe/Moscow"}
+
+
+def test_unexpected_errors_and_wrong_methods_are_html_pages(
+    api: Api, episode: SeededEpisode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    login(api)
+    # a wrong method, refused by routing before any workstation code runs
+    wrong = api.client.delete("/ws/queue?lang=en")
+    assert wrong.status_code == 405 and wrong.headers["content-type"].startswith("text/html")
+    assert "This page does not take this kind of request" in wrong.text and 'id="error"' in wrong.text
+    assert "GET" in wrong.headers["allow"]
+    assert "Эта страница не принимает такой запрос" in api.client.put("/ws/persons?lang=ru").text
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("secret-internal-detail")
+
+    monkeypatch.setattr(workstation, "person_overview", broken)
+    failed = api.client.get(f"/ws/persons/{episode.person_id}?lang=ru")
+    assert failed.status_code == 500 and failed.headers["content-type"].startswith("text/html")
+    assert "Ошибка на сервере" in failed.text and 'id="error"' in failed.text
+    for leak in ("secret-internal-detail", "RuntimeError", "Traceback", "workstation.py"):
+        assert leak not in failed.text, leak
+
+    def gone(*_: object) -> None:
+        raise HTTPException(404)
+
+    monkeypatch.setattr(workstation, "person_overview", gone)
+    missing = api.client.get(f"/ws/persons/{episode.person_id}?lang=en")
+    assert missing.status_code == 404 and "There is no such session, person or file" in missing.text
+    # the JSON API keeps JSON for a wrong method
+    api.client.cookies.clear()
+    api_wrong = api.client.delete("/api/v1/persons", headers=api.as_(Role.OFFICER))
+    assert api_wrong.status_code == 405 and api_wrong.json()["error"] == "http_error"

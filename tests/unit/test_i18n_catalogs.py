@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import ast
 import re
+from enum import Enum
 from pathlib import Path
 
 import pytest
 from babel.messages.extract import extract_from_dir
+from babel.messages.frontend import parse_mapping_cfg
 from babel.messages.pofile import read_po
 
 from identity.checks import CheckKind, Outcome
@@ -25,30 +27,38 @@ ROOT = Path(__file__).resolve().parents[2]
 TEMPLATES = ROOT / "media_server" / "templates"
 KEYWORDS = {"_": None, "N_": None, "t": None}
 PLACEHOLDER = re.compile(r"\{(\w+)\}")
+# A module that marks or translates strings: it must be one of the babel.cfg sources.
+MARKS = re.compile(r"\bN_\(|\btranslator\(")
 # Text that is the same in every language (the product name, language codes, units symbols).
 UNTRANSLATED = {"Kuzet", "sha256", "±", "—", "·", "…", "(", ")", ":", ";", ",", "|"}
 
 
 def _catalog(lang: str) -> dict[str, tuple[str, bool]]:
     with (i18n.LOCALE_DIR / lang / "LC_MESSAGES" / "kuzet.po").open("rb") as f:
-        return {m.id: (m.string, m.fuzzy) for m in read_po(f) if m.id}
+        return {str(m.id): (str(m.string), m.fuzzy) for m in read_po(f) if m.id}
+
+
+def _extracted() -> list[tuple[str, str]]:
+    """(file, msgid) of every string the babel.cfg sources mark, extracted the way pybabel does."""
+    with (ROOT / "babel.cfg").open() as f:
+        method_map, options_map = parse_mapping_cfg(f)  # type: ignore[no-untyped-call]  # Babel is untyped here
+    found = extract_from_dir(str(ROOT), method_map, options_map, keywords=KEYWORDS)
+    return [(name, message) for name, _, message, _, _ in found if isinstance(message, str)]
 
 
 def _source_msgids() -> set[str]:
-    """Every msgid the babel.cfg sources mark, extracted the way pybabel does."""
-    ids: set[str] = set()
-    for name in ("i18n.py", "review_views.py", "api/workstation.py"):
-        path = ROOT / "media_server" / name
-        from babel.messages.extract import extract
+    return {message for _, message in _extracted()}
 
-        with path.open("rb") as f:
-            ids |= {m[1] for m in extract("python", f, keywords=KEYWORDS) if isinstance(m[1], str)}
-    for _, _, message, _, _ in extract_from_dir(
-        str(TEMPLATES), method_map=[("**.html", "jinja2")], keywords=KEYWORDS
-    ):
-        if isinstance(message, str):
-            ids.add(message)
-    return ids
+
+def test_babel_cfg_covers_every_module_that_marks_strings() -> None:
+    extracted = {name for name, _ in _extracted()}
+    marking = {
+        path.relative_to(ROOT).as_posix()
+        for path in (ROOT / "media_server").rglob("*.py")
+        if MARKS.search(path.read_text("utf-8"))
+    }
+    assert {"media_server/i18n.py", "media_server/api/workstation.py"} <= marking
+    assert marking - extracted == set(), "add these modules to babel.cfg"
 
 
 def test_extraction_finds_the_known_strings() -> None:
@@ -159,7 +169,7 @@ def test_every_check_code_has_a_translated_reason() -> None:
         (DeviceKind, i18n.DEVICE_KINDS),
     ],
 )
-def test_every_stored_value_has_a_word(enum: type, vocabulary: dict[str, str]) -> None:
+def test_every_stored_value_has_a_word(enum: type[Enum], vocabulary: dict[str, str]) -> None:
     assert {m.value for m in enum} == set(vocabulary)
 
 
