@@ -376,6 +376,13 @@ def station() -> None:
     multiple=True,
     help="STUN/TURN URL (repeat); default: the KUZET_MEDIA__ICE_SERVERS setting.",
 )
+@click.option(
+    "--busy-give-up-s",
+    type=float,
+    default=15 * 60.0,
+    show_default=True,
+    help="While the server answers 503 busy, wait its Retry-After and offer again for this long.",
+)
 def station_run(
     url: str,
     device_key: str,
@@ -388,6 +395,7 @@ def station_run(
     lon: float | None,
     accuracy_m: float,
     ice_servers: tuple[str, ...],
+    busy_give_up_s: float,
 ) -> None:
     """Run one AV-station check-in over WHIP, log the prompts, print the outcome as JSON."""
     import asyncio
@@ -411,6 +419,7 @@ def station_run(
                 location=location,
                 ice_servers=list(ice_servers) or settings.media.ice_servers,
                 loopback_only=settings.media.loopback_only,
+                busy_give_up_s=busy_give_up_s,
             )
         )
     except (WhipError, ValueError, OSError) as exc:

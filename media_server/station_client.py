@@ -14,7 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urljoin, urlsplit
@@ -33,6 +33,11 @@ log = logging.getLogger("kuzet.station")
 HTTP_TIMEOUT_S = 15.0
 # How often a station asks whether the server ended its session (when no outcome came by data channel).
 STATE_POLL_S = 2.0
+# A busy node (503 + Retry-After, before the credential is spent): wait as told within these bounds, and
+# offer again until BUSY_GIVE_UP_S have passed (the check-in page does the same).
+BUSY_DEFAULT_WAIT_S = 5.0
+BUSY_MAX_WAIT_S = 60.0
+BUSY_GIVE_UP_S = 15 * 60.0
 
 
 def whip_endpoint(url: str) -> str:
@@ -43,9 +48,19 @@ def whip_endpoint(url: str) -> str:
 class WhipError(Exception):
     """The WHIP endpoint refused the offer (status and the server's message)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after_s: float | None = None) -> None:
         super().__init__(f"WHIP endpoint answered {status}: {message}")
         self.status = status
+        self.retry_after_s = retry_after_s
+
+
+def retry_after_s(response: httpx.Response) -> float:
+    """The server's Retry-After (seconds form) within [1, BUSY_MAX_WAIT_S]; BUSY_DEFAULT_WAIT_S without one."""
+    try:
+        seconds = float(response.headers.get("Retry-After", ""))
+    except ValueError:
+        return BUSY_DEFAULT_WAIT_S
+    return min(max(seconds, 1.0), BUSY_MAX_WAIT_S) if seconds == seconds else BUSY_DEFAULT_WAIT_S
 
 
 class WhipClient:
@@ -102,7 +117,8 @@ class WhipClient:
             headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {self._credential}"},
         )
         if response.status_code != 201:
-            raise WhipError(response.status_code, _message(response))
+            wait = retry_after_s(response) if response.status_code == 503 else None
+            raise WhipError(response.status_code, _message(response), wait)
         self.resource_url = urljoin(self.endpoint, response.headers["Location"])
         answer = response.text
         if self._loopback_only:
@@ -204,24 +220,60 @@ async def run_station(
     location: StationLocation | None = None,
     ice_servers: Sequence[str] = (),
     loopback_only: bool = False,
+    busy_give_up_s: float = BUSY_GIVE_UP_S,
 ) -> dict[str, Any] | None:
-    """Run one check-in from a station; the server's outcome message, or None if none came in time."""
+    """Run one check-in from a station; the server's outcome message, or None if none came in time.
+
+    A busy node's 503 is waited out (Retry-After) and the offer made again, up to `busy_give_up_s`."""
     players, tracks = _open_media(video, audio, video_format, audio_format)
     if not tracks:
         raise ValueError("nothing to send: give --video and/or --audio")
-    client = WhipClient(url, device_key, ice_servers=ice_servers, loopback_only=loopback_only)
     outcome: dict[str, Any] | None = None
+    client: WhipClient | None = None
     try:
-        await client.publish(tracks)
+        client = await publish_when_admitted(
+            lambda: WhipClient(url, device_key, ice_servers=ice_servers, loopback_only=loopback_only),
+            tracks,
+            give_up_s=busy_give_up_s,
+        )
         log.info("session open", extra={"resource": client.resource_url})
         with contextlib.suppress(TimeoutError):
             outcome = await asyncio.wait_for(_first_outcome(client, location), duration_s)
     finally:
-        await client.close()
+        if client is not None:
+            await client.close()
         for track in tracks:
             track.stop()
         del players
     return outcome
+
+
+async def publish_when_admitted(
+    new_client: Callable[[], WhipClient],
+    tracks: Sequence[MediaStreamTrack],
+    *,
+    give_up_s: float = BUSY_GIVE_UP_S,
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+) -> WhipClient:
+    """Publish `tracks` with a fresh client; while the node answers 503 busy (the credential is not spent),
+    wait its Retry-After and offer again, up to `give_up_s`. Any other refusal is raised at once."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    while True:
+        client = new_client()
+        try:
+            await client.publish(tracks)
+            return client
+        except WhipError as exc:
+            await client.close()
+            wait = exc.retry_after_s
+            if exc.status != 503 or wait is None or loop.time() - started + wait > give_up_s:
+                raise
+            log.info("server busy, offering again in %.0f s", wait, extra={"retry_after_s": wait})
+            await sleep(wait)
+        except BaseException:
+            await client.close()
+            raise
 
 
 async def _first_outcome(client: WhipClient, location: StationLocation | None) -> dict[str, Any]:
