@@ -203,21 +203,14 @@ def _run(n_workers: int, args: argparse.Namespace, photo_sets: list[tuple[bytes,
             for w in workers:
                 stop_worker(w)
             drop_pg_database(pg_url)
-    ms = np.array(lat) * 1000
-    per_min = len(sessions) / wall_s * 60
-    print(
-        f"[{n_workers} worker(s)] {len(sessions)} breath tests ({args.photos} photos) by {args.clients} stations "
-        f"in {wall_s:.1f} s: {per_min:.1f} judged/min; worker CPU {cpu_s / len(sessions):.1f} s per test; "
-        f"stored->verdict p50 {np.percentile(ms, 50):.0f} ms "
-        f"p95 {np.percentile(ms, 95):.0f} ms",
-        flush=True,
+    return _summary(
+        f"[{n_workers} worker(s)] {len(sessions)} breath tests ({args.photos} photos) by {args.clients} stations",
+        "test",
+        len(sessions),
+        wall_s,
+        cpu_s,
+        lat,
     )
-    return {
-        "per_min": per_min,
-        "cpu_s": cpu_s / len(sessions),
-        "p50_ms": float(np.percentile(ms, 50)),
-        "p95_ms": float(np.percentile(ms, 95)),
-    }
 
 
 # ------------------------------------------------------------------ recorded check-ins
@@ -378,18 +371,29 @@ def _run_checkins(n_workers: int, args: argparse.Namespace) -> dict[str, float]:
             for w in workers:
                 stop_worker(w)
             drop_pg_database(pg_url)
-    ms = np.array(lat) * 1000
-    per_min = len(sessions) / wall_s * 60
-    print(
+    return _summary(
         f"[{n_workers} worker(s)] {len(sessions)} recorded check-ins ({frames} frames each) by {args.clients} "
-        f"sessions in {wall_s:.1f} s: {per_min:.1f} judged/min; worker CPU {cpu_s / len(sessions):.1f} s per "
-        f"check-in; stored->verdict p50 {np.percentile(ms, 50):.0f} ms "
-        f"p95 {np.percentile(ms, 95):.0f} ms",
+        "sessions",
+        "check-in",
+        len(sessions),
+        wall_s,
+        cpu_s,
+        lat,
+    )
+
+
+def _summary(what: str, unit: str, n: int, wall_s: float, cpu_s: float, lat: list[float]) -> dict[str, float]:
+    """Print and return one run's throughput, worker CPU per item and stored->verdict latency."""
+    ms = np.array(lat) * 1000
+    per_min = n / wall_s * 60
+    print(
+        f"{what} in {wall_s:.1f} s: {per_min:.1f} judged/min; worker CPU {cpu_s / n:.1f} s per {unit}; "
+        f"stored->verdict p50 {np.percentile(ms, 50):.0f} ms p95 {np.percentile(ms, 95):.0f} ms",
         flush=True,
     )
     return {
         "per_min": per_min,
-        "cpu_s": cpu_s / len(sessions),
+        "cpu_s": cpu_s / n,
         "p50_ms": float(np.percentile(ms, 50)),
         "p95_ms": float(np.percentile(ms, 95)),
     }
