@@ -37,6 +37,34 @@ _STOP = object()
 _DROP_RUN_JOIN_S = 0.5
 
 
+class Pcm16k:
+    """Decoded audio frames of a session as one float32 mono 16 kHz array (what voice and AV-sync read),
+    and the session time of the first frame. Both recorders collect audio through it."""
+
+    def __init__(self) -> None:
+        self._resampler = av.AudioResampler(format="flt", layout="mono", rate=PCM16K_RATE)
+        self._parts: list[npt.NDArray[np.float32]] = []
+        self.t0_s: float | None = None
+
+    def add(self, t_s: float, frame: Any) -> None:
+        """One decoded av.AudioFrame received at session time `t_s`."""
+        if self.t0_s is None:
+            self.t0_s = t_s
+        self._take(self._resampler.resample(frame))
+
+    def flush(self) -> None:
+        """The resampler's last samples, at the end of the stream."""
+        self._take(self._resampler.resample(None))
+
+    def signal(self) -> npt.NDArray[np.float32]:
+        """Everything collected so far (empty when no audio came)."""
+        return np.concatenate(self._parts) if self._parts else np.zeros(0, np.float32)
+
+    def _take(self, frames: Any) -> None:
+        for out in frames:
+            self._parts.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+
+
 @dataclass
 class RecorderResult:
     """What the recorder thread produced. `path` is None when no media arrived."""
@@ -134,9 +162,7 @@ class SessionRecorder:
         t0_s: float | None = None
         writer = _Writer(self._path, self._preset, self._crf)
         held: list[tuple[str, float, Any]] = []
-        pcm: list[npt.NDArray[np.float32]] = []
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=PCM16K_RATE)
-        audio_t0: float | None = None
+        pcm = Pcm16k()
         try:
             while True:
                 item = self._queue.get()
@@ -146,10 +172,7 @@ class SessionRecorder:
                 if t0_s is None:
                     t0_s = t_s
                 if kind == "audio":
-                    if audio_t0 is None:
-                        audio_t0 = t_s
-                    for out in resampler.resample(frame):
-                        pcm.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+                    pcm.add(t_s, frame)
                 if not writer.opened:
                     held.append(item)
                     kinds = {k for k, _, _ in held}
@@ -164,16 +187,15 @@ class SessionRecorder:
                 writer.open({k: f for k, _, f in reversed(held)})
                 for h in held:
                     writer.write(*h)
-            for out in resampler.resample(None):
-                pcm.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+            pcm.flush()
         except Exception:
             log.exception("recorder failed", extra={"path": str(self._path)})
         finally:
             writer.close()
         self._result = RecorderResult(
             path=self._path if writer.frames_written else None,
-            audio_pcm16k=np.concatenate(pcm) if pcm else np.zeros(0, np.float32),
-            audio_t0_s=audio_t0,
+            audio_pcm16k=pcm.signal(),
+            audio_t0_s=pcm.t0_s,
             counts={
                 "video_frames_recorded": writer.counts["video"],
                 "audio_frames_recorded": writer.counts["audio"],

@@ -34,18 +34,16 @@ from typing import Any, Protocol
 
 import av
 import numpy as np
-import numpy.typing as npt
 from aiortc import RTCPeerConnection, RTCRtpTransceiver
 from aiortc.codecs.vpx import VpxPayloadDescriptor
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
 from aiortc.rtcrtpreceiver import RTCRtpReceiver
 
 from media_server.settings import MediaSettings
-from media_server.webrtc.recorder import RecorderResult, SessionRecorder
+from media_server.webrtc.recorder import Pcm16k, RecorderResult, SessionRecorder
 
 log = logging.getLogger("kuzet.webrtc")
 
-PCM16K_RATE = 16000
 VIDEO_CLOCK_HZ = 90000
 # Codecs recorded as received (lower-case RTP names) and the container each needs.
 REMUXABLE = {"video": {"vp8", "h264"}, "audio": {"opus"}}
@@ -426,9 +424,7 @@ class RemuxRecorder:
     def _run(self) -> None:
         cpu0 = time.thread_time()
         muxer = _Muxer(self._stem, self._expected, self._jump_s)
-        pcm: list[npt.NDArray[np.float32]] = []
-        resampler = av.AudioResampler(format="flt", layout="mono", rate=PCM16K_RATE)
-        audio_t0: float | None = None
+        pcm = Pcm16k()
         try:
             while True:
                 item = self._queue.get()
@@ -438,12 +434,8 @@ class RemuxRecorder:
                     muxer.add(item)
                     continue
                 _, t_s, frame = item
-                if audio_t0 is None:
-                    audio_t0 = t_s
-                for out in resampler.resample(frame):
-                    pcm.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
-            for out in resampler.resample(None):
-                pcm.append(out.to_ndarray().reshape(-1).astype(np.float32, copy=False))
+                pcm.add(t_s, frame)
+            pcm.flush()
         except Exception:
             log.exception("remux recorder failed", extra={"path": str(self._stem)})
             # Whatever the file lacks from here on is a gap the reviewer must see.
@@ -466,8 +458,8 @@ class RemuxRecorder:
         }
         self._result = RecorderResult(
             path=muxer.path if muxer.frames_written else None,
-            audio_pcm16k=np.concatenate(pcm) if pcm else np.zeros(0, np.float32),
-            audio_t0_s=audio_t0,
+            audio_pcm16k=pcm.signal(),
+            audio_t0_s=pcm.t0_s,
             counts={
                 "video_frames_recorded": muxer.counts["video"],
                 "audio_frames_recorded": muxer.counts["audio"],
