@@ -1,4 +1,11 @@
-"""The schema on SQLite: migrations from empty, the models match them, and every table takes rows."""
+"""The schema on both backends: migrations from empty and back, the models match them, every table takes
+rows, constraints hold and timestamps are UTC.
+
+Each test runs on SQLite (a file under tmp_path) and on PostgreSQL (a fresh database per test, from
+KUZET_TEST_PG_ADMIN_URL; marked `integration`, and like every PostgreSQL test it fails rather than skips
+when the server is missing). What only one backend has stays beside it: SQLite's pragmas and in-memory
+mode below, the append-only audit log in tests/integration/test_db_postgres.py.
+"""
 
 from __future__ import annotations
 
@@ -43,6 +50,7 @@ from media_server.db.models import (
     User,
     Verdict,
 )
+from tests.conftest import drop_pg_database, fresh_pg_url
 
 ALL_TABLES = {
     "persons",
@@ -72,11 +80,24 @@ ALL_TABLES = {
 }
 
 
-@pytest.fixture()
-def db_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'nested' / 'kuzet.db'}"
-    upgrade(url)
-    return url
+BACKENDS = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=BACKENDS)
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database migrated to head: SQLite in a directory that does not exist yet, or PostgreSQL."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'nested' / 'kuzet.db'}"
+        upgrade(url)
+        yield url
+        return
+    url = fresh_pg_url("kuzet_schema")
+    try:
+        assert current(url) is None  # really fresh
+        upgrade(url)
+        yield url
+    finally:
+        drop_pg_database(url)
 
 
 @pytest.fixture()
@@ -138,7 +159,8 @@ def test_required_indexes_exist(engine: Engine) -> None:
             assert fk["constrained_columns"][0] in indexed(fk_table), (fk_table, fk)
 
 
-def test_sqlite_pragmas(engine: Engine) -> None:
+@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
+def test_sqlite_pragmas(db_url: str, engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
