@@ -31,6 +31,7 @@ from media_server.schedules import (
 from media_server.services import Services, build_services
 from media_server.settings import SchedulesSettings, Settings
 from media_server.tokens import token_hash
+from tests.support.verdicts import signed_manifest
 
 ALMATY = zone("Asia/Almaty")
 DAILY: dict[str, Any] = {"type": "daily", "start": "09:00", "end": "10:00", "days": [0, 1, 2, 3, 4]}
@@ -272,6 +273,13 @@ def test_missed_window_is_a_violation_and_technical_failure_is_not(
         assert not fail.retake_offered
         [review] = db.scalars(select(Verdict).where(Verdict.session_id == technical.id)).all()
         assert review.decision is Decision.REVIEW and review.retake_offered
+        assert closed[missed.id].verdict_id == fail.id
+        # Each closed window has a signed manifest like any other verdict.
+        judged = [(v.id, v.session_id, v.decision.value) for v in (fail, review)]
+        db.rollback()  # SQLite: every transaction holds the write lock; the helper reads in its own
+        for verdict_id, session_id, decision in judged:
+            manifest = signed_manifest(services, verdict_id, services.signing_key.public_key())
+            assert manifest["session_id"] == session_id and manifest["verdict"]["decision"] == decision
         # Our failure comes with a fresh link; the person's own absence does not.
         assert closed[missed.id].retake is None
         retake = closed[technical.id].retake
