@@ -3,15 +3,14 @@ rows, constraints hold and timestamps are UTC.
 
 Each test runs on SQLite (a file under tmp_path) and on PostgreSQL (a fresh database per test, from
 KUZET_TEST_PG_ADMIN_URL; marked `integration`, and like every PostgreSQL test it fails rather than skips
-when the server is missing). What only one backend has stays beside it: SQLite's pragmas and in-memory
-mode below, the append-only audit log in tests/integration/test_db_postgres.py.
+when the server is missing): the `empty_db_url` fixture of tests/conftest.py. What only one backend has
+stays beside it: SQLite's pragmas and in-memory mode below, the append-only audit log in
+tests/integration/test_db_postgres.py.
 """
-
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -50,7 +49,6 @@ from media_server.db.models import (
     User,
     Verdict,
 )
-from tests.conftest import drop_pg_database, fresh_pg_url
 
 ALL_TABLES = {
     "persons",
@@ -80,24 +78,12 @@ ALL_TABLES = {
 }
 
 
-BACKENDS = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.integration)]
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database migrated to head: SQLite in a directory that does not exist yet, or PostgreSQL."""
-    if request.param == "sqlite":
-        url = f"sqlite:///{tmp_path / 'nested' / 'kuzet.db'}"
-        upgrade(url)
-        yield url
-        return
-    url = fresh_pg_url("kuzet_schema")
-    try:
-        assert current(url) is None  # really fresh
-        upgrade(url)
-        yield url
-    finally:
-        drop_pg_database(url)
+@pytest.fixture()
+def db_url(empty_db_url: str) -> str:
+    """The database of this backend, migrated to head from empty."""
+    assert current(empty_db_url) is None  # really fresh
+    upgrade(empty_db_url)
+    return empty_db_url
 
 
 @pytest.fixture()
@@ -159,8 +145,8 @@ def test_required_indexes_exist(engine: Engine) -> None:
             assert fk["constrained_columns"][0] in indexed(fk_table), (fk_table, fk)
 
 
-@pytest.mark.parametrize("db_url", ["sqlite"], indirect=True)
-def test_sqlite_pragmas(db_url: str, engine: Engine) -> None:
+@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
+def test_sqlite_pragmas(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
         assert conn.execute(text("PRAGMA journal_mode")).scalar() == "wal"
