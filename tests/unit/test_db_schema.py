@@ -7,6 +7,7 @@ when the server is missing): the `empty_db_url` fixture of tests/conftest.py. Wh
 stays beside it: SQLite's pragmas and in-memory mode below, the append-only audit log in
 tests/integration/test_db_postgres.py.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterator
