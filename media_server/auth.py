@@ -25,7 +25,7 @@ from media_server.errors import Forbidden, Gone, LinkRefused, TooManyRequests, U
 from media_server.lifecycle import require_active
 from media_server.security import LoginThrottle
 from media_server.services import Services
-from media_server.tokens import check_password_or_dummy, sign_token, token_hash, verify_token
+from media_server.tokens import bearer, check_password_or_dummy, sign_token, token_hash, verify_token
 
 SESSION_COOKIE = "kuzet_session"
 
@@ -49,21 +49,6 @@ def services_of(request: Request) -> Services:
     """The app's `Services`, built once in the lifespan."""
     services: Services = request.app.state.services
     return services
-
-
-# Longest credential accepted in a header (tokens and device keys are far shorter).
-MAX_CREDENTIAL_CHARS = 4096
-
-
-def bearer(header: str | None) -> str | None:
-    """The token of an `Authorization: Bearer <token>` header, or None (absent, malformed, too long)."""
-    if not header:
-        return None
-    scheme, _, value = header.partition(" ")
-    token = value.strip()
-    if scheme.lower() != "bearer" or not token or len(token) > MAX_CREDENTIAL_CHARS:
-        return None
-    return token
 
 
 def require_bearer(header: str | None) -> str:

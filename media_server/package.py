@@ -126,7 +126,7 @@ def review_view(r: Review) -> dict[str, Any]:
     }
 
 
-def _json_bytes(value: Any) -> bytes:
+def _json_bytes(value: object) -> bytes:
     return (json.dumps(value, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
@@ -443,7 +443,8 @@ class VerifyReport:
         yield "result       " + ("OK" if self.ok else "FAILED")
 
 
-def _check_audit(segment: Any, manifest_audit: Any, report: VerifyReport) -> None:
+def _check_audit(segment: object, manifest_audit: object, report: VerifyReport) -> None:
+    # segment and manifest_audit are untrusted JSON from the package: shapes are checked, never assumed.
     rows = segment.get("rows") if isinstance(segment, dict) else None
     if not isinstance(rows, list):
         report.problems.append(f"{AUDIT}: no rows")
@@ -616,11 +617,13 @@ def _check_trust(
     )
 
 
-def _audited_verdicts(rows: list[Any], session_id: str | None) -> dict[str, str]:
+def _audited_verdicts(rows: list[object], session_id: str | None) -> dict[str, str]:
     """verdict id -> decision, as the audit rows of the segment recorded them."""
     out: dict[str, str] = {}
     for row in rows:
-        details = row.get("details") if isinstance(row, dict) else None
+        if not isinstance(row, dict):
+            continue
+        details = row.get("details")
         if not isinstance(details, dict) or "review_id" in details:
             continue
         if "verdict_id" in details and "decision" in details and row.get("subject_id") == session_id:
@@ -630,18 +633,20 @@ def _audited_verdicts(rows: list[Any], session_id: str | None) -> dict[str, str]
     return out
 
 
-def _audited_reviews(rows: list[Any], session_id: str | None) -> dict[str, str]:
+def _audited_reviews(rows: list[object], session_id: str | None) -> dict[str, str]:
     """review id -> decision, as the audit rows of the segment recorded them."""
     out: dict[str, str] = {}
     for row in rows:
-        details = row.get("details") if isinstance(row, dict) else None
+        if not isinstance(row, dict):
+            continue
+        details = row.get("details")
         if isinstance(details, dict) and "review_id" in details and row.get("subject_id") == session_id:
             out[str(details["review_id"])] = str(details.get("decision"))
     return out
 
 
 def _check_records_against_audit(
-    verdict_bytes: bytes | None, review_bytes: bytes | None, segment: Any, report: VerifyReport
+    verdict_bytes: bytes | None, review_bytes: bytes | None, segment: object, report: VerifyReport
 ) -> None:
     """verdict.json must hold exactly the verdicts the audit segment recorded, with the same
     decisions; every audited review must be in reviews.json with its decision."""

@@ -26,8 +26,11 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from fastapi import FastAPI
+from prometheus_client import CollectorRegistry
 
+from media_server.services import Services
 from media_server.settings import SecuritySettings, Settings
+from media_server.tokens import bearer
 
 log = logging.getLogger("kuzet.security")
 
@@ -346,12 +349,12 @@ class SecurityMiddleware:
         token = self.settings.metrics_token.get_secret_value()
         if not token:
             return None
-        header = b""
+        header: str | None = None
         for name, value in scope.get("headers") or []:
             if name == b"authorization":
-                header = value
-        expected = b"Bearer " + token.encode()
-        if not hmac.compare_digest(header, expected):
+                header = value.decode("latin-1")
+        presented = bearer(header)
+        if presented is None or not hmac.compare_digest(presented.encode(), token.encode()):
             return 401, "unauthorized", "metrics need the metrics bearer token"
         return None
 
@@ -373,7 +376,7 @@ async def _send_json(send: Send, status: int, code: str, message: str) -> None:
 # -- the separate metrics port ----------------------------------------------------------------------
 
 
-def metrics_app(registry_of: Callable[[], Any]) -> ASGIApp:
+def metrics_app(registry_of: Callable[[], CollectorRegistry]) -> ASGIApp:
     """A tiny ASGI app answering GET /metrics from the registry `registry_of()` returns."""
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
@@ -404,7 +407,7 @@ def _install_metrics_port(app: FastAPI, settings: SecuritySettings) -> None:
         return
     holder: dict[str, Any] = {}
 
-    async def start(services: Any) -> None:
+    async def start(services: Services) -> None:
         server = uvicorn.Server(
             uvicorn.Config(
                 metrics_app(lambda: services.metrics.registry),
@@ -422,7 +425,7 @@ def _install_metrics_port(app: FastAPI, settings: SecuritySettings) -> None:
         app.state.metrics_server = server
         log.info("metrics served on a separate port", extra={"host": settings.metrics_host, "port": port})
 
-    async def stop(services: Any) -> None:
+    async def stop(services: Services) -> None:
         server = holder.get("server")
         if server is not None:
             server.should_exit = True

@@ -18,6 +18,23 @@ from media_server.errors import Unauthorized
 
 _hasher = PasswordHasher()
 
+# Longest credential accepted in a header (tokens and device keys are far shorter).
+MAX_CREDENTIAL_CHARS = 4096
+
+
+def bearer(header: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header, or None (absent, malformed, too long).
+
+    The one parser of that header: the API (`auth.require_bearer`) and the /metrics guard both use it.
+    """
+    if not header:
+        return None
+    scheme, _, value = header.partition(" ")
+    token = value.strip()
+    if scheme.lower() != "bearer" or not token or len(token) > MAX_CREDENTIAL_CHARS:
+        return None
+    return token
+
 
 def hash_password(password: str) -> str:
     """argon2id hash of a password."""

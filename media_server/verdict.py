@@ -233,7 +233,8 @@ def write_verdict_if(
             )
             verdict_id = verdict.id
     except DbIntegrityError:
-        # verdicts.session_id is unique: another node or a redelivered job judged this session first.
+        # UNIQUE(session_id, origin): another node or a redelivered job wrote this session's verdict of
+        # this origin first (both passed the guard; the constraint decides).
         return None
     services.metrics.verdicts.labels(outcome.decision.value).inc()
     return outcome, verdict_id
@@ -272,7 +273,11 @@ def write_verdict(
 
 
 def stored_verdict(services: Services, session_id: str) -> tuple[VerdictOutcome, str] | None:
-    """The verdict a session already has (each session has at most one), as written."""
+    """The verdict a session already has, as written.
+
+    A session has one in practice: the database allows one per origin, and the episode clock books its
+    results on a session of its own (`breath.clock.tick_episodes`), never beside an analysis verdict.
+    """
     with services.sessions() as db:
         row = db.scalars(select(Verdict).where(Verdict.session_id == session_id)).first()
         if row is None:

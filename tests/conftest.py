@@ -144,6 +144,24 @@ def pg_url() -> Iterator[str]:
         drop_pg_database(url)
 
 
+# The two database backends as fixture params; PostgreSQL's is an integration test (fails, never skips).
+DB_BACKENDS = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.integration)]
+
+
+@pytest.fixture(params=DB_BACKENDS)
+def empty_db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """An empty database on each backend in turn: a SQLite file in a directory that does not exist yet,
+    or a fresh PostgreSQL database (dropped afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'nested' / 'kuzet.db'}"
+        return
+    url = fresh_pg_url("kuzet_db")
+    try:
+        yield url
+    finally:
+        drop_pg_database(url)
+
+
 BROKER_URL = os.environ.get("KUZET_TEST_BROKER_URL", "amqp://guest:guest@127.0.0.1:5672//")
 RESULT_BACKEND = os.environ.get("KUZET_TEST_CELERY_BACKEND", "redis://127.0.0.1:6379/3")
 MODELS_DIR = (REPO / "var" / "models").resolve()

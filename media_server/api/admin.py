@@ -15,7 +15,7 @@ from sqlalchemy.exc import IntegrityError as DbIntegrityError
 from sqlalchemy.orm import Session
 
 from media_server.api.deps import AdminDep, OfficerDep, ReaderDep, ServicesDep
-from media_server.auth import SESSION_COOKIE, bearer, password_login, revoke_token
+from media_server.auth import SESSION_COOKIE, password_login, revoke_token
 from media_server.db import audit
 from media_server.db.enums import DeviceKind, Role, SessionKind
 from media_server.db.models import Device, Person, Schedule, User
@@ -24,7 +24,7 @@ from media_server.errors import BadInput, Conflict, NotFoundError, Unauthorized
 from media_server.lifecycle import require_active, status_of
 from media_server.schedules import parse_rule, request_on_demand, rule_to_json
 from media_server.security import login_throttle
-from media_server.tokens import hash_password, new_secret_token, token_hash
+from media_server.tokens import bearer, hash_password, new_secret_token, token_hash
 from sobriety.units import AlcoholUnit
 
 router = APIRouter(prefix="/api/v1", tags=["admin"])

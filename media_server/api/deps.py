@@ -12,7 +12,7 @@ from media_server.services import Services
 
 
 def get_services(request: Request) -> Services:
-    """The app's long-lived resources (media_server.app.Services)."""
+    """The app's long-lived resources (`media_server.services.Services`, built by the composition root)."""
     services: Services = request.app.state.services
     return services
 

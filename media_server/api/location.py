@@ -27,12 +27,13 @@ from sqlalchemy import select
 
 from media_server.api.deps import OfficerDep, ReaderDep, ServicesDep
 from media_server.api.workstation import _page as workstation_page
-from media_server.auth import Principal, principal_from_request
+from media_server.api.workstation import _viewer
+from media_server.auth import Principal
 from media_server.db import audit
-from media_server.db.enums import AlertKind, AlertSource, Role, ZoneKind
+from media_server.db.enums import AlertKind, AlertSource, ZoneKind
 from media_server.db.models import LocationAlert, LocationZone, Person, Position
 from media_server.db.types import utcnow
-from media_server.errors import BadInput, Forbidden, NotFoundError, TooLarge, Unauthorized
+from media_server.errors import BadInput, NotFoundError, TooLarge
 from media_server.i18n import LANGS
 from media_server.location import store
 from media_server.location.chain import as_fix
@@ -231,7 +232,6 @@ def get_positions(
 
 
 # ------------------------------------------------------------------------------------- workstation pages
-PAGE_VIEWERS = frozenset({Role.REVIEWER, Role.OFFICER, Role.ADMIN})
 MAP_DEFAULT_HOURS = 24
 MAP_MAX_FIXES = 5000
 MAP_CONTEXT_MIN = 30  # an alert's map link shows this much before and after it
@@ -280,16 +280,6 @@ def _lang(request: Request) -> str:
     return lang if lang in LANGS else "ru"
 
 
-def _page_viewer(request: Request) -> Principal | RedirectResponse:
-    try:
-        principal = principal_from_request(request)
-    except Unauthorized:
-        return RedirectResponse(f"/ws/login?lang={_lang(request)}", status_code=303)
-    if principal.role not in PAGE_VIEWERS:
-        raise Forbidden(f"role {principal.role.value!r} has no access to the workstation")
-    return principal
-
-
 def _render(request: Request, principal: Principal, **context: Any) -> HTMLResponse:
     # the workstation's page frame (language, navigation, catalogs), with this page's own strings
     return workstation_page(request, "location.html", principal, s=STRINGS[_lang(request)], **context)
@@ -319,7 +309,7 @@ def _alert_rows(db: Any, rows: Any) -> list[dict[str, Any]]:
 @pages.get("/alerts", response_model=None)
 def alerts_page(request: Request, services: ServicesDep) -> Response:
     """Newest location alerts of every person."""
-    principal = _page_viewer(request)
+    principal = _viewer(request)
     if isinstance(principal, RedirectResponse):
         return principal
     with services.sessions() as db:
@@ -350,7 +340,7 @@ def location_page(
     until: Annotated[str | None, Query(max_length=40)] = None,
 ) -> Response:
     """A person's zones, track and violations between `since` and `until` (default: the last 24 h)."""
-    principal = _page_viewer(request)
+    principal = _viewer(request)
     if isinstance(principal, RedirectResponse):
         return principal
     end = _aware(until, utcnow())

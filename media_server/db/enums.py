@@ -48,7 +48,7 @@ class VerdictOrigin(StrEnum):
     """What wrote an automatic verdict: a session has at most one of each (UNIQUE(session_id, origin))."""
 
     ANALYSIS = "analysis"  # the session's own checks (check-in pipeline, breath test, scheduler)
-    EPISODE_CLOCK = "episode_clock"  # a breath episode's result booked onto its last session
+    EPISODE_CLOCK = "episode_clock"  # a breath episode's result, booked on a new session (the test not taken)
 
 
 class Modality(StrEnum):

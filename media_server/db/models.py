@@ -309,7 +309,8 @@ class Verdict(Base):
     created_at: Mapped[datetime] = _created_at()
 
     # One automatic verdict per session and origin: a redelivered job or a recovery sweep cannot write a
-    # second analysis verdict (the breath episode clock books its result beside it, once).
+    # second analysis verdict. The breath episode clock books its results on a new session of its own
+    # (`breath.clock.tick_episodes`), so in practice a session has one verdict.
     __table_args__ = (UniqueConstraint("session_id", "origin"),)
 
 

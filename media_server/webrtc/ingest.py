@@ -40,7 +40,7 @@ SDP_MEDIA_TYPE = "application/sdp"
 # How long shutdown waits for sessions to hand their captures over.
 _SHUTDOWN_WAIT_S = 30.0
 
-__all__ = ["PipelineSink", "WhipIngest", "install"]
+__all__ = ["CheckinSink", "WhipIngest", "install"]
 
 
 class WhipIngest:
@@ -268,7 +268,7 @@ def _ended_state(session: MediaSession) -> dict[str, Any]:
     return {"state": "ended", "ended_reason": reason, "outcome": outcome}
 
 
-class PipelineSink:
+class CheckinSink:
     """The WHIP session's sink: `media_server.checkin.flow.finish_session(services, capture)`."""
 
     def __init__(self, services: Services) -> None:
@@ -284,17 +284,18 @@ class PipelineSink:
 def install(
     app: FastAPI,
     *,
-    authenticator: Callable[[Any], WhipAuthenticator] | None = None,
-    sink: Callable[[Any], SessionSink] | None = None,
+    authenticator: Callable[[Services], WhipAuthenticator] | None = None,
+    sink: Callable[[Services], SessionSink] | None = None,
 ) -> None:
     """Wire WHIP into an app built by `create_app`: the ingest is made in the lifespan (from the
-    services) and its sessions are ended at shutdown. Factories default to the real auth/pipeline."""
+    services) and its sessions are ended at shutdown. Factories default to the services' WHIP
+    credentials (`ServicesAuthenticator`) and the check-in flow (`CheckinSink`)."""
 
     async def start(services: Services) -> None:
         ingest = WhipIngest(
             services.settings,
             (authenticator or ServicesAuthenticator)(services),
-            (sink or PipelineSink)(services),
+            (sink or CheckinSink)(services),
             # Frames are analysed on the analysis pool while the session runs (the node loads no model).
             live=PoolLiveAnalysis(services.workers),
             on_refused=services.metrics.sessions_refused_busy.inc,

@@ -19,12 +19,13 @@ import ctypes
 import logging
 import sys
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from identity.face.results import FaceAnalysis
+from media_server.workers import AnalysisPool
 
 log = logging.getLogger("kuzet.webrtc")
 
@@ -46,7 +47,7 @@ class LiveFaceAnalysis(Protocol):
 class PoolLiveAnalysis:
     """`LiveFaceAnalysis` on the node's analysis pool (`identity.face.worker.analyse_live`)."""
 
-    def __init__(self, pool: Any) -> None:
+    def __init__(self, pool: AnalysisPool) -> None:
         self._pool = pool
 
     async def analyse(self, frames: list[RgbFrame]) -> list[FaceAnalysis]:

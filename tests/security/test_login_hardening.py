@@ -190,8 +190,13 @@ def test_metrics_behind_a_token(tmp_path: Path) -> None:
     for client in _client(settings):
         assert client.get("/metrics").status_code == 401
         assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Basic s3cret-metrics"}).status_code == 401
+        assert client.get("/metrics", headers={"Authorization": "Bearer s3cret-metric"}).status_code == 401
         ok = client.get("/metrics", headers={"Authorization": "Bearer s3cret-metrics"})
         assert ok.status_code == 200 and "kuzet_http_requests_total" in ok.text
+        # The one bearer parser (`tokens.bearer`): the scheme is case-insensitive and spaces are trimmed.
+        for header in ("bearer s3cret-metrics", "BEARER s3cret-metrics", "Bearer    s3cret-metrics  "):
+            assert client.get("/metrics", headers={"Authorization": header}).status_code == 200, header
 
 
 def test_metrics_on_a_separate_internal_port(tmp_path: Path) -> None:

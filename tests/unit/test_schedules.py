@@ -13,8 +13,8 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from media_server.db import audit
-from media_server.db.enums import Decision, PersonStatus, SessionKind, SessionStatus
-from media_server.db.models import AuditEntry, CheckSession, Person, Schedule, Verdict
+from media_server.db.enums import Decision, DeviceKind, PersonStatus, SessionKind, SessionStatus
+from media_server.db.models import AuditEntry, BreathNonce, CheckSession, Device, Person, Schedule, Verdict
 from media_server.links import record_link_delivery
 from media_server.schedules import (
     IssuedSession,
@@ -31,6 +31,7 @@ from media_server.schedules import (
 from media_server.services import Services, build_services
 from media_server.settings import SchedulesSettings, Settings
 from media_server.tokens import token_hash
+from tests.support.verdicts import signed_manifest
 
 ALMATY = zone("Asia/Almaty")
 DAILY: dict[str, Any] = {"type": "daily", "start": "09:00", "end": "10:00", "days": [0, 1, 2, 3, 4]}
@@ -272,6 +273,13 @@ def test_missed_window_is_a_violation_and_technical_failure_is_not(
         assert not fail.retake_offered
         [review] = db.scalars(select(Verdict).where(Verdict.session_id == technical.id)).all()
         assert review.decision is Decision.REVIEW and review.retake_offered
+        assert closed[missed.id].verdict_id == fail.id
+        # Each closed window has a signed manifest like any other verdict.
+        judged = [(v.id, v.session_id, v.decision.value) for v in (fail, review)]
+        db.rollback()  # SQLite: every transaction holds the write lock; the helper reads in its own
+        for verdict_id, session_id, decision in judged:
+            manifest = signed_manifest(services, verdict_id, services.signing_key.public_key())
+            assert manifest["session_id"] == session_id and manifest["verdict"]["decision"] == decision
         # Our failure comes with a fresh link; the person's own absence does not.
         assert closed[missed.id].retake is None
         retake = closed[technical.id].retake
@@ -344,6 +352,32 @@ async def test_tick_once_delivers_links_and_builds_violation_events(
     events = closed_session_events(missed)
     assert [e.type.value for e in events] == ["verdict", "violation"]
     assert "attendance: missed" in events[1].data["reason"] and events[1].data["source"] == "missed"
+
+
+async def test_the_tick_prunes_breath_nonces_past_the_freshness_window(
+    services: Services, factory: sessionmaker[Session]
+) -> None:
+    now = datetime(2026, 11, 23, 3, 30, tzinfo=UTC)
+    sob = services.settings.sobriety
+    horizon = timedelta(seconds=sob.nonce_max_age_s + sob.clock_skew_s)  # no older reading is admissible
+    with factory.begin() as db:
+        device = Device(serial="BR-nonces", kind=DeviceKind.BREATHALYZER)
+        db.add(device)
+        db.flush()
+        seen = {
+            "expired": now - horizon - timedelta(seconds=1),
+            "long-expired": now - timedelta(days=2),
+            "fresh": now - horizon + timedelta(seconds=1),
+            "just-seen": now,
+        }
+        db.add_all(BreathNonce(device_id=device.id, nonce=n, seen_at=at) for n, at in seen.items())
+
+    async def deliver(issued: IssuedSession) -> None:
+        raise AssertionError("no schedule, no link")
+
+    await tick_once(services, seed_key=KEY, deliver=deliver, now=now)
+    with factory() as db:
+        assert set(db.scalars(select(BreathNonce.nonce))) == {"fresh", "just-seen"}
 
 
 # -- issue 18: our failures are not violations; random tests are announced when they open ---------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -9,10 +10,17 @@ from click.testing import CliRunner
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from fastapi import Request
 
+from identity.checks import CheckKind, CheckResult, Outcome
+from media_server import keys
 from media_server.cli import main
+from media_server.db.enums import SessionKind, SessionStatus
+from media_server.db.models import CheckSession, Person
 from media_server.keys import load_or_create, load_signing_key
 from media_server.package import fingerprint, public_key_b64
+from media_server.services import build_services
 from media_server.settings import Settings
+from media_server.verdict import write_verdict
+from tests.support.verdicts import signed_manifest
 
 
 def test_two_nodes_with_the_configured_file_sign_with_one_key(
@@ -199,3 +207,45 @@ def test_a_signer_that_goes_down_is_a_503_with_retry_after(
         r = client.post("/test-sign")
     assert r.status_code == 503 and r.json()["error"] == "signer_unavailable", r.text
     assert r.headers["Retry-After"].isdigit()
+
+
+def test_a_node_reads_its_signing_key_once_not_per_verdict(
+    tmp_path: Path, shared_key: tuple[Ed25519PrivateKey, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    key, path = shared_key
+    reads: list[Path] = []
+
+    def counted_file_key(where: Path) -> Ed25519PrivateKey:
+        reads.append(where)
+        return real_file_key(where)
+
+    real_file_key = keys._file_key
+    monkeypatch.setattr(keys, "_file_key", counted_file_key)
+    services = build_services(Settings(data_dir=tmp_path / "node", evidence={"signing_key": f"file:{path}"}))
+    try:
+        assert reads == [path]  # read at start...
+        path.unlink()  # ...and never again: a node reading it per verdict could not sign from here on
+        now = datetime.now(UTC)
+        written = []
+        for ref in ("case-1", "case-2"):
+            with services.sessions.begin() as db:
+                person = Person(external_ref=ref, display_name="Key Test")
+                db.add(person)
+                db.flush()
+                session = CheckSession(
+                    person_id=person.id,
+                    kind=SessionKind.CHECKIN,
+                    status=SessionStatus.ACTIVE,
+                    window_start=now,
+                    window_end=now + timedelta(minutes=5),
+                )
+                db.add(session)
+                db.flush()
+                session_id = session.id
+            face = CheckResult(CheckKind.FACE, Outcome.PASS, "match", "Face matches.")
+            written.append(write_verdict(services, session_id, [face], [CheckKind.FACE])[1])
+        assert reads == [path]
+        for verdict_id in written:
+            assert signed_manifest(services, verdict_id, key.public_key())["verdict"]["decision"] == "pass"
+    finally:
+        services.engine.dispose()

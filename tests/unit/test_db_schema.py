@@ -1,10 +1,17 @@
-"""The schema on SQLite: migrations from empty, the models match them, and every table takes rows."""
+"""The schema on both backends: migrations from empty and back, the models match them, every table takes
+rows, constraints hold and timestamps are UTC.
+
+Each test runs on SQLite (a file under tmp_path) and on PostgreSQL (a fresh database per test, from
+KUZET_TEST_PG_ADMIN_URL; marked `integration`, and like every PostgreSQL test it fails rather than skips
+when the server is missing): the `empty_db_url` fixture of tests/conftest.py. What only one backend has
+stays beside it: SQLite's pragmas and in-memory mode below, the append-only audit log in
+tests/integration/test_db_postgres.py.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -73,10 +80,11 @@ ALL_TABLES = {
 
 
 @pytest.fixture()
-def db_url(tmp_path: Path) -> str:
-    url = f"sqlite:///{tmp_path / 'nested' / 'kuzet.db'}"
-    upgrade(url)
-    return url
+def db_url(empty_db_url: str) -> str:
+    """The database of this backend, migrated to head from empty."""
+    assert current(empty_db_url) is None  # really fresh
+    upgrade(empty_db_url)
+    return empty_db_url
 
 
 @pytest.fixture()
@@ -138,6 +146,7 @@ def test_required_indexes_exist(engine: Engine) -> None:
             assert fk["constrained_columns"][0] in indexed(fk_table), (fk_table, fk)
 
 
+@pytest.mark.parametrize("empty_db_url", ["sqlite"], indirect=True)
 def test_sqlite_pragmas(engine: Engine) -> None:
     with engine.connect() as conn:
         assert conn.execute(text("PRAGMA foreign_keys")).scalar() == 1
