@@ -8,7 +8,7 @@ from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, text
 from sqlalchemy.orm import Session
 
 from identity.checks import CheckResult
@@ -92,10 +92,27 @@ def _action_json(a: Action) -> dict[str, Any]:
     }
 
 
+# pg_advisory_xact_lock(int, int) class key for a person's breath episodes ("br" + 1); the second key is
+# the person.
+EPISODE_LOCK_KEY = 0x62720001
+
+
+def _lock_person_episodes(db: Session, person_id: str) -> None:
+    conn = db.connection()
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text("SELECT pg_advisory_xact_lock(:k, hashtext(:p))"), {"k": EPISODE_LOCK_KEY, "p": person_id}
+        )
+
+
 def _current_episode(
     db: Session, person_id: str, reading_at: datetime, now: datetime, settings: SobrietySettings
 ) -> tuple[BreathEpisode | None, Episode]:
-    """The person's open episode advanced to the reading's time, or a new one due at the reading."""
+    """The person's open episode advanced to the reading's time, or a new one due at the reading.
+
+    Locks the person's episodes first: a row lock alone locks nothing when no episode is open yet, and two
+    first tests at once would each open their own (SQLite's BEGIN IMMEDIATE already serialises them)."""
+    _lock_person_episodes(db, person_id)
     row = db.scalars(
         select(BreathEpisode)
         .where(BreathEpisode.person_id == person_id, BreathEpisode.closed_at.is_(None))

@@ -111,3 +111,52 @@ def test_two_tests_at_once_are_not_judged_at_the_same_stage(services: Services) 
     with services.sessions() as db:
         episodes = db.scalars(select(BreathEpisode).order_by(BreathEpisode.created_at)).all()
         assert [e.state for e in episodes] == ["negative", "negative"]
+
+
+def test_two_first_tests_at_once_open_one_episode(services: Services) -> None:
+    """With no episode open there is no row to lock: the person's episodes are locked as a whole (an
+    advisory lock on PostgreSQL), so the second test finds the episode the first one opened."""
+    sob = services.settings.sobriety
+    t0 = datetime(2026, 11, 23, 8, tzinfo=UTC)
+    with services.sessions.begin() as db:
+        person = Person(external_ref="case-first", display_name="First Test")
+        db.add(person)
+        db.flush()
+        sessions = [
+            CheckSession(
+                person_id=person.id,
+                kind=SessionKind.BREATH,
+                status=SessionStatus.ACTIVE,
+                window_start=t0,
+                window_end=t0 + timedelta(hours=2),
+            )
+            for _ in range(2)
+        ]
+        db.add_all(sessions)
+        db.flush()
+        person_id = person.id
+        ids = [s.id for s in sessions]
+        context = context_of(person, None, sob)
+
+    over = sob.default_limit_g_210l * 5
+    start = threading.Barrier(2)
+
+    def judge(session_id: str, nonce: str) -> TestStage:
+        def used(_check: CheckResult) -> bool:
+            time.sleep(HOLD_S)
+            return True
+
+        start.wait()
+        _, judged_at, _ = judge_reading_and_advance(
+            services, person_id, session_id, _reading("case-first", over, t0, nonce), context, used, t0
+        )
+        return judged_at
+
+    with ThreadPoolExecutor(2) as pool:
+        stages = list(pool.map(judge, ids, ["nonce-first-a-0001", "nonce-first-b-0001"]))
+
+    # One positive screening opened the episode; the other was judged against it, not as a second screening.
+    assert stages.count(TestStage.SCREENING) == 1, stages
+    with services.sessions() as db:
+        episodes = db.scalars(select(BreathEpisode).where(BreathEpisode.person_id == person_id)).all()
+        assert len(episodes) == 1
