@@ -1,7 +1,9 @@
-"""Schedules: windows in the person's zone, deterministic random tests, the tick on a migrated SQLite."""
+"""Schedules: windows in the person's zone, deterministic random tests, the tick on a migrated database
+(SQLite, and PostgreSQL when KUZET_TEST_PG_ADMIN_URL is set)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -31,6 +33,7 @@ from media_server.schedules import (
 from media_server.services import Services, build_services
 from media_server.settings import SchedulesSettings, Settings
 from media_server.tokens import token_hash
+from tests.conftest import drop_pg_database, fresh_pg_url
 
 ALMATY = zone("Asia/Almaty")
 DAILY: dict[str, Any] = {"type": "daily", "start": "09:00", "end": "10:00", "days": [0, 1, 2, 3, 4]}
@@ -138,14 +141,40 @@ def test_rules_that_cannot_fit_are_refused() -> None:
 # -- the tick on a real migrated database ---------------------------------------------------------
 
 
-@pytest.fixture()
-def services(tmp_path: Path) -> Iterator[Services]:
-    """The real composition root on the embedded default (SQLite + local evidence dir)."""
+@pytest.fixture(
+    params=[
+        "sqlite",
+        pytest.param(
+            "postgres",
+            marks=[
+                pytest.mark.integration,
+                pytest.mark.skipif(
+                    not os.environ.get("KUZET_TEST_PG_ADMIN_URL"), reason="KUZET_TEST_PG_ADMIN_URL is not set"
+                ),
+            ],
+        ),
+    ]
+)
+def services(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Services]:
+    """The real composition root: on the embedded default (SQLite + local evidence dir), then on a fresh
+    PostgreSQL database (the scheduler's queries and its person-status filters run on both)."""
+    database: dict[str, str] = {}
+    if request.param == "postgres":
+        database["url"] = fresh_pg_url("kuzet_sched")
     built = build_services(
-        Settings(data_dir=tmp_path / "var", schedules=SchedulesSettings(horizon_min=60, missed_grace_s=300))
+        Settings(
+            data_dir=tmp_path / "var",
+            schedules=SchedulesSettings(horizon_min=60, missed_grace_s=300),
+            **({"database": database} if database else {}),
+        )
     )
-    yield built
-    built.engine.dispose()
+    try:
+        yield built
+    finally:
+        built.workers.shutdown()
+        built.engine.dispose()
+        if database:
+            drop_pg_database(database["url"])
 
 
 @pytest.fixture()
