@@ -223,6 +223,8 @@ def test_erased_person_is_refused_everywhere_and_nothing_new_is_stored(api: Api)
     assert _stored(api) == before  # nothing new: no session, artifact, rejection or object
     refused = [e.details["entry"] for e in _audit(api, "entry_refused")]
     assert {"checkin_page", "whip", "breath"} <= set(refused)  # ...only an audit line each
+    [station] = [e for e in _audit(api, "entry_refused") if e.details.get("code") == "station_key_revoked"]
+    assert station.subject_id == pid and station.details["status"] == "erased"
     assert flagged not in _queue(api)
     with api.services.sessions() as db:
         person = db.get_one(Person, pid)
