@@ -195,18 +195,36 @@ def check_whip(db: Session, authorization: str | None) -> None:
         raise Unauthorized("a Bearer credential (check-in token or device key) is required")
     digest = token_hash(token)
     if token.startswith("dk_"):
-        device = db.scalars(select(Device).where(Device.key_hash == digest)).one_or_none()
-        if device is None or not device.active or device.kind is not DeviceKind.AV_STATION:
-            raise Unauthorized("unknown or deactivated device key")
-        if device.person_id is None:
-            raise Unauthorized("this station is not assigned to a person")
-        require_active(db, device.person_id)
+        _station(db, digest)
         return
     row = db.scalars(select(CheckSession).where(CheckSession.token_hash == digest)).one_or_none()
     _refuse_inactive(db, row)
     problem = checkin_link_problem(row)
     if problem is not None:
         raise LinkRefused(problem.code, problem.message)
+
+
+class StationKeyRevoked(Unauthorized):
+    """A registered AV station's key that was deactivated (by an admin or the person's life cycle): 401
+    like any unknown key, but the caller records the attempt against the station and its person."""
+
+    def __init__(self, device_id: str, person_id: str | None) -> None:
+        super().__init__("unknown or deactivated device key")
+        self.device_id = device_id
+        self.person_id = person_id
+
+
+def _station(db: Session, digest: str) -> Device:
+    """The active AV station with this key hash, assigned to a supervised person; raises otherwise."""
+    device = db.scalars(select(Device).where(Device.key_hash == digest)).one_or_none()
+    if device is None or device.kind is not DeviceKind.AV_STATION:
+        raise Unauthorized("unknown or deactivated device key")
+    if not device.active:
+        raise StationKeyRevoked(device.id, device.person_id)
+    if device.person_id is None:
+        raise Unauthorized("this station is not assigned to a person")
+    require_active(db, device.person_id)
+    return device
 
 
 @dataclass(frozen=True)
@@ -272,12 +290,8 @@ def authenticate_whip(db: Session, authorization: str | None, max_session_s: flo
     digest = token_hash(token)
     now = utcnow()
     if token.startswith("dk_"):
-        device = db.scalars(select(Device).where(Device.key_hash == digest)).one_or_none()
-        if device is None or not device.active or device.kind is not DeviceKind.AV_STATION:
-            raise Unauthorized("unknown or deactivated device key")
-        if device.person_id is None:
-            raise Unauthorized("this station is not assigned to a person")
-        require_active(db, device.person_id)
+        device = _station(db, digest)
+        assert device.person_id is not None
         row = CheckSession(
             person_id=device.person_id,
             kind=SessionKind.STATION,

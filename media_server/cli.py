@@ -818,7 +818,7 @@ def _database(settings: Settings) -> tuple[Engine, sessionmaker[Session]]:
 @retention.command("report")
 @click.option("--json", "as_json", is_flag=True, help="Print the whole report as JSON.")
 def retention_report_cmd(as_json: bool) -> None:
-    """What is held per person (templates, sessions, evidence objects and bytes) and why."""
+    """What is held per person (templates, sessions, evidence objects and bytes, location track) and why."""
     from datetime import UTC, datetime
 
     from media_server.retention import retention_report
@@ -838,7 +838,10 @@ def retention_report_cmd(as_json: bool) -> None:
         click.echo(
             f"{p['person_id']} {p['external_ref']} {p['status']}: {held['templates']} template(s), "
             f"{held['sessions']} session(s), {held['objects']} object(s) / {held['object_bytes']} bytes, "
-            f"{held['rejection_objects']} rejected-submission object(s)"
+            f"{held['rejection_objects']} rejected-submission object(s); location: "
+            f"{held['positions']} position(s), {held['signed_batches']} signed batch(es), "
+            f"{held['device_events']} device event(s), {held['location_alerts']} alert(s), "
+            f"{held['location_zones']} zone(s)"
         )
         click.echo(f"  why: {p['why']}")
     loose = report["unattributed"]

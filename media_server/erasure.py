@@ -277,9 +277,6 @@ def erase_person(
             .where(CheckSession.person_id == person_id, CheckSession.location.is_not(None))
             .values(location=null()),
         )
-        counts["logins_deactivated"] = _run(
-            db, update(User).where(User.person_id == person_id, User.active.is_(True)).values(active=False)
-        )
     deleted_keys, retained, art_counts = _erase_artifacts(db, store, person_id, now)
     counts.update(art_counts)
     rej_keys, rej_retained, rej_counts = _erase_rejection_artifacts(

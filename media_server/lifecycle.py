@@ -2,8 +2,8 @@
 
 Ending supervision records the order's end date, starts the retention clock (`retention_until` =
 end date + `retention.after_supervision_days`) and revokes at once everything that lets the person be
-tested: devices, schedules and open check-in links. Erasure (`media_server.erasure.erase_person`) revokes
-the same and then removes personal data. Every entry point (WHIP, station and breath API, check-in page)
+tested or sign in: devices, schedules, open check-in links and the person's own logins. Erasure
+(`media_server.erasure.erase_person`) revokes the same and then removes personal data. Every entry point (WHIP, station and breath API, check-in page)
 asks `require_active` and refuses anyone else with `PersonNotActive` (410), storing nothing but an audit
 line (`refuse_entry`).
 """
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from media_server.db import audit
 from media_server.db.enums import PersonStatus, SessionStatus
-from media_server.db.models import CheckSession, Device, Person, Schedule
+from media_server.db.models import CheckSession, Device, Person, Schedule, User
 from media_server.db.types import utcnow
 from media_server.errors import Conflict, Gone, NotFoundError
 from media_server.settings import RetentionSettings
@@ -76,7 +76,7 @@ def _rowcount(result: object) -> int:
 
 
 def revoke_person(db: Session, person_id: str, *, reason: str) -> dict[str, int]:
-    """Deactivate the person's devices and schedules and cancel every open (unstarted) session.
+    """Deactivate the person's devices, schedules and own logins; cancel every open (unstarted) session.
 
     A cancelled session keeps its token hash, so its link is refused with a clear 410, not a 401.
     Does not commit; the caller writes the audit line.
@@ -94,6 +94,12 @@ def revoke_person(db: Session, person_id: str, *, reason: str) -> dict[str, int]
             .values(active=False)
         )
     )
+    # Every request checks `User.active`, so a login token the person still holds stops working too.
+    logins = _rowcount(
+        db.execute(
+            update(User).where(User.person_id == person_id, User.active.is_(True)).values(active=False)
+        )
+    )
     open_rows = db.scalars(
         select(CheckSession).where(
             CheckSession.person_id == person_id,
@@ -107,7 +113,12 @@ def revoke_person(db: Session, person_id: str, *, reason: str) -> dict[str, int]
         row.ended_at = now
         row.meta = {**(row.meta or {}), REVOKED_META: {"at": now.isoformat(), "reason": reason}}
     db.flush()
-    return {"devices_revoked": devices, "schedules_revoked": schedules, "links_revoked": len(open_rows)}
+    return {
+        "devices_revoked": devices,
+        "schedules_revoked": schedules,
+        "links_revoked": len(open_rows),
+        "logins_deactivated": logins,
+    }
 
 
 def retention_until_for(ended_on: date, settings: RetentionSettings) -> datetime:

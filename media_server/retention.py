@@ -2,7 +2,8 @@
 
 For each person: their life-cycle state and dates, the rows and stored objects that still hold their
 data (templates, fingerprints, sessions, evidence objects by kind with bytes, objects of rejected
-submissions), and the reason it is held. Objects of rejected submissions that belong to nobody are
+submissions, and the location track: positions, signed batches, device events, alerts and zones), and
+the reason it is held. Objects of rejected submissions that belong to nobody are
 listed on their own with the date they become due for erasure.
 """
 
@@ -20,11 +21,16 @@ from media_server.db.enums import PersonStatus
 from media_server.db.models import (
     Artifact,
     CheckSession,
+    DeviceEvent,
     Enrolment,
+    LocationAlert,
+    LocationZone,
     Person,
     PhotoFingerprint,
+    Position,
     Rejection,
     RejectionArtifact,
+    SignedBatch,
 )
 from media_server.erasure import ERASED_META
 from media_server.lifecycle import status_of
@@ -59,18 +65,46 @@ class PersonHoldings:
         }
 
 
+# The location track, erased with the person (`media_server.location.store.erase_location`).
+LocationTable = (
+    type[Position] | type[SignedBatch] | type[DeviceEvent] | type[LocationAlert] | type[LocationZone]
+)
+LOCATION_TABLES: tuple[tuple[str, LocationTable], ...] = (
+    ("positions", Position),
+    ("signed_batches", SignedBatch),
+    ("device_events", DeviceEvent),
+    ("location_alerts", LocationAlert),
+    ("location_zones", LocationZone),
+)
+
+
 def _iso(value: datetime | None) -> str | None:
     return value.isoformat() if value else None
 
 
+def _why_location(held: dict[str, int]) -> str:
+    if not any(held[name] for name, _ in LOCATION_TABLES):
+        return ""
+    return (
+        f"; location track: {held['positions']} position(s) in {held['signed_batches']} signed batch(es) "
+        f"(the tracker's own signed evidence, re-verifiable with its key), {held['device_events']} device "
+        f"event(s) and {held['location_alerts']} alert(s) proving zone or tamper violations, "
+        f"{held['location_zones']} zone(s) (an exclusion zone is a third party's address) - erased with "
+        "the person"
+    )
+
+
 def _why(p: Person, state: PersonStatus, held: dict[str, int], settings: RetentionSettings) -> str:
     if state is PersonStatus.ACTIVE:
-        return "under supervision: enrolment templates and the evidence of every check are kept while the order runs"
+        return (
+            "under supervision: enrolment templates, the evidence of every check and the location track "
+            "are kept while the order runs" + _why_location(held)
+        )
     if state is PersonStatus.SUPERVISION_ENDED:
         return (
             f"supervision ended on {p.supervision_ended_on}; held until {_iso(p.retention_until)} "
             f"(retention.after_supervision_days={settings.after_supervision_days}) for appeals and audits, "
-            "then erased by `kuzet retention erase-due`"
+            "then erased by `kuzet retention erase-due`" + _why_location(held)
         )
     locked = held["objects"] + held["rejection_objects"]
     rest = (
@@ -98,6 +132,9 @@ def retention_report(db: Session, settings: RetentionSettings, now: datetime) ->
         select(CheckSession.person_id, func.count()).group_by(CheckSession.person_id)
     ).all():
         counts[pid]["sessions"] = int(n)
+    for name, model in LOCATION_TABLES:
+        for pid, n in db.execute(select(model.person_id, func.count()).group_by(model.person_id)).all():
+            counts[pid][name] = int(n)
     for pid, kind, size, meta in db.execute(
         select(CheckSession.person_id, Artifact.kind, Artifact.size, Artifact.meta).join(
             CheckSession, CheckSession.id == Artifact.session_id
@@ -138,6 +175,7 @@ def retention_report(db: Session, settings: RetentionSettings, now: datetime) ->
         "objects_erased",
         "rejection_objects",
         "rejection_object_bytes",
+        *(name for name, _ in LOCATION_TABLES),
     )
     for p in db.scalars(select(Person).order_by(Person.created_at, Person.id)).all():
         state = status_of(p)

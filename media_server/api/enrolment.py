@@ -23,9 +23,10 @@ from identity.voice.digits import DIGITS, enrol_digits, split_by_pauses, templat
 from media_server.api.deps import OfficerDep, ServicesDep
 from media_server.db import audit
 from media_server.db.enums import Modality, TemplateSource
-from media_server.db.models import Enrolment, Person
-from media_server.errors import BadInput, NotFoundError
+from media_server.db.models import Enrolment
+from media_server.errors import BadInput
 from media_server.gallery import save_template
+from media_server.lifecycle import require_active
 from media_server.services import Services
 
 router = APIRouter(prefix="/api/v1/persons/{person_id}/enrolments", tags=["enrolment"])
@@ -50,10 +51,10 @@ async def _read_all(files: list[UploadFile], limit_bytes: int) -> list[bytes]:
 
 
 def _person_exists(services: Services, person_id: str) -> None:
+    """404 for an unknown person; 410 `person_not_active` once supervision ended or the person was
+    erased: a template is new personal data, and no check will ever use it."""
     with services.sessions() as db:
-        person = db.get(Person, person_id)
-        if person is None or person.erased_at is not None:
-            raise NotFoundError("no such person")
+        require_active(db, person_id)
 
 
 def _response(enrolment_id: str | None, results: list[CheckResult]) -> dict[str, Any]:

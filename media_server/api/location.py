@@ -35,6 +35,7 @@ from media_server.db.models import LocationAlert, LocationZone, Person, Position
 from media_server.db.types import utcnow
 from media_server.errors import BadInput, NotFoundError, TooLarge
 from media_server.i18n import LANGS
+from media_server.lifecycle import require_active
 from media_server.location import store
 from media_server.location.chain import as_fix
 from media_server.location.flow import Accepted, submit_events, submit_positions
@@ -118,11 +119,13 @@ def _live_person(services: ServicesDep, person_id: str) -> None:
 
 @router.post("/persons/{person_id}/zones", status_code=201)
 def create_zone(person_id: str, body: ZoneIn, services: ServicesDep, who: OfficerDep) -> dict[str, Any]:
-    """Add an inclusion or exclusion zone (audited). Positions already stored are judged from now on."""
+    """Add an inclusion or exclusion zone (audited). Positions already stored are judged from now on.
+
+    410 `person_not_active` once supervision ended: a zone is new personal data (often a third party's
+    address) that no position will ever be judged against.
+    """
     with services.sessions.begin() as db:
-        person = db.get(Person, person_id)
-        if person is None or person.erased_at is not None:
-            raise NotFoundError("no such person")
+        require_active(db, person_id)
         try:
             row = store.create_zone(
                 db,

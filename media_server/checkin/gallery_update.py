@@ -1,4 +1,8 @@
-"""The adaptive face gallery: a confidently passed check-in refreshes the template (bounded, audited)."""
+"""The adaptive face gallery: a confidently passed check-in refreshes the template (bounded, audited).
+
+Only check-ins feed it, never breath-test photos: the mouthpiece occludes the lower face, and learning
+occluded embeddings would drift the template away from the person's ordinary face.
+"""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The location flows: a signed batch in, evidence and alerts stored, webhooks out.
 
 Each flow reads top to bottom: parse the envelope, then in one transaction admit the signed batch
-(signature, freshness, nonce; `media_server.location.signed`) and store it with its rows and alerts
+(signature, freshness, the person still under supervision, nonce; `media_server.location.signed`) and store it with its rows and alerts
 (`media_server.location.store`) - or audit the refusal - then announce the new alerts through the webhook notifier. Database
 work runs in a thread, never on the event loop.
 """
@@ -20,6 +20,7 @@ from sqlalchemy.orm import Session
 
 from media_server.db import audit
 from media_server.errors import BadInput, TooLarge
+from media_server.lifecycle import PersonNotActive, require_active
 from media_server.location import store
 from media_server.location.signed import (
     Admitted,
@@ -84,6 +85,30 @@ def _limits(
     return check
 
 
+def _supervised(
+    db: Session,
+    trackers: store.DbTrackerRegistry,
+    limits: Callable[[PositionBatch | EventBatch], Refused | None],
+) -> Callable[[PositionBatch | EventBatch], Refused | None]:
+    """`limits`, after refusing a tracker whose person is no longer supervised (410).
+
+    A revoked tracker is refused earlier (401); this holds even for a tracker switched back on by
+    mistake. It runs after the signature check, so an unsigned request learns nothing of the person,
+    and before the nonce is remembered, so a refused batch stores nothing but its audit line.
+    """
+
+    def check(batch: PositionBatch | EventBatch) -> Refused | None:
+        tracker = trackers.get_tracker(batch.device_serial)
+        if tracker is not None and tracker.person_id is not None:
+            try:
+                require_active(db, tracker.person_id)
+            except PersonNotActive as refused:
+                return Refused(PersonNotActive.code, str(refused))
+        return limits(batch)
+
+    return check
+
+
 def _admit(
     services: Services,
     db: Session,
@@ -93,17 +118,18 @@ def _admit(
 ) -> Admitted[Any] | Refused:
     loc, sob = services.settings.location, services.settings.sobriety
     max_items = loc.max_batch_positions if model is PositionBatch else loc.max_batch_events
+    trackers = store.DbTrackerRegistry(db)
     return admit(
         model,
         envelope.batch.encode("utf-8"),
         envelope.signature,
-        store.DbTrackerRegistry(db),
+        trackers,
         store.DbNonceLedger(db),
         now,
         max_age_s=sob.nonce_max_age_s,
         clock_skew_s=sob.clock_skew_s,
         nonce_min_chars=sob.nonce_min_chars,
-        check=_limits(now, services, max_items),
+        check=_supervised(db, trackers, _limits(now, services, max_items)),
     )
 
 

@@ -110,6 +110,7 @@ STATUS_FOR_CODE: dict[str, int] = {
     "stale_batch": 422,
     "future_timestamp": 422,
     "device_unassigned": 422,
+    "person_not_active": 410,
     "too_many_items": 400,
     "future_fix": 422,
     "fix_too_old": 422,

@@ -7,9 +7,11 @@ import asyncio
 import secrets
 from typing import Any, Literal, Protocol
 
-from media_server.auth import WhipPrincipal, require_bearer
+from media_server.auth import StationKeyRevoked, WhipPrincipal, require_bearer
+from media_server.db import audit
+from media_server.db.models import Person
 from media_server.errors import LinkRefused, Unauthorized
-from media_server.lifecycle import PersonNotActive, refuse_entry
+from media_server.lifecycle import PersonNotActive, refuse_entry, status_of
 from media_server.services import Services
 
 
@@ -30,6 +32,26 @@ class WhipAuthenticator(Protocol):
         ...
 
 
+def _refuse_revoked_station(services: Services, refused: StationKeyRevoked) -> None:
+    """An audit line for a deactivated station key that knocked (a station left running after the
+    person's supervision ended or erasure, or a key in the wrong hands); nothing else is stored."""
+    with services.sessions.begin() as db:
+        person = db.get(Person, refused.person_id) if refused.person_id else None
+        audit.append(
+            db,
+            "system",
+            "entry_refused",
+            "person" if person is not None else "device",
+            person.id if person is not None else refused.device_id,
+            {
+                "entry": "whip",
+                "code": "station_key_revoked",
+                "device_id": refused.device_id,
+                "status": status_of(person).value if person is not None else None,
+            },
+        )
+
+
 class ServicesAuthenticator:
     """Adapter to the lead's `media_server.auth.authenticate_whip(db, header, max_session_s)`:
     one database transaction per attempt (the token is spent when it commits)."""
@@ -48,6 +70,9 @@ class ServicesAuthenticator:
             # Nothing of the attempt is kept but this line (the transaction above rolled back).
             refuse_entry(self._services.sessions, refused, "whip", {})
             raise
+        except StationKeyRevoked as revoked:
+            _refuse_revoked_station(self._services, revoked)
+            raise
         return result
 
     async def authenticate(self, authorization: str | None) -> WhipPrincipal:
@@ -62,6 +87,9 @@ class ServicesAuthenticator:
                 auth.check_whip(db, authorization)
         except PersonNotActive as refused:
             refuse_entry(self._services.sessions, refused, "whip", {})
+            raise
+        except StationKeyRevoked as revoked:
+            _refuse_revoked_station(self._services, revoked)
             raise
 
     async def check(self, authorization: str | None) -> None:

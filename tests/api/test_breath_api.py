@@ -41,6 +41,7 @@ from media_server.db.models import (
     CheckResultRecord,
     CheckSession,
     Device,
+    Enrolment,
     PhotoFingerprint,
     Verdict,
 )
@@ -252,6 +253,8 @@ def _audit(api: BreathApp, action: str, subject_id: str | None = None) -> list[A
 # ------------------------------------------------------------------------------------------ cases
 def test_genuine_negative_test_passes_with_evidence_and_fingerprints(api: BreathApp) -> None:
     station = _station(api)
+    with api.services.sessions() as db:
+        enrolled = db.scalars(select(Enrolment.id).where(Enrolment.person_id == station.person_id)).all()
     photos = station_photos(GENUINE)
     body, sig = _reading(station, photos)
     r = _post(api, body, sig, photos)
@@ -259,6 +262,13 @@ def test_genuine_negative_test_passes_with_evidence_and_fingerprints(api: Breath
     out = r.json()
     checks = _checks(out)
     assert out["decision"] == "pass", out["reasons"]
+    # A confident pass, yet the gallery does not learn from breath photos: the mouthpiece occludes the
+    # lower face (README "Personal data"); only check-ins refresh the template.
+    with api.services.sessions() as db:
+        assert (
+            db.scalars(select(Enrolment.id).where(Enrolment.person_id == station.person_id)).all() == enrolled
+        )
+    assert _audit(api, "template_adapted") == []
     assert (
         checks["face"]["code"] == "identity_confirmed"
         and checks["face"]["model"]["name"] == "dlib_resnet_face_v1"

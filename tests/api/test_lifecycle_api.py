@@ -29,14 +29,21 @@ from media_server.db.enums import Modality, PersonStatus, Role, SessionStatus, T
 from media_server.db.models import (
     Artifact,
     AuditEntry,
+    BreathNonce,
     CheckSession,
     Device,
+    DeviceEvent,
     Enrolment,
     Erasure,
+    LocationAlert,
+    LocationZone,
     Person,
+    Position,
     Rejection,
     RejectionArtifact,
     Schedule,
+    SignedBatch,
+    User,
     Verdict,
     WebhookDeadLetter,
 )
@@ -45,13 +52,17 @@ from media_server.erasure import erase_due
 from media_server.evidence.local import LocalEvidenceStore
 from media_server.gallery import save_template
 from media_server.settings import WebhookSettings
+from media_server.tokens import hash_password
 from media_server.verdict import write_verdict
 from media_server.webhooks import WebhookNotifier, verdict_event
 from media_server.webrtc.ice import gather_loopback, rtc_configuration
 from sobriety.simulator import multipart_parts, public_key_b64, sign_reading, simulated_reading
-from tests.api.conftest import Api
+from tests.api.conftest import PASSWORD, Api
+from tests.support.location import CENTRE, FakeTracker, iso, position
 
 BREATH = "/api/v1/breath-tests"
+POSITIONS = "/api/v1/positions"
+EVENTS = "/api/v1/device-events"
 PHOTO = b"\xff\xd8\xff\xe0 a station photo (bytes only; never judged here)"
 
 
@@ -212,6 +223,8 @@ def test_erased_person_is_refused_everywhere_and_nothing_new_is_stored(api: Api)
     assert _stored(api) == before  # nothing new: no session, artifact, rejection or object
     refused = [e.details["entry"] for e in _audit(api, "entry_refused")]
     assert {"checkin_page", "whip", "breath"} <= set(refused)  # ...only an audit line each
+    [station] = [e for e in _audit(api, "entry_refused") if e.details.get("code") == "station_key_revoked"]
+    assert station.subject_id == pid and station.details["status"] == "erased"
     assert flagged not in _queue(api)
     with api.services.sessions() as db:
         person = db.get_one(Person, pid)
@@ -351,6 +364,142 @@ def test_retention_report_says_what_is_held_and_why(api: Api) -> None:
     assert by_id[active]["held"]["objects"] == 1 and by_id[active]["objects_by_kind"] == {"other": 1}
     assert "under supervision" in by_id[active]["why"]
     assert by_id[ended]["status"] == "supervision_ended" and "erase-due" in by_id[ended]["why"]
+
+
+def _tracked(api: Api, ref: str, serial: str) -> tuple[str, FakeTracker]:
+    """A person with a registered tracker, an exclusion zone, two fixes in one batch and a strap-opened
+    event (one device event, one alert)."""
+    pid = _person(api, ref)
+    tracker = FakeTracker(serial)
+    _device(
+        api, {"serial": serial, "kind": "tracker", "person_id": pid, "public_key_b64": tracker.public_key_b64}
+    )
+    zone = {"type": "circle", "lat": CENTRE[0] + 0.05, "lon": CENTRE[1], "radius_m": 100.0}
+    r = api.client.post(
+        f"/api/v1/persons/{pid}/zones",
+        headers=_as(api, Role.OFFICER),
+        json={"kind": "exclusion", "label": "a third party's address", "geometry": zone},
+    )
+    assert r.status_code == 201, r.text
+    now = datetime.now(UTC)
+    fixes = [position(now - timedelta(seconds=60), 0), position(now - timedelta(seconds=30), 5)]
+    r = _post_json(api, POSITIONS, tracker.positions(fixes, now))
+    assert r.status_code == 201 and r.json()["accepted"] == 2, r.text
+    strap = [{"type": "strap_opened", "t": iso(now - timedelta(seconds=10)), "details": {}}]
+    r = _post_json(api, EVENTS, tracker.events(strap, now))
+    assert r.status_code == 201 and [a["code"] for a in r.json()["alerts"]] == ["strap_opened"], r.text
+    return pid, tracker
+
+
+def _post_json(api: Api, path: str, body: bytes) -> httpx.Response:
+    return api.client.post(path, content=body, headers={"Content-Type": "application/json"})
+
+
+def test_retention_report_lists_the_location_track_until_erasure(api: Api) -> None:
+    pid, _ = _tracked(api, "KZ-REP-LOC", "TRK-REP-1")
+    track = {
+        "positions": 2,
+        "signed_batches": 2,
+        "device_events": 1,
+        "location_alerts": 1,
+        "location_zones": 1,
+    }
+
+    report = api.client.get("/api/v1/retention/report", headers=_as(api, Role.AUDITOR))
+    assert report.status_code == 200, report.text
+    [held] = [p for p in report.json()["persons"] if p["person_id"] == pid]
+    assert {k: held["held"][k] for k in track} == track
+    assert "location track: 2 position(s) in 2 signed batch(es)" in held["why"]
+    assert "1 zone(s)" in held["why"] and "erased with the person" in held["why"]
+
+    r = api.client.post(
+        f"/api/v1/persons/{pid}/erase", headers=_as(api, Role.ADMIN), json={"reason": "request"}
+    )
+    assert r.status_code == 200, r.text
+    assert {k: r.json()["counts"][k] for k in track} == track  # erasure removed exactly what was reported
+    report = api.client.get("/api/v1/retention/report", headers=_as(api, Role.ADMIN)).json()
+    [held] = [p for p in report["persons"] if p["person_id"] == pid]
+    assert all(held["held"][k] == 0 for k in track) and "location track" not in held["why"]
+
+
+def _location_rows(api: Api, pid: str) -> dict[str, int]:
+    with api.services.sessions() as db:
+        counts = {
+            m.__tablename__: int(
+                db.scalar(select(func.count()).select_from(m).where(m.person_id == pid)) or 0
+            )
+            for m in (Position, SignedBatch, DeviceEvent, LocationAlert, LocationZone)
+        }
+        counts["nonces"] = int(db.scalar(select(func.count()).select_from(BreathNonce)) or 0)
+    return counts
+
+
+def test_a_person_no_longer_supervised_gets_no_templates_zones_positions_or_logins(api: Api) -> None:
+    pid, tracker = _tracked(api, "KZ-END-LOC", "TRK-END-1")
+    with api.services.sessions.begin() as db:
+        db.add(
+            User(
+                username="kz-end-loc", password_hash=hash_password(PASSWORD), role=Role.PERSON, person_id=pid
+            )
+        )
+    login = {"username": "kz-end-loc", "password": PASSWORD}
+    r = api.client.post("/api/v1/auth/login", json=login)
+    assert r.status_code == 200, r.text
+    own = {"Authorization": f"Bearer {r.json()['token']}"}
+    assert api.client.get("/api/v1/reviews/queue", headers=own).status_code == 403  # signed in, no access
+
+    r = api.client.post(
+        f"/api/v1/persons/{pid}/end-supervision",
+        headers=_as(api, Role.OFFICER),
+        json={"ended_on": date.today().isoformat(), "reason": "order served"},
+    )
+    assert r.status_code == 200 and r.json()["logins_deactivated"] == 1, r.text
+    assert r.json()["devices_revoked"] == 1
+
+    # The person's own logins: the token they hold and a fresh sign-in are both refused.
+    assert api.client.get("/api/v1/reviews/queue", headers=own).status_code == 401
+    assert api.client.post("/api/v1/auth/login", json=login).status_code == 401
+    with api.services.sessions() as db:
+        assert not db.scalars(select(User).where(User.person_id == pid)).one().active
+
+    # Officers cannot add new personal data: templates or zones.
+    face = [("images", ("a.png", PHOTO, "image/png"))]
+    r = api.client.post(f"/api/v1/persons/{pid}/enrolments/face", files=face, headers=_as(api, Role.OFFICER))
+    assert r.status_code == 410 and r.json()["error"] == "person_not_active", r.text
+    voice = [("utterances", ("a.wav", b"RIFF", "audio/wav"))]
+    r = api.client.post(
+        f"/api/v1/persons/{pid}/enrolments/voice", files=voice, headers=_as(api, Role.OFFICER)
+    )
+    assert r.status_code == 410 and r.json()["error"] == "person_not_active", r.text
+    r = api.client.post(
+        f"/api/v1/persons/{pid}/zones",
+        headers=_as(api, Role.OFFICER),
+        json={
+            "kind": "inclusion",
+            "label": "home",
+            "geometry": {"type": "circle", "lat": 43.2, "lon": 76.9, "radius_m": 200},
+        },
+    )
+    assert r.status_code == 410 and r.json()["error"] == "person_not_active", r.text
+    with api.services.sessions() as db:
+        assert db.scalar(select(func.count()).select_from(Enrolment).where(Enrolment.person_id == pid)) == 0
+
+    # The tracker: revoked with the person (401); switched back on by mistake, refused by the person's
+    # status (410). Either way nothing is stored - not even the nonce - beyond the audit line.
+    before = _location_rows(api, pid)
+    now = datetime.now(UTC)
+    fix = [position(now - timedelta(seconds=5), 0)]
+    r = _post_json(api, POSITIONS, tracker.positions(fix, now))
+    assert (r.status_code, r.json()["error"]) == (401, "device_revoked"), r.text
+    with api.services.sessions.begin() as db:
+        db.scalars(select(Device).where(Device.serial == "TRK-END-1")).one().active = True
+    r = _post_json(api, POSITIONS, tracker.positions(fix, now))
+    assert (r.status_code, r.json()["error"]) == (410, "person_not_active"), r.text
+    r = _post_json(api, EVENTS, tracker.events([{"type": "heartbeat", "t": iso(now)}], now))
+    assert (r.status_code, r.json()["error"]) == (410, "person_not_active"), r.text
+    assert _location_rows(api, pid) == before
+    codes = [e.details["code"] for e in _audit(api, "location_batch_refused")]
+    assert codes.count("person_not_active") == 2 and "device_revoked" in codes
 
 
 # ------------------------------------------------------------------------------ resend a link

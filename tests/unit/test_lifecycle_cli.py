@@ -12,8 +12,8 @@ from sqlalchemy import select
 
 from media_server.cli import main
 from media_server.db import audit
-from media_server.db.enums import DeviceKind, PersonStatus
-from media_server.db.models import AuditEntry, Device, Person
+from media_server.db.enums import DeviceKind, PersonStatus, ZoneKind
+from media_server.db.models import AuditEntry, Device, LocationZone, Person
 from media_server.services import build_services
 from media_server.settings import Settings
 
@@ -32,6 +32,15 @@ def _seed(data_dir: str) -> str:
             db.flush()
             db.add(
                 Device(serial="AV-CLI", kind=DeviceKind.AV_STATION, person_id=person.id, key_hash="0" * 64)
+            )
+            db.add(
+                LocationZone(
+                    person_id=person.id,
+                    kind=ZoneKind.EXCLUSION,
+                    label="a third party's address",
+                    geometry={"type": "circle", "lat": 43.2, "lon": 76.9, "radius_m": 100},
+                    hours=None,
+                )
             )
             audit.append(db, "test", "person_created", "person", person.id, {})
             return person.id
@@ -57,6 +66,10 @@ def test_cli_ends_supervision_reports_erases_and_verifies(env: dict[str, str]) -
     assert r.exit_code == 0, r.output
     [held] = json.loads(r.output)["persons"]
     assert held["person_id"] == pid and held["supervision_ended_on"] == ended and "erase-due" in held["why"]
+    assert held["held"]["location_zones"] == 1 and "1 zone(s)" in held["why"]
+    r = runner.invoke(main, ["retention", "report"], env=env)
+    assert r.exit_code == 0 and "location: 0 position(s), 0 signed batch(es)" in r.output, r.output
+    assert "0 device event(s), 0 alert(s), 1 zone(s)" in r.output
 
     r = runner.invoke(main, ["persons", "erase", "--person", pid, "--reason", "subject request 12"], env=env)
     assert r.exit_code == 0, r.output

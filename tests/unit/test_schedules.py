@@ -1,4 +1,5 @@
-"""Schedules: windows in the person's zone, deterministic random tests, the tick on a migrated SQLite."""
+"""Schedules: windows in the person's zone, deterministic random tests, the tick on a migrated database
+(SQLite, and PostgreSQL when KUZET_TEST_PG_ADMIN_URL is set)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from media_server.schedules import (
     zone,
 )
 from media_server.services import Services, build_services
-from media_server.settings import SchedulesSettings, Settings
+from media_server.settings import DatabaseSettings, SchedulesSettings, Settings
 from media_server.tokens import token_hash
 from tests.support.verdicts import signed_manifest
 
@@ -140,13 +141,21 @@ def test_rules_that_cannot_fit_are_refused() -> None:
 
 
 @pytest.fixture()
-def services(tmp_path: Path) -> Iterator[Services]:
-    """The real composition root on the embedded default (SQLite + local evidence dir)."""
+def services(empty_db_url: str, tmp_path: Path) -> Iterator[Services]:
+    """The real composition root on each backend of tests/conftest.py `empty_db_url`: the embedded default
+    (SQLite), then a fresh PostgreSQL database (the scheduler's queries and person-status filters run on both)."""
     built = build_services(
-        Settings(data_dir=tmp_path / "var", schedules=SchedulesSettings(horizon_min=60, missed_grace_s=300))
+        Settings(
+            data_dir=tmp_path / "var",
+            schedules=SchedulesSettings(horizon_min=60, missed_grace_s=300),
+            database=DatabaseSettings(url=empty_db_url),
+        )
     )
-    yield built
-    built.engine.dispose()
+    try:
+        yield built
+    finally:
+        built.workers.shutdown()
+        built.engine.dispose()
 
 
 @pytest.fixture()
