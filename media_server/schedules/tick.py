@@ -177,7 +177,7 @@ def materialise_sessions(
     *,
     horizon: timedelta,
     seed_key: bytes,
-    open_window_min_left: timedelta = timedelta(minutes=15),
+    open_window_min_left: timedelta,
 ) -> list[IssuedSession]:
     """Create the sessions of every active schedule whose window starts before `now + horizon`.
 

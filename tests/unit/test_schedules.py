@@ -35,6 +35,8 @@ from media_server.tokens import token_hash
 from tests.support.verdicts import signed_manifest
 
 ALMATY = zone("Asia/Almaty")
+# The shipped setting: an open window is offered while at least this much of it remains.
+OPEN_LEFT = timedelta(minutes=SchedulesSettings().open_window_min_left_min)
 DAILY: dict[str, Any] = {"type": "daily", "start": "09:00", "end": "10:00", "days": [0, 1, 2, 3, 4]}
 RANDOM: dict[str, Any] = {
     "type": "random",
@@ -186,12 +188,20 @@ def test_tick_creates_sessions_once_with_hashed_tokens(factory: sessionmaker[Ses
     now = datetime(2026, 11, 23, 3, 30, tzinfo=UTC)  # 08:30 in Almaty
     with factory() as db:
         schedule = _person_with_schedule(db, DAILY, created)
-        issued = materialise_sessions(db, now, horizon=timedelta(hours=1), seed_key=KEY)
+        issued = materialise_sessions(
+            db, now, horizon=timedelta(hours=1), seed_key=KEY, open_window_min_left=OPEN_LEFT
+        )
         assert [(i.window_start, i.window_end) for i in issued] == [
             (datetime(2026, 11, 23, 4, tzinfo=UTC), datetime(2026, 11, 23, 5, tzinfo=UTC))
         ]
         assert (
-            materialise_sessions(db, now + timedelta(minutes=5), horizon=timedelta(hours=1), seed_key=KEY)
+            materialise_sessions(
+                db,
+                now + timedelta(minutes=5),
+                horizon=timedelta(hours=1),
+                seed_key=KEY,
+                open_window_min_left=OPEN_LEFT,
+            )
             == []
         )
         rows = db.scalars(select(CheckSession)).all()
@@ -211,17 +221,29 @@ def test_a_window_open_when_the_schedule_is_made_is_offered_while_enough_of_it_r
         # Created at 04:30 UTC during today's 04:00-05:00 window (09:00-10:00 in Almaty).
         _person_with_schedule(db, DAILY, datetime(2026, 11, 23, 4, 30, tzinfo=UTC))
         [today] = materialise_sessions(
-            db, datetime(2026, 11, 23, 4, 40, tzinfo=UTC), horizon=timedelta(hours=2), seed_key=KEY
+            db,
+            datetime(2026, 11, 23, 4, 40, tzinfo=UTC),
+            horizon=timedelta(hours=2),
+            seed_key=KEY,
+            open_window_min_left=OPEN_LEFT,
         )
         assert today.window_end == datetime(2026, 11, 23, 5, tzinfo=UTC)  # 20 minutes left: offered
         late = _person_with_schedule(db, DAILY, datetime(2026, 11, 23, 4, 50, tzinfo=UTC), ref="case-late")
         issued = materialise_sessions(
-            db, datetime(2026, 11, 23, 4, 52, tzinfo=UTC), horizon=timedelta(hours=2), seed_key=KEY
+            db,
+            datetime(2026, 11, 23, 4, 52, tzinfo=UTC),
+            horizon=timedelta(hours=2),
+            seed_key=KEY,
+            open_window_min_left=OPEN_LEFT,
         )
         assert all(i.person_id != late.person_id for i in issued)  # 8 minutes left: skipped
         # Windows already over are never created; tomorrow's, already open, is offered.
         issued = materialise_sessions(
-            db, datetime(2026, 11, 24, 4, 10, tzinfo=UTC), horizon=timedelta(hours=2), seed_key=KEY
+            db,
+            datetime(2026, 11, 24, 4, 10, tzinfo=UTC),
+            horizon=timedelta(hours=2),
+            seed_key=KEY,
+            open_window_min_left=OPEN_LEFT,
         )
         assert {i.window_start.date() for i in issued} == {date(2026, 11, 24)}
 
@@ -309,7 +331,12 @@ def test_on_demand_window_opens_now(factory: sessionmaker[Session]) -> None:
     now = datetime(2026, 11, 23, 10, 7, tzinfo=UTC)
     with factory() as db:
         schedule = _person_with_schedule(db, {"type": "on_demand"}, datetime(2026, 11, 1, tzinfo=UTC))
-        assert materialise_sessions(db, now, horizon=timedelta(days=7), seed_key=KEY) == []
+        assert (
+            materialise_sessions(
+                db, now, horizon=timedelta(days=7), seed_key=KEY, open_window_min_left=OPEN_LEFT
+            )
+            == []
+        )
         issued = request_on_demand(
             db,
             person_id=schedule.person_id,
@@ -406,9 +433,18 @@ def test_random_window_is_created_only_once_it_opens(factory: sessionmaker[Sessi
         first = windows[0]
         # Within the horizon but not open yet: nothing is created, so no link can announce it early.
         before = first.start - timedelta(minutes=30)
-        assert materialise_sessions(db, before, horizon=timedelta(hours=1), seed_key=KEY) == []
+        assert (
+            materialise_sessions(
+                db, before, horizon=timedelta(hours=1), seed_key=KEY, open_window_min_left=OPEN_LEFT
+            )
+            == []
+        )
         opened = materialise_sessions(
-            db, first.start + timedelta(seconds=30), horizon=timedelta(hours=1), seed_key=KEY
+            db,
+            first.start + timedelta(seconds=30),
+            horizon=timedelta(hours=1),
+            seed_key=KEY,
+            open_window_min_left=OPEN_LEFT,
         )
         assert [(i.window_start, i.window_end) for i in opened] == [(first.start, first.end)]
 
@@ -496,6 +532,13 @@ def test_persons_no_longer_supervised_get_no_windows_and_no_bookings(
         db.commit()
         tid = technical.id
         assert (
-            materialise_sessions(db, end - timedelta(hours=2), horizon=timedelta(hours=2), seed_key=KEY) == []
+            materialise_sessions(
+                db,
+                end - timedelta(hours=2),
+                horizon=timedelta(hours=2),
+                seed_key=KEY,
+                open_window_min_left=OPEN_LEFT,
+            )
+            == []
         )
     assert tid not in _closed_by(services, end)
