@@ -7,8 +7,10 @@ letterboxed to 640x480 at 15 fps, with its own audio) and answers the shipped-de
 prompts with labelled segments of the clip. People are enrolled from 3 frames of their clip first.
 
 For each level (1, 2, 4, 8 concurrent sessions started together) it prints: frames the phones sent vs
-frames the server decoded (network loss), frames missing from the recording (decoded but not
-recorded), frames sampled and analysed per session, server-side CPU-seconds per session (this
+frames the server decoded ("undecoded%": this includes the tail the phone sends between the server closing
+the capture and the phone hearing "processing", so it is an upper bound on loss), the network loss proper
+(RTP packets missing inside the stream, and the recording gaps they make, from the remuxer's sequence
+numbers), frames missing from the recording (decoded but not recorded), frames sampled and analysed per session, server-side CPU-seconds per session (this
 process + the analysis workers, not the phones), verdict latency after the person stops (the
 server's "processing" message to the outcome message, on the phone) p50/p95, and how many offers
 admission control refused (503 + Retry-After; the phone retries like the check-in page). Server RSS is
@@ -372,6 +374,8 @@ def run_level(
         "errors": [r["error"] for r in phones if "error" in r],
         "loss": 1 - min(decoded, sent) / max(sent, 1),
         "missing": missing,
+        "gaps": sum(s.get("recording_gaps", 0) for s in stats),
+        "packets_lost": sum(s.get("recording_packets_missing", 0) for s in stats),
         "sampled": sum(s.get("frames_sampled", 0) for s in stats) / n_ok,
         "analysed": sum(s.get("frames_analysed", 0) for s in stats) / n_ok,
         "not_analysed": sum(
@@ -446,7 +450,7 @@ def main() -> None:
                     f"RSS idle (pool warm, people enrolled): server {idle_server:.0f} MB, workers {idle_workers:.0f} MB"
                 )
                 print(
-                    f"{'sessions':>8} {'loss%':>6} {'rec.missing':>11} {'sampled':>7} {'analysed':>8} "
+                    f"{'sessions':>8} {'undecoded%':>10} {'pkts.lost':>9} {'gaps':>4} {'rec.missing':>11} {'sampled':>7} {'analysed':>8} "
                     f"{'not.anal':>8} {'CPU-s/sess (media+workers)':>26} {'sess s':>6} {'p50 s':>6} {'p95 s':>6} {'refused':>7}  decisions"
                 )
                 for level, n in enumerate(args.levels):
@@ -454,7 +458,7 @@ def main() -> None:
                     r = run_level(server.url, services, meter, links, level)
                     cpu = f"{r['cpu_per_session']:.2f} ({r['cpu_server']:.2f}+{r['cpu_workers']:.2f})"
                     print(
-                        f"{r['n']:>8} {100 * r['loss']:>6.2f} {r['missing']:>11} {r['sampled']:>7.0f} "
+                        f"{r['n']:>8} {100 * r['loss']:>10.2f} {r['packets_lost']:>9} {r['gaps']:>4} {r['missing']:>11} {r['sampled']:>7.0f} "
                         f"{r['analysed']:>8.0f} {r['not_analysed']:>8} {cpu:>26} "
                         f"{r['duration']:>6.1f} {r['p50']:>6.2f} {r['p95']:>6.2f} {r['refused']:>7}  "
                         f"{','.join(r['decisions'])}" + (f"  errors: {r['errors']}" if r["errors"] else ""),
