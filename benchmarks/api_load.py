@@ -298,9 +298,13 @@ async def run_load(url: str, request: Request, expected: int, clients: int, seco
                     result.statuses[type(exc).__name__] += 1
                     continue
                 result.latencies_s.append(time.perf_counter() - t0)
-                result.statuses[str(response.status_code)] += 1
                 if response.status_code != expected:
                     result.errors += 1
+                    # name the cause (e.g. "503 database_unavailable"): the server's log goes with its tmp dir
+                    with contextlib.suppress(ValueError, AttributeError):
+                        result.statuses[f"{response.status_code} {response.json().get('error')}"] += 1
+                        continue
+                result.statuses[str(response.status_code)] += 1
 
     started = time.monotonic()
     await asyncio.gather(*(one_client() for _ in range(clients)))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import wave
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,19 +15,31 @@ from PIL import Image
 
 from media_server.db import audit
 from media_server.db.enums import ArtifactKind
-from media_server.db.models import Artifact
+from media_server.db.models import ARTIFACT_VERSION_META, Artifact
+from media_server.evidence.port import StoredArtifact
 from media_server.services import Services
+
+
+def _meta_with_version(meta: Mapping[str, Any], stored: StoredArtifact) -> dict[str, Any]:
+    """The row's meta plus the store version written, so reads name that version (`Artifact.version_id`)."""
+    return {**meta, ARTIFACT_VERSION_META: stored.version_id} if stored.version_id else dict(meta)
 
 
 @dataclass(frozen=True)
 class StoredRef:
-    """An artifact row written for this session."""
+    """An artifact row written for this session (`version_id`: the store version it names)."""
 
     artifact_id: str
     key: str
     sha256: str
     size: int
     kind: ArtifactKind
+    version_id: str | None = None
+
+    @classmethod
+    def of(cls, row: Artifact) -> StoredRef:
+        """The reference an artifact row makes."""
+        return cls(row.id, row.key, row.sha256, row.size, row.kind, row.version_id)
 
 
 def store_artifact(
@@ -57,7 +69,7 @@ def store_artifact(
             content_type=content_type,
             kind=kind,
             spooled=stored.spooled,
-            meta=meta,
+            meta=_meta_with_version(meta, stored),
         )
         db.add(row)
         db.flush()
@@ -69,7 +81,7 @@ def store_artifact(
             subject_id=session_id,
             details={"artifact_id": row.id, "kind": kind.value, "sha256": stored.sha256, "size": stored.size},
         )
-        return StoredRef(row.id, stored.key, stored.sha256, stored.size, kind)
+        return StoredRef.of(row)
 
 
 @dataclass(frozen=True)
@@ -104,7 +116,7 @@ def store_artifacts(services: Services, session_id: str, items: Sequence[NewArti
                 content_type=item.content_type,
                 kind=item.kind,
                 spooled=put.spooled,
-                meta=item.meta,
+                meta=_meta_with_version(item.meta, put),
             )
             db.add(row)
             db.flush()
@@ -121,7 +133,7 @@ def store_artifacts(services: Services, session_id: str, items: Sequence[NewArti
                     "size": put.size,
                 },
             )
-            refs.append(StoredRef(row.id, put.key, put.sha256, put.size, item.kind))
+            refs.append(StoredRef.of(row))
     return refs
 
 

@@ -6,7 +6,7 @@ import json
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -56,7 +56,20 @@ def serve(host: str | None, port: int | None, certfile: Path | None, keyfile: Pa
     tls: dict[str, str] = {}
     if certfile is not None and keyfile is not None:
         tls = {"ssl_certfile": str(certfile), "ssl_keyfile": str(keyfile)}
-    uvicorn.run(app, host=host or settings.host, port=port or settings.port, log_config=None, **tls)  # type: ignore[arg-type]
+    uvicorn.run(
+        app,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_config=None,
+        **proxy_options(settings),
+        **tls,  # type: ignore[arg-type]
+    )
+
+
+def proxy_options(settings: Settings) -> dict[str, Any]:
+    """uvicorn options: the client address comes from X-Forwarded-For only when the peer is a trusted proxy
+    (`security.forwarded_allow_ips`, never uvicorn's FORWARDED_ALLOW_IPS environment default)."""
+    return {"proxy_headers": True, "forwarded_allow_ips": settings.security.forwarded_allow_ips}
 
 
 @main.command()

@@ -267,7 +267,7 @@ def write_package(
         for art in artifacts:
             path = f"artifacts/{art.id}{_extension(art.content_type)}"
             try:
-                with store.open_verified(art.key) as src:
+                with store.open_verified(art.key, version_id=art.version_id) as src:
                     sha, size = writer.add_stream(path, src)
             except EvidenceError as exc:
                 unavailable.append(

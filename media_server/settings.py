@@ -256,6 +256,14 @@ class SecuritySettings(_Group):
         description="When set, /metrics on the main port needs `Authorization: Bearer <token>`.",
     )
     tls_certfile: Path | None = Field(None, description="PEM certificate chain: `kuzet serve` speaks HTTPS.")
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1",
+        min_length=1,
+        max_length=2048,
+        description="Peers whose X-Forwarded-For / X-Forwarded-Proto `kuzet serve` believes (comma-separated "
+        "addresses or networks, '*' = any): the reverse proxy. From any other peer they are ignored, so a client "
+        "cannot choose the address its failed logins are counted under.",
+    )
     tls_keyfile: Path | None = Field(None, description="PEM private key of `tls_certfile`.")
 
 

@@ -217,9 +217,9 @@ class StoredSubmission:
     """Where a breath session's submission lies in the evidence store (no bytes read yet)."""
 
     refs: list[StoredRef]  # reading, signature, photos in upload order
-    reading_key: str
-    signature_key: str
-    photos: list[tuple[str, str, str]]  # (form field, key, content type) in upload order
+    reading: StoredRef
+    signature: StoredRef
+    photos: list[tuple[str, StoredRef, str]]  # (form field, artifact, content type) in upload order
 
 
 def stored_submission(services: Services, session_id: str) -> StoredSubmission | None:
@@ -239,21 +239,27 @@ def stored_submission(services: Services, session_id: str) -> StoredSubmission |
         if reading is None or signature is None:
             return None
         return StoredSubmission(
-            refs=[StoredRef(a.id, a.key, a.sha256, a.size, a.kind) for a in [reading, signature, *photos]],
-            reading_key=reading.key,
-            signature_key=signature.key,
+            refs=[StoredRef.of(a) for a in [reading, signature, *photos]],
+            reading=StoredRef.of(reading),
+            signature=StoredRef.of(signature),
             photos=[
-                (str(a.meta.get("field", f"photo_{i}")), a.key, a.content_type) for i, a in enumerate(photos)
+                (str(a.meta.get("field", f"photo_{i}")), StoredRef.of(a), a.content_type)
+                for i, a in enumerate(photos)
             ],
         )
 
 
 def load_upload(services: Services, stored: StoredSubmission) -> Upload:
-    """The stored submission's bytes, each verified against its sha256 by the store (blocking)."""
+    """The stored submission's bytes, each the version its row names and verified against its sha256
+    by the store (blocking)."""
+
+    def read(ref: StoredRef) -> bytes:
+        return services.store.get_bytes(ref.key, version_id=ref.version_id)
+
     return Upload(
-        reading=services.store.get_bytes(stored.reading_key),
-        signature=services.store.get_bytes(stored.signature_key).decode("utf-8"),
-        photos=[(name, services.store.get_bytes(key), ctype) for name, key, ctype in stored.photos],
+        reading=read(stored.reading),
+        signature=read(stored.signature).decode("utf-8"),
+        photos=[(name, read(ref), ctype) for name, ref, ctype in stored.photos],
     )
 
 

@@ -105,7 +105,7 @@ def _judge_photos(
             if row is None:
                 return None
             try:
-                return services.store.get_bytes(row.key)
+                return services.store.get_bytes(row.key, version_id=row.version_id)
             except EvidenceError:
                 return None  # a near duplicate then stays INCONCLUSIVE (review)
 

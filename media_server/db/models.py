@@ -65,6 +65,8 @@ SHA256_HEX_LEN = 64
 PHASH_SET_HEX_LEN = 112  # sobriety.photos.phash_hex: 7 hashes x 16 hex digits
 DEFAULT_TIMEZONE = "Asia/Almaty"
 GENESIS_HASH = "0" * SHA256_HEX_LEN
+# Artifact.meta entry naming the evidence-store version a row was written as (S3 versioned buckets)
+ARTIFACT_VERSION_META = "version_id"
 
 
 def new_id() -> str:
@@ -232,6 +234,13 @@ class Artifact(Base):
     spooled: Mapped[bool] = mapped_column(Boolean, default=False)
     meta: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = _created_at()
+
+    @property
+    def version_id(self) -> str | None:
+        """The store version this row was written as, which reads ask for (None: local store, spooled
+        while S3 was down, or a row from before versions were kept: the store reads the first version)."""
+        version = (self.meta or {}).get(ARTIFACT_VERSION_META)
+        return str(version) if version else None
 
 
 class CheckResultRecord(Base):

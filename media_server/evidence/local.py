@@ -221,7 +221,9 @@ class _DirectoryStore:
         """Whether `key` is committed here (sidecar present)."""
         return self._paths(key)[1].exists()
 
-    def stat(self, key: str) -> StoredArtifact:
+    # A local key holds one version only: `version_id` (an S3 notion) is accepted and ignored.
+
+    def stat(self, key: str, *, version_id: str | None = None) -> StoredArtifact:
         _, sidecar = self._paths(key)
         try:
             record = json.loads(sidecar.read_text(encoding="utf-8"))
@@ -243,7 +245,7 @@ class _DirectoryStore:
             spooled=self._spooled,
         )
 
-    def get_bytes(self, key: str) -> bytes:
+    def get_bytes(self, key: str, *, version_id: str | None = None) -> bytes:
         artifact = self.stat(key)
         blob, _ = self._paths(key)
         try:
@@ -255,7 +257,7 @@ class _DirectoryStore:
             raise IntegrityError(f"{key}: stored bytes hash to {actual} ({len(data)} bytes)")
         return data
 
-    def open_verified(self, key: str) -> IO[bytes]:
+    def open_verified(self, key: str, *, version_id: str | None = None) -> IO[bytes]:
         artifact = self.stat(key)
         blob, _ = self._paths(key)
         try:

@@ -89,19 +89,24 @@ class EvidenceStore(Protocol):
         """Store a file by streaming it (multipart on S3 for large files); same dedupe as put_bytes."""
         ...
 
-    def get_bytes(self, key: str) -> bytes:
-        """The artifact's bytes, verified against its SHA-256 (IntegrityError on mismatch)."""
-        ...
+    def get_bytes(self, key: str, *, version_id: str | None = None) -> bytes:
+        """The artifact's bytes, verified against its SHA-256 (IntegrityError on mismatch).
 
-    def open_verified(self, key: str) -> IO[bytes]:
-        """A readable file positioned at 0 whose whole content was verified before return.
-
-        The caller closes it. Large artifacts are buffered in a temporary file, not in memory.
+        `version_id` is the one `put_*` returned (kept on the artifact row): a versioned store reads
+        exactly that version; without it, the first version written under the key.
         """
         ...
 
-    def stat(self, key: str) -> StoredArtifact:
-        """What is stored under `key` (NotFound when nothing is)."""
+    def open_verified(self, key: str, *, version_id: str | None = None) -> IO[bytes]:
+        """A readable file positioned at 0 whose whole content was verified before return.
+
+        The caller closes it. Large artifacts are buffered in a temporary file, not in memory.
+        `version_id` as for `get_bytes`.
+        """
+        ...
+
+    def stat(self, key: str, *, version_id: str | None = None) -> StoredArtifact:
+        """What is stored under `key` (NotFound when nothing is); `version_id` as for `get_bytes`."""
         ...
 
     def presign_get(self, key: str, expiry_s: int | None = None) -> str | None:

@@ -5,9 +5,11 @@ retention; every put also sets COMPLIANCE retention explicitly. When the server 
 (connection refused or timed out, 5xx) an artifact is written to the local spool under the same
 content-addressed key and `flush_spool` uploads it later: nothing accepted is lost.
 
-Deleting by key alone would only add a delete marker and hide the locked version: the bucket gets a
-policy denying it (`deny_delete_policy`, where the server supports bucket policies) and reads fall back to
-the newest real version by its version id.
+Reads name a version, never just the key: the version id `put_*` returned (the caller keeps it on the
+artifact row) or, without one, the first version written under the key. A later PUT under the same key
+(Object Lock allows new versions) or a delete marker therefore cannot change or hide what an artifact
+answers. Deleting by key alone would add such a marker: the bucket also gets a policy denying it
+(`deny_delete_policy`, where the server supports bucket policies).
 
 Server differences handled here: deleting a locked version is 403 AccessDenied on Ceph and
 400 InvalidRequest on MinIO; Ceph sends RetainUntilDate with nanoseconds (read from the HEAD header
@@ -182,8 +184,8 @@ class S3EvidenceStore:
         """Bucket policy: nobody, the service's own credentials included, may DELETE without a version
         id. On a versioned bucket that call only adds a delete marker, which makes a locked artifact
         answer 404 by key. Deleting a version by id (retention erasure) stays with Object Lock to
-        judge. Best effort: a store without bucket policies keeps working (reads fall back to the
-        newest real version)."""
+        judge. Best effort: a store without bucket policies keeps working (reads name their version,
+        so a marker hides nothing from the service)."""
         try:
             if only_if_no_policy:
                 try:
@@ -197,28 +199,41 @@ class S3EvidenceStore:
         except S3Error as exc:
             log.warning("bucket %s: could not set the no-delete-marker policy (%s)", self._bucket, exc.code)
 
-    def _newest_version(self, key: str) -> str | None:
-        """The newest version of `key` that holds bytes (not a delete marker), None when none does."""
-        with self._remote("list versions"):
-            for obj in self._client.list_objects(self._bucket, prefix=key, include_version=True):
-                if obj.object_name == key and not obj.is_delete_marker and obj.version_id:
-                    return str(obj.version_id)
-        return None
+    def _first_version(self, key: str) -> str | None:
+        """The first version written under `key` that holds bytes, None when none does.
 
-    def _head(self, key: str) -> StoredArtifact | None:
-        """The current version of `key` in S3 (the newest real one under a delete marker), None when
-        there is none."""
+        A content address is first written by the service (an upload whose bytes do not hash to the key
+        is aborted before its last byte), so anything later (a new version, a delete marker) came from
+        elsewhere and must not change what the key answers.
+        """
+        with self._remote("list versions"):
+            listed = [
+                obj
+                for obj in self._client.list_objects(self._bucket, prefix=key, include_version=True)
+                if obj.object_name == key
+            ]
+        # S3 lists the versions of one key newest first
+        real = [str(obj.version_id) for obj in listed if not obj.is_delete_marker and obj.version_id]
+        if not real:
+            return None
+        if len(listed) > 1:
+            log.warning(
+                "evidence %s has %d later versions or delete markers; reading the first", key, len(listed) - 1
+            )
+        return real[-1]
+
+    def _head(self, key: str, version_id: str | None = None) -> StoredArtifact | None:
+        """The version `version_id` of `key` (default: the first one written), None when it is not there."""
+        version = version_id or self._first_version(key)
+        if version is None:
+            return None
         with self._remote("HEAD"):
             try:
-                obj = self._client.stat_object(self._bucket, key)
+                obj = self._client.stat_object(self._bucket, key, version_id=version)
             except S3Error as exc:
                 if exc.code not in _MISSING_CODES:
                     raise
-                version = self._newest_version(key)
-                if version is None:
-                    return None
-                log.warning("evidence %s is hidden by a delete marker; reading version %s", key, version)
-                obj = self._client.stat_object(self._bucket, key, version_id=version)
+                return None
         return _artifact_from_headers(key, obj)
 
     def _upload(
@@ -292,21 +307,20 @@ class S3EvidenceStore:
                 src, expected_sha256=sha256, content_type=content_type, metadata=metadata
             )
 
-    def _fetch(self, key: str, sink: Callable[[bytes], Any]) -> None:
-        """Stream the current version of `key` into `sink`, verifying size and SHA-256 at the end."""
+    def _fetch(self, key: str, sink: Callable[[bytes], Any], version_id: str | None = None) -> None:
+        """Stream version `version_id` of `key` (default: the first one written) into `sink`, verifying
+        its SHA-256 at the end."""
         expected = digest_of(key)
+        version = version_id or self._first_version(key)
+        if version is None:
+            raise NotFound(key)
         with self._remote("GET"):
             try:
-                response = self._client.get_object(self._bucket, key)
+                response = self._client.get_object(self._bucket, key, version_id=version)
             except S3Error as exc:
                 if exc.code not in _MISSING_CODES:
                     raise
-                # A delete marker hides the locked version: read that version by its id.
-                version = self._newest_version(key)
-                if version is None:
-                    raise NotFound(key) from None
-                log.warning("evidence %s is hidden by a delete marker; reading version %s", key, version)
-                response = self._client.get_object(self._bucket, key, version_id=version)
+                raise NotFound(f"{key} version {version}") from None
             try:
                 claimed = response.headers.get(_META_PREFIX + SHA256_META)
                 digest = hashlib.sha256()
@@ -350,19 +364,21 @@ class S3EvidenceStore:
         sha256, size = hash_file(path)
         return self._put(lambda: path.open("rb"), sha256, size, content_type, meta)
 
-    def get_bytes(self, key: str) -> bytes:
-        """Verified bytes of `key`, from the spool while it waits there, else from S3."""
+    def get_bytes(self, key: str, *, version_id: str | None = None) -> bytes:
+        """Verified bytes of `key`, from the spool while it waits there, else from S3 (version
+        `version_id`, default the first one written)."""
         if self.spool.has(key):
             try:
                 return self.spool.get_bytes(key)
             except NotFound:
                 pass  # flushed meanwhile: now in S3
         parts: list[bytes] = []
-        self._fetch(key, parts.append)
+        self._fetch(key, parts.append, version_id)
         return b"".join(parts)
 
-    def open_verified(self, key: str) -> IO[bytes]:
-        """A verified copy of `key` (memory up to 8 MiB, then a temporary file); the caller closes it."""
+    def open_verified(self, key: str, *, version_id: str | None = None) -> IO[bytes]:
+        """A verified copy of `key` (memory up to 8 MiB, then a temporary file); the caller closes it.
+        `version_id` as for `get_bytes`."""
         if self.spool.has(key):
             try:
                 return self.spool.open_verified(key)
@@ -370,22 +386,23 @@ class S3EvidenceStore:
                 pass
         out: IO[bytes] = tempfile.SpooledTemporaryFile(max_size=VERIFIED_COPY_MEMORY_BYTES)
         try:
-            self._fetch(key, out.write)
+            self._fetch(key, out.write, version_id)
             out.seek(0)
             return out
         except BaseException:
             out.close()
             raise
 
-    def stat(self, key: str) -> StoredArtifact:
-        """What is stored under `key` (the spooled copy while it waits in the spool)."""
+    def stat(self, key: str, *, version_id: str | None = None) -> StoredArtifact:
+        """What is stored under `key` (the spooled copy while it waits in the spool); `version_id` as
+        for `get_bytes`."""
         digest_of(key)
         if self.spool.has(key):
             try:
                 return self.spool.stat(key)
             except NotFound:
                 pass
-        artifact = self._head(key)
+        artifact = self._head(key, version_id)
         if artifact is None:
             raise NotFound(key)
         return artifact
@@ -395,9 +412,12 @@ class S3EvidenceStore:
         digest_of(key)
         if self.spool.has(key):
             return None
+        version = self._first_version(key)
+        if version is None:
+            raise NotFound(key)
         return str(
             self._client.presigned_get_object(
-                self._bucket, key, expires=timedelta(seconds=expiry_s or self._presign_s)
+                self._bucket, key, expires=timedelta(seconds=expiry_s or self._presign_s), version_id=version
             )
         )
 

@@ -353,12 +353,17 @@ class MediaSession:
         self._record_event(event)
 
     def _parse_message(self, message: str | bytes, t_s: float) -> dict[str, Any] | None:
+        """The event a client message carries, None for anything malformed (counted, then dropped)."""
         if not isinstance(message, str) or len(message) > self._media.max_message_bytes:
             return None
+        # RecursionError: a deeply nested message (`[` x 2000 fits in 4 KiB) is malformed input, not a
+        # fault in aiortc's message handler (also caught around _event_of: str() of a nested value).
         try:
-            data = json.loads(message)
-        except ValueError:
+            return self._event_of(json.loads(message), t_s)
+        except (ValueError, RecursionError):
             return None
+
+    def _event_of(self, data: Any, t_s: float) -> dict[str, Any] | None:
         if not isinstance(data, dict):
             return None
         kind = data.get("type")

@@ -25,7 +25,7 @@ from tests.security.support import seed_judged_session
 def _export(api: Api, session_id: str) -> bytes:
     r = api.client.get(f"/api/v1/sessions/{session_id}/package", headers=api.as_(Role.REVIEWER))
     assert r.status_code == 200, r.text
-    return r.content
+    return bytes(r.content)
 
 
 def _forge(package: bytes, key: Ed25519PrivateKey, decision: str) -> bytes:
@@ -52,8 +52,8 @@ def _forge(package: bytes, key: Ed25519PrivateKey, decision: str) -> bytes:
     return out.getvalue()
 
 
-def _verify(path: Path, *args: str) -> tuple[int, str]:
-    result = CliRunner().invoke(main, ["evidence", "verify", str(path), *args])
+def _verify(path: Path, *args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = CliRunner().invoke(main, ["evidence", "verify", str(path), *args], env=env)
     return result.exit_code, result.output
 
 
@@ -91,3 +91,24 @@ def test_verdict_changed_by_the_key_holder_fails_the_audit_cross_check(api: Api,
     package.write_bytes(_forge(_export(api, seed_judged_session(api, Decision.FAIL)), service_key, "pass"))
     code, out = _verify(package, "--pubkey", public_key_b64(service_key))
     assert code == 1 and "the audit log recorded 'fail'" in out, out
+
+
+def test_a_fingerprint_pinned_in_the_environment_is_the_trusted_key(api: Api, tmp_path: Path) -> None:
+    """KUZET_EVIDENCE_FINGERPRINT (what `kuzet evidence pubkey` prints, pinned once on the verifying
+    machine) trusts the service's key and nothing else."""
+    published = CliRunner().invoke(
+        main, ["evidence", "pubkey"], env={"KUZET_DATA_DIR": str(api.settings.data_dir)}
+    )
+    assert published.exit_code == 0, published.output
+    pinned = {"KUZET_EVIDENCE_FINGERPRINT": published.output.split("fingerprint", 1)[1].strip()}
+    session_id = seed_judged_session(api, Decision.FAIL)
+    genuine, forged = tmp_path / "case.zip", tmp_path / "forged.zip"
+    genuine.write_bytes(_export(api, session_id))
+    forged.write_bytes(_forge(genuine.read_bytes(), Ed25519PrivateKey.generate(), "fail"))  # same verdict
+
+    code, out = _verify(genuine, env=pinned)
+    assert code == 0 and "(trusted)" in out and "result       OK" in out, out
+    code, out = _verify(forged, env=pinned)
+    assert code == 1 and "not the pinned one" in out and "result       FAILED" in out, out
+    code, out = _verify(genuine, env={"KUZET_EVIDENCE_FINGERPRINT": "SHA256:" + "0" * 64})
+    assert code == 1 and "not the pinned one" in out, out

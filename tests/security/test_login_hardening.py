@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import statistics
 import time
@@ -15,12 +16,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from media_server.app import create_app
+from media_server.cli import proxy_options
 from media_server.db.enums import Role
 from media_server.security import LoginThrottle, redact_checkin_links
 from media_server.settings import Settings
 from tests.api.conftest import PASSWORD, Api
-from tests.security.conftest import LiveApi
+from tests.security.conftest import LiveApi, seed_staff
 from tests.security.support import new_checkin
+from tests.support.webrtc import ServerThread
 
 LOGIN = "/api/v1/auth/login"
 
@@ -70,8 +73,10 @@ def test_failed_logins_back_off_per_username_and_address(api: Api) -> None:
     assert _login(api.client, "reviewer", PASSWORD).status_code == 429  # the wait doubled
     clock.now += 2 * api.settings.security.login_backoff_base_s
     assert _login(api.client, "reviewer", PASSWORD).status_code == 200
-    # A success clears the failures.
-    assert _login(api.client, "reviewer", "one-wrong").status_code == 401
+    # A success clears the failures: `limit` new ones are needed again before the next wait.
+    for i in range(limit):
+        assert _login(api.client, "reviewer", f"again-{i}").status_code == 401
+    assert _login(api.client, "reviewer", PASSWORD).status_code == 429
 
 
 def test_logout_revokes_the_token(api: Api) -> None:
@@ -133,27 +138,68 @@ class _Keep(logging.Handler):
         self.lines.append(record.getMessage())
 
 
+@contextlib.contextmanager
+def _served(settings: Settings) -> Iterator[LiveApi]:
+    """The app under uvicorn as `kuzet serve` runs it (its proxy options, no log config of uvicorn's own),
+    access log on, staff seeded."""
+    app = create_app(settings)
+    options = {"log_config": None, "log_level": "info", **proxy_options(settings)}
+    with ServerThread(app, **options) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        seed_staff(app.state.services)
+        yield LiveApi(client=client, services=app.state.services, settings=settings, url=server.url)  # type: ignore[arg-type]
+
+
 def test_checkin_links_are_redacted_from_the_access_log(sqlite_settings: Settings) -> None:
-    token = "ck_" + "A" * 43
-    access = logging.getLogger("uvicorn.access")
+    made_up = "ck_" + "A" * 43
     kept = _Keep()
-    for client in _client(sqlite_settings):
-        assert client.get("/healthz").status_code == 200
-        access.addHandler(kept)
-        old_level = access.level
-        access.setLevel(logging.INFO)
+    kept.addFilter(
+        lambda record: not record.name.startswith("httpx")
+    )  # the test's own client, not the server
+    root = logging.getLogger()  # every record reaches it: the lifespan routes uvicorn's loggers here
+    with _served(sqlite_settings) as live:
+        root.addHandler(kept)
         try:
-            # What uvicorn's access logger emits for a request.
-            access.info(
-                '%s - "%s %s HTTP/%s" %d', "10.0.0.7:5123", "GET", f"/checkin/{token}?lang=ru", "1.1", 200
-            )
+            _, token = new_checkin(live)
+            assert live.client.get(f"/checkin/{token}?lang=ru").status_code == 200
+            assert live.client.get(f"/checkin/{made_up}").status_code == 404
+            deadline = time.monotonic() + 10  # uvicorn logs the line after the response went out
+            while sum("/checkin/" in line for line in kept.lines) < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
         finally:
-            access.removeHandler(kept)
-            access.setLevel(old_level)
-    assert kept.lines == ['10.0.0.7:5123 - "GET /checkin/<redacted>?lang=ru HTTP/1.1" 200']
-    assert redact_checkin_links(f"GET /checkin/{token} then /checkin/{token}") == (
-        "GET /checkin/<redacted> then /checkin/<redacted>"
+            root.removeHandler(kept)
+    checkin_lines = [line for line in kept.lines if "/checkin/" in line]
+    assert any('"GET /checkin/<redacted>?lang=ru HTTP/1.1" 200' in line for line in checkin_lines), kept.lines
+    assert any('"GET /checkin/<redacted> HTTP/1.1" 404' in line for line in checkin_lines), kept.lines
+    assert not [line for line in kept.lines if token in line or made_up in line]
+    assert redact_checkin_links(f"GET /checkin/{token} then /call/{token}") == (
+        "GET /checkin/<redacted> then /call/<redacted>"
     )
+
+
+@pytest.mark.parametrize("trusted", [False, True], ids=["untrusted-peer", "trusted-proxy"])
+def test_forwarded_for_is_believed_only_from_a_trusted_proxy(
+    sqlite_settings: Settings, trusted: bool
+) -> None:
+    """Failed logins are counted per username and client address. X-Forwarded-For names that address only
+    when the peer is a trusted proxy (`security.forwarded_allow_ips`); from anyone else it is ignored, so a
+    guesser cannot dodge the backoff by claiming a new address each try. The test's peer is 127.0.0.1."""
+    security = sqlite_settings.security.model_copy(
+        update={"forwarded_allow_ips": "127.0.0.1" if trusted else "192.0.2.10", "login_max_failures": 2}
+    )
+    settings = sqlite_settings.model_copy(update={"security": security})
+
+    with _served(settings) as live:
+
+        def login(password: str, forwarded_for: str) -> int:
+            return _login(
+                live.client, "reviewer", password, headers={"X-Forwarded-For": forwarded_for}
+            ).status_code
+
+        assert login("guess-1", "203.0.113.1") == 401
+        assert login("guess-2", "203.0.113.1") == 401
+        assert login(PASSWORD, "203.0.113.1") == 429
+        # The same account from another address the proxy vouches for has its own count.
+        assert login(PASSWORD, "203.0.113.2") == (200 if trusted else 429)
 
 
 def test_pages_send_security_headers(api: Api) -> None:

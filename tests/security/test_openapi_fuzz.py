@@ -1,6 +1,9 @@
 """Property-based fuzz of the whole OpenAPI (schemathesis + hypothesis): a fixed, small number of
 generated requests per operation, for every role and anonymously, on SQLite and on PostgreSQL.
-Nothing may answer a server error (>= 500; 503 is allowed only as "a dependency is down").
+Nothing may answer a server error (>= 500), 503 included: the app runs with every dependency up and
+far below its admission limit (`media.max_live_sessions`; fuzzed WHIP offers carry no valid link and
+are refused before admission), so none of the documented 503s (store, signer, database or analysis
+queue unreachable, node busy) has a cause here and any 503 is a bug.
 
 Bounded on purpose (`EXAMPLES_PER_OPERATION`, derandomised): it runs in CI in a couple of minutes;
 raise KUZET_FUZZ_EXAMPLES for a deeper local run.
@@ -17,6 +20,7 @@ import pytest
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from schemathesis.core.result import Err
 
 from media_server.db.enums import Role
 from tests.api.conftest import ROLES, Api
@@ -38,7 +42,11 @@ def fuzz_api(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFa
 
 def _operations(api: Api) -> list[Any]:
     schema = schemathesis.openapi.from_dict(api.client.app.openapi())  # type: ignore[attr-defined]
-    ops = [result.ok() for result in schema.get_all_operations()]
+    ops = []
+    for result in schema.get_all_operations():
+        if isinstance(result, Err):
+            raise result.err()  # our own schema must load whole
+        ops.append(result.ok())
     return sorted(ops, key=lambda op: ((op.method.upper(), op.path) in LAST, op.path, op.method))
 
 
@@ -87,7 +95,7 @@ def test_no_operation_answers_a_server_error(fuzz_api: Api, role: Role | None) -
             case = data.draw(op.as_strategy())
             status = _send(fuzz_api, case, headers)
             statuses[status] = statuses.get(status, 0) + 1
-            if status >= 500 and status != 503:
+            if status >= 500:
                 failures.append(f"{case.method} {case.formatted_path} -> {status}: {case.as_curl_command()}")
 
         fuzz()

@@ -5,17 +5,26 @@ own timeout and printing "no outcome"."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from click.testing import CliRunner
+from sqlalchemy import select
 
+from media_server.app import create_app
 from media_server.cli import main
+from media_server.db.enums import SessionStatus
+from media_server.db.models import CheckSession, Verdict
 from media_server.settings import Settings
 from media_server.station_client import run_station
 from media_server.webrtc.credentials import OneTimeTokens
+from tests.security.conftest import LiveApi, seed_staff, settings_for
+from tests.security.support import new_station
 from tests.support.webrtc import FakeSink, ServerThread, TestMedia, build_whip_app, make_test_media
 
 TECHNICAL = {"decision": "review", "reasons": ["technical: connection_failed"], "retake": True}
@@ -33,6 +42,14 @@ def _settings(tmp_path: Path) -> Settings:
         # A challenge far longer than the 3 s of media: only the server's early end can stop it.
         liveness={"motion_window_s": 15.0, "read_digits_window_s": 15.0, "lead_in_s": 1.0},
     )
+
+
+@contextlib.contextmanager
+def _live(settings: Settings) -> Iterator[LiveApi]:
+    app = create_app(settings)
+    with ServerThread(app) as server, httpx.Client(base_url=server.url, timeout=30) as client:
+        seed_staff(app.state.services)
+        yield LiveApi(client=client, services=app.state.services, settings=settings, url=server.url)  # type: ignore[arg-type]
 
 
 async def _run(url: str, token: str, media: TestMedia, duration_s: float) -> dict[str, Any] | None:
@@ -120,3 +137,30 @@ def test_session_state_needs_the_opening_bearer(tmp_path: Path, short_media: Tes
         anonymous, other, state = asyncio.run(scenario())
     assert anonymous == 401 and other == 403
     assert state["state"] in ("live", "processing", "ended")
+
+
+def test_station_is_told_through_the_real_pipeline(tmp_path: Path, short_media: TestMedia) -> None:
+    """The same early end through the whole app on SQLite (the real sink: session row, evidence,
+    verdict), not the fake sink: the station hears the outcome the server recorded."""
+    short = _settings(tmp_path)
+    settings = settings_for(tmp_path / "var", "").model_copy(
+        update={"media": short.media, "liveness": short.liveness}
+    )
+    with _live(settings) as live:
+        person_id, device_key = new_station(live)
+        started = time.monotonic()
+        outcome = asyncio.run(_run(live.url, device_key, short_media, 90))
+        took_s = time.monotonic() - started
+        with live.services.sessions() as db:
+            session = db.scalars(select(CheckSession).where(CheckSession.person_id == person_id)).one()
+            verdict = db.scalars(select(Verdict).where(Verdict.session_id == session.id)).one()
+            recorded = (session.id, session.status, verdict.decision.value, list(verdict.reasons))
+    assert outcome is not None, "the station was never told"
+    assert took_s < 60, took_s  # before the station's own 90 s timeout
+    assert outcome["type"] == "outcome" and outcome["retake"] is True, outcome
+    assert outcome["ended_reason"] in ("connection_failed", "no_media_timeout"), outcome
+    # What the station heard is what the server recorded: a technical failure, judged, to be retaken.
+    session_id, status, decision, reasons = recorded
+    assert status is SessionStatus.TECHNICAL_FAILURE
+    assert (outcome["session_id"], outcome["decision"], outcome["reasons"]) == (session_id, decision, reasons)
+    assert reasons[0].startswith("technical: media:"), reasons

@@ -185,13 +185,16 @@ def build_whip_app(
 
 
 class ServerThread:
-    """uvicorn serving `app` on 127.0.0.1:<free port> in a background thread (a real UDP/TCP path)."""
+    """uvicorn serving `app` on 127.0.0.1:<free port> in a background thread (a real UDP/TCP path);
+    `options` are further uvicorn.Config arguments (e.g. those `kuzet serve` passes)."""
 
-    def __init__(self, app: Any, port: int = 0) -> None:
+    def __init__(self, app: Any, port: int = 0, **options: Any) -> None:
         import uvicorn
 
         self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on")
+            uvicorn.Config(
+                app, host="127.0.0.1", port=port, **{"log_level": "warning", "lifespan": "on", **options}
+            )
         )
         self._thread = threading.Thread(target=self._server.run, name="uvicorn-test", daemon=True)
         self.app = app
