@@ -34,7 +34,7 @@ from identity.checks import CheckKind, CheckResult, ModelStamp, Outcome
 from identity.geometry import FaceBox
 from sobriety.config import SobrietySettings
 from sobriety.occlusion import RGB, Landmarks, mouthpiece_fraction
-from sobriety.reuse import ReuseFingerprint, compare, fingerprint
+from sobriety.reuse import ReuseComparison, ReuseFingerprint, compare, fingerprint
 
 _PHASH_SIDE = 32  # image is reduced to 32x32 before the DCT
 _PHASH_BLOCK = 8  # the 8x8 lowest frequencies give 64 bits
@@ -439,6 +439,7 @@ def _reuse_check(
     index: PhotoIndex,
     settings: SobrietySettings,
     earlier: EarlierPhoto | None = None,
+    comparisons: dict[tuple[str, str], ReuseComparison] | None = None,
 ) -> CheckResult:
     """Exact copy -> FAIL; re-sent copy (same moment) -> INCONCLUSIVE; a new moment in the same room -> PASS.
 
@@ -446,7 +447,8 @@ def _reuse_check(
     pHash candidates (up to `reuse_candidate_max_hamming` bits, the closest `reuse_max_comparisons`) are
     aligned with the new photo and compared pixel by pixel (`sobriety.reuse.compare`): a residual at or
     below `reuse_same_moment_max_residual` is a re-sent photo; above it the photos are different moments.
-    A pHash near duplicate whose earlier photo cannot be read stays INCONCLUSIVE.
+    A pHash near duplicate whose earlier photo cannot be read stays INCONCLUSIVE. `comparisons` memoises
+    the pixel comparisons by (photo id, earlier photo id), for a caller that judges the same photos twice.
     """
     exact: list[dict[str, Any]] = []
     near: list[dict[str, Any]] = []
@@ -479,7 +481,12 @@ def _reuse_check(
                 if m.distance <= settings.phash_max_hamming:
                     near.append({**row, "residual": None, "reason": "earlier photo not compared"})
                 continue
-            cmp = compare(a.fingerprint, old, settings.reuse_same_moment_max_residual)
+            key = (a.photo_id, m.photo_id)
+            cmp = comparisons.get(key) if comparisons is not None else None
+            if cmp is None:
+                cmp = compare(a.fingerprint, old, settings.reuse_same_moment_max_residual)
+                if comparisons is not None:
+                    comparisons[key] = cmp
             row.update(
                 residual=round(cmp.residual, 3) if np.isfinite(cmp.residual) else None,
                 alignment=cmp.alignment,
@@ -692,6 +699,7 @@ def judge_breath_photos(
     test_id: str,
     settings: SobrietySettings,
     earlier: EarlierPhoto | None = None,
+    comparisons: dict[tuple[str, str], ReuseComparison] | None = None,
 ) -> list[CheckResult]:
     """Summarise per-photo analyses into verdict checks: identity, mouthpiece, PAD (when judged), reuse.
 
@@ -704,7 +712,7 @@ def judge_breath_photos(
     pad = _pad_summary(analyses, settings)
     if pad is not None:
         checks.append(pad)
-    checks.append(_reuse_check(analyses, index, settings, earlier))
+    checks.append(_reuse_check(analyses, index, settings, earlier, comparisons))
     for a in analyses:
         index.add(a.photo_id, test_id, a.phash, a.sha256)
     return checks

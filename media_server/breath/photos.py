@@ -24,6 +24,7 @@ from media_server.jobs import run_engine
 from media_server.services import Services
 from sobriety.config import SobrietySettings
 from sobriety.photos import PhotoIndex, PhotoMatch, judge_breath_photos, phash_hex
+from sobriety.reuse import ReuseComparison
 from sobriety.worker import PhotoJobResult, analyse_photos_job
 
 log = logging.getLogger("kuzet.breath")
@@ -95,7 +96,8 @@ def _judge_photos(
     The reuse check (pixel comparisons with earlier photos, ~0.5 s each) runs on a read-only snapshot,
     so it holds no write lock (on SQLite every writer would queue behind it). The write transaction then
     repeats each fingerprint lookup: when a concurrent test added a near-duplicate photo meanwhile, the
-    judgement is made again under the lock, so two tests can never miss each other's photos."""
+    judgement is made again under the lock, so two tests can never miss each other's photos; it reuses the
+    snapshot's pixel comparisons and compares only the photos that appeared meanwhile."""
     settings: SobrietySettings = services.settings.sobriety
 
     def judge(db: Session, index: PhotoIndex) -> list[CheckResult]:
@@ -109,7 +111,11 @@ def _judge_photos(
             except EvidenceError:
                 return None  # a near duplicate then stays INCONCLUSIVE (review)
 
-        return judge_breath_photos(job.analyses, index, session_id, settings, earlier=earlier)
+        return judge_breath_photos(
+            job.analyses, index, session_id, settings, earlier=earlier, comparisons=compared
+        )
+
+    compared: dict[tuple[str, str], ReuseComparison] = {}  # a second judgement compares only new photos
 
     with make_session_factory(read_only(services.engine))() as snapshot:
         deferred = _DeferredIndex(DbPhotoIndex(snapshot, person_id))

@@ -172,3 +172,39 @@ def test_without_earlier_photos_a_near_duplicate_still_goes_to_review(station: l
         judge_breath_photos(analyses, InMemoryPhotoIndex(list(index.rows[:1])), "t4", S, lambda _: None)
     )
     assert r2.outcome is Outcome.INCONCLUSIVE
+
+
+def test_a_second_judgement_reuses_the_pixel_comparisons(
+    station: list[np.ndarray], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The service judges a test on a snapshot and, when a concurrent test added photos, again under its
+    write lock: with the same `comparisons` memo the second judgement compares only what is new."""
+    import sobriety.photos as photos
+
+    port, index, store = StillPort(), InMemoryPhotoIndex(), {}
+    first, data = _test("a", [station[0]])
+    validate_breath_photos(first, [np.zeros(128)], port, index, "t1", S, earlier=store.get)
+    store.update(data)
+    later, _ = _test("b", [station[1]])
+    analyses, _ = validate_breath_photos(later, [np.zeros(128)], port, InMemoryPhotoIndex(), "tx", S)
+
+    calls: list[int] = []
+    real = photos.compare
+
+    def counted(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(photos, "compare", counted)
+    memo: dict[tuple[str, str], object] = {}
+    once = _reuse(judge_breath_photos(analyses, index, "t2", S, store.get, memo))  # type: ignore[arg-type]
+    assert len(calls) == 1 and len(memo) == 1
+    again = _reuse(
+        judge_breath_photos(analyses, InMemoryPhotoIndex(list(index.rows[:1])), "t2", S, store.get, memo)  # type: ignore[arg-type]
+    )
+    assert len(calls) == 1, "the memoised comparison was not made again"
+    assert (again.outcome, again.code, again.details["compared"]) == (
+        once.outcome,
+        once.code,
+        once.details["compared"],
+    )
