@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from identity.checks import CheckResult
 from media_server.breath.episodes import context_of, judge_reading_and_advance
+from media_server.breath.values import BreathContext
 from media_server.db.enums import SessionKind, SessionStatus
 from media_server.db.models import BreathEpisode, CheckSession, Person
 from media_server.services import Services, build_services
@@ -51,11 +52,12 @@ def _reading(person_ref: str, brac: float, at: datetime, nonce: str) -> BreathRe
     )
 
 
-def test_two_tests_at_once_are_not_judged_at_the_same_stage(services: Services) -> None:
-    sob = services.settings.sobriety
-    t0 = datetime(2026, 11, 23, 8, tzinfo=UTC)
+def _person_with_breath_sessions(
+    services: Services, ref: str, n: int, t0: datetime
+) -> tuple[str, list[str], BreathContext]:
+    """A person with `n` active breath sessions open from `t0`, and the reading context of that person."""
     with services.sessions.begin() as db:
-        person = Person(external_ref="case-lock", display_name="Lock Test")
+        person = Person(external_ref=ref, display_name="Lock Test")
         db.add(person)
         db.flush()
         sessions = [
@@ -66,13 +68,17 @@ def test_two_tests_at_once_are_not_judged_at_the_same_stage(services: Services) 
                 window_start=t0,
                 window_end=t0 + timedelta(hours=2),
             )
-            for _ in range(3)
+            for _ in range(n)
         ]
         db.add_all(sessions)
         db.flush()
-        person_id = person.id
-        first, *together = [s.id for s in sessions]
-        context = context_of(person, None, sob)
+        return person.id, [s.id for s in sessions], context_of(person, None, services.settings.sobriety)
+
+
+def test_two_tests_at_once_are_not_judged_at_the_same_stage(services: Services) -> None:
+    sob = services.settings.sobriety
+    t0 = datetime(2026, 11, 23, 8, tzinfo=UTC)
+    person_id, (first, *together), context = _person_with_breath_sessions(services, "case-lock", 3, t0)
 
     # A positive screening: the episode now waits for a confirmatory test after the deprivation period.
     over = sob.default_limit_g_210l * 5
@@ -118,25 +124,7 @@ def test_two_first_tests_at_once_open_one_episode(services: Services) -> None:
     advisory lock on PostgreSQL), so the second test finds the episode the first one opened."""
     sob = services.settings.sobriety
     t0 = datetime(2026, 11, 23, 8, tzinfo=UTC)
-    with services.sessions.begin() as db:
-        person = Person(external_ref="case-first", display_name="First Test")
-        db.add(person)
-        db.flush()
-        sessions = [
-            CheckSession(
-                person_id=person.id,
-                kind=SessionKind.BREATH,
-                status=SessionStatus.ACTIVE,
-                window_start=t0,
-                window_end=t0 + timedelta(hours=2),
-            )
-            for _ in range(2)
-        ]
-        db.add_all(sessions)
-        db.flush()
-        person_id = person.id
-        ids = [s.id for s in sessions]
-        context = context_of(person, None, sob)
+    person_id, ids, context = _person_with_breath_sessions(services, "case-first", 2, t0)
 
     over = sob.default_limit_g_210l * 5
     start = threading.Barrier(2)
