@@ -630,6 +630,42 @@ def test_failed_webhooks_become_dead_letters_admins_can_retry(api: Api, receiver
     remaining = api.client.get(base, headers=_as(api, Role.ADMIN)).json()["items"]
     assert [i["event_type"] for i in remaining] == ["checkin_due"]
 
+    # The workstation's retry button: a verdict event that fails again stays a dead letter ("failed"),
+    # one delivered is resolved ("delivered"); a link notice cannot be retried; only an admin may press it.
+    receiver.statuses = [503, 503]
+    event2 = verdict_event(
+        session_id=link["session_id"],
+        person_id=pid,
+        kind="checkin",
+        decision="pass",
+        reasons=[],
+        verdict_id="v-10",
+    )
+    api.client.portal.call(services.notifier.send, event2)  # type: ignore[union-attr]
+    _wait_for(lambda: len([r for r in letters() if r.resolved_at is None]) == 2)
+    again = next(r for r in letters() if r.event_id == "verdict-v-10")
+    ws = f"/ws/dead-letters/{again.id}/retry?lang=en"
+    assert api.client.post(ws, headers=_as(api, Role.REVIEWER)).status_code == 403
+    receiver.statuses = [503]
+    failed = api.client.post(ws, headers=_as(api, Role.ADMIN), follow_redirects=False)
+    assert failed.status_code == 303 and failed.headers["location"].endswith("flash=failed")
+    assert (
+        "Delivery failed again."
+        in api.client.get(failed.headers["location"], headers=_as(api, Role.ADMIN)).text
+    )
+    delivered = api.client.post(ws, headers=_as(api, Role.ADMIN), follow_redirects=False)
+    assert delivered.headers["location"].endswith("flash=delivered")
+    page = api.client.get(delivered.headers["location"], headers=_as(api, Role.ADMIN)).text
+    assert "Delivered." in page and "verdict-v-10" not in page
+    with services.sessions() as db:
+        assert db.get_one(WebhookDeadLetter, again.id).resolved_at is not None
+    link_notice = api.client.post(
+        f"/ws/dead-letters/{by_type['checkin_due'].id}/retry?lang=en",
+        headers=_as(api, Role.ADMIN),
+        follow_redirects=False,
+    )
+    assert link_notice.headers["location"].endswith("flash=failed")
+
 
 # ------------------------------------------------------------------------------ gallery housekeeping
 def test_superseded_templates_are_deleted(api: Api) -> None:
