@@ -473,17 +473,20 @@ def _reuse_check(
                 continue
             if resent_found:
                 continue  # this photo is already a copy: the check's outcome cannot change
+            key = (a.photo_id, m.photo_id)
+            cmp = None
             old = None
             if earlier is not None and a.fingerprint is not None and checked < settings.reuse_max_comparisons:
                 checked += 1
-                old = _earlier_fingerprint(m.photo_id, earlier, cache)
-            if old is None or a.fingerprint is None:
-                if m.distance <= settings.phash_max_hamming:
-                    near.append({**row, "residual": None, "reason": "earlier photo not compared"})
-                continue
-            key = (a.photo_id, m.photo_id)
-            cmp = comparisons.get(key) if comparisons is not None else None
+                # A comparison already made (memoised) needs neither the earlier photo nor its fingerprint.
+                cmp = comparisons.get(key) if comparisons is not None else None
+                if cmp is None:
+                    old = _earlier_fingerprint(m.photo_id, earlier, cache)
             if cmp is None:
+                if old is None or a.fingerprint is None:
+                    if m.distance <= settings.phash_max_hamming:
+                        near.append({**row, "residual": None, "reason": "earlier photo not compared"})
+                    continue
                 cmp = compare(a.fingerprint, old, settings.reuse_same_moment_max_residual)
                 if comparisons is not None:
                     comparisons[key] = cmp

@@ -199,10 +199,17 @@ def test_a_second_judgement_reuses_the_pixel_comparisons(
     memo: dict[tuple[str, str], object] = {}
     once = _reuse(judge_breath_photos(analyses, index, "t2", S, store.get, memo))  # type: ignore[arg-type]
     assert len(calls) == 1 and len(memo) == 1
+    store_reads: list[str] = []
+
+    def earlier_read(photo_id: str) -> bytes | None:
+        store_reads.append(photo_id)
+        return store.get(photo_id)
+
     again = _reuse(
-        judge_breath_photos(analyses, InMemoryPhotoIndex(list(index.rows[:1])), "t2", S, store.get, memo)  # type: ignore[arg-type]
+        judge_breath_photos(analyses, InMemoryPhotoIndex(list(index.rows[:1])), "t2", S, earlier_read, memo)  # type: ignore[arg-type]
     )
     assert len(calls) == 1, "the memoised comparison was not made again"
+    assert store_reads == [], "nor was the earlier photo read again"
     assert (again.outcome, again.code, again.details["compared"]) == (
         once.outcome,
         once.code,
