@@ -301,16 +301,34 @@ class FaceEngine:
         analysis = results[0]
         return Probe(analysis, chips.get(0), mirrored=not on_demand and s.flip_tta)
 
-    def needs_mirror(self, probe: Probe, distance: float, pass_below: float, fail_above: float) -> bool:
+    def needs_mirror(
+        self,
+        probe: Probe,
+        distance: float,
+        pass_below: float,
+        fail_above: float,
+        *,
+        pass_margin: float | None = None,
+    ) -> bool:
         """Whether a one-pass cosine `distance` is close enough to [pass_below, fail_above] (within
-        `flip_tta_margin`) that the mirror-averaged embedding must decide."""
+        `pass_margin` below it, `flip_tta_margin` above it; `pass_margin` None: `flip_tta_margin` on both
+        sides) that the mirror-averaged embedding must decide."""
         m = self.settings.flip_tta_margin
+        below = m if pass_margin is None else pass_margin
         return (
             self.settings.flip_tta
             and not probe.mirrored
             and probe.chip is not None
             and probe.analysis.embedding is not None
-            and pass_below - m <= distance <= fail_above + m
+            and pass_below - below <= distance <= fail_above + m
+        )
+
+    def needs_template_mirror(self, probe: Probe, distance: float) -> bool:
+        """`needs_mirror` at this engine's calibrated face thresholds, where the PASS side's margin is the
+        measured `flip_tta_pass_margin` (a verification probe's one-pass cosine `distance` to a template)."""
+        t = self.thresholds
+        return self.needs_mirror(
+            probe, distance, t.pass_below, t.fail_above, pass_margin=self.settings.flip_tta_pass_margin
         )
 
     def add_mirror(self, probe: Probe) -> None:
@@ -549,8 +567,7 @@ class FaceEngine:
         if analysis.embedding is None:
             return _as_face_result(analysis.quality, analysis.summary())
         d = distance_to_template(template.embeddings, analysis.embedding)
-        t = self.thresholds
-        if self.needs_mirror(probe, d, t.pass_below, t.fail_above):
+        if self.needs_template_mirror(probe, d):
             self.add_mirror(probe)
             d = distance_to_template(template.embeddings, analysis.embedding)
         return decide(
