@@ -10,7 +10,8 @@ Speed: detection runs on a frame downscaled to `detect_max_side_px` (full resolu
 fallback); encoding is given the box (no second detection); chips are encoded in batches; in a frame
 sequence, near-duplicate frames reuse the previous identity analysis (their landmarks are refitted).
 A probe judged against a template (`analyse_probe`) gets its mirror pass only when its distance is
-near the decision band (`flip_tta_on_demand`); enrolment always mirrors.
+near the decision band (`flip_tta_on_demand`, `flip_tta_pass_margin`, `flip_tta_margin`); enrolment
+always mirrors.
 """
 
 from __future__ import annotations
@@ -290,8 +291,9 @@ class FaceEngine:
         """Analyse one RGB (H, W, 3) probe that will be judged against a template.
 
         With on-demand flip TTA (`flip_tta` and `flip_tta_on_demand`) the chip is encoded once; call
-        `needs_mirror` with the resulting distance and `add_mirror` when it says so. Otherwise the
-        embedding is already mirror-averaged (as `analyse`).
+        `needs_template_mirror` (the face thresholds) or `needs_mirror` (another band) with the resulting
+        distance and `add_mirror` when it says so. Otherwise the embedding is already mirror-averaged
+        (as `analyse`).
         """
         s = self.settings
         on_demand = s.flip_tta and s.flip_tta_on_demand
