@@ -357,15 +357,31 @@ def flip_band_margin(refined: F64, single: F64, quantile: float = 0.999) -> floa
     return float(np.quantile(gap, quantile)) if gap.size else 0.0
 
 
+def flip_pass_margin(refined: F64, single: F64, quantile: float = 0.999) -> float:
+    """How far the mirror pass can RAISE a one-pass distance: the `quantile` of (refined - single), at
+    least 0. Only a rise turns a PASS into a REVIEW, so this is all the PASS side of the band needs; the
+    mirror mostly lowers distances (it averages noise away), so it is smaller than `flip_band_margin`."""
+    rise = np.asarray(refined, dtype=np.float64) - np.asarray(single, dtype=np.float64)
+    rise = rise[np.isfinite(rise)]
+    return max(float(np.quantile(rise, quantile)), 0.0) if rise.size else 0.0
+
+
 def on_demand_decisions(
-    single: F64, refined: F64, pass_below: float, fail_above: float, margin: float
+    single: F64,
+    refined: F64,
+    pass_below: float,
+    fail_above: float,
+    margin: float,
+    pass_margin: float | None = None,
 ) -> tuple[F64, npt.NDArray[np.bool_]]:
     """Distances decided on, and which comparisons needed the mirror pass.
 
-    A probe is encoded once; only when its one-pass distance lies within `margin` of the decision band
-    [pass_below, fail_above] is the mirror encoded and the mirror-averaged distance used instead.
+    A probe is encoded once; only when its one-pass distance lies within [pass_below - pass_margin,
+    fail_above + margin] (`pass_margin` None: `margin` on both sides) is the mirror encoded and the
+    mirror-averaged distance used instead.
     """
-    need = (single >= pass_below - margin) & (single <= fail_above + margin)
+    below = margin if pass_margin is None else pass_margin
+    need = (single >= pass_below - below) & (single <= fail_above + margin)
     return np.where(need, refined, single), need
 
 
@@ -381,14 +397,18 @@ def cross_validate_on_demand_flip(
     *,
     seed: int = 0,
     quantile: float = 0.999,
+    shipped: tuple[float, float] | None = None,
 ) -> dict[str, Any]:
     """Out-of-sample rates of on-demand flip TTA at the thresholds of `cv` (a flip-TTA cross-validation).
 
     Enrolled side: mirror-averaged embeddings (enrolment keeps flip TTA). Probe side: one pass, plus the
     mirror only near the decision band. Every within-fold pair is tested both ways round. Per outer fold
-    the band margin is `flip_band_margin` on the TUNING folds' comparisons, so the held-out figures
-    include the choice of margin. Returns pooled rates for full flip, on-demand flip and no flip on the
-    probe side, the share of probes that needed the mirror, and the decisions that differ from full flip.
+    the FAIL-side margin is `flip_band_margin` and the PASS-side margin `flip_pass_margin`, both on the
+    TUNING folds' comparisons near the band, so the held-out figures include the choice of margins.
+    Returns pooled rates for full flip, on-demand flip and no flip on the probe side, the share of probes
+    that needed the mirror, and the decisions that differ from full flip; under "symmetric" the same for
+    `flip_band_margin` on both sides (the earlier rule), and under "shipped" for the fixed
+    (pass_margin, margin) = `shipped` when given.
     """
     p = np.asarray(plain, dtype=np.float64)
     m = np.asarray(mirror, dtype=np.float64)
@@ -409,6 +429,9 @@ def cross_validate_on_demand_flip(
     }
     n_gen = n_imp = n_refined = n_differ = n_total = n_refined_gen = 0
     margins: list[float] = []
+    pass_margins: list[float] = []
+    # (refined, refined genuine, differing) for the symmetric rule and the shipped margins.
+    other = {"symmetric": [0, 0, 0], "shipped": [0, 0, 0]}
     fold_of_cv = {(f.repeat, f.fold): f for f in cv.folds}
     for rep in range(cv.repeats):
         outer = identity_folds(labels.tolist(), cv.k, seed + 1000 * rep)
@@ -421,22 +444,34 @@ def cross_validate_on_demand_flip(
             # The margin matters only near the band: measure the gap on tuning comparisons there.
             near = train & (d_one > res.pass_below - 0.05) & (d_one < res.fail_above + 0.05)
             margin = flip_band_margin(d_flip[near], d_one[near], quantile)
+            pass_margin = flip_pass_margin(d_flip[near], d_one[near], quantile)
             margins.append(margin)
+            pass_margins.append(pass_margin)
             d_od, need = on_demand_decisions(
-                d_one[test], d_flip[test], res.pass_below, res.fail_above, margin
+                d_one[test], d_flip[test], res.pass_below, res.fail_above, margin, pass_margin
             )
             s = same[test]
+            full = _decide(d_flip[test], res.pass_below, res.fail_above)
+            rules: dict[str, tuple[float, float] | None] = {
+                "symmetric": (margin, margin),
+                "shipped": shipped,
+            }
+            for name, rule in rules.items():
+                if rule is None:
+                    continue
+                d_x, need_x = on_demand_decisions(
+                    d_one[test], d_flip[test], res.pass_below, res.fail_above, rule[1], rule[0]
+                )
+                o = other[name]
+                o[0] += int(need_x.sum())
+                o[1] += int(need_x[s].sum())
+                o[2] += int((_decide(d_x, res.pass_below, res.fail_above) != full).sum())
             n_gen += int(s.sum())
             n_imp += int((~s).sum())
             n_refined += int(need.sum())
             n_refined_gen += int(need[s].sum())
             n_total += int(test.sum())
-            n_differ += int(
-                (
-                    _decide(d_od, res.pass_below, res.fail_above)
-                    != _decide(d_flip[test], res.pass_below, res.fail_above)
-                ).sum()
-            )
+            n_differ += int((_decide(d_od, res.pass_below, res.fail_above) != full).sum())
             for name, d in (("flip", d_flip[test]), ("on_demand", d_od), ("no_flip", d_one[test])):
                 c = counts[name]
                 c["false_fail"] += int((d[s] > res.fail_above).sum())
@@ -452,14 +487,25 @@ def cross_validate_on_demand_flip(
         }
         for name, c in counts.items()
     }
-    return {
+
+    def shares(refined: int, refined_gen: int, differ: int) -> dict[str, Any]:
+        return {
+            "mirror_pass_share": refined / max(n_total, 1),
+            "mirror_pass_share_genuine": refined_gen / max(n_gen, 1),
+            "mirror_pass_share_impostor": (refined - refined_gen) / max(n_imp, 1),
+            "decisions_differing_from_flip": differ,
+        }
+
+    out: dict[str, Any] = {
         "n_genuine": n_gen,
         "n_impostor": n_imp,
         "quantile": quantile,
         "margin": {"min": float(np.min(margins)), "max": float(np.max(margins))},
-        "mirror_pass_share": n_refined / max(n_total, 1),
-        "mirror_pass_share_genuine": n_refined_gen / max(n_gen, 1),
-        "mirror_pass_share_impostor": (n_refined - n_refined_gen) / max(n_imp, 1),
-        "decisions_differing_from_flip": n_differ,
+        "pass_margin": {"min": float(np.min(pass_margins)), "max": float(np.max(pass_margins))},
+        **shares(n_refined, n_refined_gen, n_differ),
         "rates": rates_out,
+        "symmetric": shares(*other["symmetric"]),
     }
+    if shipped is not None:
+        out["shipped"] = {"pass_margin": shipped[0], "margin": shipped[1], **shares(*other["shipped"])}
+    return out

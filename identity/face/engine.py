@@ -10,7 +10,8 @@ Speed: detection runs on a frame downscaled to `detect_max_side_px` (full resolu
 fallback); encoding is given the box (no second detection); chips are encoded in batches; in a frame
 sequence, near-duplicate frames reuse the previous identity analysis (their landmarks are refitted).
 A probe judged against a template (`analyse_probe`) gets its mirror pass only when its distance is
-near the decision band (`flip_tta_on_demand`); enrolment always mirrors.
+near the decision band (`flip_tta_on_demand`, `flip_tta_pass_margin`, `flip_tta_margin`); enrolment
+always mirrors.
 """
 
 from __future__ import annotations
@@ -290,8 +291,9 @@ class FaceEngine:
         """Analyse one RGB (H, W, 3) probe that will be judged against a template.
 
         With on-demand flip TTA (`flip_tta` and `flip_tta_on_demand`) the chip is encoded once; call
-        `needs_mirror` with the resulting distance and `add_mirror` when it says so. Otherwise the
-        embedding is already mirror-averaged (as `analyse`).
+        `needs_template_mirror` (the face thresholds) or `needs_mirror` (another band) with the resulting
+        distance and `add_mirror` when it says so. Otherwise the embedding is already mirror-averaged
+        (as `analyse`).
         """
         s = self.settings
         on_demand = s.flip_tta and s.flip_tta_on_demand
@@ -301,16 +303,34 @@ class FaceEngine:
         analysis = results[0]
         return Probe(analysis, chips.get(0), mirrored=not on_demand and s.flip_tta)
 
-    def needs_mirror(self, probe: Probe, distance: float, pass_below: float, fail_above: float) -> bool:
+    def needs_mirror(
+        self,
+        probe: Probe,
+        distance: float,
+        pass_below: float,
+        fail_above: float,
+        *,
+        pass_margin: float | None = None,
+    ) -> bool:
         """Whether a one-pass cosine `distance` is close enough to [pass_below, fail_above] (within
-        `flip_tta_margin`) that the mirror-averaged embedding must decide."""
+        `pass_margin` below it, `flip_tta_margin` above it; `pass_margin` None: `flip_tta_margin` on both
+        sides) that the mirror-averaged embedding must decide."""
         m = self.settings.flip_tta_margin
+        below = m if pass_margin is None else pass_margin
         return (
             self.settings.flip_tta
             and not probe.mirrored
             and probe.chip is not None
             and probe.analysis.embedding is not None
-            and pass_below - m <= distance <= fail_above + m
+            and pass_below - below <= distance <= fail_above + m
+        )
+
+    def needs_template_mirror(self, probe: Probe, distance: float) -> bool:
+        """`needs_mirror` at this engine's calibrated face thresholds, where the PASS side's margin is the
+        measured `flip_tta_pass_margin` (a verification probe's one-pass cosine `distance` to a template)."""
+        t = self.thresholds
+        return self.needs_mirror(
+            probe, distance, t.pass_below, t.fail_above, pass_margin=self.settings.flip_tta_pass_margin
         )
 
     def add_mirror(self, probe: Probe) -> None:
@@ -549,8 +569,7 @@ class FaceEngine:
         if analysis.embedding is None:
             return _as_face_result(analysis.quality, analysis.summary())
         d = distance_to_template(template.embeddings, analysis.embedding)
-        t = self.thresholds
-        if self.needs_mirror(probe, d, t.pass_below, t.fail_above):
+        if self.needs_template_mirror(probe, d):
             self.add_mirror(probe)
             d = distance_to_template(template.embeddings, analysis.embedding)
         return decide(

@@ -587,9 +587,12 @@ def calibrate(
 
             # Probe side encoded once, mirrored only near the band, at this CV's own thresholds.
             report["on_demand_flip"] = cross_validate_on_demand_flip(
-                enc.plain, enc.mirror, enc.identities, cv
+                enc.plain,
+                enc.mirror,
+                enc.identities,
+                cv,
+                shipped=(settings.flip_tta_pass_margin, settings.flip_tta_margin),
             )
-            report["on_demand_flip"]["shipped_margin"] = settings.flip_tta_margin
     chosen = report["variants"]["flip_tta" if settings.flip_tta else "no_flip"]
     if write_calibration is not None:
         from identity.models import load_manifest
@@ -683,14 +686,21 @@ def format_calibration(report: dict[str, Any]) -> str:
     od = report.get("on_demand_flip")
     if od:
         r = od["rates"]
+        sym, shipped = od["symmetric"], od["shipped"]
         lines += [
-            f"on-demand flip TTA (probe encoded once, mirror when within a margin of the band; margin per "
-            f"fold = {od['quantile']:g} quantile of |one-pass - mirrored| on its tuning folds, "
-            f"{od['margin']['min']:.4f}..{od['margin']['max']:.4f}; shipped {od['shipped_margin']:.4f}), "
+            f"on-demand flip TTA (probe encoded once, mirror when within a margin of the band; per fold, on "
+            f"its tuning folds: PASS side = {od['quantile']:g} quantile of (mirrored - one-pass), "
+            f"{od['pass_margin']['min']:.4f}..{od['pass_margin']['max']:.4f}; FAIL side = {od['quantile']:g} "
+            f"quantile of |one-pass - mirrored|, {od['margin']['min']:.4f}..{od['margin']['max']:.4f}), "
             f"{od['n_genuine']} genuine / {od['n_impostor']} impostor probe-tests:",
             f"  decisions differing from always mirroring: {od['decisions_differing_from_flip']}; mirror pass "
             f"for {od['mirror_pass_share_genuine']:.1%} of genuine, {od['mirror_pass_share_impostor']:.1%} "
             "of impostor probes",
+            f"  |gap| margin on both sides (earlier rule): differing {sym['decisions_differing_from_flip']}; "
+            f"mirror for {sym['mirror_pass_share_genuine']:.1%} / {sym['mirror_pass_share_impostor']:.1%}",
+            f"  shipped margins (PASS -{shipped['pass_margin']:.4f}, FAIL +{shipped['margin']:.4f}): differing "
+            f"{shipped['decisions_differing_from_flip']}; mirror for {shipped['mirror_pass_share_genuine']:.1%} "
+            f"/ {shipped['mirror_pass_share_impostor']:.1%}",
         ]
         for name in ("flip", "on_demand", "no_flip"):
             x = r[name]

@@ -10,7 +10,7 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 from skimage import data
 
 from identity.checks import CheckResult, Outcome
@@ -122,3 +122,21 @@ def test_decoding_does_not_import_heavy_libraries() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_exif_orientation_is_applied_and_pixels_match_pillows_copying_path() -> None:
+    # decode_image transposes in place and skips convert("RGB") on RGB images: the pixels must be exactly
+    # those of Pillow's copying exif_transpose + convert, with and without an orientation tag.
+    rgb = np.ascontiguousarray(data.astronaut()[:300, :200])
+    for orientation in (1, 3, 6, 8):
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="JPEG", quality=90, exif=exif.tobytes())
+        result = decode_image(buf.getvalue(), SETTINGS)
+        assert isinstance(result, DecodedImage)
+        with Image.open(io.BytesIO(buf.getvalue())) as img:
+            expected = np.asarray(ImageOps.exif_transpose(img).convert("RGB"))
+        assert result.rgb.shape == ((200, 300, 3) if orientation in (6, 8) else (300, 200, 3))
+        assert np.array_equal(result.rgb, expected), orientation
+        assert result.rgb.flags.c_contiguous and result.source_mode == "RGB"

@@ -10,7 +10,13 @@ import pytest
 from skimage import data
 
 from identity.face.config import FaceSettings
-from identity.face.crossval import cross_validate, cross_validate_on_demand_flip, on_demand_decisions
+from identity.face.crossval import (
+    cross_validate,
+    cross_validate_on_demand_flip,
+    flip_band_margin,
+    flip_pass_margin,
+    on_demand_decisions,
+)
 from identity.face.decode import DecodedImage, decode_image
 from identity.face.engine import FaceEngine
 from identity.face.results import Template
@@ -126,9 +132,51 @@ def test_on_demand_cross_validation_agrees_with_full_flip_on_synthetic_identitie
     both = plain_a + mirror_a
     flip = both / np.linalg.norm(both, axis=1, keepdims=True)
     cv = cross_validate(flip, ids, k=4, repeats=1)
-    report = cross_validate_on_demand_flip(plain_a, mirror_a, ids, cv, quantile=1.0)
+    report = cross_validate_on_demand_flip(plain_a, mirror_a, ids, cv, quantile=1.0, shipped=(2.0, 2.0))
     assert report["n_genuine"] > 0 and report["n_impostor"] > 0
     assert 0.0 < report["mirror_pass_share"] < 1.0
     if report["decisions_differing_from_flip"] == 0:  # same decisions -> same rates
         assert report["rates"]["on_demand"] == report["rates"]["flip"]
     assert report["mirror_pass_share_genuine"] >= report["mirror_pass_share_impostor"]
+    # A rise is at most the gap: the PASS-side margin never exceeds the symmetric one, so the mirror runs
+    # no more often than under the symmetric rule.
+    assert report["pass_margin"]["max"] <= report["margin"]["max"]
+    assert report["mirror_pass_share"] <= report["symmetric"]["mirror_pass_share"]
+    # Margins that cover every distance: every probe mirrored, every decision that of full flip.
+    assert report["shipped"]["mirror_pass_share"] == 1.0
+    assert report["shipped"]["decisions_differing_from_flip"] == 0
+
+
+def test_pass_side_margin_only_widens_the_band_below_pass() -> None:
+    single = np.array([0.045, 0.052, 0.06, 0.09, 0.105])
+    refined = single - 0.004
+    # PASS 0.061, FAIL 0.088: 0.0125 below PASS, 0.02 above FAIL.
+    d, need = on_demand_decisions(single, refined, 0.061, 0.088, 0.02, pass_margin=0.0125)
+    assert need.tolist() == [False, True, True, True, True]
+    np.testing.assert_allclose(d, [0.045, 0.048, 0.056, 0.086, 0.101])
+    _, symmetric = on_demand_decisions(single, refined, 0.061, 0.088, 0.02)
+    assert symmetric.tolist() == [True, True, True, True, True]
+
+
+def test_flip_pass_margin_counts_only_rises() -> None:
+    single = np.array([0.05, 0.06, 0.07, 0.08, np.inf])
+    lowered = single - np.array([0.01, 0.02, 0.005, 0.015, 0.0])
+    assert flip_pass_margin(lowered, single, quantile=1.0) == 0.0  # the mirror never raised a distance
+    raised = lowered.copy()
+    raised[2] = single[2] + 0.003
+    assert flip_pass_margin(raised, single, quantile=1.0) == pytest.approx(0.003)
+    assert flip_band_margin(raised, single, quantile=1.0) == pytest.approx(0.02)
+
+
+def test_template_mirror_uses_the_pass_margin_below_pass_and_the_band_margin_above_fail(
+    engine: CountingEngine,
+) -> None:
+    probe = engine.analyse_probe(_lfw("Hugo_Chavez", 4))
+    s, t = engine.settings, engine.thresholds
+    assert s.flip_tta_pass_margin < s.flip_tta_margin
+    below = t.pass_below - (s.flip_tta_pass_margin + s.flip_tta_margin) / 2  # inside 0.02, outside 0.0125
+    assert engine.needs_mirror(probe, below, t.pass_below, t.fail_above)
+    assert not engine.needs_template_mirror(probe, below)
+    assert engine.needs_template_mirror(probe, t.pass_below - 0.9 * s.flip_tta_pass_margin)
+    assert engine.needs_template_mirror(probe, t.fail_above + 0.9 * s.flip_tta_margin)
+    assert not engine.needs_template_mirror(probe, t.fail_above + 1.1 * s.flip_tta_margin)
