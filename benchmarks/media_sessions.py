@@ -221,6 +221,7 @@ async def _phone_session(url: str, token: str, clip: str, seed: int, retry_after
         "waited_s": waited,
         "latency_s": (t_outcome - t_processing) if t_processing and t_outcome else None,
         "decision": (outcome or {}).get("decision"),
+        "reasons": list((outcome or {}).get("reasons") or []),
     }
 
 
@@ -389,6 +390,11 @@ def run_level(
         "p95": _pct(latencies, 0.95),
         "refused": sum(s.get("refused", 0) for s in stats),
         "decisions": sorted(str(s.get("decision")) for s in stats),
+        "why_not_pass": sorted(
+            f"{s.get('decision')}: {'; '.join(s.get('reasons') or ['-'])}"
+            for s in stats
+            if s.get("decision") != "pass"
+        ),
         "wall": wall1 - wall0,
         "threads": sorted(
             (
@@ -466,6 +472,8 @@ def main() -> None:
                     )
                     top = ", ".join(f"{name} {cpu:.2f}" for name, cpu in r["threads"][:6] if cpu >= 0.01)
                     print(f"{'':>8} media CPU-s/session by thread: {top}", flush=True)
+                    for why in r["why_not_pass"]:
+                        print(f"{'':>8} {why}", flush=True)
             time.sleep(5.0)
             gc.collect()
             return_freed_memory()
