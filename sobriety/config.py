@@ -183,7 +183,8 @@ class SobrietySettings(BaseModel):
         ge=1,
         le=500,
         description="Most earlier photos (closest pHash first) compared pixel by pixel per new photo "
-        "(each an ORB + ECC alignment at 320 px; 0.46 s measured at load ~16 on 2 shared cores). A pHash "
+        "(each an ORB alignment at 320 px, ECC-refined when close: ~11 CPU-ms in benchmarks/breath_api.py, "
+        "~20 on the station videos; 0.46 s wall before refinement was skipped, at load ~16). A pHash "
         "near duplicate beyond this many stays INCONCLUSIVE, so the service should offer the person's "
         "recent tests first (a station's photos are all close).",
     )
@@ -197,6 +198,18 @@ class SobrietySettings(BaseModel):
         "benchmarks/breath_station.py on station tests built from 8 real videos: edited re-sent copies "
         "(JPEG q60/75, crops 3-5%, scale 0.8/1.25, brightness +-25) <= 1.29, new moments >= 0.5 s apart "
         ">= 2.2.",
+    )
+    reuse_refine_max_residual: float = Field(
+        8.0,
+        ge=2.0,
+        le=255.0,
+        description="An alignment (fixed camera or keypoints) is refined by ECC, ~75% of a pixel comparison's "
+        "CPU, only when its residual before refinement (same measure as reuse_same_moment_max_residual) is at "
+        "or below this; above it the photos are different moments without refining. Keep it well above "
+        "reuse_same_moment_max_residual. Measured by benchmarks/breath_station.py: every re-sent copy had an "
+        "alignment at <= 4.4 before refinement (<= 2.0 after), so 8 leaves a margin of 1.8x; with 8 the "
+        "re-sent and new-moment decisions of all 1,719 comparisons there are unchanged, and the LFW-based "
+        "station photos of benchmarks/breath_api.py (residual >= 54) are never refined.",
     )
     occluded_accept_distance: float = Field(
         0.37,

@@ -487,7 +487,12 @@ def _reuse_check(
                     if m.distance <= settings.phash_max_hamming:
                         near.append({**row, "residual": None, "reason": "earlier photo not compared"})
                     continue
-                cmp = compare(a.fingerprint, old, settings.reuse_same_moment_max_residual)
+                cmp = compare(
+                    a.fingerprint,
+                    old,
+                    settings.reuse_same_moment_max_residual,
+                    settings.reuse_refine_max_residual,
+                )
                 if comparisons is not None:
                     comparisons[key] = cmp
             row.update(
@@ -495,6 +500,7 @@ def _reuse_check(
                 alignment=cmp.alignment,
                 inliers=cmp.inliers,
                 region=cmp.region,
+                refined=cmp.refined,
             )
             compared.append(row)
             if cmp.residual <= settings.reuse_same_moment_max_residual:

@@ -215,3 +215,40 @@ def test_a_second_judgement_reuses_the_pixel_comparisons(
         once.code,
         once.details["compared"],
     )
+
+
+def test_an_alignment_far_from_the_same_moment_is_not_refined_and_decisions_do_not_change(
+    station: list[np.ndarray],
+) -> None:
+    """ECC refinement (most of a comparison's CPU) runs only for alignments within
+    `reuse_refine_max_residual` before refinement: a re-sent copy is still found by a refined alignment
+    (for a crop, the keypoints rather than the refined fixed camera); a different person keeps its
+    unrefined residual; every decision (same moment or not) is the one the always-refining comparison
+    makes."""
+    t, bound = S.reuse_same_moment_max_residual, S.reuse_refine_max_residual
+    first = fingerprint(station[0], BOX)
+    other = fingerprint(decode(jpeg(frames("grid_bbaf2n.mp4", [10])[0])), BOX)  # another person and room
+    pairs = {name: fingerprint(copy, None) for name, copy in resent(station[0]).items()}
+    pairs |= {"0.5 s later": fingerprint(station[1], BOX), "1 s later": fingerprint(station[2], BOX)}
+    pairs["another person"] = other
+    for name, new in pairs.items():
+        always = compare(new, first, t)
+        cheap = compare(new, first, t, bound)
+        assert (cheap.residual <= t) == (always.residual <= t), name
+        if always.residual <= t:  # a copy: found by a refined alignment
+            assert cheap.refined, name
+        assert cheap.refined or cheap.residual > bound, name
+    far = compare(other, first, t, bound)
+    assert not far.refined and far.residual > bound
+
+
+def test_judged_comparisons_say_whether_they_were_refined(station: list[np.ndarray]) -> None:
+    port, index, store = StillPort(), InMemoryPhotoIndex(), {}
+    first, data = _test("a", [station[0]])
+    validate_breath_photos(first, [np.zeros(128)], port, index, "t1", S, earlier=store.get)
+    store.update(data)
+    crop, _ = _test("c", [resent(station[0])["crop_5%"]])
+    _, checks = validate_breath_photos(crop, [np.zeros(128)], port, index, "t2", S, earlier=store.get)
+    rows = _reuse(checks).details["compared"]
+    assert rows and all(isinstance(row["refined"], bool) for row in rows)
+    assert any(row["refined"] and row["residual"] <= S.reuse_same_moment_max_residual for row in rows)
