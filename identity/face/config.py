@@ -42,6 +42,12 @@ class FaceSettings(BaseModel):
         description="Fast pass: the frame is downscaled so its longest side is at most this before HOG "
         "detection; boxes are scaled back. Faces under ~80 px at this scale are found by the fallback pass.",
     )
+    detect_intermediate_scales: bool = Field(
+        True,
+        description="When the fast pass finds nothing on a large image, try twice its scale, then twice "
+        "again, before the full-resolution pass: a face of 1/8-1/4 of a 12 MP photo's long side is found "
+        "in tens of milliseconds instead of seconds of upsampled full-resolution HOG.",
+    )
     hog_upsample: int = Field(
         1,
         ge=0,

@@ -126,8 +126,9 @@ class FaceEngine:
     def detect(self, rgb: RgbImage, *, thorough: bool = True) -> list[FaceObservation]:
         """Faces in an RGB (H, W, 3) image, largest first, each with 68 landmarks in full-res pixels.
 
-        Fast pass on a downscaled copy; if it finds nothing, a full-resolution pass (upsampled when
-        `thorough`), then, when `thorough`, the CNN detector.
+        Fast pass on a downscaled copy; if it finds nothing, passes at twice the scale each up to full
+        resolution (`detect_intermediate_scales`), then a full-resolution pass (upsampled when `thorough`),
+        then, when `thorough`, the CNN detector.
         """
         h, w = rgb.shape[:2]
         s = self.settings
@@ -139,6 +140,15 @@ class FaceEngine:
                 rgb, (max(int(w * scale), 1), max(int(h * scale), 1)), interpolation=cv2.INTER_AREA
             )
         found = [(r, scale, "hog_fast") for r in self._hog(small, 0)]
+        # A large photo with a smaller face (an officer's 12 MP enrolment photo): twice the scale each
+        # pass, up to full resolution, before the upsampled full-resolution pass (seconds at 12 MP).
+        mid = scale * 2.0
+        while not found and s.detect_intermediate_scales and mid < 1.0:
+            resized = cv2.resize(
+                rgb, (max(int(w * mid), 1), max(int(h * mid), 1)), interpolation=cv2.INTER_AREA
+            )
+            found = [(r, mid, "hog_mid") for r in self._hog(resized, 0)]
+            mid *= 2.0
         upsample = s.hog_upsample if thorough else 0
         if not found and (scale < 1.0 or upsample > 0):
             # Faces under the HOG window (~80 px) at the fast scale: full resolution, upsampled.

@@ -142,3 +142,24 @@ def test_template_from_other_model_is_technical(engine: FaceEngine, astronaut: n
         created_at=Template.now(),
     )
     assert engine.verify_image(foreign, astronaut).code == "template_model_mismatch"
+
+
+def test_a_small_face_in_a_large_photo_is_found_at_an_intermediate_scale(
+    engine: FaceEngine, astronaut: np.ndarray
+) -> None:
+    # A 2400x1800 photo with the astronaut enlarged to 1024 px in the middle: the face (~180 px) is ~24 px
+    # in the fast 320 px pass, too small for HOG's 80 px window; the 1280 px pass finds it, without the
+    # full-resolution upsampled pass (seconds at 12 MP).
+    photo = np.full((1800, 2400, 3), 110, np.uint8)
+    photo[388:1412, 688:1712] = cv2.resize(astronaut, (1024, 1024), interpolation=cv2.INTER_CUBIC)
+    faces = engine.detect(photo)
+    assert faces and faces[0].detector == "hog_mid"
+    before = FaceEngine(MODELS, FaceSettings(detect_intermediate_scales=False)).detect(photo)
+    assert before and before[0].detector == "hog_full"
+    # The same face, boxes within a few pixels, in full-resolution coordinates.
+    a, b = faces[0].box, before[0].box
+    assert abs(a.left - b.left) < 0.1 * b.width and abs(a.right - b.right) < 0.1 * b.width
+    embedding = engine.analyse(astronaut).embedding
+    assert embedding is not None
+    template = Template(embeddings=embedding[None, :], model=engine.stamp, created_at="")
+    assert engine.verify_image(template, photo).outcome is Outcome.PASS
