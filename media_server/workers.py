@@ -73,8 +73,10 @@ class FrameFile:
 
 
 def _frames_to_spill(arg: object) -> list[npt.NDArray[Any]] | None:
-    if not isinstance(arg, list) or not arg or not all(isinstance(a, np.ndarray) for a in arg):
+    if not isinstance(arg, list) or not arg:
         return None
+    if not all(isinstance(a, np.ndarray) and a.dtype.kind in "biuf" for a in arg):
+        return None  # only plain numeric pixels are raw bytes (object arrays hold pointers)
     return arg if sum(a.nbytes for a in arg) >= FRAME_FILE_MIN_BYTES else None
 
 

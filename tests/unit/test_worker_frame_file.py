@@ -91,6 +91,12 @@ def test_run_spills_large_frame_lists_and_removes_the_file(monkeypatch: pytest.M
     fn, args = calls[-1]
     assert fn is not call_with_frame_file and args[0] is small
 
+    # Arrays of Python objects are pickled as they are (their bytes are pointers).
+    objects = [np.empty((400, 400), dtype=object)]
+    asyncio.run(pool.run(job, objects, "z"))
+    fn, args = calls[-1]
+    assert fn is not call_with_frame_file and args[0] is objects
+
 
 def test_the_file_is_removed_when_the_job_fails(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
