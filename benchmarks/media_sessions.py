@@ -16,10 +16,14 @@ server's "processing" message to the outcome message, on the phone) p50/p95, and
 admission control refused (503 + Retry-After; the phone retries like the check-in page). Server RSS is
 printed idle before the run, at its peak, and idle after it.
 
-    .venv/bin/python benchmarks/media_sessions.py [--levels 1 2 4 8] [--no-admission]
+    .venv/bin/python benchmarks/media_sessions.py [--levels 1 2 4 8] [--no-admission] [--memory-report]
+        [--malloc-mmap-threshold-kb KB]
 
 --no-admission lifts media.max_live_sessions, to see where the node breaks without it (that is how the
-shipped default was chosen). The machine is shared: say what else was running (the load is printed).
+shipped default was chosen). --memory-report traces the server's Python allocations from the idle point on
+(tracemalloc: slower, and its own tables count in the RSS) and prints, after the run, what is left: sessions
+still registered, live peer connections and sessions, the traced growth by file:line, live objects gained by
+type, malloc's in-use/free bytes over all arenas, pymalloc arenas, and RSS by kind of mapping. The machine is shared: say what else was running (the load is printed).
 """
 
 from __future__ import annotations
@@ -145,6 +149,162 @@ class Meter:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
+
+
+class MemoryReport:
+    """What the run left in the server process: Python allocations by line and live objects by type.
+
+    Started once the server is idle (people enrolled), read after every session has ended and been
+    released; what tracemalloc does not see (native heap: codecs, numpy buffers freed to malloc's
+    arenas) is the difference between the RSS growth and the traced growth."""
+
+    def __init__(self) -> None:
+        import gc
+        import tracemalloc
+
+        gc.collect()
+        self._types = self._type_counts()
+        self._heap = _mallinfo()
+        self._threads = threading.active_count()
+        self._maps = _rss_by_mapping()
+        self._pymalloc = _pymalloc_arenas()
+        tracemalloc.start(12)
+        self._before = tracemalloc.take_snapshot()
+
+    @staticmethod
+    def _type_counts() -> dict[str, int]:
+        import gc
+
+        counts: dict[str, int] = {}
+        for obj in gc.get_objects():
+            name = f"{type(obj).__module__}.{type(obj).__qualname__}"
+            counts[name] = counts.get(name, 0) + 1
+        return counts
+
+    def print(self, app: Any, top: int = 25) -> None:
+        import gc
+        import tracemalloc
+
+        gc.collect()
+        after = tracemalloc.take_snapshot()
+        tracemalloc.stop()
+        ingest = getattr(app.state, "whip_ingest", None)
+        if ingest is not None:
+            print(
+                f"memory: sessions registered {len(ingest.sessions)}, ended states kept {len(ingest._ended)}"
+            )
+        diff = after.compare_to(self._before, "lineno")
+        grown = sum(d.size_diff for d in diff)
+        print(f"memory: traced Python allocations grew {grown / 2**20:+.1f} MB; top by file:line:")
+        for d in diff[:top]:
+            frame = d.traceback[0]
+            print(
+                f"  {d.size_diff / 2**10:+9.0f} KiB {d.count_diff:+7d} blocks  {frame.filename}:{frame.lineno}"
+            )
+        for d in after.compare_to(self._before, "traceback")[:2]:
+            print(f"  {d.size_diff / 2**10:+.0f} KiB {d.count_diff:+d} blocks made at (innermost last):")
+            for line in d.traceback.format()[-16:]:
+                print(f"    {line}")
+        heap = _mallinfo()
+        if heap and self._heap:
+            print(
+                "memory: malloc heap (all arenas) in use "
+                f"{self._heap['uordblks'] / 2**20:.0f} -> {heap['uordblks'] / 2**20:.0f} MB, free in arenas "
+                f"{self._heap['fordblks'] / 2**20:.0f} -> {heap['fordblks'] / 2**20:.0f} MB, mmapped "
+                f"{self._heap['hblkhd'] / 2**20:.0f} -> {heap['hblkhd'] / 2**20:.0f} MB, arena total "
+                f"{self._heap['arena'] / 2**20:.0f} -> {heap['arena'] / 2**20:.0f} MB"
+            )
+        maps = _rss_by_mapping()
+        print(
+            "memory: RSS by mapping (MB, idle -> after): "
+            + ", ".join(
+                f"{k} {self._maps.get(k, 0) / 1024:.0f} -> {v / 1024:.0f}" for k, v in sorted(maps.items())
+            )
+        )
+        print(f"memory: pymalloc arenas (1 MiB each): {self._pymalloc} -> {_pymalloc_arenas()}")
+        print(
+            f"memory: threads {self._threads} -> {threading.active_count()} "
+            f"({', '.join(sorted(t.name for t in threading.enumerate()))})"
+        )
+        types = self._type_counts()
+        changed = sorted(
+            ((name, n - self._types.get(name, 0)) for name, n in types.items()),
+            key=lambda kv: -kv[1],
+        )
+        print("memory: live objects gained by type (gc-tracked):")
+        for name, n in changed[:top]:
+            if n > 0:
+                print(f"  {n:+7d}  {name}")
+        for name in (
+            "aiortc.rtcpeerconnection.RTCPeerConnection",
+            "media_server.webrtc.session.MediaSession",
+        ):
+            print(f"memory: live {name}: {types.get(name, 0)}")
+
+
+def _rss_by_mapping() -> dict[str, int]:
+    """Resident kB of this process by kind of mapping: the brk heap, other anonymous memory (malloc's
+    thread arenas and large chunks, pymalloc arenas, thread stacks), shared libraries, other files."""
+    out: dict[str, int] = {}
+    kind = "anon"
+    with contextlib.suppress(OSError), open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            head = line.split(maxsplit=6)
+            if head and "-" in head[0] and len(head) >= 5 and not head[0].endswith(":"):
+                path = head[5].strip() if len(head) > 5 else ""
+                kind = (
+                    "anon"
+                    if not path
+                    else "brk heap"
+                    if path == "[heap]"
+                    else "libs"
+                    if ".so" in path
+                    else "stack"
+                    if path.startswith("[stack")
+                    else "files"
+                    if path.startswith("/")
+                    else "other"
+                )
+            elif line.startswith("Rss:"):
+                out[kind] = out.get(kind, 0) + int(line.split()[1])
+    return out
+
+
+def _pymalloc_arenas() -> str:
+    """pymalloc's arena counts (from sys._debugmallocstats, which writes to fd 2)."""
+    import re
+
+    with tempfile.TemporaryFile("w+") as tmp:
+        saved = os.dup(2)
+        try:
+            sys.stderr.flush()
+            os.dup2(tmp.fileno(), 2)
+            sys._debugmallocstats()
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read()
+    found = dict(re.findall(r"# arenas (allocated current|highwater mark)\s*=\s*([\d,]+)", text))
+    return f"{found.get('allocated current', '?')} now (highwater {found.get('highwater mark', '?')})"
+
+
+def _mallinfo() -> dict[str, int]:
+    """glibc's malloc statistics summed over its arenas (bytes), or {} off glibc."""
+    import ctypes
+
+    fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
+
+    class MallInfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (*fields, "keepcost")]
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = MallInfo2
+        info = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return {}
+    return {name: int(getattr(info, name)) for name in (*fields, "keepcost")}
 
 
 # --- the phone (a child process) -------------------------------------------------------------------
@@ -413,6 +573,17 @@ def main() -> None:
     )
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8])
     parser.add_argument("--no-admission", action="store_true", help="Lift media.max_live_sessions.")
+    parser.add_argument(
+        "--malloc-mmap-threshold-kb",
+        type=int,
+        default=None,
+        help="Override media.malloc_mmap_threshold_kb (0: glibc's adaptive threshold, as before it was set).",
+    )
+    parser.add_argument(
+        "--memory-report",
+        action="store_true",
+        help="Trace allocations (tracemalloc, slows the server) and print what the run left behind.",
+    )
     args = parser.parse_args()
 
     import gc
@@ -430,11 +601,14 @@ def main() -> None:
     media: dict[str, Any] = {"loopback_only": True}
     if args.no_admission:
         media["max_live_sessions"] = 1000
+    if args.malloc_mmap_threshold_kb is not None:
+        media["malloc_mmap_threshold_kb"] = args.malloc_mmap_threshold_kb
     with tempfile.TemporaryDirectory(prefix="kuzet-bench-") as tmp, Meter() as meter:
         settings = Settings(data_dir=Path(tmp), media=media)
         print(
             f"host: {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at start (shared machine); "
-            f"max_live_sessions={settings.media.max_live_sessions}; clips {', '.join(CLIPS)} at "
+            f"max_live_sessions={settings.media.max_live_sessions}; "
+            f"malloc_mmap_threshold_kb={settings.media.malloc_mmap_threshold_kb}; clips {', '.join(CLIPS)} at "
             f"{CAMERA[0]}x{CAMERA[1]}@{CAMERA[2]:g}; shipped challenge and analysis settings"
         )
         clips = {name: _cached_clip(str(VIDEO_DIR), name) for name in CLIPS}
@@ -452,6 +626,7 @@ def main() -> None:
                 gc.collect()
                 return_freed_memory()
                 idle_server, idle_workers = meter.rss()
+                report = MemoryReport() if args.memory_report else None
                 print(
                     f"RSS idle (pool warm, people enrolled): server {idle_server:.0f} MB, workers {idle_workers:.0f} MB"
                 )
@@ -478,6 +653,8 @@ def main() -> None:
             gc.collect()
             return_freed_memory()
             after_server, after_workers = meter.rss()
+            if report is not None:
+                report.print(app)
         print(
             f"RSS server: idle {idle_server:.0f} MB, peak {meter.peak_server_mb:.0f} MB, after {after_server:.0f} MB "
             f"({100 * (after_server / idle_server - 1):+.0f}% of idle); workers: idle {idle_workers:.0f} MB, "

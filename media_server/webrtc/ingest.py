@@ -29,6 +29,7 @@ from media_server.tokens import token_hash
 from media_server.webrtc.analysis import FeedbackLimits, FrameAdvisor
 from media_server.webrtc.capture import EndedReason, SessionCapture, SessionSink
 from media_server.webrtc.credentials import ServicesAuthenticator, WhipAuthenticator
+from media_server.webrtc.heap import set_mmap_threshold
 from media_server.webrtc.live import LiveFaceAnalysis, PoolLiveAnalysis
 from media_server.webrtc.nodes import new_resource_id
 from media_server.webrtc.sdp import OfferSummary, keep_loopback_candidates, validate_offer
@@ -292,6 +293,8 @@ def install(
     credentials (`ServicesAuthenticator`) and the check-in flow (`CheckinSink`)."""
 
     async def start(services: Services) -> None:
+        # Frame-sized blocks go back to the OS when freed, not into malloc's arenas (webrtc/heap.py).
+        set_mmap_threshold(services.settings.media.malloc_mmap_threshold_kb)
         ingest = WhipIngest(
             services.settings,
             (authenticator or ServicesAuthenticator)(services),

@@ -460,6 +460,8 @@ class MediaSession:
             task.cancel()
         self.closed.set()
         self._on_closed(self.resource_id)
+        # The peer's decoders, jitter buffers and sockets are gone now too (the trim above ran before).
+        await asyncio.to_thread(return_freed_memory)
 
 
 async def _none() -> None:

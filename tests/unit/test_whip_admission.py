@@ -212,3 +212,44 @@ def test_capacity_defaults_to_one_session_per_core() -> None:
     assert shipped.max_live_sessions == 0  # auto
     assert shipped.live_session_capacity() == len(os.sched_getaffinity(0))
     assert Settings(media={"max_live_sessions": 5}).media.live_session_capacity() == 5
+
+
+async def test_a_finished_session_releases_its_peer_connection_threads_and_frames(
+    tmp_path: Path, media: TestMedia
+) -> None:
+    # What the media process holds after a check-in has ended and been judged: nothing of the session.
+    faces, sink = SlowFakeFaces(), DroppingSink()
+    with _server(tmp_path, sink, live=faces, analysis_chunk_frames=4) as (server, tokens, ingest):
+        task = asyncio.create_task(_run_client(server.url, tokens.issue("person-r"), media))
+        refs: dict[str, weakref.ref[Any]] = {}
+        while not task.done() and not refs:
+            for session in list(ingest.sessions.values()):
+                receivers = [t.receiver for t in session.pc.getTransceivers()]
+                if len(receivers) == 2:
+                    refs = {"session": weakref.ref(session), "peer connection": weakref.ref(session.pc)}
+                    refs.update({f"receiver {i}": weakref.ref(r) for i, r in enumerate(receivers)})
+            await asyncio.sleep(0.01)
+        del session, receivers
+        await task
+        await asyncio.to_thread(sink.done.wait, 30)
+        for _ in range(200):  # the session closes after the outcome (the client's DELETE)
+            if not ingest.sessions:
+                break
+            await asyncio.sleep(0.05)
+        assert not ingest.sessions
+        # The server is still up (its loop, the ended session's state for GET /whip/<id>): only the
+        # session is gone. Its media threads (decoders, the remuxer) have exited.
+        for _ in range(100):
+            session_threads = [
+                t.name
+                for t in threading.enumerate()
+                if t.name.endswith("-decoder") or t.name.startswith("remux-")
+            ]
+            if not session_threads:
+                break
+            await asyncio.sleep(0.05)
+        assert session_threads == []
+        gc.collect()
+        assert refs and {name: ref() is None for name, ref in refs.items()} == dict.fromkeys(refs, True)
+        assert faces.seen and all(r() is None for r in faces.seen)
+        assert sink.frame_refs and all(r() is None for r in sink.frame_refs)
