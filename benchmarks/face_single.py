@@ -30,7 +30,9 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +88,14 @@ def main() -> None:
     for e in engines.values():
         e.analyse(rgb_of(pairs[0].img2))
 
+    def probe_of(p: Any, engine: FaceEngine) -> tuple[Template, np.ndarray] | None:
+        """The enrolled template and the decoded probe of a pair (timed: decoding is part of a probe)."""
+        template = ours_enrolled[p.img1]
+        decoded = decode_image((ROOT / p.img2).read_bytes(), engine.settings)
+        if template is None or not isinstance(decoded, DecodedImage):
+            return None
+        return template, decoded.rgb
+
     load_start = os.getloadavg()[0]
     rows: dict[str, tuple[float, np.ndarray | None, Counter[str], int]] = {}
     labels: dict[str, list[str]] = {}
@@ -103,54 +113,53 @@ def main() -> None:
             plain_dec[("genuine" if p.same else "impostor") + " no face"] += 1
     rows["plain face_recognition"] = ((time.process_time() - t0) * 1e3 / len(pairs), d_plain, plain_dec, 0)
 
-    for name, engine in engines.items():
+    def encoded(engine: FaceEngine, template: Template, rgb: np.ndarray) -> tuple[str, float, bool]:
+        """verify_image's steps, with a gate-rejected face still encoded so the matcher is measured on every
+        pair (as plain face_recognition, which has no quality gate, is): label, distance, mirrored."""
+        probe = engine.analyse_probe(rgb, encode_rejected=True)
+        emb = probe.analysis.embedding
+        label = "REVIEW" if not probe.analysis.quality.passed else ""
+        d = np.inf
+        if emb is not None:
+            d = distance_to_template(template.embeddings, emb)
+            if engine.needs_template_mirror(probe, d):
+                engine.add_mirror(probe)
+                d = distance_to_template(template.embeddings, probe.analysis.embedding)  # type: ignore[arg-type]
+            outcome = decide(d, engine.thresholds, engine.stamp).outcome
+            label = label or {Outcome.PASS: "PASS", Outcome.FAIL: "FAIL"}.get(outcome, "REVIEW")
+        return label, d, probe.mirrored
+
+    def shipped_path(engine: FaceEngine, template: Template, rgb: np.ndarray) -> tuple[str, float, bool]:
+        result = engine.verify_image(template, rgb)
+        label = {Outcome.PASS: "PASS", Outcome.FAIL: "FAIL"}.get(result.outcome, "REVIEW")
+        return label, np.inf, bool(result.details.get("mirror_pass"))
+
+    def run(
+        name: str,
+        engine: FaceEngine,
+        judge: Callable[[FaceEngine, Template, np.ndarray], tuple[str, float, bool]],
+    ) -> tuple[float, np.ndarray, Counter[str], int]:
         d = np.full(len(pairs), np.inf)
         dec: Counter[str] = Counter()
         mirrored = 0
         labels[name] = ["no face"] * len(pairs)
         t0 = time.process_time()
         for k, p in enumerate(pairs):
-            template = ours_enrolled[p.img1]
-            decoded = decode_image((ROOT / p.img2).read_bytes(), engine.settings)
-            if template is None or not isinstance(decoded, DecodedImage):
+            got = probe_of(p, engine)
+            if got is None:
                 dec[("genuine" if p.same else "impostor") + " no face"] += 1
                 continue
-            # verify_image's steps, with a gate-rejected face still encoded so the matcher is measured
-            # on every pair (as plain face_recognition, which has no quality gate, is).
-            probe = engine.analyse_probe(decoded.rgb, encode_rejected=True)
-            emb = probe.analysis.embedding
-            label = "REVIEW" if not probe.analysis.quality.passed else ""
-            if emb is not None:
-                t = engine.thresholds
-                d[k] = distance_to_template(template.embeddings, emb)
-                if engine.needs_template_mirror(probe, d[k]):
-                    engine.add_mirror(probe)
-                    d[k] = distance_to_template(template.embeddings, probe.analysis.embedding)  # type: ignore[arg-type]
-                outcome = decide(d[k], t, engine.stamp).outcome
-                label = label or {Outcome.PASS: "PASS", Outcome.FAIL: "FAIL"}.get(outcome, "REVIEW")
-            mirrored += probe.mirrored
+            label, d[k], m = judge(engine, *got)
+            mirrored += m
             labels[name][k] = label
             dec[("genuine " if p.same else "impostor ") + label] += 1
-        rows[name] = ((time.process_time() - t0) * 1e3 / len(pairs), d, dec, mirrored)
+        return (time.process_time() - t0) * 1e3 / len(pairs), d, dec, mirrored
 
+    for name, engine in engines.items():
+        rows[name] = run(name, engine, encoded)
     shipped = "ours verify_image (shipped)"
-    engine = next(iter(engines.values()))
-    dec = Counter()
-    mirrored = 0
-    labels[shipped] = ["no face"] * len(pairs)
-    t0 = time.process_time()
-    for k, p in enumerate(pairs):
-        template = ours_enrolled[p.img1]
-        decoded = decode_image((ROOT / p.img2).read_bytes(), engine.settings)
-        if template is None or not isinstance(decoded, DecodedImage):
-            dec[("genuine" if p.same else "impostor") + " no face"] += 1
-            continue
-        result = engine.verify_image(template, decoded.rgb)
-        label = {Outcome.PASS: "PASS", Outcome.FAIL: "FAIL"}.get(result.outcome, "REVIEW")
-        mirrored += bool(result.details.get("mirror_pass"))
-        labels[shipped][k] = label
-        dec[("genuine " if p.same else "impostor ") + label] += 1
-    rows[shipped] = ((time.process_time() - t0) * 1e3 / len(pairs), None, dec, mirrored)
+    ms, _, dec, mirrored = run(shipped, next(iter(engines.values())), shipped_path)
+    rows[shipped] = (ms, None, dec, mirrored)
 
     load = os.getloadavg()
     print(

@@ -69,6 +69,17 @@ async def _run_client(url: str, token: str, media: TestMedia) -> list[dict[str, 
     return received
 
 
+async def _until_closed(client: asyncio.Task[Any], sink: Any, ingest: Any) -> None:
+    """The client has finished, its outcome was judged, and the session closed (after the client's DELETE)."""
+    await client
+    await asyncio.to_thread(sink.done.wait, 30)
+    for _ in range(200):
+        if not ingest.sessions:
+            break
+        await asyncio.sleep(0.05)
+    assert not ingest.sessions
+
+
 async def test_a_full_node_refuses_with_retry_after_keeps_the_link_and_spares_the_live_session(
     tmp_path: Path, media: TestMedia
 ) -> None:
@@ -157,13 +168,7 @@ async def test_frames_held_by_a_live_session_are_bounded_and_freed_after_it_ends
                 peak = max(peak, session.frames_held)
                 session_ref = weakref.ref(session)
             await asyncio.sleep(0.01)
-        await task
-        await asyncio.to_thread(sink.done.wait, 30)
-        for _ in range(200):  # the session closes after the outcome (the client's DELETE)
-            if not ingest.sessions:
-                break
-            await asyncio.sleep(0.05)
-        assert not ingest.sessions
+        await _until_closed(task, sink, ingest)
     stats = sink.stats[0]
     assert stats["frames_analysed"] > 10, stats
     assert 0 < peak <= bounds["max_pending_frames"] + bounds["max_held_frames"]
@@ -230,13 +235,7 @@ async def test_a_finished_session_releases_its_peer_connection_threads_and_frame
                     refs.update({f"receiver {i}": weakref.ref(r) for i, r in enumerate(receivers)})
             await asyncio.sleep(0.01)
         del session, receivers
-        await task
-        await asyncio.to_thread(sink.done.wait, 30)
-        for _ in range(200):  # the session closes after the outcome (the client's DELETE)
-            if not ingest.sessions:
-                break
-            await asyncio.sleep(0.05)
-        assert not ingest.sessions
+        await _until_closed(task, sink, ingest)
         # The server is still up (its loop, the ended session's state for GET /whip/<id>): only the
         # session is gone. Its media threads (decoders, the remuxer) have exited.
         for _ in range(100):
