@@ -2,45 +2,68 @@
 
 from __future__ import annotations
 
-import ctypes
+import json
+import os
+import subprocess
 import sys
+from pathlib import Path
 
-import numpy as np
 import pytest
 
-from media_server.settings import Settings
 from media_server.webrtc.heap import set_mmap_threshold
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc only")
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks")
-        + ("fordblks", "keepcost")
-    ]
+# Run in a fresh interpreter, as the media process applies the setting at start-up: in a long-lived
+# process (the rest of the suite) earlier frame-sized blocks may already sit free in malloc's arenas, and
+# malloc reuses a free chunk that fits before it considers a new mapping.
+_CHECK = """
+import ctypes, json
+import numpy as np
+from media_server.settings import Settings
+from media_server.webrtc.heap import set_mmap_threshold
 
 
-def _mapped_bytes() -> int:
-    """Bytes malloc serves from their own mappings now (mallinfo2's hblkhd)."""
-    libc = ctypes.CDLL("libc.so.6")
-    libc.mallinfo2.restype = _MallInfo2
-    return int(libc.mallinfo2().hblkhd)
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(n, ctypes.c_size_t) for n in (
+        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+libc = ctypes.CDLL("libc.so.6")
+libc.mallinfo2.restype = MallInfo2
+
+
+def mapped():
+    return int(libc.mallinfo2().hblkhd)  # bytes malloc serves from their own mappings now
+
+
+applied = set_mmap_threshold(Settings().media.malloc_mmap_threshold_kb)
+frame_bytes = 640 * 480 * 3
+first = np.ones(frame_bytes, np.uint8)
+del first  # glibc's adaptive threshold would now rise to this size
+before = mapped()
+second = np.ones(frame_bytes, np.uint8)
+while_held = mapped() - before
+del second
+print(json.dumps({"applied": applied, "frame": frame_bytes, "held": while_held, "freed": mapped() - before}))
+"""
 
 
 def test_a_frame_freed_and_allocated_again_keeps_its_own_mapping() -> None:
-    frame_bytes = 640 * 480 * 3
-    assert set_mmap_threshold(Settings().media.malloc_mmap_threshold_kb)
-    # glibc's adaptive threshold would rise to this size when the first frame is freed, and the second
-    # frame would then come from an arena (and stay resident there after it is freed).
-    first = np.ones(frame_bytes, np.uint8)
-    del first
-    before = _mapped_bytes()
-    second = np.ones(frame_bytes, np.uint8)
-    assert _mapped_bytes() - before >= frame_bytes
-    del second
-    assert _mapped_bytes() - before < frame_bytes  # unmapped when freed
+    out = subprocess.run(
+        [sys.executable, "-c", _CHECK],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+    )
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got["applied"]
+    # Without the setting the second frame comes from an arena (and stays resident there once freed).
+    assert got["held"] >= got["frame"]
+    assert got["freed"] < got["frame"]  # unmapped when freed
 
 
 def test_zero_leaves_glibc_alone() -> None:
