@@ -591,16 +591,19 @@ def test_failed_webhooks_become_dead_letters_admins_can_retry(api: Api, receiver
         with services.sessions() as db:
             return list(db.scalars(select(WebhookDeadLetter)).all())
 
+    def send_verdict(decision: str, verdict_id: str) -> None:
+        event = verdict_event(
+            session_id=link["session_id"],
+            person_id=pid,
+            kind="checkin",
+            decision=decision,
+            reasons=[],
+            verdict_id=verdict_id,
+        )
+        api.client.portal.call(services.notifier.send, event)  # type: ignore[union-attr]
+
     _wait_for(lambda: len(letters()) == 1)
-    event = verdict_event(
-        session_id=link["session_id"],
-        person_id=pid,
-        kind="checkin",
-        decision="review",
-        reasons=[],
-        verdict_id="v-9",
-    )
-    api.client.portal.call(services.notifier.send, event)  # type: ignore[union-attr]
+    send_verdict("review", "v-9")
     _wait_for(lambda: len(letters()) == 2)
     by_type = {row.event_type: row for row in letters()}
     assert token not in by_type["checkin_due"].body and '"link_redacted":true' in by_type["checkin_due"].body
@@ -633,15 +636,7 @@ def test_failed_webhooks_become_dead_letters_admins_can_retry(api: Api, receiver
     # The workstation's retry button: a verdict event that fails again stays a dead letter ("failed"),
     # one delivered is resolved ("delivered"); a link notice cannot be retried; only an admin may press it.
     receiver.statuses = [503, 503]
-    event2 = verdict_event(
-        session_id=link["session_id"],
-        person_id=pid,
-        kind="checkin",
-        decision="pass",
-        reasons=[],
-        verdict_id="v-10",
-    )
-    api.client.portal.call(services.notifier.send, event2)  # type: ignore[union-attr]
+    send_verdict("pass", "v-10")
     _wait_for(lambda: len([r for r in letters() if r.resolved_at is None]) == 2)
     again = next(r for r in letters() if r.event_id == "verdict-v-10")
     ws = f"/ws/dead-letters/{again.id}/retry?lang=en"
