@@ -162,9 +162,11 @@ class MemoryReport:
         import gc
         import tracemalloc
 
+        from media_server.webrtc.heap import mallinfo
+
         gc.collect()
         self._types = self._type_counts()
-        self._heap = _mallinfo()
+        self._heap = mallinfo()
         self._threads = threading.active_count()
         self._maps = _rss_by_mapping()
         self._pymalloc = _pymalloc_arenas()
@@ -184,6 +186,8 @@ class MemoryReport:
     def print(self, app: Any, top: int = 25) -> None:
         import gc
         import tracemalloc
+
+        from media_server.webrtc.heap import mallinfo
 
         gc.collect()
         after = tracemalloc.take_snapshot()
@@ -205,7 +209,7 @@ class MemoryReport:
             print(f"  {d.size_diff / 2**10:+.0f} KiB {d.count_diff:+d} blocks made at (innermost last):")
             for line in d.traceback.format()[-16:]:
                 print(f"    {line}")
-        heap = _mallinfo()
+        heap = mallinfo()
         if heap and self._heap:
             print(
                 "memory: malloc heap (all arenas) in use "
@@ -287,24 +291,6 @@ def _pymalloc_arenas() -> str:
         text = tmp.read()
     found = dict(re.findall(r"# arenas (allocated current|highwater mark)\s*=\s*([\d,]+)", text))
     return f"{found.get('allocated current', '?')} now (highwater {found.get('highwater mark', '?')})"
-
-
-def _mallinfo() -> dict[str, int]:
-    """glibc's malloc statistics summed over its arenas (bytes), or {} off glibc."""
-    import ctypes
-
-    fields = ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks")
-
-    class MallInfo2(ctypes.Structure):
-        _fields_ = [(name, ctypes.c_size_t) for name in (*fields, "keepcost")]
-
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-        libc.mallinfo2.restype = MallInfo2
-        info = libc.mallinfo2()
-    except (OSError, AttributeError):
-        return {}
-    return {name: int(getattr(info, name)) for name in (*fields, "keepcost")}
 
 
 # --- the phone (a child process) -------------------------------------------------------------------

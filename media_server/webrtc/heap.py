@@ -33,3 +33,34 @@ def set_mmap_threshold(threshold_kb: int) -> bool:
     if not applied:
         log.warning("malloc mmap threshold not applied", extra={"threshold_kb": threshold_kb})
     return applied
+
+
+_MALLINFO_FIELDS = (
+    "arena",
+    "ordblks",
+    "smblks",
+    "hblks",
+    "hblkhd",
+    "usmblks",
+    "fsmblks",
+    "uordblks",
+    "fordblks",
+    "keepcost",
+)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO_FIELDS]
+
+
+def mallinfo() -> dict[str, int]:
+    """glibc's malloc statistics summed over its arenas (mallinfo2(3), bytes), or {} off glibc.
+
+    `hblkhd`: bytes served from their own mappings; `uordblks` / `fordblks`: in use / free in arenas."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallinfo2.restype = _MallInfo2
+        info = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return {}
+    return {name: int(getattr(info, name)) for name in _MALLINFO_FIELDS}

@@ -19,23 +19,14 @@ pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="gl
 # process (the rest of the suite) earlier frame-sized blocks may already sit free in malloc's arenas, and
 # malloc reuses a free chunk that fits before it considers a new mapping.
 _CHECK = """
-import ctypes, json
+import json
 import numpy as np
 from media_server.settings import Settings
-from media_server.webrtc.heap import set_mmap_threshold
-
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-libc = ctypes.CDLL("libc.so.6")
-libc.mallinfo2.restype = MallInfo2
+from media_server.webrtc.heap import mallinfo, set_mmap_threshold
 
 
 def mapped():
-    return int(libc.mallinfo2().hblkhd)  # bytes malloc serves from their own mappings now
+    return mallinfo()["hblkhd"]  # bytes malloc serves from their own mappings now
 
 
 applied = set_mmap_threshold(Settings().media.malloc_mmap_threshold_kb)
